@@ -1,0 +1,269 @@
+"""Flax Linen modules over `OctTensor`: OctConv, OctBatchNorm and their conv-BN(-activation) unit."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from octflax import functional as F
+from octflax.tensor import OctTensor, as_oct, check_alpha, split_channels
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+  if isinstance(value, int):
+    return value, value
+  value = tuple(value)
+  if len(value) != 2 or not all(isinstance(v, int) for v in value):
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}.")
+  return value
+
+
+class _PathWeights(nn.Module):
+  """The kernel (HWIO) and optional bias of one OctConv path."""
+
+  kernel_shape: tuple[int, int, int, int]
+  full_kernel_shape: tuple[int, int, int, int]
+  use_bias: bool
+  kernel_init: Initializer
+  bias_init: Initializer
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self) -> tuple[Array, Array | None]:
+    shape = self.kernel_shape
+
+    def init(key, _shape, dtype):
+      # Draw from the distribution of the whole (vanilla) kernel so that fan-in based
+      # initialisers see the conv's true fan-in, then keep this path's block.
+      full = self.kernel_init(key, self.full_kernel_shape, dtype)
+      return full[:, :, : shape[2], : shape[3]]
+
+    kernel = self.param("kernel", init, shape, self.param_dtype)
+    bias = self.param("bias", self.bias_init, (shape[3],), self.param_dtype) if self.use_bias else None
+    return kernel, bias
+
+
+class OctConv(nn.Module):
+  """Octave convolution (Chen et al., 2019) with the official implementation's semantics.
+
+  Input and output are split at ``alpha_in`` / ``alpha_out`` (`split_channels`) into a
+  full-resolution high part and a half-resolution low part; the four paths are::
+
+    Y^H = f(X^H; W^hh) + U(f(X^L; W^lh)),   Y^L = f(X^L; W^ll) + f(P(X^H); W^hl)
+
+  (P: 2x2 average pool, U: 2x nearest upsample; stride 2 average-pools the input
+  first and never runs a strided conv). Parameters are the sub-collections ``h2h``,
+  ``h2l``, ``l2h``, ``l2l`` (those present), each a ``kernel`` in HWIO layout plus a
+  ``bias`` for the path that carries the output part's bias. Their total equals the
+  parameter count of the vanilla conv for every alpha. With
+  ``alpha_in = alpha_out = 0`` it computes exactly what `flax.linen.Conv` computes.
+
+  Depthwise (``feature_group_count == in channels == features``, ``alpha_in ==
+  alpha_out``): only H->H and L->L exist, each depthwise on its own part. Otherwise
+  every path uses ``feature_group_count`` groups.
+
+  Attributes:
+    features: output channels C_out (both parts together).
+    kernel_size: odd int or pair of odd ints.
+    alpha_in: share of low-frequency input channels, in [0, 1].
+    alpha_out: share of low-frequency output channels, in [0, 1].
+    strides: 1 or 2.
+    padding: 'SAME' (symmetric, (k-1)/2 on each side).
+    feature_group_count: groups, the same for every path.
+    use_bias: add a bias per output channel.
+    dtype: compute dtype (None: inferred from inputs and params).
+    param_dtype: parameter dtype.
+    precision: `jax.lax.Precision` for the convolutions.
+    kernel_init, bias_init: initialisers; the kernel initialiser sees the vanilla
+      kernel's shape.
+    fuse: execute paths that share an output resolution as one convolution.
+
+  Examples:
+    >>> conv = OctConv(features=32, kernel_size=3, alpha_in=0.0, alpha_out=0.5)
+    >>> x = jnp.ones((2, 16, 16, 8))
+    >>> y, variables = conv.init_with_output(jax.random.key(0), x)
+    >>> y.high.shape, y.low.shape
+    ((2, 16, 16, 16), (2, 8, 8, 16))
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  alpha_in: float
+  alpha_out: float
+  strides: int | Sequence[int] = 1
+  padding: str = "SAME"
+  feature_group_count: int = 1
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+  fuse: bool = True
+
+  def __post_init__(self):
+    check_alpha(self.alpha_in, "alpha_in")
+    check_alpha(self.alpha_out, "alpha_out")
+    strides = _pair(self.strides, "strides")
+    if strides[0] != strides[1] or strides[0] not in (1, 2):
+      raise ValueError(f"strides must be 1 or 2 (the same on both axes), got {self.strides!r}.")
+    kh, kw = _pair(self.kernel_size, "kernel_size")
+    if kh % 2 == 0 or kw % 2 == 0 or kh < 1 or kw < 1:
+      raise ValueError(f"kernel_size must be odd (SAME padding is (k-1)/2 each side), got {self.kernel_size!r}.")
+    if not isinstance(self.padding, str) or self.padding.upper() != "SAME":
+      raise ValueError(f"padding must be 'SAME' (the only padding that keeps the octave sizes), got {self.padding!r}.")
+    if not isinstance(self.features, int) or self.features < 1:
+      raise ValueError(f"features must be a positive int, got {self.features!r}.")
+    if not isinstance(self.feature_group_count, int) or self.feature_group_count < 1:
+      raise ValueError(f"feature_group_count must be a positive int, got {self.feature_group_count!r}.")
+    super().__post_init__()
+
+  def _depthwise(self, in_channels: int) -> bool:
+    return self.feature_group_count == in_channels == self.features > 1
+
+  def path_shapes(self, in_channels: int) -> dict[str, tuple[int, int, int, int]]:
+    """HWIO kernel shape of every present path for an input of ``in_channels`` channels."""
+    kh, kw = _pair(self.kernel_size, "kernel_size")
+    in_high, in_low = split_channels(in_channels, self.alpha_in)
+    out_high, out_low = split_channels(self.features, self.alpha_out)
+    groups = self.feature_group_count
+    if self._depthwise(in_channels):
+      if self.alpha_in != self.alpha_out:
+        raise ValueError(
+            "depthwise OctConv (feature_group_count == in channels == features) needs "
+            f"alpha_in == alpha_out, got {self.alpha_in} and {self.alpha_out}.")
+      shapes = {"h2h": (kh, kw, 1, out_high), "l2l": (kh, kw, 1, out_low)}
+      return {p: s for p, s in shapes.items() if s[3]}
+    shapes = {}
+    for path, c_in, c_out in (("h2h", in_high, out_high), ("h2l", in_high, out_low),
+                              ("l2h", in_low, out_high), ("l2l", in_low, out_low)):
+      if c_in and c_out:
+        if c_in % groups or c_out % groups:
+          raise ValueError(
+              f"feature_group_count={groups} must divide the channels of every path; path {path} "
+              f"has {c_in} input and {c_out} output channels (alpha_in={self.alpha_in}, "
+              f"alpha_out={self.alpha_out}, {in_channels} -> {self.features} channels).")
+        shapes[path] = (kh, kw, c_in // groups, c_out)
+    return shapes
+
+  @nn.compact
+  def __call__(self, x: OctTensor | Array) -> OctTensor:
+    x = as_oct(x)
+    in_channels = x.channels
+    expected_high, expected_low = split_channels(in_channels, self.alpha_in)
+    if (x.high_channels, x.low_channels) != (expected_high, expected_low):
+      raise ValueError(
+          f"the input has {x.high_channels} high and {x.low_channels} low channels, but alpha_in="
+          f"{self.alpha_in} splits {in_channels} channels into {expected_high} high and "
+          f"{expected_low} low (C_l = int(alpha_in * C)); pass an input split at alpha_in "
+          "(OctTensor.from_array(x, alpha_in)) or change alpha_in.")
+    shapes = self.path_shapes(in_channels)
+    kh, kw = _pair(self.kernel_size, "kernel_size")
+    full_shape = (kh, kw, 1 if self._depthwise(in_channels) else in_channels // self.feature_group_count,
+                  self.features)
+    # The output part's bias lives on its direct path (h2h / l2l), or on the cross path
+    # when the direct path does not exist.
+    bias_paths = {next((p for p in ("h2h", "l2h") if p in shapes), None),
+                  next((p for p in ("l2l", "h2l") if p in shapes), None)} - {None}
+    kernels, biases = {}, {}
+    for path, shape in shapes.items():
+      kernel, bias = _PathWeights(
+          shape, full_shape, self.use_bias and path in bias_paths, self.kernel_init,
+          self.bias_init, self.param_dtype, name=path)()
+      kernels[path] = kernel
+      if bias is not None:
+        biases[path] = bias
+    dtype = self.dtype or jnp.result_type(
+        *(p for p in (x.high, x.low) if p is not None), *kernels.values())
+    x = x.map(lambda p: p.astype(dtype))
+    kernels = {p: k.astype(dtype) for p, k in kernels.items()}
+    biases = {p: b.astype(dtype) for p, b in biases.items()}
+    strides = _pair(self.strides, "strides")[0]
+    return F.oct_conv(x, kernels, biases, strides=strides, precision=self.precision, fuse=self.fuse)
+
+
+class OctBatchNorm(nn.Module):
+  """Batch normalisation of each part with its own statistics and affine parameters.
+
+  Sub-modules ``high`` and ``low`` are `flax.linen.BatchNorm`s over the channel axis.
+  ``axis_name`` defaults to None (jit over a mesh needs none); pass the pmap axis name
+  to average statistics across devices under `jax.pmap`.
+  """
+
+  use_running_average: bool | None = None
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  use_bias: bool = True
+  use_scale: bool = True
+  scale_init: Initializer = nn.initializers.ones_init()
+  bias_init: Initializer = nn.initializers.zeros_init()
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: OctTensor | Array, use_running_average: bool | None = None) -> OctTensor:
+    x = as_oct(x)
+    use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=use_running_average, momentum=self.momentum,
+        epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+        use_bias=self.use_bias, use_scale=self.use_scale, scale_init=self.scale_init,
+        bias_init=self.bias_init, axis_name=self.axis_name)
+    return OctTensor(
+        high=None if x.high is None else norm(name="high")(x.high),
+        low=None if x.low is None else norm(name="low")(x.low),
+    )
+
+
+class OctConvBN(nn.Module):
+  """OctConv (no bias) -> OctBatchNorm -> optional activation on each part.
+
+  The unit every octflax network is built from. Sub-modules: ``conv`` and ``bn``.
+
+  Attributes:
+    features, kernel_size, alpha_in, alpha_out, strides, feature_group_count: as in `OctConv`.
+    activation: applied to each part after normalisation (None: no activation).
+    momentum, epsilon, axis_name: of the BatchNorm (momentum 0.9 is PyTorch's 0.1).
+    bn_scale_init: initialiser of the BatchNorm scale (zeros for a residual block's last unit).
+    dtype, param_dtype, precision, kernel_init, fuse: as in `OctConv`.
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  alpha_in: float
+  alpha_out: float
+  strides: int | Sequence[int] = 1
+  feature_group_count: int = 1
+  activation: Callable[[Array], Array] | None = None
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+  bn_scale_init: Initializer = nn.initializers.ones_init()
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+  fuse: bool = True
+
+  @nn.compact
+  def __call__(self, x: OctTensor | Array, train: bool = False) -> OctTensor:
+    y = OctConv(
+        self.features, self.kernel_size, self.alpha_in, self.alpha_out, strides=self.strides,
+        feature_group_count=self.feature_group_count, use_bias=False, dtype=self.dtype,
+        param_dtype=self.param_dtype, precision=self.precision, kernel_init=self.kernel_init,
+        fuse=self.fuse, name="conv")(x)
+    y = OctBatchNorm(
+        use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
+        dtype=self.dtype, param_dtype=self.param_dtype, scale_init=self.bn_scale_init,
+        axis_name=self.axis_name, name="bn")(y)
+    if self.activation is not None:
+      y = y.map(self.activation)
+    return y

@@ -1,0 +1,271 @@
+"""Oct-ResNet v1.5, Oct-ResNeXt, Oct-SE-ResNet, CIFAR-style Oct-ResNets and Oct-WRNs.
+
+One `ResNet` definition serves every variant; the variants are partials in
+`octflax.models`. Alpha placement comes from `stage_alphas` (stem vanilla, first
+block converts in, last stage at alpha 0, classifier on the high part).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from octflax.functional import global_avg_pool, oct_add, oct_max_pool
+from octflax.layers import OctBatchNorm, OctConv
+from octflax.models.common import (
+    Classifier, ModuleDef, check_num_classes, resplit, stage_alphas, unit_factory)
+from octflax.tensor import OctTensor, as_oct
+
+Array = jax.Array
+relu = jax.nn.relu
+
+
+class OctSqueezeExcite(nn.Module):
+  """Squeeze-and-excitation over both parts: one gate vector, split like the channels."""
+
+  reduction: int = 16
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: OctTensor) -> OctTensor:
+    channels = x.channels
+    s = global_avg_pool(x)
+    s = relu(nn.Dense(max(channels // self.reduction, 1), dtype=self.dtype, name="reduce")(s))
+    s = jax.nn.sigmoid(nn.Dense(channels, dtype=self.dtype, name="expand")(s))
+    gate_high, gate_low = s[:, : x.high_channels], s[:, x.high_channels:]
+    return OctTensor(
+        high=None if x.high is None else x.high * gate_high[:, None, None, :].astype(x.high.dtype),
+        low=None if x.low is None else x.low * gate_low[:, None, None, :].astype(x.low.dtype),
+    )
+
+
+def _shortcut(unit: ModuleDef, x: OctTensor, features: int, alpha_in: float, alpha_out: float,
+              strides: int, train: bool) -> OctTensor:
+  """Projection (1x1 conv-BN, the only place a block's shape changes) or identity."""
+  if strides != 1 or x.channels != features:
+    return unit(features, 1, alpha_in, alpha_out, strides=strides, name="shortcut")(x, train)
+  return resplit(x, alpha_out)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 conv-BN units (post-activation); the first converts alpha_in -> alpha_out."""
+
+  features: int
+  alpha_in: float
+  alpha_out: float
+  unit: ModuleDef
+  strides: int = 1
+  zero_init_residual: bool = False
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: OctTensor, train: bool) -> OctTensor:
+    last_scale = nn.initializers.zeros_init() if self.zero_init_residual else nn.initializers.ones_init()
+    y = self.unit(self.features, 3, self.alpha_in, self.alpha_out, strides=self.strides,
+                  activation=relu, name="conv1")(x, train)
+    y = self.unit(self.features, 3, self.alpha_out, self.alpha_out, bn_scale_init=last_scale,
+                  name="conv2")(y, train)
+    shortcut = _shortcut(self.unit, as_oct(x), self.features, self.alpha_in, self.alpha_out,
+                         self.strides, train)
+    return oct_add(y, shortcut).map(relu)
+
+
+class Bottleneck(nn.Module):
+  """ResNet v1.5 bottleneck: 1x1 -> 3x3 (carries the stride, grouped for ResNeXt) -> 1x1 (x4)."""
+
+  features: int
+  alpha_in: float
+  alpha_out: float
+  unit: ModuleDef
+  strides: int = 1
+  zero_init_residual: bool = False
+  groups: int = 1
+  base_width: int = 64
+  squeeze_excite: bool = False
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: OctTensor, train: bool) -> OctTensor:
+    width = int(self.features * self.base_width / 64) * self.groups
+    last_scale = nn.initializers.zeros_init() if self.zero_init_residual else nn.initializers.ones_init()
+    y = self.unit(width, 1, self.alpha_in, self.alpha_out, activation=relu, name="conv1")(x, train)
+    y = self.unit(width, 3, self.alpha_out, self.alpha_out, strides=self.strides,
+                  feature_group_count=self.groups, activation=relu, name="conv2")(y, train)
+    y = self.unit(self.features * 4, 1, self.alpha_out, self.alpha_out, bn_scale_init=last_scale,
+                  name="conv3")(y, train)
+    if self.squeeze_excite:
+      y = OctSqueezeExcite(dtype=self.dtype, name="se")(y)
+    shortcut = _shortcut(self.unit, as_oct(x), self.features * 4, self.alpha_in, self.alpha_out,
+                         self.strides, train)
+    return oct_add(y, shortcut).map(relu)
+
+
+class ResNet(nn.Module):
+  """Oct-ResNet (post-activation v1.5 for ImageNet, or CIFAR-style for small images).
+
+  Attributes:
+    stage_sizes: blocks per stage.
+    block_cls: `BasicBlock` or `Bottleneck` (or a partial of it).
+    num_classes: classifier outputs.
+    alpha: share of low-frequency channels in every stage but the last.
+    widths: base channels of each stage (a bottleneck outputs 4x).
+    stem: 'imagenet' (7x7/2 conv and 3x3/2 max-pool, vanilla) or 'cifar' (3x3 conv).
+    stem_features: channels of the stem.
+    groups, base_width: ResNeXt cardinality and width per group.
+    squeeze_excite: SE module in each bottleneck.
+    zero_init_residual: zero-init the last BN scale of every block.
+    dtype: compute dtype (parameters stay float32).
+    momentum, epsilon: BatchNorm settings (momentum 0.9 = PyTorch's 0.1).
+    axis_name: BatchNorm axis name under `jax.pmap` (None under jit).
+    fuse: see `OctConv`.
+  """
+
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  num_classes: int = 1000
+  alpha: float = 0.0
+  widths: Sequence[int] = (64, 128, 256, 512)
+  stem: str = "imagenet"
+  stem_features: int = 64
+  groups: int = 1
+  base_width: int = 64
+  squeeze_excite: bool = False
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+  fuse: bool = True
+
+  def __post_init__(self):
+    check_num_classes(self.num_classes)
+    stage_alphas(self.alpha, 1)  # validates alpha at construction
+    if self.stem not in ("imagenet", "cifar"):
+      raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
+    if len(self.stage_sizes) != len(self.widths):
+      raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} differ in length.")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = True) -> Array:
+    if x.ndim != 4:
+      raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
+    unit = unit_factory(self.dtype, self.momentum, self.epsilon, self.axis_name, self.fuse)
+    x = x.astype(self.dtype)
+    if self.stem == "imagenet":
+      # The vanilla stem of torchvision/Flax ResNets: a strided 7x7 conv is not an OctConv.
+      x = nn.Conv(self.stem_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                  dtype=self.dtype, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                  name="stem_conv")(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
+                       dtype=self.dtype, axis_name=self.axis_name, name="stem_bn")(x)
+      x = oct_max_pool(relu(x), 3, 2, ((1, 1), (1, 1)))
+    else:
+      x = unit(self.stem_features, 3, 0.0, 0.0, activation=relu, name="stem")(x, train)
+    alpha_in = 0.0
+    for stage, (num_blocks, width, alpha) in enumerate(
+        zip(self.stage_sizes, self.widths, stage_alphas(self.alpha, len(self.stage_sizes)))):
+      for block in range(num_blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        kwargs = {}
+        if self.block_cls is Bottleneck:
+          kwargs = dict(groups=self.groups, base_width=self.base_width,
+                        squeeze_excite=self.squeeze_excite, dtype=self.dtype)
+        x = self.block_cls(width, alpha_in, alpha, unit, strides=strides,
+                           zero_init_residual=self.zero_init_residual,
+                           name=f"stage{stage + 1}_block{block}", **kwargs)(x, train)
+        alpha_in = alpha
+    return Classifier(self.num_classes, self.dtype, name="head")(x)
+
+
+class PreActBlock(nn.Module):
+  """Wide-ResNet block (pre-activation): BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus shortcut."""
+
+  features: int
+  alpha_in: float
+  alpha_out: float
+  strides: int = 1
+  dtype: Any = jnp.float32
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+  dropout_rate: float = 0.0
+  fuse: bool = True
+
+  @nn.compact
+  def __call__(self, x: OctTensor, train: bool) -> OctTensor:
+    x = as_oct(x)
+    norm = lambda name: OctBatchNorm(use_running_average=not train, momentum=self.momentum,
+                                     epsilon=self.epsilon, dtype=self.dtype,
+                                     axis_name=self.axis_name, name=name)
+    conv = lambda k, a_in, strides, name: OctConv(
+        self.features, k, a_in, self.alpha_out, strides=strides, use_bias=False, dtype=self.dtype,
+        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), fuse=self.fuse, name=name)
+    y = norm("bn1")(x).map(relu)
+    if self.strides != 1 or x.channels != self.features:
+      shortcut = conv(1, self.alpha_in, self.strides, "shortcut")(y)
+    else:
+      shortcut = resplit(x, self.alpha_out)
+    y = conv(3, self.alpha_in, self.strides, "conv1")(y)
+    y = norm("bn2")(y).map(relu)
+    if self.dropout_rate:
+      y = y.map(lambda p: nn.Dropout(self.dropout_rate, deterministic=not train)(p))
+    y = conv(3, self.alpha_out, 1, "conv2")(y)
+    return oct_add(y, shortcut)
+
+
+class WideResNet(nn.Module):
+  """Oct-WRN-d-k (Zagoruyko & Komodakis) for 28x28/32x32 images: 3 stages of (d-4)/6 blocks.
+
+  Attributes:
+    depth: d, with (d - 4) divisible by 6.
+    widen_factor: k; stage widths are 16k, 32k, 64k.
+    num_classes, alpha, dtype, momentum, epsilon, axis_name, fuse: as in `ResNet`.
+    dropout_rate: dropout between the two convs of a block (train only).
+  """
+
+  depth: int = 16
+  widen_factor: int = 4
+  num_classes: int = 10
+  alpha: float = 0.0
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+  fuse: bool = True
+
+  def __post_init__(self):
+    check_num_classes(self.num_classes)
+    stage_alphas(self.alpha, 1)
+    if (self.depth - 4) % 6 or self.depth < 10:
+      raise ValueError(f"depth must be 6n + 4 (10, 16, 22, 28, 40, ...), got {self.depth}.")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = True) -> Array:
+    if x.ndim != 4:
+      raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
+    x = x.astype(self.dtype)
+    x = OctConv(16, 3, 0.0, 0.0, use_bias=False, dtype=self.dtype, fuse=self.fuse,
+                kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), name="stem")(x)
+    blocks = (self.depth - 4) // 6
+    widths = [16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor]
+    alpha_in = 0.0
+    for stage, (width, alpha) in enumerate(zip(widths, stage_alphas(self.alpha, 3))):
+      for block in range(blocks):
+        x = PreActBlock(width, alpha_in, alpha, strides=2 if stage > 0 and block == 0 else 1,
+                        dtype=self.dtype, momentum=self.momentum, epsilon=self.epsilon,
+                        axis_name=self.axis_name, dropout_rate=self.dropout_rate, fuse=self.fuse,
+                        name=f"stage{stage + 1}_block{block}")(x, train)
+        alpha_in = alpha
+    x = OctBatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
+                     dtype=self.dtype, axis_name=self.axis_name, name="final_bn")(x).map(relu)
+    return Classifier(self.num_classes, self.dtype, name="head")(x)
+
+
+__all__ = ["BasicBlock", "Bottleneck", "OctSqueezeExcite", "PreActBlock", "ResNet", "WideResNet"]

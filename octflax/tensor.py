@@ -1,0 +1,154 @@
+"""The octave feature map: `OctTensor` and the channel-split rule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+
+
+def check_alpha(alpha: float, name: str = "alpha") -> float:
+  """Returns `alpha` as a float, or raises `ValueError` unless 0 <= alpha <= 1."""
+  try:
+    value = float(alpha)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number in [0, 1], got {alpha!r}.") from None
+  if not 0.0 <= value <= 1.0 or math.isnan(value):
+    raise ValueError(f"{name} must be in [0, 1] (the share of low-frequency channels), got {alpha!r}.")
+  return value
+
+
+def split_channels(channels: int, alpha: float) -> tuple[int, int]:
+  """Splits `channels` into (high, low) channel counts at ratio `alpha`.
+
+  The rule of the official implementation: ``C_l = int(alpha * C)`` (floor) and
+  ``C_h = C - C_l``. Every part of octflax gets its channel counts from here.
+
+  Args:
+    channels: total number of channels C (>= 1).
+    alpha: share of low-frequency channels, in [0, 1].
+
+  Returns:
+    ``(C_h, C_l)``.
+
+  Examples:
+    >>> split_channels(64, 0.5)
+    (32, 32)
+    >>> split_channels(10, 0.25)
+    (8, 2)
+  """
+  alpha = check_alpha(alpha)
+  if int(channels) != channels or channels < 1:
+    raise ValueError(f"channels must be a positive integer, got {channels!r}.")
+  low = int(alpha * channels)
+  return channels - low, low
+
+
+def low_spatial_size(height: int, width: int) -> tuple[int, int]:
+  """Spatial size of the low part for a high part of size H x W: ceil(H/2) x ceil(W/2)."""
+  return -(-height // 2), -(-width // 2)
+
+
+@struct.dataclass
+class OctTensor:
+  """A feature map split into a high- and a low-frequency part (NHWC).
+
+  ``high`` is ``[N, H, W, C_h]`` at full resolution and ``low`` is
+  ``[N, ceil(H/2), ceil(W/2), C_l]``. Either may be ``None`` (alpha = 0 gives
+  ``low=None``, alpha = 1 gives ``high=None``), never both. It is a pytree, so it
+  passes through ``jax.jit``, ``jax.grad``, ``jax.vmap`` and ``jax.tree.map``.
+
+  Examples:
+    >>> x = OctTensor(jnp.zeros((2, 8, 8, 3)), jnp.zeros((2, 4, 4, 1)))
+    >>> x.channels, x.alpha
+    (4, 0.25)
+  """
+
+  high: Array | None
+  low: Array | None
+
+  def __post_init__(self):
+    if self.high is None and self.low is None:
+      raise ValueError("OctTensor needs a high or a low part (or both); got high=None and low=None.")
+
+  @classmethod
+  def from_array(cls, x: Array, alpha: float = 0.0) -> "OctTensor":
+    """Splits a full-resolution map ``[N, H, W, C]`` into an OctTensor at ratio alpha.
+
+    The first ``C_h`` channels stay at full resolution; the last ``C_l`` are 2x2
+    average-pooled (ceil mode) to form the low part.
+    """
+    # Imported here: functional depends on this module.
+    from octflax.functional import avg_pool2
+
+    if x.ndim != 4:
+      raise ValueError(f"expected an NHWC array of rank 4, got shape {x.shape}.")
+    c_high, c_low = split_channels(x.shape[-1], alpha)
+    high = x[..., :c_high] if c_high else None
+    low = avg_pool2(x[..., c_high:]) if c_low else None
+    return cls(high=high, low=low)
+
+  @property
+  def high_channels(self) -> int:
+    """C_h, the number of high-frequency channels (0 when ``high`` is None)."""
+    return 0 if self.high is None else self.high.shape[-1]
+
+  @property
+  def low_channels(self) -> int:
+    """C_l, the number of low-frequency channels (0 when ``low`` is None)."""
+    return 0 if self.low is None else self.low.shape[-1]
+
+  @property
+  def channels(self) -> int:
+    """C = C_h + C_l."""
+    return self.high_channels + self.low_channels
+
+  @property
+  def alpha(self) -> float:
+    """The share of low-frequency channels, C_l / C."""
+    return self.low_channels / self.channels
+
+  @property
+  def dtype(self):
+    return (self.high if self.high is not None else self.low).dtype
+
+  @property
+  def batch_shape(self) -> tuple[int, ...]:
+    """Leading (batch) dimensions, shared by both parts."""
+    part = self.high if self.high is not None else self.low
+    return tuple(part.shape[:-3])
+
+  def map(self, fn: Callable[[Array], Array]) -> "OctTensor":
+    """Applies ``fn`` to each present part: ``OctTensor(fn(high), fn(low))``."""
+    return OctTensor(
+        high=None if self.high is None else fn(self.high),
+        low=None if self.low is None else fn(self.low),
+    )
+
+  def merge(self) -> Array:
+    """One full-resolution map: nearest-upsample ``low`` to the high size, concatenate channels.
+
+    With no high part, the low part is upsampled to twice its size.
+    """
+    from octflax.functional import upsample2
+
+    if self.low is None:
+      return self.high
+    if self.high is None:
+      return upsample2(self.low)
+    low = upsample2(self.low, self.high.shape[-3:-1]).astype(self.high.dtype)
+    return jnp.concatenate([self.high, low], axis=-1)
+
+
+def as_oct(x: Any) -> OctTensor:
+  """Returns ``x`` if it is an OctTensor; a plain array becomes ``OctTensor(high=x, low=None)``."""
+  if isinstance(x, OctTensor):
+    return x
+  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+    raise TypeError(f"expected an OctTensor or an array, got {type(x).__name__}.")
+  return OctTensor(high=x, low=None)
