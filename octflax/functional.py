@@ -154,6 +154,7 @@ def oct_conv(
     strides: int = 1,
     precision: Any = None,
     fuse: bool = True,
+    pool_stride: bool = True,
 ) -> OctTensor:
   """Octave convolution of ``x`` with the path kernels ``kernels``.
 
@@ -176,6 +177,10 @@ def oct_conv(
     precision: passed to `lax.conv_general_dilated`.
     fuse: execute paths that share an output resolution as one convolution over
       concatenated inputs (same result, fewer and larger kernels).
+    pool_stride: True (the OctConv semantics): stride 2 average-pools, then convolves
+      at stride 1. False runs a strided convolution with symmetric padding instead, as
+      vanilla networks such as torchvision's ResNets do; only for a vanilla layer (the
+      ``h2h`` path alone).
 
   Returns:
     The OctTensor ``(Y^H, Y^L)``; a part is None when no path produces it.
@@ -197,6 +202,19 @@ def oct_conv(
           f"the low part must be ceil(H/2) x ceil(W/2) = {expected[0]}x{expected[1]} of the "
           f"{x.high.shape[-3]}x{x.high.shape[-2]} high part, got {x.low.shape[-3]}x{x.low.shape[-2]}.")
   biases = dict(biases or {})
+  if strides == 2 and not pool_stride:
+    if set(kernels) != {"h2h"}:
+      raise ValueError(
+          "pool_stride=False (a strided conv) is only defined for a vanilla layer "
+          f"(alpha_in = alpha_out = 0, path h2h alone); got paths {sorted(kernels)}.")
+    kernel = kernels["h2h"]
+    dtype = jnp.result_type(x.high, kernel)
+    y = lax.conv_general_dilated(
+        x.high.astype(dtype), kernel.astype(dtype), window_strides=(2, 2),
+        padding=[((k - 1) // 2, (k - 1) // 2) for k in kernel.shape[:2]],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=_groups("h2h", x.high.shape[-1], kernel), precision=precision)
+    return OctTensor(high=y + biases["h2h"] if "h2h" in biases else y, low=None)
 
   high, low = x.high, x.low
   # Inputs of each path, already at the resolution of the path's output.

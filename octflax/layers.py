@@ -84,6 +84,10 @@ class OctConv(nn.Module):
     kernel_init, bias_init: initialisers; the kernel initialiser sees the vanilla
       kernel's shape.
     fuse: execute paths that share an output resolution as one convolution.
+    pool_stride: True (default, the OctConv semantics) runs stride 2 as a 2x2 average
+      pool and a stride-1 conv. False runs a strided conv (symmetric padding) and is
+      allowed only for ``alpha_in = alpha_out = 0``: it makes a vanilla layer compute
+      what torchvision's strided convs compute.
 
   Examples:
     >>> conv = OctConv(features=32, kernel_size=3, alpha_in=0.0, alpha_out=0.5)
@@ -107,10 +111,15 @@ class OctConv(nn.Module):
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros_init()
   fuse: bool = True
+  pool_stride: bool = True
 
   def __post_init__(self):
     check_alpha(self.alpha_in, "alpha_in")
     check_alpha(self.alpha_out, "alpha_out")
+    if not self.pool_stride and (self.alpha_in or self.alpha_out):
+      raise ValueError(
+          "pool_stride=False (strided conv) needs alpha_in = alpha_out = 0; got "
+          f"alpha_in={self.alpha_in}, alpha_out={self.alpha_out}.")
     strides = _pair(self.strides, "strides")
     if strides[0] != strides[1] or strides[0] not in (1, 2):
       raise ValueError(f"strides must be 1 or 2 (the same on both axes), got {self.strides!r}.")
@@ -186,7 +195,8 @@ class OctConv(nn.Module):
     kernels = {p: k.astype(dtype) for p, k in kernels.items()}
     biases = {p: b.astype(dtype) for p, b in biases.items()}
     strides = _pair(self.strides, "strides")[0]
-    return F.oct_conv(x, kernels, biases, strides=strides, precision=self.precision, fuse=self.fuse)
+    return F.oct_conv(x, kernels, biases, strides=strides, precision=self.precision, fuse=self.fuse,
+                      pool_stride=self.pool_stride)
 
 
 class OctBatchNorm(nn.Module):
@@ -234,6 +244,7 @@ class OctConvBN(nn.Module):
     momentum, epsilon, axis_name: of the BatchNorm (momentum 0.9 is PyTorch's 0.1).
     bn_scale_init: initialiser of the BatchNorm scale (zeros for a residual block's last unit).
     dtype, param_dtype, precision, kernel_init, fuse: as in `OctConv`.
+    pool_stride: as in `OctConv`; False is used only where the unit is vanilla.
   """
 
   features: int
@@ -252,14 +263,16 @@ class OctConvBN(nn.Module):
   precision: Any = None
   kernel_init: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
   fuse: bool = True
+  pool_stride: bool = True
 
   @nn.compact
   def __call__(self, x: OctTensor | Array, train: bool = False) -> OctTensor:
+    vanilla = not (self.alpha_in or self.alpha_out)
     y = OctConv(
         self.features, self.kernel_size, self.alpha_in, self.alpha_out, strides=self.strides,
         feature_group_count=self.feature_group_count, use_bias=False, dtype=self.dtype,
         param_dtype=self.param_dtype, precision=self.precision, kernel_init=self.kernel_init,
-        fuse=self.fuse, name="conv")(x)
+        fuse=self.fuse, pool_stride=self.pool_stride or not vanilla, name="conv")(x)
     y = OctBatchNorm(
         use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
         dtype=self.dtype, param_dtype=self.param_dtype, scale_init=self.bn_scale_init,

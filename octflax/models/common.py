@@ -44,10 +44,11 @@ def resplit(x: OctTensor, alpha: float) -> OctTensor:
   return OctTensor.from_array(x.merge(), alpha)
 
 
-def unit_factory(dtype: Any, momentum: float, epsilon: float, axis_name: str | None, fuse: bool) -> ModuleDef:
+def unit_factory(dtype: Any, momentum: float, epsilon: float, axis_name: str | None, fuse: bool,
+                 pool_stride: bool = True) -> ModuleDef:
   """The conv-BN unit a network is built from, with its shared settings bound."""
   return functools.partial(OctConvBN, dtype=dtype, momentum=momentum, epsilon=epsilon,
-                           axis_name=axis_name, fuse=fuse)
+                           axis_name=axis_name, fuse=fuse, pool_stride=pool_stride)
 
 
 class Classifier(nn.Module):

@@ -122,6 +122,8 @@ class ResNet(nn.Module):
     momentum, epsilon: BatchNorm settings (momentum 0.9 = PyTorch's 0.1).
     axis_name: BatchNorm axis name under `jax.pmap` (None under jit).
     fuse: see `OctConv`.
+    pool_stride: False makes the strided vanilla (alpha 0) units strided convs, as in
+      torchvision's ResNets (needed to load their weights); octave units always pool.
   """
 
   stage_sizes: Sequence[int]
@@ -140,6 +142,7 @@ class ResNet(nn.Module):
   epsilon: float = 1e-5
   axis_name: str | None = None
   fuse: bool = True
+  pool_stride: bool = True
 
   def __post_init__(self):
     check_num_classes(self.num_classes)
@@ -154,7 +157,8 @@ class ResNet(nn.Module):
   def __call__(self, x: Array, train: bool = True) -> Array:
     if x.ndim != 4:
       raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
-    unit = unit_factory(self.dtype, self.momentum, self.epsilon, self.axis_name, self.fuse)
+    unit = unit_factory(self.dtype, self.momentum, self.epsilon, self.axis_name, self.fuse,
+                        self.pool_stride)
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
       # The vanilla stem of torchvision/Flax ResNets: a strided 7x7 conv is not an OctConv.

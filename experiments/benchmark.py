@@ -1,0 +1,225 @@
+"""Wall-time benchmark of octflax networks across alphas, on whatever backend JAX has.
+
+Compiles first (compile time excluded), then times repeated calls with
+``block_until_ready`` and reports the median. Configurations are timed round-robin
+(one call of each per round) so that a change in machine load hits all of them alike,
+and every ratio is taken against alpha 0 measured in the same run.
+
+Examples:
+  python -m experiments.benchmark --models oct_resnet50 --alphas 0,0.125,0.25,0.5,0.75 \\
+      --batch 8 --mode inference --json out.jsonl
+  python -m experiments.benchmark --models oct_resnet20 --alphas 0,0.5 --batch 128 \\
+      --mode train --image-size 32 --num-classes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+if __package__ in (None, ""):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from octflax import cost, models
+
+
+@dataclasses.dataclass
+class Case:
+  model: str
+  alpha: float
+  batch: int
+  mode: str
+  label: str
+  fn: Callable[[], Any]
+  gmacs: float
+  params: int
+  temp_bytes: int | None
+  times: list[float] = dataclasses.field(default_factory=list)
+
+
+def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
+  """ResNet-50 v1.5 written with `flax.linen.Conv` only (strided convs, as Flax's example)."""
+
+  class Block(nn.Module):
+    features: int
+    strides: int
+
+    @nn.compact
+    def __call__(self, x, train):
+      conv = lambda f, k, s=1, name=None: nn.Conv(f, (k, k), (s, s), padding=[((k - 1) // 2,) * 2] * 2,
+                                                  use_bias=False, dtype=dtype, name=name)
+      norm = lambda name, zero=False: nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                                                   epsilon=1e-5, dtype=dtype, name=name)
+      y = nn.relu(norm("bn1")(conv(self.features, 1, name="conv1")(x)))
+      y = nn.relu(norm("bn2")(conv(self.features, 3, self.strides, name="conv2")(y)))
+      y = norm("bn3")(conv(self.features * 4, 1, name="conv3")(y))
+      if self.strides != 1 or x.shape[-1] != self.features * 4:
+        x = norm("bn_shortcut")(conv(self.features * 4, 1, self.strides, name="shortcut")(x))
+      return nn.relu(y + x)
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+      x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, dtype=dtype)(x.astype(dtype))
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+      for stage, blocks in enumerate((3, 4, 6, 3)):
+        for block in range(blocks):
+          x = Block(64 * 2**stage, 2 if stage and not block else 1)(x, train)
+      return nn.Dense(num_classes, dtype=dtype)(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
+
+  return Net()
+
+
+def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Module:
+  if name == "flax_resnet50":
+    return vanilla_resnet50(num_classes, dtype)
+  if name.endswith(":strided"):
+    return models.get_model(name.split(":")[0], alpha=alpha, num_classes=num_classes, dtype=dtype,
+                            pool_stride=False)
+  return models.get_model(name, alpha=alpha, num_classes=num_classes, dtype=dtype)
+
+
+def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
+              dtype: Any) -> Case:
+  model = build_model(name, alpha, num_classes, dtype)
+  shape = (batch, image_size, image_size, 3)
+  report = cost.analyze(model, (1,) + shape[1:])
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+  labels = jnp.asarray(rng.integers(0, num_classes, batch), dtype=jnp.int32)
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images)
+
+  if mode == "inference":
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    compiled = forward.lower(variables, images).compile()
+    fn = lambda: compiled(variables, images)
+  else:
+    tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+             "opt": tx.init(variables["params"])}
+
+    def step(state, x, y):
+      def loss_fn(params):
+        logits, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, x,
+                                      train=True, mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, updates["batch_stats"]
+
+      (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+      updates, opt = tx.update(grads, state["opt"], state["params"])
+      return {"params": optax.apply_updates(state["params"], updates), "batch_stats": batch_stats,
+              "opt": opt}, loss
+
+    compiled = jax.jit(step, donate_argnums=0).lower(state, images, labels).compile()
+    holder = {"state": state}
+
+    def fn():
+      holder["state"], loss = compiled(holder["state"], images, labels)
+      return loss
+
+  try:
+    temp = compiled.memory_analysis().temp_size_in_bytes
+  except Exception:  # not every backend reports it
+    temp = None
+  label = f"{name} a={alpha:g} b={batch} {mode}"
+  return Case(name, alpha, batch, mode, label, fn, report.gmacs, report.params, temp)
+
+
+def peak_device_bytes() -> int | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+  alphas = [float(a) for a in args.alphas.split(",")]
+  if 0.0 not in alphas:
+    alphas = [0.0] + alphas  # ratios need alpha 0 from the same run
+  cases = []
+  for name in args.models.split(","):
+    for batch in [int(b) for b in str(args.batch).split(",")]:
+      for alpha in ([0.0] if name == "flax_resnet50" else alphas):
+        cases.append(make_case(name, alpha, batch, args.mode, args.image_size, args.num_classes, dtype))
+        for _ in range(args.warmup):
+          jax.block_until_ready(cases[-1].fn())
+  for _ in range(args.repeats):
+    for case in cases:
+      start = time.perf_counter()
+      jax.block_until_ready(case.fn())
+      case.times.append(time.perf_counter() - start)
+
+  device = jax.devices()[0]
+  rows = []
+  for case in cases:
+    median = statistics.median(case.times)
+    base = next(c for c in cases if c.model == case.model and c.batch == case.batch and c.alpha == 0.0)
+    base_median = statistics.median(base.times)
+    rows.append({
+        "model": case.model, "alpha": case.alpha, "batch": case.batch, "mode": case.mode,
+        "dtype": args.dtype, "image_size": args.image_size, "backend": jax.default_backend(),
+        "device_kind": device.device_kind, "device_count": jax.device_count(),
+        "median_ms": median * 1e3, "min_ms": min(case.times) * 1e3,
+        "images_per_second": case.batch / median, "gmacs": case.gmacs, "params": case.params,
+        "time_ratio_to_alpha0": median / base_median,
+        "macs_ratio_to_alpha0": case.gmacs / base.gmacs,
+        "repeats": len(case.times), "compiled_temp_bytes": case.temp_bytes,
+        "peak_device_bytes": peak_device_bytes(), "jax": jax.__version__,
+        "host": platform.node(), "date": datetime.date.today().isoformat(),
+    })
+  return rows
+
+
+def print_table(rows: list[dict]) -> None:
+  print(f"backend {rows[0]['backend']} ({rows[0]['device_kind']}), jax {rows[0]['jax']}, dtype {rows[0]['dtype']}")
+  header = f"{'model':<24}{'alpha':>6}{'batch':>6}{'mode':>10}{'median ms':>11}{'img/s':>9}{'GMACs':>8}{'time/a0':>9}{'MACs/a0':>9}"
+  print(header)
+  for r in rows:
+    print(f"{r['model']:<24}{r['alpha']:>6g}{r['batch']:>6}{r['mode']:>10}{r['median_ms']:>11.1f}"
+          f"{r['images_per_second']:>9.1f}{r['gmacs']:>8.3f}{r['time_ratio_to_alpha0']:>9.3f}"
+          f"{r['macs_ratio_to_alpha0']:>9.3f}")
+  peak = rows[0]["peak_device_bytes"]
+  if peak:
+    print(f"peak device memory: {peak / 2**30:.2f} GiB")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", default="oct_resnet50",
+                      help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs; "
+                           "'flax_resnet50' is ResNet-50 written with flax.linen.Conv")
+  parser.add_argument("--alphas", default="0,0.125,0.25,0.5,0.75")
+  parser.add_argument("--batch", default="8", help="batch size, or a comma-separated list")
+  parser.add_argument("--mode", choices=["inference", "train"], default="inference")
+  parser.add_argument("--image-size", type=int, default=224)
+  parser.add_argument("--num-classes", type=int, default=1000)
+  parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--json", default=None, help="append one JSON line per configuration here")
+  args = parser.parse_args(argv)
+  rows = run(args)
+  print_table(rows)
+  if args.json:
+    with open(args.json, "a") as f:
+      for row in rows:
+        f.write(json.dumps(row) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
