@@ -1,0 +1,59 @@
+"""Data for octflax: readers of the original data set files and a grain input pipeline.
+
+Sources follow grain's random-access protocol (``len`` and ``source[i] ->
+{'image': uint8 [H, W, C], 'label': int32}``) and carry ``num_classes``,
+``image_shape`` and per-channel ``mean``/``std``::
+
+  from octflax import data
+  train = data.fashion_mnist(split='train')
+  for batch in data.make_loader(train, batch_size=128, train=True, seed=0, epoch=0,
+                                augment='crop_flip'):
+    ...  # batch['image'] float32 [128, 28, 28, 1], batch['label'] int32 [128]
+"""
+
+from octflax.data.augment import AUGMENTATIONS
+from octflax.data.errors import DataError, MissingDataError
+from octflax.data.pipeline import EpochLoader, make_loader, steps_per_epoch
+from octflax.data.sources import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ArraySource,
+    ImageFolderSource,
+    SyntheticSource,
+    cifar,
+    fashion_mnist,
+    image_folder,
+    synthetic,
+)
+
+__all__ = [
+    "AUGMENTATIONS",
+    "ArraySource",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "DataError",
+    "EpochLoader",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageFolderSource",
+    "MissingDataError",
+    "SyntheticSource",
+    "cifar",
+    "fashion_mnist",
+    "image_folder",
+    "make_loader",
+    "steps_per_epoch",
+    "synthetic",
+]

@@ -1,0 +1,375 @@
+"""The input pipeline: shuffled, augmented, normalised batches on grain, sharded by process.
+
+One call of `make_loader` gives one epoch. The global order of an epoch is a
+pure function of ``(seed, epoch)``; global batch ``k`` holds positions
+``k * G .. (k + 1) * G - 1`` of that order (``G`` = per-process batch times the
+number of processes), and process ``p`` takes the ``p``-th slice of it. So the
+union of the processes' batches ``k`` is global batch ``k`` whatever the number
+of processes, and resuming at batch ``k`` needs no work for the batches before.
+Augmentations draw their randomness from ``(seed, epoch, example index)``.
+
+Elements of the grain pipeline are whole batches, built with vectorised NumPy
+gathers and crops, so the per-example Python cost stays small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+try:
+  import grain
+
+  grain.MapDataset  # pylint: disable=pointless-statement
+except (ImportError, AttributeError):  # Older grain releases.
+  import grain.python as grain  # type: ignore[no-redef]
+
+from octflax.data import _hashing, augment as aug
+from octflax.data.errors import DataError
+
+Batch = dict[str, np.ndarray]
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int, *, drop_remainder: bool = True) -> int:
+  """Number of global batches in an epoch.
+
+  Args:
+    num_examples: examples in the data set.
+    global_batch_size: examples per global batch (per-process batch times the
+      number of processes).
+    drop_remainder: True for training (a final partial batch is dropped);
+      False for evaluation (it is padded), which rounds up.
+
+  Returns:
+    The number of batches.
+
+  Raises:
+    DataError: a negative count or a batch size below 1.
+  """
+  _check_int("num_examples", num_examples, 0)
+  _check_int("global_batch_size", global_batch_size, 1)
+  if drop_remainder:
+    return num_examples // global_batch_size
+  return -(-num_examples // global_batch_size)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise DataError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+  return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Everything that defines the batches of one epoch on one process."""
+
+  num_examples: int
+  batch_size: int
+  global_batch_size: int
+  process_index: int
+  num_batches: int
+  train: bool
+  seed: int
+  epoch: int
+  augment: str
+  out_shape: tuple[int, int, int]
+  resize: bool  # 'none' with a resize to out_shape (centre crop of the shorter side).
+  order: np.ndarray | None  # The epoch's order (train); None means identity.
+  mean: np.ndarray
+  std: np.ndarray
+
+
+class _BatchFn:
+  """Builds local batch `k` of the epoch (a grain map transform over batch numbers)."""
+
+  def __init__(self, source: Any, plan: _Plan):
+    self._source = source
+    self._plan = plan
+    self._gather = getattr(source, "_gather", None)
+
+  def _fetch(self, indices: np.ndarray) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray]:
+    if self._gather is not None:
+      return self._gather(indices)
+    images, labels = [], []
+    for index in indices:
+      example = self._source[int(index)]
+      image = np.asarray(example["image"])
+      if image.dtype != np.uint8 or image.ndim != 3:
+        raise DataError(
+            f"{self._source!r}: example {int(index)} has an image of dtype {image.dtype} and "
+            f"shape {image.shape}; expected uint8 [H, W, C]."
+        )
+      images.append(image)
+      labels.append(example["label"])
+    return images, np.asarray(labels, dtype=np.int32).reshape(len(indices))
+
+  def _transform(self, images: list[np.ndarray] | np.ndarray, indices: np.ndarray) -> np.ndarray:
+    plan = self._plan
+    size = plan.out_shape[0]
+    draws = aug.NUM_DRAWS[plan.augment] if plan.train else 0
+    u = _hashing.uniform(_hashing.TAG_AUGMENT, plan.seed, plan.epoch, indices, draws=draws) if draws else None
+    if plan.augment == "imagenet":
+      if plan.train:
+        out = [aug.imagenet_train(image, u[i], size) for i, image in enumerate(images)]
+      else:
+        out = [aug.center_resize(image, size) for image in images]
+      return np.stack(out)
+    if plan.resize:
+      return np.stack([aug.center_resize(image, size, crop_fraction=1.0) for image in images])
+    if not isinstance(images, np.ndarray):
+      shapes = {image.shape for image in images}
+      if len(shapes) != 1 or next(iter(shapes)) != plan.out_shape:
+        raise DataError(
+            f"{self._source!r}: images of shapes {sorted(shapes)} in one batch; expected all "
+            f"{plan.out_shape}. Pass image_size=... (resizes) or augment='imagenet'."
+        )
+      images = np.stack(images)
+    if plan.train and plan.augment in ("crop", "crop_flip"):
+      return aug.random_crop_flip(images, u, flip=plan.augment == "crop_flip")
+    return images
+
+  def __call__(self, k: int) -> Batch:
+    plan = self._plan
+    start = int(k) * plan.global_batch_size + plan.process_index * plan.batch_size
+    positions = np.arange(start, start + plan.batch_size, dtype=np.int64)
+    valid = positions < plan.num_examples
+    count = int(valid.sum())  # Valid positions form a prefix.
+    indices = plan.order[positions] if plan.order is not None else positions[:count]
+    image = np.zeros((plan.batch_size,) + plan.out_shape, dtype=np.float32)
+    label = np.zeros((plan.batch_size,), dtype=np.int32)
+    if count:
+      images, labels = self._fetch(indices)
+      pixels = self._transform(images, indices)
+      np.divide(np.subtract(pixels, plan.mean, dtype=np.float32), plan.std, out=image[:count])
+      label[:count] = labels
+    batch = {"image": image, "label": label}
+    if not plan.train:
+      batch["mask"] = valid.astype(np.float32)
+    return batch
+
+
+class EpochLoader(Iterator[Batch]):
+  """Iterator over the batches of one epoch on this process (see `make_loader`).
+
+  Attributes:
+    num_batches: batches in the whole epoch (the same on every process).
+    start_batch: the first batch this iterator yields.
+    global_batch_size: examples per global batch.
+  """
+
+  def __init__(self, dataset: Any, read_options: Any, num_batches: int, start_batch: int,
+               global_batch_size: int):
+    self._iterator = iter(dataset.to_iter_dataset(read_options))
+    self._remaining = num_batches - start_batch
+    self.num_batches = num_batches
+    self.start_batch = start_batch
+    self.global_batch_size = global_batch_size
+
+  def __iter__(self) -> EpochLoader:
+    return self
+
+  def __next__(self) -> Batch:
+    if self._remaining <= 0:
+      self.close()
+      raise StopIteration
+    try:
+      batch = next(self._iterator)
+    except BaseException:
+      self.close()
+      raise
+    self._remaining -= 1
+    return batch
+
+  def __len__(self) -> int:
+    """Batches still to come."""
+    return max(self._remaining, 0)
+
+  def close(self) -> None:
+    """Stops the background threads, if any. Safe to call more than once."""
+    self._remaining = 0
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+
+  def __enter__(self) -> EpochLoader:
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
+
+def _output_shape(source: Any, augment: str, image_size: int | None, channels: int
+                  ) -> tuple[tuple[int, int, int], bool]:
+  """Returns (output image shape, whether 'none' resizes)."""
+  shape = getattr(source, "image_shape", None)
+  shape = tuple(shape) if shape is not None else None
+  if augment == "imagenet":
+    size = 224 if image_size is None else image_size
+    return (size, size, channels), False
+  if shape is None:
+    if augment in ("crop", "crop_flip"):
+      raise DataError(
+          f"augment={augment!r} needs images of one fixed size, but {source!r} has variable "
+          "image sizes (image_shape is None); use augment='imagenet' or 'none' with image_size."
+      )
+    if image_size is None:
+      raise DataError(
+          f"{source!r} has variable image sizes: pass image_size=... (augment='none' then "
+          "resizes the shorter side and crops the centre) or use augment='imagenet'."
+      )
+    return (image_size, image_size, channels), True
+  if image_size is None or shape[:2] == (image_size, image_size):
+    return shape, False  # type: ignore[return-value]
+  if augment in ("crop", "crop_flip"):
+    raise DataError(
+        f"image_size={image_size} differs from the source's image shape {shape}; "
+        f"augment={augment!r} keeps the size: pass image_size=None (or {shape[0]} for square "
+        "images), or use augment='imagenet'."
+    )
+  return (image_size, image_size, channels), True
+
+
+def make_loader(
+    source: Any,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    augment: str = "none",
+    image_size: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    start_batch: int = 0,
+    num_threads: int = 0,
+) -> Iterator[Batch]:
+  """Batches of one epoch of `source` for this process, on grain.
+
+  Training (``train=True``): the epoch's order is a shuffle that is a pure
+  function of ``(seed, epoch)``; global batch ``k`` is positions
+  ``k*G .. k*G + G - 1`` of it (``G = batch_size * process_count``), process
+  ``p`` gets the ``p``-th `batch_size` slice, and the last partial global batch
+  is dropped. Evaluation (``train=False``): the order is the source's order, the
+  last global batch is padded (zero images, label 0, ``mask`` 0) so that every
+  example appears exactly once across processes and every process yields the
+  same number of batches.
+
+  Augmentations (train only, except the resize of ``'imagenet'``) are pure
+  functions of ``(seed, epoch, example index)``:
+
+  - ``'none'``: images as stored (or, with `image_size` different from the
+    stored size, the shorter side resized to `image_size` and the centre cropped).
+  - ``'crop'``: random crop after 4-pixel zero padding.
+  - ``'crop_flip'``: ``'crop'`` and a horizontal flip with probability 1/2
+    (CIFAR, Fashion-MNIST).
+  - ``'imagenet'``: random resized crop to `image_size` and flip for training;
+    for evaluation the shorter side resized to ``image_size * 256 / 224`` and the
+    central ``image_size`` square cropped.
+
+  Args:
+    source: a random-access source (``len``, ``source[i] -> {'image', 'label'}``)
+      with ``mean``, ``std`` and ``image_shape`` attributes, like those of
+      `octflax.data`.
+    batch_size: examples per batch on THIS process.
+    train: shuffle, augment and drop the remainder (True) or evaluate (False).
+    seed: seed of the shuffle and the augmentations.
+    epoch: epoch number (>= 0); each epoch has its own order and augmentations.
+    augment: one of ``'none'``, ``'crop'``, ``'crop_flip'``, ``'imagenet'``.
+    image_size: output side for ``'imagenet'`` (default 224) or for resizing
+      with ``'none'``; None keeps the stored size.
+    process_index: this process's index; default ``jax.process_index()``.
+    process_count: number of processes; default ``jax.process_count()``.
+    start_batch: first batch to yield (to resume mid-epoch); skipped batches
+      cost nothing.
+    num_threads: grain threads that build batches ahead; 0 builds each batch
+      in the calling thread when it is asked for.
+
+  Returns:
+    An `EpochLoader`, an iterator (with ``len``) of dicts of NumPy arrays:
+    ``'image'`` float32 [batch_size, H, W, C], normalised as
+    ``(x - mean) / std``; ``'label'`` int32 [batch_size]; and for evaluation
+    ``'mask'`` float32 [batch_size], 1 for real examples and 0 for padding.
+
+  Raises:
+    DataError: a bad argument, or a source without the needed attributes.
+  """
+  for attr in ("__len__", "__getitem__", "mean", "std"):
+    if not hasattr(source, attr):
+      raise DataError(
+          f"source {source!r} has no {attr!r}; expected a random-access source with len(), "
+          "source[i] -> {'image', 'label'}, and mean/std attributes (e.g. octflax.data.fashion_mnist())."
+      )
+  batch_size = _check_int("batch_size", batch_size, 1)
+  epoch = _check_int("epoch", epoch, 0)
+  start_batch = _check_int("start_batch", start_batch, 0)
+  num_threads = _check_int("num_threads", num_threads, 0)
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    raise DataError(f"seed must be an integer; got {seed!r}.")
+  if augment not in aug.AUGMENTATIONS:
+    raise DataError(f"augment must be one of {', '.join(map(repr, aug.AUGMENTATIONS))}; got {augment!r}.")
+  if image_size is not None:
+    image_size = _check_int("image_size", image_size, 1)
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  process_count = _check_int("process_count", process_count, 1)
+  process_index = _check_int("process_index", process_index, 0)
+  if process_index >= process_count:
+    raise DataError(
+        f"process_index must be in 0..{process_count - 1} (process_count={process_count}); "
+        f"got {process_index}."
+    )
+
+  num_examples = len(source)
+  if num_examples == 0:
+    raise DataError(f"source {source!r} is empty.")
+  mean = np.asarray(source.mean, dtype=np.float32).reshape(-1)
+  std = np.asarray(source.std, dtype=np.float32).reshape(-1)
+  if mean.shape != std.shape or not np.all(std > 0):
+    raise DataError(
+        f"source {source!r}: mean and std must have one value per channel and std > 0; got "
+        f"mean={tuple(source.mean)}, std={tuple(source.std)}."
+    )
+  out_shape, resize = _output_shape(source, augment, image_size, channels=mean.size)
+  if out_shape[-1] != mean.size:
+    raise DataError(
+        f"source {source!r}: {mean.size} per-channel mean/std values for images with "
+        f"{out_shape[-1]} channels."
+    )
+
+  global_batch_size = batch_size * process_count
+  num_batches = steps_per_epoch(num_examples, global_batch_size, drop_remainder=train)
+  if num_batches == 0:
+    raise DataError(
+        f"global batch size {global_batch_size} (batch_size {batch_size} x {process_count} "
+        f"processes) is larger than the {num_examples} examples of {source!r}; training drops "
+        "partial batches, so an epoch would be empty. Use a smaller batch_size."
+    )
+  if start_batch > num_batches:
+    raise DataError(f"start_batch must be in 0..{num_batches} (batches per epoch); got {start_batch}.")
+
+  order = _hashing.permutation(num_examples, _hashing.TAG_SHUFFLE, int(seed), epoch) if train else None
+  plan = _Plan(
+      num_examples=num_examples,
+      batch_size=batch_size,
+      global_batch_size=global_batch_size,
+      process_index=process_index,
+      num_batches=num_batches,
+      train=bool(train),
+      seed=int(seed),
+      epoch=epoch,
+      augment=augment,
+      out_shape=out_shape,
+      resize=resize,
+      order=order,
+      mean=mean,
+      std=std,
+  )
+  dataset = grain.MapDataset.range(start_batch, num_batches).map(_BatchFn(source, plan))
+  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+  return EpochLoader(dataset, read_options, num_batches, start_batch, global_batch_size)
