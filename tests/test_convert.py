@@ -1,0 +1,664 @@
+"""Import of PyTorch weights (`octflax.convert`) and the convert / evaluate commands.
+
+State_dict-only tests run everywhere: the key listing of the PyTorch port's Oct-ResNets
+and of torchvision's ResNets (generated here from the networks' structure and checked
+against the port's published Oct-ResNet-50 listing), round trips and every import error.
+With torch installed, a PyTorch Oct-ResNet-50 (alpha .5, the port's module structure,
+written here from DESIGN.md's equations) and a torchvision-layout ResNet-50 are imported
+and must give the same logits as octflax to 1e-4.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from octflax import convert
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the commands live in the repository's `experiments` folder
+  sys.path.insert(0, str(ROOT))
+
+REFERENCE = ROOT.parent / "shared" / "reference" / "pytorch_port_oct_resnet50_state_dict.txt"
+if not REFERENCE.exists():
+  REFERENCE = Path("/work/shared/reference/pytorch_port_oct_resnet50_state_dict.txt")
+
+try:
+  import torch
+  from torch import nn as tnn
+  from torch.nn import functional as TF
+except ImportError:
+  torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+LAYERS = {"oct_resnet18": (2, 2, 2, 2), "oct_resnet26": (2, 2, 2, 2), "oct_resnet34": (3, 4, 6, 3),
+          "oct_resnet50": (3, 4, 6, 3), "oct_resnet101": (3, 4, 23, 3)}
+BOTTLENECK = {"oct_resnet18": False, "oct_resnet26": True, "oct_resnet34": False,
+              "oct_resnet50": True, "oct_resnet101": True}
+
+
+# ----------------------------------------------------------------------------- key listings
+# Written from the networks' structure, independently of octflax.convert.
+
+
+def _split(channels: int, alpha: float) -> tuple[int, int]:
+  low = int(alpha * channels)
+  return channels - low, low
+
+
+def _bn(prefix: str, channels: int) -> dict:
+  return {f"{prefix}.weight": (channels,), f"{prefix}.bias": (channels,),
+          f"{prefix}.running_mean": (channels,), f"{prefix}.running_var": (channels,),
+          f"{prefix}.num_batches_tracked": ()}
+
+
+def _blocks(arch: str, alpha: float):
+  """(layer, index, in, width, out, stride, alpha_in, alpha_out, has_downsample) of every block."""
+  bottleneck = BOTTLENECK[arch]
+  expansion = 4 if bottleneck else 1
+  inplanes, a_in = 64, 0.0
+  for layer, (blocks, planes) in enumerate(zip(LAYERS[arch], (64, 128, 256, 512)), start=1):
+    a_out = 0.0 if layer == 4 else alpha
+    for index in range(blocks):
+      stride = 2 if layer > 1 and index == 0 else 1
+      out = planes * expansion
+      yield (layer, index, inplanes, planes, out, stride, a_in, a_out,
+             stride != 1 or inplanes != out)
+      inplanes, a_in = out, a_out
+
+
+def port_shapes(arch: str, alpha: float, num_classes: int = 1000) -> dict:
+  """The PyTorch port's state_dict: key -> shape, in the port's order."""
+  shapes = {"conv1.weight": (64, 3, 7, 7), **_bn("bn1", 64)}
+
+  def unit(prefix, c_in, c_out, k, a_in, a_out):
+    in_h, in_l = _split(c_in, a_in)
+    out_h, out_l = _split(c_out, a_out)
+    for path, i, o in (("l2l", in_l, out_l), ("l2h", in_l, out_h), ("h2l", in_h, out_l),
+                       ("h2h", in_h, out_h)):
+      if i and o:
+        shapes[f"{prefix}.conv.conv_{path}.weight"] = (o, i, k, k)
+    if out_h:
+      shapes.update(_bn(f"{prefix}.bn_h", out_h))
+    if out_l:
+      shapes.update(_bn(f"{prefix}.bn_l", out_l))
+
+  for layer, index, c_in, width, out, _, a_in, a_out, down in _blocks(arch, alpha):
+    p = f"layer{layer}.{index}"
+    if BOTTLENECK[arch]:
+      unit(f"{p}.conv1", c_in, width, 1, a_in, a_out)
+      unit(f"{p}.conv2", width, width, 3, a_out, a_out)
+      unit(f"{p}.conv3", width, out, 1, a_out, a_out)
+    else:
+      unit(f"{p}.conv1", c_in, width, 3, a_in, a_out)
+      unit(f"{p}.conv2", width, out, 3, a_out, a_out)
+    if down:
+      unit(f"{p}.downsample.0", c_in, out, 1, a_in, a_out)
+  final = 2048 if BOTTLENECK[arch] else 512
+  shapes.update({"fc.weight": (num_classes, final), "fc.bias": (num_classes,)})
+  return shapes
+
+
+def torchvision_shapes(arch: str, num_classes: int = 1000) -> dict:
+  """torchvision's ResNet state_dict: key -> shape, in torchvision's order."""
+  shapes = {"conv1.weight": (64, 3, 7, 7), **_bn("bn1", 64)}
+  for layer, index, c_in, width, out, _, _, _, down in _blocks(arch, 0.0):
+    p = f"layer{layer}.{index}"
+    if BOTTLENECK[arch]:
+      convs = ((c_in, width, 1), (width, width, 3), (width, out, 1))
+    else:
+      convs = ((c_in, width, 3), (width, out, 3))
+    for k, (i, o, size) in enumerate(convs, start=1):
+      shapes[f"{p}.conv{k}.weight"] = (o, i, size, size)
+      shapes.update(_bn(f"{p}.bn{k}", o))
+    if down:
+      shapes[f"{p}.downsample.0.weight"] = (out, c_in, 1, 1)
+      shapes.update(_bn(f"{p}.downsample.1", out))
+  final = 2048 if BOTTLENECK[arch] else 512
+  shapes.update({"fc.weight": (num_classes, final), "fc.bias": (num_classes,)})
+  return shapes
+
+
+def random_state_dict(shapes: dict, seed: int = 0) -> dict:
+  """NumPy values for a key -> shape listing (positive variances, integer counters)."""
+  rng = np.random.default_rng(seed)
+  state = {}
+  for key, shape in shapes.items():
+    if key.endswith("num_batches_tracked"):
+      state[key] = np.asarray(rng.integers(0, 1000), np.int64)
+    elif key.endswith("running_var"):
+      state[key] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+    else:
+      state[key] = rng.standard_normal(shape).astype(np.float32)
+  return state
+
+
+def read_reference() -> dict:
+  shapes = {}
+  for line in REFERENCE.read_text().splitlines():
+    if line.strip() and not line.startswith("#"):
+      key, shape = line.split(" ", 1)
+      shapes[key] = ast.literal_eval(shape.strip())
+  return shapes
+
+
+# ----------------------------------------------------------------------------- listings
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="the reference listing is not in this checkout")
+def test_port_listing_equals_the_published_oct_resnet50():
+  reference = read_reference()
+  assert len(reference) == 654
+  generated = port_shapes("oct_resnet50", 0.5)
+  assert set(generated) == set(reference)
+  assert generated == reference
+  expected = convert.expected_state_dict_shapes("oct_resnet50", alpha=0.5, source="port")
+  assert list(expected.items()) == list(reference.items())  # same keys, shapes and order
+
+
+@pytest.mark.parametrize("arch,alpha", [("oct_resnet26", 0.5), ("oct_resnet26", 0.25),
+                                        ("oct_resnet50", 0.0), ("oct_resnet18", 0.5)])
+def test_port_listing(arch, alpha):
+  expected = convert.expected_state_dict_shapes(arch, alpha=alpha, source="port", num_classes=10)
+  assert list(expected.items()) == list(port_shapes(arch, alpha, 10).items())
+
+
+@pytest.mark.parametrize("arch", ["oct_resnet18", "oct_resnet50"])
+def test_torchvision_listing(arch):
+  expected = convert.expected_state_dict_shapes(arch, source="torchvision")
+  assert list(expected.items()) == list(torchvision_shapes(arch).items())
+  assert len(expected) == {"oct_resnet18": 122, "oct_resnet50": 320}[arch]
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _flat(tree, prefix=()):
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat(value, prefix + (name,))
+    else:
+      yield prefix + (name,), value
+
+
+def _assert_trees_equal(a, b):
+  a, b = dict(_flat(a)), dict(_flat(b))
+  assert set(a) == set(b)
+  for key in a:
+    np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg="/".join(key))
+
+
+def test_import_places_every_tensor():
+  sd = random_state_dict(port_shapes("oct_resnet26", 0.5, 10))
+  variables = convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=0.5)  # layout detected
+  params, stats = variables["params"], variables["batch_stats"]
+  hwio = lambda w: np.transpose(w, (2, 3, 1, 0))
+  checks = [
+      (params["stem_conv"]["kernel"], hwio(sd["conv1.weight"])),
+      (params["stem_bn"]["scale"], sd["bn1.weight"]),
+      (stats["stem_bn"]["var"], sd["bn1.running_var"]),
+      (params["stage1_block0"]["conv1"]["conv"]["h2l"]["kernel"], hwio(sd["layer1.0.conv1.conv.conv_h2l.weight"])),
+      (params["stage1_block1"]["conv2"]["conv"]["l2h"]["kernel"], hwio(sd["layer1.1.conv2.conv.conv_l2h.weight"])),
+      (params["stage1_block1"]["conv2"]["conv"]["h2l"]["kernel"], hwio(sd["layer1.1.conv2.conv.conv_h2l.weight"])),
+      (params["stage2_block0"]["shortcut"]["conv"]["l2l"]["kernel"],
+       hwio(sd["layer2.0.downsample.0.conv.conv_l2l.weight"])),
+      (params["stage2_block0"]["shortcut"]["bn"]["low"]["bias"], sd["layer2.0.downsample.0.bn_l.bias"]),
+      (stats["stage3_block1"]["conv3"]["bn"]["low"]["mean"], sd["layer3.1.conv3.bn_l.running_mean"]),
+      (stats["stage4_block0"]["conv1"]["bn"]["high"]["var"], sd["layer4.0.conv1.bn_h.running_var"]),
+      (params["stage4_block0"]["conv1"]["conv"]["l2h"]["kernel"], hwio(sd["layer4.0.conv1.conv.conv_l2h.weight"])),
+      (params["head"]["fc"]["kernel"], sd["fc.weight"].T),
+      (params["head"]["fc"]["bias"], sd["fc.bias"]),
+  ]
+  for got, want in checks:
+    np.testing.assert_array_equal(np.asarray(got), want)
+  # The variables have exactly the model's structure (num_classes read from fc.weight).
+  model = convert.model_for("oct_resnet26", 0.5, "port", num_classes=10)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), dict(abstract)) == \
+      jax.tree.map(lambda a: (a.shape, a.dtype), variables)
+
+
+@pytest.mark.parametrize("arch,alpha,source", [("oct_resnet26", 0.5, "port"),
+                                               ("oct_resnet18", 0.0, "torchvision")])
+def test_round_trips(arch, alpha, source):
+  shapes = (port_shapes(arch, alpha, 10) if source == "port" else torchvision_shapes(arch, 10))
+  sd = random_state_dict(shapes, seed=1)
+  variables = convert.from_torch_state_dict(sd, arch=arch, alpha=alpha, source=source)
+  back = convert.to_torch_state_dict(variables, arch=arch, alpha=alpha, source=source)
+  assert list(back) == list(shapes)
+  for key, value in sd.items():
+    if key.endswith("num_batches_tracked"):
+      assert back[key].shape == () and back[key].dtype == np.int64  # the counter is not kept
+    else:
+      np.testing.assert_array_equal(back[key], value, err_msg=key)
+  # octflax -> torch -> octflax gives identical variables.
+  rng = np.random.default_rng(2)
+  fresh = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(np.float32), variables)
+  again = convert.from_torch_state_dict(
+      convert.to_torch_state_dict(fresh, arch=arch, alpha=alpha, source=source),
+      arch=arch, alpha=alpha, source=source)
+  _assert_trees_equal(again, fresh)
+
+
+def test_num_batches_tracked_is_optional():
+  sd = random_state_dict(port_shapes("oct_resnet26", 0.5))
+  sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+  variables = convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=0.5, source="port")
+  assert variables["params"]["head"]["fc"]["kernel"].shape == (2048, 1000)
+
+
+def test_errors_list_every_problem_at_once():
+  shapes = port_shapes("oct_resnet26", 0.5)
+  sd = random_state_dict(shapes)
+  del sd["layer2.1.conv2.conv.conv_h2l.weight"]
+  del sd["layer4.0.downsample.0.bn_h.running_var"]
+  sd["layer1.0.conv1.conv.conv_l2l.weight"] = np.zeros((32, 32, 1, 1), np.float32)
+  sd["extra.thing"] = np.zeros(3, np.float32)
+  sd["layer3.0.conv2.conv.conv_h2h.weight"] = np.zeros((128, 128, 1, 1), np.float32)
+  sd["layer1.1.conv1.bn_l.running_mean"] = np.zeros(31, np.float32)
+  sd["bn1.num_batches_tracked"] = np.zeros(3, np.int64)
+  with pytest.raises(ValueError) as info:
+    convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=0.5, source="port")
+  message = str(info.value)
+  assert "2 missing, 2 unexpected, 3 of the wrong shape" in message
+  for line in [
+      "missing key: layer2.1.conv2.conv.conv_h2l.weight (expected shape (64, 64, 3, 3))",
+      "missing key: layer4.0.downsample.0.bn_h.running_var (expected shape (2048,))",
+      "unexpected key: layer1.0.conv1.conv.conv_l2l.weight (got shape (32, 32, 1, 1))",
+      "unexpected key: extra.thing (got shape (3,))",
+      "wrong shape: layer3.0.conv2.conv.conv_h2h.weight (expected shape (128, 128, 3, 3), got shape (128, 128, 1, 1))",
+      "wrong shape: layer1.1.conv1.bn_l.running_mean (expected shape (32,), got shape (31,))",
+      "wrong shape: bn1.num_batches_tracked (expected shape (), got shape (3,))",
+  ]:
+    assert line in message
+  assert len(message.splitlines()) == 1 + 7
+
+
+def test_wrong_alpha_or_layout_is_reported():
+  sd = random_state_dict(port_shapes("oct_resnet26", 0.5))
+  with pytest.raises(ValueError, match=r"0 missing, 0 unexpected, \d+ of the wrong shape"):
+    convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=0.25, source="port")
+  with pytest.raises(ValueError, match=r"(?s)unexpected key: layer1.0.conv1.bn_l.weight.*wrong shape: "):
+    convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=0.0, source="port")
+  with pytest.raises(ValueError, match="missing key: layer1.0.bn1.weight"):
+    convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=0.0, source="torchvision")
+  with pytest.raises(ValueError, match="alpha must be 0"):
+    convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=0.5, source="torchvision")
+  with pytest.raises(ValueError, match="source must be one of"):
+    convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=0.5, source="caffe")
+  with pytest.raises(ValueError, match="cannot tell the state_dict's layout"):
+    convert.from_torch_state_dict({"fc.weight": np.zeros((10, 2048))}, arch="oct_resnet26")
+  with pytest.raises(ValueError, match="no PyTorch layout"):
+    convert.from_torch_state_dict(sd, arch="oct_mobilenet_v1", alpha=0.5, source="port")
+  with pytest.raises(ValueError, match="alpha"):
+    convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=1.5, source="port")
+  assert convert.detect_source(torchvision_shapes("oct_resnet18")) == "torchvision"
+  assert convert.detect_source(port_shapes("oct_resnet26", 0.0)) == "port"
+
+
+def test_to_torch_reports_bad_variables():
+  variables = convert.from_torch_state_dict(
+      random_state_dict(torchvision_shapes("oct_resnet18", 10)), arch="oct_resnet18")
+  variables["params"]["stage1_block0"]["conv1"]["conv"]["h2h"]["kernel"] = np.zeros((1, 1, 64, 64))
+  del variables["batch_stats"]["stem_bn"]["mean"]
+  variables["params"]["extra"] = {"kernel": np.zeros(2)}
+  with pytest.raises(ValueError) as info:
+    convert.to_torch_state_dict(variables, arch="oct_resnet18", source="torchvision")
+  message = str(info.value)
+  assert "missing variable: batch_stats/stem_bn/mean (expected shape (64,))" in message
+  assert ("wrong shape: params/stage1_block0/conv1/conv/h2h/kernel (expected shape (3, 3, 64, 64), "
+          "got shape (1, 1, 64, 64))") in message
+  assert "unexpected variable: params/extra/kernel" in message
+
+
+def test_unwrap_state_dict():
+  sd = {"conv1.weight": np.zeros(1), "fc.bias": np.zeros(2)}
+  assert convert.unwrap_state_dict(sd) == sd
+  wrapped = {"epoch": 3, "arch": "oct_resnet50", "state_dict": {"module." + k: v for k, v in sd.items()}}
+  assert convert.unwrap_state_dict(wrapped) == sd
+  with pytest.raises(ValueError, match="state_dict"):
+    convert.unwrap_state_dict([1, 2])
+
+
+def test_model_for():
+  assert convert.model_for("oct_resnet50", 0.5).pool_stride
+  tv = convert.model_for("oct_resnet50", 0.0, "torchvision", num_classes=10)
+  assert not tv.pool_stride and tv.num_classes == 10
+  with pytest.raises(ValueError, match="alpha must be 0"):
+    convert.model_for("oct_resnet50", 0.5, "torchvision")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _small_variables(arch="oct_resnet18", alpha=0.5, num_classes=10, seed=0):
+  return convert.from_torch_state_dict(
+      random_state_dict(port_shapes(arch, alpha, num_classes), seed), arch=arch, alpha=alpha,
+      source="port")
+
+
+def test_checkpoint_round_trip(tmp_path):
+  variables = _small_variables()
+  out = convert.save_checkpoint(tmp_path / "ckpt", variables, arch="oct_resnet18", alpha=0.5,
+                                source="port")
+  restored, meta = convert.load_checkpoint(out)
+  _assert_trees_equal(restored, variables)
+  assert meta["arch"] == "oct_resnet18" and meta["alpha"] == 0.5 and meta["source"] == "port"
+  assert meta["num_classes"] == 10 and meta["pool_stride"] is True
+  assert meta["format"] == convert.CHECKPOINT_FORMAT
+
+
+def _write_image_folder(root: Path, per_class: int = 3) -> None:
+  from PIL import Image
+
+  rng = np.random.default_rng(0)
+  for name in ("n01_b", "n00_a"):  # class index = sorted position: n00_a is class 0
+    (root / name).mkdir(parents=True)
+    for i in range(per_class):
+      pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)  # 40 wide, 30 high
+      Image.fromarray(pixels).save(root / name / f"img{i}.JPEG", quality=90)
+
+
+def test_load_image_preprocessing(tmp_path):
+  from PIL import Image
+
+  from experiments.evaluate import load_image
+
+  colour = (200, 100, 50)
+  Image.new("RGB", (40, 30), colour).save(tmp_path / "flat.png")
+  image = load_image(str(tmp_path / "flat.png"), image_size=32, resize_size=37)
+  assert image.shape == (32, 32, 3) and image.dtype == np.float32
+  want = (np.array(colour, np.float32) / 255 - np.array([0.485, 0.456, 0.406], np.float32)) / \
+      np.array([0.229, 0.224, 0.225], np.float32)
+  np.testing.assert_allclose(image, np.broadcast_to(want, image.shape), atol=1e-6)
+  # Shorter side to 37 (40x30 -> 49x37), then the centre 32 columns from x = round(8.5) = 8:
+  # the bright column x = 20 (centre 20.5) maps to centre 20.5 * 49 / 40 = 25.1, column 24-25.
+  pixels = np.zeros((30, 40, 3), np.uint8)
+  pixels[:, 20] = 255
+  Image.fromarray(pixels).save(tmp_path / "line.png")
+  image = load_image(str(tmp_path / "line.png"), image_size=32, resize_size=37)
+  column = image[16, :, 0]
+  assert np.argmax(column) + 8 in (24, 25)
+  with pytest.raises(ValueError, match="smaller than"):
+    load_image(str(tmp_path / "line.png"), image_size=32, resize_size=20)
+
+
+def test_evaluate_command(tmp_path, capsys):
+  from experiments import evaluate
+
+  variables = _small_variables()
+  fc = variables["params"]["head"]["fc"]
+  # A classifier that ignores the image: ranks 0 > 2 > 3 > 4 > 5 > ... > 1. Class 0
+  # (folder n00_a) is top-1 and class 1 (n01_b) outside the top 5: top-1 = top-5 = 50%.
+  bias = np.array([9, -9, 7, 6, 5, 4, 3, 2, 1, 0], np.float32)
+  variables["params"]["head"]["fc"] = {"kernel": np.zeros_like(fc["kernel"]), "bias": bias}
+  ckpt = convert.save_checkpoint(tmp_path / "ckpt", variables, arch="oct_resnet18", alpha=0.5,
+                                 source="port")
+  _write_image_folder(tmp_path / "val")
+  result_path = tmp_path / "result.json"
+  argv = ["--checkpoint", ckpt, "--data", str(tmp_path / "val"), "--batch-size", "4",
+          "--image-size", "32", "--workers", "2", "--json", str(result_path)]
+  assert evaluate.main(argv + ["--arch", "oct_resnet18", "--alpha", "0.5"]) == 0
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert line.startswith("oct_resnet18 alpha=0.5 (port): top-1 50.00% top-5 50.00% on 6 images")
+  result = json.loads(result_path.read_text())
+  assert result["examples"] == 6 and result["top1"] == 50.0 and result["top5"] == 50.0
+  assert result["classes"] == 2 and result["image_size"] == 32 and result["resize_size"] == 37
+  # A mismatching --alpha is refused; a missing folder is reported.
+  assert evaluate.main(argv + ["--alpha", "0.25"]) == 1
+  assert "disagrees" in capsys.readouterr().err
+  assert evaluate.main(["--checkpoint", ckpt, "--data", str(tmp_path / "nothing")]) == 1
+
+
+def test_evaluate_subset_and_listing(tmp_path):
+  from experiments.evaluate import list_image_folder
+
+  _write_image_folder(tmp_path / "val", per_class=2)
+  paths, labels, classes = list_image_folder(str(tmp_path / "val"))
+  assert classes == ["n00_a", "n01_b"]
+  assert labels.tolist() == [0, 0, 1, 1]
+  assert [Path(p).parent.name for p in paths] == ["n00_a", "n00_a", "n01_b", "n01_b"]
+
+
+# ----------------------------------------------------------------------------- PyTorch models
+# A PyTorch Oct-ResNet with the port's module structure (so its state_dict keys are the
+# port's), written from DESIGN.md: stride 2 = 2x2 average pool then a stride-1 conv;
+# H->L pools X^H; L->H upsamples (nearest, cropped to X^H's size) at stride 1 and not at
+# stride 2; BatchNorm per part; odd sizes: ceil-mode pooling over the pixels inside the map.
+
+if torch is not None:
+
+  def _pool(x):
+    return TF.avg_pool2d(x, 2, 2, ceil_mode=True)  # divides by the pixels inside the map
+
+  class OctaveConv(tnn.Module):
+
+    def __init__(self, c_in, c_out, k, alpha_in, alpha_out, stride=1):
+      super().__init__()
+      in_h, in_l = _split(c_in, alpha_in)
+      out_h, out_l = _split(c_out, alpha_out)
+      self.stride = stride
+      make = lambda i, o: tnn.Conv2d(i, o, k, 1, (k - 1) // 2, bias=False) if i and o else None
+      self.conv_l2l = make(in_l, out_l)
+      self.conv_l2h = make(in_l, out_h)
+      self.conv_h2l = make(in_h, out_l)
+      self.conv_h2h = make(in_h, out_h)
+
+    def forward(self, x):
+      x_h, x_l = x
+      if self.stride == 2:
+        x_h = _pool(x_h) if x_h is not None else None
+        x_ll = _pool(x_l) if x_l is not None else None
+      else:
+        x_ll = x_l
+      y_h = y_l = None
+      if self.conv_h2h is not None:
+        y_h = self.conv_h2h(x_h)
+      if self.conv_l2h is not None:
+        t = self.conv_l2h(x_l)
+        if self.stride == 1:
+          t = TF.interpolate(t, scale_factor=2, mode="nearest")[:, :, :x_h.shape[2], :x_h.shape[3]]
+        y_h = t if y_h is None else y_h + t
+      if self.conv_l2l is not None:
+        y_l = self.conv_l2l(x_ll)
+      if self.conv_h2l is not None:
+        t = self.conv_h2l(_pool(x_h))
+        y_l = t if y_l is None else y_l + t
+      return y_h, y_l
+
+  class ConvBN(tnn.Module):
+
+    def __init__(self, c_in, c_out, k, alpha_in, alpha_out, stride=1, act=False):
+      super().__init__()
+      out_h, out_l = _split(c_out, alpha_out)
+      self.conv = OctaveConv(c_in, c_out, k, alpha_in, alpha_out, stride)
+      self.bn_h = tnn.BatchNorm2d(out_h) if out_h else None
+      self.bn_l = tnn.BatchNorm2d(out_l) if out_l else None
+      self.act = act
+
+    def forward(self, x):
+      y_h, y_l = self.conv(x)
+      y_h = self.bn_h(y_h) if y_h is not None else None
+      y_l = self.bn_l(y_l) if y_l is not None else None
+      if self.act:
+        y_h = TF.relu(y_h) if y_h is not None else None
+        y_l = TF.relu(y_l) if y_l is not None else None
+      return y_h, y_l
+
+  class OctBottleneck(tnn.Module):
+
+    def __init__(self, c_in, width, out, stride, alpha_in, alpha_out, downsample):
+      super().__init__()
+      self.conv1 = ConvBN(c_in, width, 1, alpha_in, alpha_out, act=True)
+      self.conv2 = ConvBN(width, width, 3, alpha_out, alpha_out, stride, act=True)
+      self.conv3 = ConvBN(width, out, 1, alpha_out, alpha_out)
+      self.downsample = (tnn.Sequential(ConvBN(c_in, out, 1, alpha_in, alpha_out, stride))
+                         if downsample else None)
+
+    def forward(self, x):
+      y_h, y_l = self.conv3(self.conv2(self.conv1(x)))
+      s_h, s_l = self.downsample(x) if self.downsample is not None else x
+      return (TF.relu(y_h + s_h) if y_h is not None else None,
+              TF.relu(y_l + s_l) if y_l is not None else None)
+
+  class OctResNet(tnn.Module):
+
+    def __init__(self, arch, alpha, num_classes=1000):
+      super().__init__()
+      self.conv1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False)
+      self.bn1 = tnn.BatchNorm2d(64)
+      layers = [[] for _ in range(4)]
+      for layer, _, c_in, width, out, stride, a_in, a_out, down in _blocks(arch, alpha):
+        layers[layer - 1].append(OctBottleneck(c_in, width, out, stride, a_in, a_out, down))
+      self.layer1, self.layer2, self.layer3, self.layer4 = (tnn.Sequential(*l) for l in layers)
+      self.fc = tnn.Linear(2048, num_classes)
+
+    def forward(self, x):
+      x = TF.max_pool2d(TF.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+      x = (x, None)
+      for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        for block in layer:
+          x = block(x)
+      return self.fc(x[0].mean(dim=(2, 3)))
+
+  class TVBottleneck(tnn.Module):
+    """torchvision's Bottleneck (v1.5: the stride on the 3x3 conv)."""
+
+    def __init__(self, c_in, width, out, stride, downsample):
+      super().__init__()
+      self.conv1 = tnn.Conv2d(c_in, width, 1, bias=False)
+      self.bn1 = tnn.BatchNorm2d(width)
+      self.conv2 = tnn.Conv2d(width, width, 3, stride, 1, bias=False)
+      self.bn2 = tnn.BatchNorm2d(width)
+      self.conv3 = tnn.Conv2d(width, out, 1, bias=False)
+      self.bn3 = tnn.BatchNorm2d(out)
+      self.downsample = (tnn.Sequential(tnn.Conv2d(c_in, out, 1, stride, bias=False),
+                                        tnn.BatchNorm2d(out)) if downsample else None)
+
+    def forward(self, x):
+      y = TF.relu(self.bn1(self.conv1(x)))
+      y = TF.relu(self.bn2(self.conv2(y)))
+      y = self.bn3(self.conv3(y))
+      return TF.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+  class TVResNet(tnn.Module):
+    """torchvision's ResNet-50 structure."""
+
+    def __init__(self, arch="oct_resnet50", num_classes=1000):
+      super().__init__()
+      self.conv1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False)
+      self.bn1 = tnn.BatchNorm2d(64)
+      layers = [[] for _ in range(4)]
+      for layer, _, c_in, width, out, stride, _, _, down in _blocks(arch, 0.0):
+        layers[layer - 1].append(TVBottleneck(c_in, width, out, stride, down))
+      self.layer1, self.layer2, self.layer3, self.layer4 = (tnn.Sequential(*l) for l in layers)
+      self.fc = tnn.Linear(2048, num_classes)
+
+    def forward(self, x):
+      x = TF.max_pool2d(TF.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+      for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        x = layer(x)
+      return self.fc(x.mean(dim=(2, 3)))
+
+
+def _randomise(model, seed):
+  """Random weights and BatchNorm statistics that keep activations O(1) through 16 blocks."""
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, tnn.Conv2d):
+        fan_in = module.weight[0].numel()
+        module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+      elif isinstance(module, tnn.BatchNorm2d):
+        n = module.num_features
+        module.weight.copy_(torch.rand(n, generator=generator) * 0.6 + 0.2)
+        module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+        module.running_mean.copy_(torch.randn(n, generator=generator) * 0.2)
+        module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+        module.num_batches_tracked.fill_(1234)
+      elif isinstance(module, tnn.Linear):
+        module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.05)
+        module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+  return model.eval()
+
+
+def _compare_logits(torch_model, arch, alpha, source, size=(65, 57), seed=0):
+  images = torch.randn((2, 3) + size, generator=torch.Generator().manual_seed(seed))
+  with torch.no_grad():
+    want = torch_model(images).numpy()
+  variables = convert.from_torch_state_dict(torch_model.state_dict(), arch=arch, alpha=alpha,
+                                            source=source)
+  model = convert.model_for(arch, alpha, source)
+  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      variables, jnp.asarray(images.permute(0, 2, 3, 1).numpy()))
+  got = np.asarray(got)
+  assert got.shape == want.shape == (2, 1000)
+  assert np.abs(want).max() > 0.5  # the comparison is not between near-zero numbers
+  difference = float(np.abs(got - want).max())
+  print(f"{arch} alpha={alpha} {source}: max |logit difference| = {difference:.3g} "
+        f"(logits up to {np.abs(want).max():.3g})")
+  assert difference < 1e-4
+  return difference
+
+
+@needs_torch
+def test_port_oct_resnet50_logits_match_pytorch():
+  torch_model = _randomise(OctResNet("oct_resnet50", 0.5), seed=0)
+  if REFERENCE.exists():
+    listing = {k: tuple(v.shape) for k, v in torch_model.state_dict().items()}
+    assert list(listing.items()) == list(read_reference().items())
+  _compare_logits(torch_model, "oct_resnet50", 0.5, "port")
+  # The reverse conversion loads into the PyTorch model with strict key checking.
+  variables = convert.from_torch_state_dict(torch_model.state_dict(), arch="oct_resnet50", alpha=0.5)
+  back = convert.to_torch_state_dict(variables, arch="oct_resnet50", alpha=0.5, source="port")
+  fresh = OctResNet("oct_resnet50", 0.5)
+  fresh.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
+  for key, value in torch_model.state_dict().items():
+    if not key.endswith("num_batches_tracked"):
+      assert torch.equal(fresh.state_dict()[key], value), key
+
+
+@needs_torch
+def test_torchvision_resnet50_logits_match_pytorch():
+  torch_model = _randomise(TVResNet("oct_resnet50"), seed=1)
+  listing = {k: tuple(v.shape) for k, v in torch_model.state_dict().items()}
+  assert list(listing.items()) == list(torchvision_shapes("oct_resnet50").items())
+  _compare_logits(torch_model, "oct_resnet50", 0.0, "torchvision")
+
+
+@needs_torch
+def test_convert_torch_command(tmp_path, capsys):
+  from experiments import convert_torch
+
+  sd = random_state_dict(port_shapes("oct_resnet18", 0.5, 10), seed=3)
+  sd["layer1.0.conv1.bn_h.weight"] = sd["layer1.0.conv1.bn_h.weight"].astype(np.float16)
+  checkpoint = {"epoch": 90, "arch": "oct_resnet18", "best_acc1": 70.0,
+                "state_dict": {"module." + k: torch.from_numpy(v) for k, v in sd.items()}}
+  path = tmp_path / "model_best.pth"
+  torch.save(checkpoint, path)
+  out = tmp_path / "converted"
+  argv = [str(path), "--arch", "oct_resnet18", "--alpha", "0.5", "--out", str(out)]
+  assert convert_torch.main(argv) == 0
+  assert "source=port" in capsys.readouterr().out
+  variables, meta = convert.load_checkpoint(out)
+  assert meta["arch"] == "oct_resnet18" and meta["alpha"] == 0.5 and meta["source"] == "port"
+  assert meta["num_classes"] == 10 and meta["converted_from"] == str(path)
+  _assert_trees_equal(variables, convert.from_torch_state_dict(sd, arch="oct_resnet18", alpha=0.5))
+  assert variables["params"]["stage1_block0"]["conv1"]["bn"]["high"]["scale"].dtype == np.float32
+  assert json.loads((out / "model.json").read_text())["pool_stride"] is True
+  # An existing checkpoint is kept unless --force; a wrong alpha is one error listing.
+  assert convert_torch.main(argv) == 1
+  assert "--force" in capsys.readouterr().err
+  assert convert_torch.main(argv + ["--force"]) == 0
+  assert convert_torch.main([str(path), "--arch", "oct_resnet18", "--alpha", "0.25",
+                             "--out", str(tmp_path / "other")]) == 1
+  assert "wrong shape: " in capsys.readouterr().err
+  assert not (tmp_path / "other").exists()
