@@ -23,11 +23,9 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from octflax.layers import OctConv
-from octflax.tensor import OctTensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,16 +97,22 @@ def count_macs(jaxpr) -> OrderedDict[str, int]:
   """MACs per name-stack scope of a (closed) jaxpr, recursing into sub-jaxprs."""
   totals: OrderedDict[str, int] = OrderedDict()
 
-  def walk(jp, prefix: str):
+  def walk(jp, prefix: str, times: int):
     for eqn in jp.eqns:
       scope = "/".join(s for s in (prefix, str(eqn.source_info.name_stack)) if s)
       macs = _eqn_macs(eqn)
       if macs:
-        totals[scope] = totals.get(scope, 0) + macs
-      for sub in _sub_jaxprs(eqn):
-        walk(sub, scope)
+        totals[scope] = totals.get(scope, 0) + macs * times
+      subs = list(_sub_jaxprs(eqn))
+      if eqn.primitive.name == "cond":
+        # One branch runs: count the most expensive one.
+        costs = [sum(count_macs(sub).values()) for sub in subs]
+        subs = [subs[costs.index(max(costs))]] if subs else []
+      repeat = int(eqn.params.get("length", 1)) if eqn.primitive.name == "scan" else 1
+      for sub in subs:
+        walk(sub, scope, times * repeat)
 
-  walk(jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") else jaxpr, "")
+  walk(jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") else jaxpr, "", 1)
   return totals
 
 

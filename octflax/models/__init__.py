@@ -49,8 +49,8 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
   return _REGISTRY[name](**kwargs)
 
 
-def _variant(name: str, cls, **fixed):
-  def factory(alpha: float = 0.0, num_classes: int = 1000, **kwargs) -> nn.Module:
+def _variant(name: str, cls, default_classes: int = 1000, **fixed):
+  def factory(alpha: float = 0.0, num_classes: int = default_classes, **kwargs) -> nn.Module:
     return cls(alpha=alpha, num_classes=num_classes, **fixed, **kwargs)
 
   factory.__name__ = name
@@ -78,13 +78,13 @@ oct_resnext101_32x4d = _variant("oct_resnext101_32x4d", ResNet, stage_sizes=(3, 
                                 base_width=4, **_BOTTLENECK)
 
 # CIFAR-style (3x3 stem, three stages of 16/32/64 channels) for 28x28 and 32x32 images.
-_CIFAR = dict(stem="cifar", stem_features=16, widths=(16, 32, 64), **_BASIC)
+_CIFAR = dict(stem="cifar", stem_features=16, widths=(16, 32, 64), default_classes=10, **_BASIC)
 oct_resnet20 = _variant("oct_resnet20", ResNet, stage_sizes=(3, 3, 3), **_CIFAR)
 oct_resnet32 = _variant("oct_resnet32", ResNet, stage_sizes=(5, 5, 5), **_CIFAR)
 oct_resnet56 = _variant("oct_resnet56", ResNet, stage_sizes=(9, 9, 9), **_CIFAR)
-oct_wrn_16_4 = _variant("oct_wrn_16_4", WideResNet, depth=16, widen_factor=4)
-oct_wrn_16_8 = _variant("oct_wrn_16_8", WideResNet, depth=16, widen_factor=8)
-oct_wrn_28_10 = _variant("oct_wrn_28_10", WideResNet, depth=28, widen_factor=10)
+oct_wrn_16_4 = _variant("oct_wrn_16_4", WideResNet, depth=16, widen_factor=4, default_classes=10)
+oct_wrn_16_8 = _variant("oct_wrn_16_8", WideResNet, depth=16, widen_factor=8, default_classes=10)
+oct_wrn_28_10 = _variant("oct_wrn_28_10", WideResNet, depth=28, widen_factor=10, default_classes=10)
 
 # Depthwise-separable networks.
 oct_mobilenet_v1 = _variant("oct_mobilenet_v1", MobileNetV1)
