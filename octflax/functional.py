@@ -32,13 +32,15 @@ def avg_pool2(x: Array) -> Array:
     x: ``[..., H, W, C]``.
 
   Returns:
-    ``[..., ceil(H/2), ceil(W/2), C]``, same dtype.
+    ``[..., ceil(H/2), ceil(W/2), C]``, same dtype (float32 for integer input).
 
   Examples:
     >>> avg_pool2(jnp.arange(9.).reshape(1, 3, 3, 1))[0, ..., 0]
     Array([[2. , 3.5],
            [6.5, 8. ]], dtype=float32)
   """
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    x = x.astype(jnp.float32)  # an average of integers is not an integer
   *batch, height, width, channels = x.shape
   out_h, out_w = low_spatial_size(height, width)
   pad_h, pad_w = 2 * out_h - height, 2 * out_w - width
@@ -257,5 +259,6 @@ def oct_conv(
 
   y_high = part("h2h", "l2h")
   if y_high is not None and "h2h" not in kernels and strides == 1:
-    y_high = upsample2(y_high)  # only L->H: the output is twice the low size
+    # Only L->H: the output has the input's high size, or twice the low size without one.
+    y_high = upsample2(y_high, None if x.high is None else x.high.shape[-3:-1])
   return OctTensor(high=y_high, low=part("l2l", "h2l"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any, Callable, Sequence
 
 import jax
@@ -17,12 +18,15 @@ Initializer = Callable[..., Array]
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-  if isinstance(value, int):
-    return value, value
-  value = tuple(value)
-  if len(value) != 2 or not all(isinstance(v, int) for v in value):
+  if isinstance(value, numbers.Integral):
+    return int(value), int(value)
+  try:
+    pair = tuple(value)
+  except TypeError:
+    pair = ()
+  if len(pair) != 2 or not all(isinstance(v, numbers.Integral) for v in pair):
     raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}.")
-  return value
+  return int(pair[0]), int(pair[1])
 
 
 class _PathWeights(nn.Module):
@@ -128,9 +132,9 @@ class OctConv(nn.Module):
       raise ValueError(f"kernel_size must be odd (SAME padding is (k-1)/2 each side), got {self.kernel_size!r}.")
     if not isinstance(self.padding, str) or self.padding.upper() != "SAME":
       raise ValueError(f"padding must be 'SAME' (the only padding that keeps the octave sizes), got {self.padding!r}.")
-    if not isinstance(self.features, int) or self.features < 1:
+    if not isinstance(self.features, numbers.Integral) or self.features < 1:
       raise ValueError(f"features must be a positive int, got {self.features!r}.")
-    if not isinstance(self.feature_group_count, int) or self.feature_group_count < 1:
+    if not isinstance(self.feature_group_count, numbers.Integral) or self.feature_group_count < 1:
       raise ValueError(f"feature_group_count must be a positive int, got {self.feature_group_count!r}.")
     super().__post_init__()
 

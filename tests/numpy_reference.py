@@ -1,0 +1,154 @@
+"""A float64 NumPy reference of OctConv, written from DESIGN.md ("Semantics of OctConv").
+
+Nothing here imports or mirrors octflax: every operator is a direct loop over the
+definition, so the tests hold the library against the contract, not against itself.
+
+  conv     stride-1 cross-correlation (what `flax.linen.Conv` computes), symmetric zero
+           padding (k-1)/2 each side, HWIO kernel [kh, kw, in/groups, out], grouped
+  pool     2x2 average pool, stride 2, ceil mode, averaging only the in-map pixels
+  up       2x nearest upsample, cropped to the high part's size
+
+  stride 1: Y^H = conv(X^H; W_hh) + up(conv(X^L; W_lh))
+            Y^L = conv(X^L; W_ll) + conv(pool(X^H); W_hl)
+  stride 2: Y^H = conv(pool(X^H); W_hh) + conv(X^L; W_lh)          (no upsample)
+            Y^L = conv(pool(X^L); W_ll) + conv(pool(pool(X^H)); W_hl)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+
+def conv2d(x, w, groups: int = 1, stride: int = 1):
+  """Cross-correlation of x [N, H, W, Cin] with w [kh, kw, Cin/groups, Cout], float64.
+
+  Symmetric zero padding (k-1)/2 on each side; with ``stride`` > 1 the stride-1 result
+  is subsampled at every ``stride``-th pixel (a strided conv with symmetric padding).
+  """
+  x = np.asarray(x, np.float64)
+  w = np.asarray(w, np.float64)
+  n, h, wd, cin = x.shape
+  kh, kw, cin_g, cout = w.shape
+  assert kh % 2 == 1 and kw % 2 == 1, "odd kernels only"
+  assert cin == cin_g * groups, (cin, cin_g, groups)
+  assert cout % groups == 0, (cout, groups)
+  ph, pw = (kh - 1) // 2, (kw - 1) // 2
+  xp = np.zeros((n, h + 2 * ph, wd + 2 * pw, cin))
+  xp[:, ph:ph + h, pw:pw + wd, :] = x
+  cout_g = cout // groups
+  out = np.zeros((n, h, wd, cout))
+  for g in range(groups):
+    xg = xp[..., g * cin_g:(g + 1) * cin_g]
+    wg = w[..., g * cout_g:(g + 1) * cout_g]
+    for i in range(kh):
+      for j in range(kw):
+        out[..., g * cout_g:(g + 1) * cout_g] += np.einsum(
+            "nhwc,cd->nhwd", xg[:, i:i + h, j:j + wd, :], wg[i, j])
+  return out[:, ::stride, ::stride, :]
+
+
+def avg_pool2(x):
+  """2x2 / stride 2 average pool, ceil mode, mean over the pixels inside the map."""
+  x = np.asarray(x, np.float64)
+  h, w = x.shape[-3], x.shape[-2]
+  oh, ow = math.ceil(h / 2), math.ceil(w / 2)
+  out = np.zeros(x.shape[:-3] + (oh, ow, x.shape[-1]))
+  for i in range(oh):
+    for j in range(ow):
+      # NumPy slicing stops at the border, so only in-map pixels are averaged.
+      out[..., i, j, :] = x[..., 2 * i:2 * i + 2, 2 * j:2 * j + 2, :].mean(axis=(-3, -2))
+  return out
+
+
+def upsample2(x, size=None):
+  """Nearest 2x upsample y[i, j] = x[i // 2, j // 2], cropped to ``size`` = (H, W)."""
+  x = np.asarray(x, np.float64)
+  h, w = x.shape[-3], x.shape[-2]
+  th, tw = (2 * h, 2 * w) if size is None else size
+  out = np.zeros(x.shape[:-3] + (th, tw, x.shape[-1]))
+  for i in range(th):
+    for j in range(tw):
+      out[..., i, j, :] = x[..., i // 2, j // 2, :]
+  return out
+
+
+def max_pool_same(x, window: int, stride: int):
+  """Max pool with TensorFlow/Flax SAME padding (extra pad at the end), -inf padding."""
+  x = np.asarray(x, np.float64)
+  n, h, w, c = x.shape
+  oh, ow = math.ceil(h / stride), math.ceil(w / stride)
+  pad_h = max((oh - 1) * stride + window - h, 0)
+  pad_w = max((ow - 1) * stride + window - w, 0)
+  top, left = pad_h // 2, pad_w // 2
+  xp = np.full((n, h + pad_h, w + pad_w, c), -np.inf)
+  xp[:, top:top + h, left:left + w, :] = x
+  out = np.zeros((n, oh, ow, c))
+  for i in range(oh):
+    for j in range(ow):
+      out[:, i, j, :] = xp[:, i * stride:i * stride + window, j * stride:j * stride + window, :].max(axis=(1, 2))
+  return out
+
+
+def oct_conv(xh, xl, kernels: Mapping[str, np.ndarray], biases: Mapping[str, np.ndarray] | None = None,
+             stride: int = 1, groups: int | Mapping[str, int] = 1):
+  """OctConv of (xh, xl) (either may be None) with path kernels; returns (yh, yl).
+
+  ``groups``: one group count for every path, or a per-path mapping (depthwise).
+  """
+  biases = dict(biases or {})
+  if isinstance(groups, int):
+    groups = {p: groups for p in ("h2h", "h2l", "l2h", "l2l")}
+  assert stride in (1, 2)
+  # Stride 2: the input (both parts) is average-pooled first, then everything is stride 1;
+  # the L->H path reads the unpooled X^L, which is already at the output resolution.
+  if stride == 2:
+    xh_s = None if xh is None else avg_pool2(xh)
+    xl_to_low = None if xl is None else avg_pool2(xl)
+  else:
+    xh_s = xh
+    xl_to_low = xl
+  if xh_s is not None:
+    high_size = xh_s.shape[1:3]
+  else:  # no high input: the high output is twice the low input (stride 1) or equal (stride 2)
+    high_size = (2 * xl.shape[1], 2 * xl.shape[2]) if stride == 1 else xl.shape[1:3]
+
+  def add(acc, term):
+    return term if acc is None else acc + term
+
+  yh = None
+  if "h2h" in kernels:
+    yh = add(yh, conv2d(xh_s, kernels["h2h"], groups["h2h"]))
+  if "l2h" in kernels:
+    t = conv2d(xl, kernels["l2h"], groups["l2h"])
+    if stride == 1:
+      t = upsample2(t, high_size)
+    yh = add(yh, t)
+  yl = None
+  if "l2l" in kernels:
+    yl = add(yl, conv2d(xl_to_low, kernels["l2l"], groups["l2l"]))
+  if "h2l" in kernels:
+    yl = add(yl, conv2d(avg_pool2(xh_s), kernels["h2l"], groups["h2l"]))
+  for path, b in biases.items():
+    b = np.asarray(b, np.float64)
+    if path in ("h2h", "l2h"):
+      yh = yh + b
+    else:
+      yl = yl + b
+  return yh, yl
+
+
+def split(channels: int, alpha: float) -> tuple[int, int]:
+  """(C_h, C_l) with C_l = floor(alpha * C), the rule stated in DESIGN.md."""
+  low = math.floor(alpha * channels)
+  return channels - low, low
+
+
+def path_channels(c_in: int, c_out: int, alpha_in: float, alpha_out: float):
+  """Present paths and their (input, output) channel counts per the design."""
+  ih, il = split(c_in, alpha_in)
+  oh, ol = split(c_out, alpha_out)
+  paths = {"h2h": (ih, oh), "h2l": (ih, ol), "l2h": (il, oh), "l2l": (il, ol)}
+  return {p: io for p, io in paths.items() if io[0] and io[1]}

@@ -1,0 +1,587 @@
+"""OctConv (module and pure function) against the float64 NumPy reference of DESIGN.md.
+
+Covers the four paths at stride 1 and 2, even/odd/rectangular maps, every alpha pair,
+awkward channel counts, 1x1/3x3/5x5 kernels, grouped and depthwise convs, bias on/off,
+fused and unfused execution, equality with `flax.linen.Conv` at alpha = 0, Table 1 of
+the paper counted from the traced computation, bf16 compute and the argument errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import numpy_reference as ref
+from octflax import OctConv, OctTensor, functional as F
+
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+TOL = dict(rtol=1e-5, atol=1e-5)
+BIAS_INIT = nn.initializers.normal(1.0)  # non-zero biases, so a misplaced bias shows
+
+
+def fast_jit(fn, **kwargs):
+  """`jax.jit` without LLVM's expensive optimisations: on these tiny maps compiling, not
+  running, is the cost, and the optimisation level does not change what is computed."""
+  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def make_input(seed: int, n: int, hw: tuple[int, int], channels: int, alpha: float, dtype=np.float32):
+  """Random OctTensor of `channels` channels split at `alpha` on an H x W map (NumPy RNG:
+  no per-shape compilation of JAX's random kernels)."""
+  ch, cl = ref.split(channels, alpha)
+  h, w = hw
+  rng = np.random.default_rng(seed)
+  high = jnp.asarray(rng.standard_normal((n, h, w, ch)).astype(dtype)) if ch else None
+  low = jnp.asarray(rng.standard_normal((n, math.ceil(h / 2), math.ceil(w / 2), cl)).astype(dtype)) if cl else None
+  return OctTensor(high, low)
+
+
+def init_variables(module, x, seed: int = 0):
+  """The variable tree `module.init` builds (structure, shapes, dtypes), filled with random
+  values from NumPy: kernels ~ N(0, 1/fan_in), biases ~ N(0, 1) so a misplaced bias shows."""
+  shapes = jax.eval_shape(module.init, jax.random.key(0), x)
+  rng = np.random.default_rng(seed + 1000)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    scale = 1.0
+    if "kernel" in name:
+      scale = 1.0 / math.sqrt(math.prod(leaf.shape[:-1]))
+    return jnp.asarray((scale * rng.standard_normal(leaf.shape)).astype(leaf.dtype))
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def expected_out_shapes(n, hw, c_in, c_out, alpha_in, alpha_out, stride):
+  """Output shapes per the design: high [N, H_out, W_out, C_h], low [N, ceil(H_out/2), ..]."""
+  h, w = hw
+  in_high, _ = ref.split(c_in, alpha_in)
+  out_high, out_low = ref.split(c_out, alpha_out)
+  if in_high:
+    h_out, w_out = (h, w) if stride == 1 else (math.ceil(h / 2), math.ceil(w / 2))
+  else:  # only a low input part of size ceil(H/2): L->H upsamples it (stride 1) or not (stride 2)
+    lh, lw = math.ceil(h / 2), math.ceil(w / 2)
+    h_out, w_out = (2 * lh, 2 * lw) if stride == 1 else (lh, lw)
+  high = (n, h_out, w_out, out_high) if out_high else None
+  low = (n, math.ceil(h_out / 2), math.ceil(w_out / 2), out_low) if out_low else None
+  return high, low
+
+
+def np_part(p):
+  return None if p is None else np.asarray(p, np.float64)
+
+
+def check_params_layout(params, c_in, c_out, alpha_in, alpha_out, k, groups, depthwise, use_bias):
+  """Paths, HWIO kernel shapes and one bias per output part, as the design states."""
+  kh, kw = (k, k) if isinstance(k, int) else k
+  paths = ref.path_channels(c_in, c_out, alpha_in, alpha_out)
+  if depthwise:
+    paths = {p: io for p, io in paths.items() if p in ("h2h", "l2l")}
+    per_path_groups = {p: io[0] for p, io in paths.items()}
+  else:
+    per_path_groups = {p: groups for p in paths}
+  assert set(params) == set(paths), (sorted(params), sorted(paths))
+  for p, (ci, co) in paths.items():
+    chex.assert_shape(params[p]["kernel"], (kh, kw, ci // per_path_groups[p], co))
+  bias_paths = [p for p in params if "bias" in params[p]]
+  if use_bias:
+    for direct, cross in (("h2h", "l2h"), ("l2l", "h2l")):
+      writers = [p for p in (direct, cross) if p in paths]
+      carriers = [p for p in writers if p in bias_paths]
+      assert len(carriers) == (1 if writers else 0), (writers, carriers)
+      for p in carriers:
+        chex.assert_shape(params[p]["bias"], (paths[p][1],))
+  else:
+    assert bias_paths == []
+  return per_path_groups
+
+
+def run_case(*, c_in, c_out, alpha_in, alpha_out, hw, k=3, stride=1, groups=1, use_bias=True,
+             fuse=True, n=2, seed=0, depthwise=False):
+  """Lays out an OctConv's variables (init), applies it and holds the result against the reference."""
+  conv = OctConv(c_out, k, alpha_in, alpha_out, strides=stride, feature_group_count=groups,
+                 use_bias=use_bias, fuse=fuse, bias_init=BIAS_INIT)
+  x = make_input(seed, n, hw, c_in, alpha_in)
+  variables = init_variables(conv, x, seed)
+  y = fast_jit(conv.apply)(variables, x)
+  params = variables["params"]
+  per_path_groups = check_params_layout(params, c_in, c_out, alpha_in, alpha_out, k, groups,
+                                        depthwise, use_bias)
+  kernels = {p: np.asarray(v["kernel"]) for p, v in params.items()}
+  biases = {p: np.asarray(v["bias"]) for p, v in params.items() if "bias" in v}
+  yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low), kernels, biases, stride, per_path_groups)
+  high_shape, low_shape = expected_out_shapes(n, hw, c_in, c_out, alpha_in, alpha_out, stride)
+  assert (y.high is None) == (high_shape is None)
+  assert (y.low is None) == (low_shape is None)
+  if high_shape is not None:
+    chex.assert_shape(y.high, high_shape)
+    assert yh.shape == high_shape
+  if low_shape is not None:
+    chex.assert_shape(y.low, low_shape)
+    assert yl.shape == low_shape
+  chex.assert_tree_all_finite(y)
+  chex.assert_trees_all_close(y, OctTensor(yh, yl), **TOL)
+  return y
+
+
+# --------------------------------------------------------------- against the reference
+
+
+@pytest.mark.parametrize("alpha_in,alpha_out", list(itertools.product(ALPHAS, ALPHAS)))
+def test_all_alpha_pairs_stride1_match_reference(alpha_in, alpha_out):
+  run_case(c_in=8, c_out=8, alpha_in=alpha_in, alpha_out=alpha_out, hw=(5, 7))
+
+
+STRIDE2_PAIRS = [(a, a) for a in ALPHAS] + [
+    (0.0, 0.5), (0.5, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 0.5), (0.5, 1.0), (0.25, 0.75), (0.75, 0.25)]
+
+
+@pytest.mark.parametrize("alpha_in,alpha_out", STRIDE2_PAIRS)
+def test_alpha_pairs_stride2_pools_before_conv_unfused(alpha_in, alpha_out):
+  run_case(c_in=8, c_out=8, alpha_in=alpha_in, alpha_out=alpha_out, hw=(9, 6), stride=2, fuse=False)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (5, 7), (9, 6), (7, 7), (1, 1), (2, 3)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_even_odd_square_rectangular_maps(hw, stride):
+  run_case(c_in=6, c_out=6, alpha_in=0.5, alpha_out=0.5, hw=hw, stride=stride)
+
+
+@pytest.mark.parametrize("c_in,c_out,alpha_in,alpha_out", [
+    (7, 5, 0.5, 0.5),      # (4,3) -> (3,2)
+    (7, 5, 0.75, 0.25),    # (2,5) -> (4,1)
+    (13, 13, 0.5, 0.5),    # (7,6) -> (7,6)
+    (13, 13, 0.25, 0.75),  # (10,3) -> (4,9)
+    (3, 3, 0.25, 0.25),    # int(.75) = 0 low channels: no low part, no L paths
+    (3, 1, 0.5, 0.5),      # a single output channel lands in the high part
+    (1, 4, 0.0, 0.5),      # conversion from a 1-channel vanilla input
+])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_awkward_channel_counts(c_in, c_out, alpha_in, alpha_out, stride):
+  run_case(c_in=c_in, c_out=c_out, alpha_in=alpha_in, alpha_out=alpha_out, hw=(5, 6), stride=stride)
+
+
+@pytest.mark.parametrize("k", [1, 5, (1, 3), (5, 3)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_kernel_sizes_pad_symmetrically(k, stride):
+  run_case(c_in=6, c_out=4, alpha_in=0.5, alpha_out=0.25, hw=(7, 6), k=k, stride=stride)
+
+
+@pytest.mark.parametrize("groups,c_in,c_out,alpha_in,alpha_out", [
+    (2, 8, 12, 0.5, 0.5),     # (4,4) -> (6,6)
+    (2, 8, 8, 0.5, 0.25),     # (4,4) -> (6,2)
+    (2, 8, 8, 0.0, 0.5),      # vanilla input converts, grouped
+    (4, 16, 16, 0.25, 0.25),  # (12,4) -> (12,4)
+    (4, 16, 8, 0.5, 0.5),     # (8,8) -> (4,4)
+])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_grouped_conv_every_path_uses_the_groups(groups, c_in, c_out, alpha_in, alpha_out, stride):
+  run_case(c_in=c_in, c_out=c_out, alpha_in=alpha_in, alpha_out=alpha_out, hw=(5, 7),
+           groups=groups, stride=stride)
+
+
+@pytest.mark.parametrize("channels,alpha", [(8, 0.25), (6, 0.5), (5, 0.75), (4, 1.0)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_has_only_intra_paths(channels, alpha, stride):
+  run_case(c_in=channels, c_out=channels, alpha_in=alpha, alpha_out=alpha, hw=(7, 5),
+           groups=channels, stride=stride, depthwise=True)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bias_and_fuse_variants(use_bias, fuse, stride):
+  run_case(c_in=8, c_out=6, alpha_in=0.5, alpha_out=0.5, hw=(5, 7), stride=stride,
+           use_bias=use_bias, fuse=fuse)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
+def test_fuse_true_and_false_agree(stride, hw):
+  x = make_input(3, 2, hw, 8, 0.5)
+  fused = OctConv(8, 3, 0.5, 0.5, strides=stride, fuse=True, bias_init=BIAS_INIT)
+  split = OctConv(8, 3, 0.5, 0.5, strides=stride, fuse=False, bias_init=BIAS_INIT)
+  variables = init_variables(fused, x)
+  # Same parameter layout, so one checkpoint serves both executions.
+  chex.assert_trees_all_equal_shapes(variables, init_variables(split, x))
+  chex.assert_trees_all_close(fast_jit(fused.apply)(variables, x), fast_jit(split.apply)(variables, x), **TOL)
+
+
+def test_params_from_init_match_reference():
+  """The real initialiser's parameters (not only the init's layout) drive the same math."""
+  conv = OctConv(6, 3, 0.5, 0.25, strides=2, bias_init=BIAS_INIT)
+  x = make_input(4, 2, (7, 6), 8, 0.5)
+  variables = fast_jit(conv.init)(jax.random.key(0), x)
+  params = variables["params"]
+  check_params_layout(params, 8, 6, 0.5, 0.25, 3, 1, False, True)
+  y = fast_jit(conv.apply)(variables, x)
+  yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low),
+                        {p: np.asarray(v["kernel"]) for p, v in params.items()},
+                        {p: np.asarray(v["bias"]) for p, v in params.items() if "bias" in v}, stride=2)
+  chex.assert_shape(y.high, (2, 4, 3, 5))
+  chex.assert_shape(y.low, (2, 2, 2, 1))
+  chex.assert_trees_all_close(y, OctTensor(yh, yl), **TOL)
+
+
+def test_strides_given_as_pair_equal_int():
+  x = make_input(0, 1, (6, 6), 4, 0.5)
+  a = OctConv(4, 3, 0.5, 0.5, strides=2)
+  b = OctConv(4, 3, 0.5, 0.5, strides=(2, 2))
+  v = init_variables(a, x)
+  chex.assert_trees_all_equal(fast_jit(a.apply)(v, x), fast_jit(b.apply)(v, x))
+
+
+# ------------------------------------------------------------------- pure oct_conv
+
+
+def _random_kernels(seed, paths, k=3, groups=None):
+  rng = np.random.default_rng(seed)
+  groups = groups or {}
+  return {p: jnp.asarray((0.3 * rng.standard_normal((k, k, ci // groups.get(p, 1), co))).astype(np.float32))
+          for p, (ci, co) in paths.items()}
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_functional_oct_conv_matches_reference(stride, hw, with_bias):
+  x = make_input(5, 2, hw, 7, 0.5)  # (4, 3)
+  paths = ref.path_channels(7, 6, 0.5, 1 / 3)  # out (4, 2)
+  kernels = _random_kernels(1, paths)
+  rng = np.random.default_rng(2)
+  biases = ({"h2h": jnp.asarray(rng.standard_normal(4).astype(np.float32)),
+             "h2l": jnp.asarray(rng.standard_normal(2).astype(np.float32))} if with_bias else None)
+  y = fast_jit(F.oct_conv, static_argnames="strides")(x, kernels, biases, strides=stride)
+  yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low), {p: np.asarray(k) for p, k in kernels.items()},
+                        None if biases is None else {p: np.asarray(b) for p, b in biases.items()}, stride)
+  high_shape, low_shape = expected_out_shapes(2, hw, 7, 6, 0.5, 1 / 3, stride)
+  chex.assert_shape(y.high, high_shape)
+  chex.assert_shape(y.low, low_shape)
+  chex.assert_trees_all_close(y, OctTensor(yh, yl), **TOL)
+
+
+@pytest.mark.parametrize("hw", [(6, 6), (6, 5), (5, 7)])
+def test_functional_oct_conv_without_h2h_crops_l2h_to_the_high_input_size(hw):
+  """An absent path contributes nothing: with only the cross paths, Y^H = U(f(X^L; W^lh))
+  cropped to X^H's size (an odd H or W must not come out as 2 ceil(H/2))."""
+  x = make_input(6, 1, hw, 4, 0.5)
+  paths = ref.path_channels(4, 4, 0.5, 0.5)
+  kernels = _random_kernels(3, paths)
+  only_cross = {p: kernels[p] for p in ("h2l", "l2h")}
+  y = F.oct_conv(x, only_cross)
+  yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low), {p: np.asarray(k) for p, k in only_cross.items()})
+  chex.assert_shape(y.high, (1, *hw, 2))
+  chex.assert_trees_all_close(y, OctTensor(yh, yl), **TOL)
+
+
+def test_functional_oct_conv_grouped_groups_from_kernel_shape():
+  x = make_input(7, 1, (5, 5), 8, 0.5)
+  paths = ref.path_channels(8, 8, 0.5, 0.5)
+  kernels = _random_kernels(4, paths, groups={p: 2 for p in paths})
+  y = F.oct_conv(x, kernels)
+  yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low), {p: np.asarray(k) for p, k in kernels.items()},
+                        groups=2)
+  chex.assert_trees_all_close(y, OctTensor(yh, yl), **TOL)
+
+
+def test_functional_oct_conv_accepts_plain_array():
+  x = make_input(0, 1, (5, 7), 3, 0.0).high
+  kernels = _random_kernels(0, {"h2h": (3, 2), "h2l": (3, 2)})
+  y = F.oct_conv(x, kernels, strides=2)
+  yh, yl = ref.oct_conv(np.asarray(x, np.float64), None, {p: np.asarray(k) for p, k in kernels.items()},
+                        stride=2)
+  chex.assert_shape(y.high, (1, 3, 4, 2))
+  chex.assert_shape(y.low, (1, 2, 2, 2))
+  chex.assert_trees_all_close(y, OctTensor(yh, yl), **TOL)
+
+
+# ------------------------------------------------------- alpha = 0 is flax.linen.Conv
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
+def test_alpha_zero_equals_flax_conv_bit_for_bit(k, use_bias, hw):
+  x = make_input(k, 2, hw, 5, 0.0).high
+  conv = OctConv(7, k, 0.0, 0.0, use_bias=use_bias)
+  variables = init_variables(conv, x)
+  assert set(variables["params"]) == {"h2h"}
+  y = conv.apply(variables, x)
+  assert y.low is None
+  flax_conv = nn.Conv(7, (k, k), padding="SAME", use_bias=use_bias)
+  # The parameter layout of the h2h path is flax.linen.Conv's.
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      variables["params"]["h2h"], jax.eval_shape(flax_conv.init, jax.random.key(0), x)["params"])
+  expected = flax_conv.apply({"params": variables["params"]["h2h"]}, x)
+  chex.assert_shape(y.high, (2, *hw, 7))
+  np.testing.assert_array_equal(np.asarray(y.high), np.asarray(expected))
+
+
+def test_alpha_zero_grouped_equals_flax_conv_bit_for_bit():
+  x = make_input(0, 2, (6, 5), 8, 0.0).high
+  conv = OctConv(4, 3, 0.0, 0.0, feature_group_count=2)
+  variables = init_variables(conv, x)
+  expected = nn.Conv(4, (3, 3), feature_group_count=2).apply({"params": variables["params"]["h2h"]}, x)
+  np.testing.assert_array_equal(np.asarray(conv.apply(variables, x).high), np.asarray(expected))
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
+def test_pool_stride_false_is_a_strided_conv_with_symmetric_padding(hw):
+  x = make_input(0, 1, hw, 3, 0.0).high
+  conv = OctConv(4, 3, 0.0, 0.0, strides=2, pool_stride=False)
+  variables = init_variables(conv, x)
+  y = fast_jit(conv.apply)(variables, x)
+  p = variables["params"]["h2h"]
+  expected = ref.conv2d(x, p["kernel"], stride=2) + np.asarray(p["bias"])
+  chex.assert_shape(y.high, (1, math.ceil(hw[0] / 2), math.ceil(hw[1] / 2), 4))
+  chex.assert_trees_all_close(y.high, expected, **TOL)
+
+
+# ------------------------------------------------------ Table 1 from the traced layer
+
+
+def _sub_jaxprs(params):
+  for value in params.values():
+    for item in value if isinstance(value, (list, tuple)) else (value,):
+      if hasattr(item, "eqns"):
+        yield item
+      elif hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+        yield item.jaxpr
+
+
+def conv_eqns(jaxpr):
+  """Every conv_general_dilated equation of a jaxpr, recursing into sub-jaxprs."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      found.append(eqn)
+    for sub in _sub_jaxprs(eqn.params):
+      found.extend(conv_eqns(sub))
+  return found
+
+
+def conv_macs(eqn) -> int:
+  """Output elements x kh x kw x (input channels / groups) of one conv equation."""
+  rhs = eqn.invars[1].aval.shape
+  rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
+  kernel_in = rhs[rhs_spec[1]]
+  window = math.prod(rhs[d] for d in rhs_spec[2:])
+  return math.prod(eqn.outvars[0].aval.shape) * window * kernel_in
+
+
+def traced_layer(module, x):
+  variables = jax.eval_shape(module.init, jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x))(variables, x)
+  out = jax.eval_shape(module.apply, variables, x)
+  return variables, conv_eqns(jaxpr.jaxpr), out
+
+
+def oct_input_shapes(n, h, w, c, alpha):
+  ch, cl = ref.split(c, alpha)
+  return OctTensor(
+      jax.ShapeDtypeStruct((n, h, w, ch), jnp.float32) if ch else None,
+      jax.ShapeDtypeStruct((n, math.ceil(h / 2), math.ceil(w / 2), cl), jnp.float32) if cl else None)
+
+
+TABLE1 = {0.0: (100, 100), 0.125: (82, 91), 0.25: (67, 81), 0.5: (44, 63), 0.75: (30, 44),
+          0.875: (26, 35), 1.0: (25, 25)}
+
+
+def _percent(fraction: Fraction) -> int:
+  return math.floor(fraction * 100 + Fraction(1, 2))  # round half up
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_table1_macs_and_memory_from_the_traced_layer(fuse):
+  n, h, w, c = 1, 32, 32, 64
+  _, vanilla_convs, _ = traced_layer(nn.Conv(c, (3, 3)), jax.ShapeDtypeStruct((n, h, w, c), jnp.float32))
+  vanilla_macs = sum(conv_macs(e) for e in vanilla_convs)
+  assert vanilla_macs == h * w * c * c * 9
+  vanilla_mem = n * h * w * c
+  for a, (mac_pct, mem_pct) in TABLE1.items():
+    x = oct_input_shapes(n, h, w, c, a)
+    _, convs, y = traced_layer(OctConv(c, 3, a, a, fuse=fuse), x)
+    macs = sum(conv_macs(e) for e in convs)
+    fa = Fraction(a)
+    mac_ratio = Fraction(macs, vanilla_macs)
+    assert mac_ratio == 1 - Fraction(3, 4) * (2 * fa - fa * fa), (a, mac_ratio)
+    assert _percent(mac_ratio) == mac_pct, (a, float(mac_ratio))
+    out_elements = sum(math.prod(p.shape) for p in (y.high, y.low) if p is not None)
+    mem_ratio = Fraction(out_elements, vanilla_mem)
+    assert mem_ratio == 1 - Fraction(3, 4) * fa, (a, mem_ratio)
+    # The paper prints 35% at a = .875 where 1 - 3/4 a = 34.375%; allow its rounding.
+    assert abs(float(mem_ratio) * 100 - mem_pct) <= 1.0, (a, float(mem_ratio))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_conv_is_stride1_with_symmetric_padding(stride):
+  x = oct_input_shapes(2, 9, 6, 8, 0.5)
+  _, convs, _ = traced_layer(OctConv(8, 5, 0.5, 0.5, strides=stride, fuse=False), x)
+  assert len(convs) == 4
+  for eqn in convs:
+    assert tuple(eqn.params["window_strides"]) == (1, 1)
+    assert tuple(eqn.params["lhs_dilation"]) == (1, 1)
+    assert tuple(eqn.params["rhs_dilation"]) == (1, 1)
+    padding = eqn.params["padding"]
+    assert [tuple(p) for p in padding] == [(2, 2), (2, 2)], padding
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.125, 0.25, 0.5, 0.75, 1.0])
+def test_stride2_macs_are_one_minus_three_quarters_alpha_of_a_strided_conv(alpha):
+  """At stride 2, H->H, L->H run at the output resolution H/2 (L->H reads the unpooled X^L,
+  no upsample) and H->L, L->L at H/4: MACs relative to a vanilla stride-2 conv are
+  (1-a)^2 + a(1-a) + (a^2 + a(1-a))/4 = 1 - 3/4 a."""
+  n, h, w, c = 1, 16, 16, 16
+  x = oct_input_shapes(n, h, w, c, alpha)
+  _, convs, y = traced_layer(OctConv(c, 3, alpha, alpha, strides=2), x)
+  vanilla_macs = (h // 2) * (w // 2) * c * c * 9
+  fa = Fraction(alpha)
+  assert Fraction(sum(map(conv_macs, convs)), vanilla_macs) == 1 - Fraction(3, 4) * fa
+
+
+def _param_count(variables):
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize("alpha_in,alpha_out", [(a, a) for a in TABLE1] + [
+    (0.0, 0.5), (0.5, 0.0), (0.25, 0.75), (1.0, 0.0), (0.0, 1.0), (0.125, 0.875)])
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_param_count_equals_vanilla(alpha_in, alpha_out, groups, use_bias):
+  c_in, c_out = 64, 32  # every split of these at multiples of 1/8 is divisible by 4
+  x = oct_input_shapes(1, 8, 8, c_in, alpha_in)
+  oct_vars = jax.eval_shape(
+      OctConv(c_out, 3, alpha_in, alpha_out, feature_group_count=groups, use_bias=use_bias).init,
+      jax.random.key(0), x)
+  vanilla = jax.eval_shape(nn.Conv(c_out, (3, 3), feature_group_count=groups, use_bias=use_bias).init,
+                           jax.random.key(0), jax.ShapeDtypeStruct((1, 8, 8, c_in), jnp.float32))
+  assert _param_count(oct_vars) == _param_count(vanilla) == 9 * c_in // groups * c_out + use_bias * c_out
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_param_count_depthwise_equals_vanilla(alpha):
+  c = 16
+  x = oct_input_shapes(1, 8, 8, c, alpha)
+  oct_vars = jax.eval_shape(OctConv(c, 3, alpha, alpha, feature_group_count=c).init, jax.random.key(0), x)
+  vanilla = jax.eval_shape(nn.Conv(c, (3, 3), feature_group_count=c).init, jax.random.key(0),
+                           jax.ShapeDtypeStruct((1, 8, 8, c), jnp.float32))
+  assert _param_count(oct_vars) == _param_count(vanilla) == 9 * c + c
+
+
+# --------------------------------------------------------------------------- bf16
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bf16_compute_keeps_float32_params(stride):
+  x = make_input(0, 2, (6, 7), 8, 0.5)
+  conv32 = OctConv(8, 3, 0.5, 0.5, strides=stride, bias_init=BIAS_INIT)
+  conv16 = OctConv(8, 3, 0.5, 0.5, strides=stride, bias_init=BIAS_INIT, dtype=jnp.bfloat16)
+  for leaf in jax.tree.leaves(jax.eval_shape(conv16.init, jax.random.key(0), x)):
+    assert leaf.dtype == jnp.float32
+  variables = init_variables(conv16, x)
+  y16 = fast_jit(conv16.apply)(variables, x)
+  y32 = fast_jit(conv32.apply)(variables, x)
+  assert y16.high.dtype == jnp.bfloat16 and y16.low.dtype == jnp.bfloat16
+  assert y32.high.dtype == jnp.float32
+  chex.assert_trees_all_equal_shapes(y16, y32)
+  chex.assert_tree_all_finite(y16)
+  chex.assert_trees_all_close(jax.tree.map(lambda a: a.astype(jnp.float32), y16), y32, atol=0.1, rtol=0.05)
+  # ... and not trivially: bf16 rounding is visible.
+  assert not np.array_equal(np.asarray(y16.high, np.float32), np.asarray(y32.high))
+
+
+def test_bf16_input_and_params_infers_bf16():
+  x = make_input(0, 1, (4, 4), 4, 0.5, dtype=jnp.bfloat16)
+  conv = OctConv(4, 3, 0.5, 0.5, param_dtype=jnp.bfloat16)
+  variables = init_variables(conv, x)
+  for leaf in jax.tree.leaves(variables):
+    assert leaf.dtype == jnp.bfloat16
+  y = fast_jit(conv.apply)(variables, x)
+  assert y.high.dtype == y.low.dtype == jnp.bfloat16
+
+
+# ------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+@pytest.mark.parametrize("name", ["alpha_in", "alpha_out"])
+def test_alpha_outside_unit_interval_fails_at_construction(bad, name):
+  kwargs = {"alpha_in": 0.5, "alpha_out": 0.5, name: bad}
+  with pytest.raises(ValueError, match=name):
+    OctConv(8, 3, **kwargs)
+
+
+@pytest.mark.parametrize("strides", [3, (1, 2), 0, (2, 2, 2)])
+def test_stride_not_1_or_2_fails(strides):
+  with pytest.raises(ValueError, match="strides"):
+    OctConv(8, 3, 0.5, 0.5, strides=strides)
+
+
+@pytest.mark.parametrize("k", [2, 4, (3, 2)])
+def test_even_kernel_size_fails(k):
+  with pytest.raises(ValueError, match="kernel_size"):
+    OctConv(8, k, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("padding", ["VALID", ((1, 1), (1, 1)), "CIRCULAR"])
+def test_padding_other_than_same_fails(padding):
+  with pytest.raises(ValueError, match="padding"):
+    OctConv(8, 3, 0.5, 0.5, padding=padding)
+
+
+@pytest.mark.parametrize("low_hw", [(4, 4), (2, 3), (3, 3), (5, 4)])
+def test_low_part_of_wrong_size_fails(low_hw):
+  x = OctTensor(jnp.ones((1, 7, 6, 4)), jnp.ones((1, *low_hw, 4)))  # needs 4 x 3
+  conv = OctConv(8, 3, 0.5, 0.5)
+  with pytest.raises(ValueError, match="low part"):
+    jax.eval_shape(conv.init, jax.random.key(0), x)
+
+
+def test_channel_split_not_matching_alpha_in_fails():
+  conv = OctConv(8, 3, 0.5, 0.5)
+  with pytest.raises(ValueError, match="alpha_in"):
+    jax.eval_shape(conv.init, jax.random.key(0), jnp.ones((1, 8, 8, 8)))
+  with pytest.raises(ValueError, match="alpha_in"):  # 5 high + 3 low is not the (4, 4) split
+    jax.eval_shape(conv.init, jax.random.key(0), OctTensor(jnp.ones((1, 8, 8, 5)), jnp.ones((1, 4, 4, 3))))
+
+
+def test_groups_that_do_not_divide_a_path_fail():
+  conv = OctConv(8, 3, 0.25, 0.25, feature_group_count=4)  # (6, 2) -> (6, 2)
+  x = make_input(0, 1, (8, 8), 8, 0.25)
+  with pytest.raises(ValueError, match="feature_group_count"):
+    jax.eval_shape(conv.init, jax.random.key(0), x)
+
+
+def test_depthwise_needs_equal_alphas():
+  conv = OctConv(8, 3, 0.5, 0.25, feature_group_count=8)
+  x = make_input(0, 1, (8, 8), 8, 0.5)
+  with pytest.raises(ValueError, match="alpha_in == alpha_out"):
+    jax.eval_shape(conv.init, jax.random.key(0), x)
+
+
+def test_functional_errors_name_the_argument():
+  x = make_input(0, 1, (6, 6), 4, 0.5)
+  k = {"h2h": jnp.ones((3, 3, 2, 2))}
+  with pytest.raises(ValueError, match="strides"):
+    F.oct_conv(x, k, strides=3)
+  with pytest.raises(ValueError, match="kernel"):
+    F.oct_conv(x, {"h2x": jnp.ones((3, 3, 2, 2))})
+  with pytest.raises(ValueError, match="kernel_size"):
+    F.oct_conv(x, {"h2h": jnp.ones((2, 2, 2, 2))})
+  with pytest.raises(ValueError, match="in_channels"):
+    F.oct_conv(x, {"h2h": jnp.ones((3, 3, 3, 2))})
+  with pytest.raises(ValueError, match="output channels"):
+    F.oct_conv(x, {"h2h": jnp.ones((3, 3, 2, 2)), "l2h": jnp.ones((3, 3, 2, 3))})
+  with pytest.raises(ValueError, match="low part"):
+    F.oct_conv(OctTensor(jnp.ones((1, 6, 6, 2)), jnp.ones((1, 2, 2, 2))), k)

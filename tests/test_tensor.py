@@ -1,0 +1,320 @@
+"""OctTensor, the channel-split rule and OctTensor under jit / grad / vmap / tree_map."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import numpy_reference as ref
+from octflax import OctConv, OctTensor, as_oct, low_spatial_size, split_channels
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def fast_jit(fn, **kwargs):
+  """`jax.jit` without LLVM's expensive optimisations: on these tiny maps compiling, not
+  running, is the cost, and the optimisation level does not change what is computed."""
+  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
+
+
+def rand(seed, shape, dtype=np.float32):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+
+
+def oct_rand(seed, n, hw, channels, alpha):
+  ch, cl = ref.split(channels, alpha)
+  lh, lw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
+  return OctTensor(rand(seed, (n, *hw, ch)) if ch else None,
+                   rand(seed + 1, (n, lh, lw, cl)) if cl else None)
+
+
+def fill_variables(module, x, seed=0):
+  """The variables `module.init` lays out, with NumPy random values (no JAX RNG compiles)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), x)
+  return jax.tree.map(
+      lambda s: jnp.asarray((rng.standard_normal(s.shape) / math.sqrt(math.prod(s.shape[:-1]) or 1)).astype(s.dtype)),
+      shapes)
+
+
+def np_kernels(variables):
+  p = variables["params"]
+  return ({k: np.asarray(v["kernel"]) for k, v in p.items()},
+          {k: np.asarray(v["bias"]) for k, v in p.items() if "bias" in v})
+
+
+# -------------------------------------------------------------------- channel split
+
+
+@pytest.mark.parametrize("channels,alpha,expected", [
+    (64, 0.5, (32, 32)),
+    (10, 0.25, (8, 2)),
+    (3, 0.5, (2, 1)),
+    (7, 0.75, (2, 5)),
+    (8, 0.0, (8, 0)),
+    (8, 1.0, (0, 8)),
+    (1, 0.5, (1, 0)),
+    (3, 0.25, (3, 0)),
+    (100, 0.125, (88, 12)),
+    (7, 1 / 3, (5, 2)),
+    (100, 0.29, (72, 28)),  # int(0.29 * 100) = int(28.999999999999996) = 28: the official rule
+])
+def test_split_channels_floor_rule(channels, alpha, expected):
+  assert split_channels(channels, alpha) == expected
+  assert sum(expected) == channels
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5])
+def test_split_channels_rejects_alpha_outside_unit_interval(alpha):
+  with pytest.raises(ValueError, match="alpha"):
+    split_channels(8, alpha)
+
+
+@pytest.mark.parametrize("channels", [0, -3, 2.5])
+def test_split_channels_rejects_bad_channel_count(channels):
+  with pytest.raises(ValueError, match="channels"):
+    split_channels(channels, 0.5)
+
+
+@pytest.mark.parametrize("hw,expected", [((8, 8), (4, 4)), ((7, 6), (4, 3)), ((1, 1), (1, 1)),
+                                         ((5, 9), (3, 5))])
+def test_low_spatial_size_is_ceil_half(hw, expected):
+  assert low_spatial_size(*hw) == expected
+
+
+# ---------------------------------------------------------------------- construction
+
+
+def test_constructor_refuses_no_parts():
+  with pytest.raises(ValueError, match="high=None and low=None"):
+    OctTensor(None, None)
+  with pytest.raises(ValueError, match="high"):
+    OctTensor(high=None, low=None)
+
+
+def test_one_part_may_be_none():
+  assert OctTensor(rand(0, (1, 4, 4, 2)), None).low is None
+  assert OctTensor(None, rand(0, (1, 2, 2, 2))).high is None
+
+
+def test_is_frozen():
+  t = OctTensor(rand(0, (1, 4, 4, 2)), None)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    t.high = None
+
+
+def test_channels_and_alpha_properties():
+  t = OctTensor(jnp.zeros((2, 8, 6, 6)), jnp.zeros((2, 4, 3, 2)))
+  assert (t.high_channels, t.low_channels, t.channels) == (6, 2, 8)
+  assert t.alpha == 0.25
+  assert t.dtype == jnp.float32
+  assert t.batch_shape == (2,)
+  only_low = OctTensor(None, jnp.zeros((3, 4, 4, 5), jnp.bfloat16))
+  assert (only_low.high_channels, only_low.low_channels, only_low.channels, only_low.alpha) == (0, 5, 5, 1.0)
+  assert only_low.dtype == jnp.bfloat16
+  only_high = OctTensor(jnp.zeros((2, 4, 4, 5)), None)
+  assert (only_high.channels, only_high.alpha) == (5, 0.0)
+
+
+def test_as_oct_wraps_plain_arrays():
+  x = rand(0, (1, 4, 4, 3))
+  t = as_oct(x)
+  assert isinstance(t, OctTensor) and t.high is x and t.low is None
+  assert as_oct(t) is t
+  with pytest.raises(TypeError):
+    as_oct([1.0, 2.0])
+
+
+# ------------------------------------------------------------------ from_array, merge
+
+
+@pytest.mark.parametrize("hw", [(8, 6), (5, 7)])
+@pytest.mark.parametrize("channels,alpha", [(8, 0.25), (7, 0.75), (8, 0.5), (3, 0.5)])
+def test_from_array_keeps_first_channels_high_and_pools_last_low(hw, channels, alpha):
+  x = rand(1, (2, *hw, channels))
+  t = fast_jit(OctTensor.from_array, static_argnums=1)(x, alpha)
+  ch, cl = ref.split(channels, alpha)
+  chex.assert_shape(t.high, (2, *hw, ch))
+  chex.assert_shape(t.low, (2, math.ceil(hw[0] / 2), math.ceil(hw[1] / 2), cl))
+  np.testing.assert_array_equal(np.asarray(t.high), np.asarray(x)[..., :ch])
+  np.testing.assert_allclose(np.asarray(t.low), ref.avg_pool2(np.asarray(x)[..., ch:]), **TOL)
+
+
+def test_from_array_at_alpha_0_and_1_leaves_a_part_out():
+  x = rand(2, (1, 5, 5, 4))
+  t0 = OctTensor.from_array(x, 0.0)
+  assert t0.low is None
+  np.testing.assert_array_equal(np.asarray(t0.high), np.asarray(x))
+  t1 = OctTensor.from_array(x, 1.0)
+  assert t1.high is None
+  chex.assert_shape(t1.low, (1, 3, 3, 4))
+  np.testing.assert_allclose(np.asarray(t1.low), ref.avg_pool2(np.asarray(x)), **TOL)
+
+
+def test_from_array_rejects_bad_input():
+  with pytest.raises(ValueError, match="rank 4"):
+    OctTensor.from_array(jnp.zeros((4, 4, 3)), 0.5)
+  with pytest.raises(ValueError, match="alpha"):
+    OctTensor.from_array(jnp.zeros((1, 4, 4, 3)), 1.5)
+
+
+@pytest.mark.parametrize("hw", [(8, 6), (5, 7), (1, 3)])
+def test_merge_upsamples_low_crops_and_concatenates(hw):
+  lh, lw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
+  t = OctTensor(rand(3, (2, *hw, 3)), rand(4, (2, lh, lw, 2)))
+  m = t.merge()
+  chex.assert_shape(m, (2, *hw, 5))
+  expected = np.concatenate([np.asarray(t.high), ref.upsample2(np.asarray(t.low), hw)], axis=-1)
+  np.testing.assert_array_equal(np.asarray(m), expected)
+
+
+def test_merge_with_one_part():
+  low = rand(5, (1, 3, 2, 2))
+  m = OctTensor(None, low).merge()
+  chex.assert_shape(m, (1, 6, 4, 2))
+  np.testing.assert_array_equal(np.asarray(m), ref.upsample2(np.asarray(low)))
+  high = rand(6, (1, 5, 5, 2))
+  assert OctTensor(high, None).merge() is high
+
+
+@pytest.mark.parametrize("hw", [(8, 6), (5, 7)])
+def test_from_array_inverts_merge(hw):
+  """Average-pooling a nearest-upsampled map gives it back, also when the upsample was cropped."""
+  lh, lw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
+  t = OctTensor(rand(7, (2, *hw, 6)), rand(8, (2, lh, lw, 2)))
+  back = OctTensor.from_array(t.merge(), 0.25)
+  chex.assert_trees_all_close(back, t, **TOL)
+
+
+# ------------------------------------------------------------------------- pytree
+
+
+def test_pytree_leaves_in_field_order_and_none_parts_are_empty():
+  high, low = rand(0, (1, 4, 4, 2)), rand(1, (1, 2, 2, 3))
+  assert [l.shape for l in jax.tree.leaves(OctTensor(high, low))] == [high.shape, low.shape]
+  assert len(jax.tree.leaves(OctTensor(high, None))) == 1
+  assert len(jax.tree.leaves(OctTensor(None, low))) == 1
+  assert jax.tree.structure(OctTensor(high, None)) != jax.tree.structure(OctTensor(None, high))
+
+
+@pytest.mark.parametrize("parts", ["both", "high", "low"])
+def test_flatten_unflatten_round_trip(parts):
+  high = rand(0, (1, 4, 4, 2)) if parts in ("both", "high") else None
+  low = rand(1, (1, 2, 2, 3)) if parts in ("both", "low") else None
+  t = OctTensor(high, low)
+  leaves, treedef = jax.tree.flatten(t)
+  back = jax.tree.unflatten(treedef, leaves)
+  assert isinstance(back, OctTensor)
+  assert (back.high is None) == (high is None) and (back.low is None) == (low is None)
+  chex.assert_trees_all_equal(back, t)
+  mapped = jax.tree.map(lambda a: 2 * a, t)
+  assert isinstance(mapped, OctTensor) and (mapped.low is None) == (low is None)
+  for got, want in zip(jax.tree.leaves(mapped), jax.tree.leaves(t)):
+    np.testing.assert_array_equal(np.asarray(got), 2 * np.asarray(want))
+  chex.assert_trees_all_equal_structs(mapped, t)
+
+
+def test_map_method_applies_to_present_parts():
+  t = OctTensor(None, jnp.full((1, 2, 2, 1), -1.0))
+  r = t.map(jax.nn.relu)
+  assert r.high is None
+  np.testing.assert_array_equal(np.asarray(r.low), 0.0)
+
+
+# --------------------------------------------------------------- jit / grad / vmap
+
+
+def test_jit_passes_octtensor_through():
+  t = oct_rand(0, 2, (5, 7), 6, 0.5)
+  f = jax.jit(lambda u: OctTensor(u.high * 2, u.low + 1))
+  r = f(t)
+  assert isinstance(r, OctTensor)
+  chex.assert_trees_all_close(r, OctTensor(t.high * 2, t.low + 1))
+
+
+@pytest.mark.parametrize("alpha_in,alpha_out", [(0.5, 0.5), (0.75, 0.25)])
+def test_jit_octconv_equals_eager(alpha_in, alpha_out):
+  conv = OctConv(6, 3, alpha_in, alpha_out)
+  x = oct_rand(1, 2, (5, 7), 8, alpha_in)
+  variables = fill_variables(conv, x)
+  chex.assert_trees_all_close(jax.jit(conv.apply)(variables, x), conv.apply(variables, x), **TOL)
+
+
+@pytest.mark.parametrize("alpha_in,alpha_out,stride", [
+    (0.5, 0.5, 1), (0.5, 0.25, 2), (0.0, 0.5, 1), (1.0, 0.5, 2)])
+def test_grad_wrt_octtensor_input_is_the_reference_adjoint(alpha_in, alpha_out, stride):
+  """loss(x) = sum(R * OctConv(x)) is affine in x, so <grad, v> = sum(R * conv_nobias(v))."""
+  conv = OctConv(6, 3, alpha_in, alpha_out, strides=stride)
+  x = oct_rand(2, 2, (5, 7), 8, alpha_in)
+  variables = fill_variables(conv, x, seed=1)
+  y = conv.apply(variables, x)
+  r = jax.tree.map(lambda p: rand(p.size, p.shape), y)
+
+  def loss(inp):
+    out = conv.apply(variables, inp)
+    return sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(r)))
+
+  g = fast_jit(jax.grad(loss))(x)
+  assert isinstance(g, OctTensor)
+  chex.assert_trees_all_equal_shapes_and_dtypes(g, x)
+  chex.assert_tree_all_finite(g)
+  kernels, _ = np_kernels(variables)
+  for seed in (10, 20):
+    v = oct_rand(seed, 2, (5, 7), 8, alpha_in)
+    lhs = sum(float(np.vdot(np.asarray(a, np.float64), np.asarray(b, np.float64)))
+              for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
+    vh, vl = ref.oct_conv(None if v.high is None else np.asarray(v.high),
+                          None if v.low is None else np.asarray(v.low), kernels, None, stride)
+    rhs = sum(float(np.vdot(np.asarray(a, np.float64), b))
+              for a, b in zip(jax.tree.leaves(r), [p for p in (vh, vl) if p is not None]))
+    assert lhs == pytest.approx(rhs, rel=1e-5, abs=1e-4)
+
+
+def test_grad_wrt_params_matches_finite_differences():
+  conv = OctConv(4, 3, 0.5, 0.5)
+  x = oct_rand(3, 1, (5, 6), 4, 0.5)
+  variables = fill_variables(conv, x, seed=2)
+
+  def loss(params):
+    y = conv.apply({"params": params}, x)
+    return jnp.sum(y.high ** 2) + jnp.sum(jnp.sin(y.low))
+
+  g = fast_jit(jax.grad(loss))(variables["params"])
+  chex.assert_trees_all_equal_shapes(g, variables["params"])
+  # Central difference along one random direction, in float64 through the reference.
+  direction = jax.tree.map(lambda p: rand(p.size + 7, p.shape), variables["params"])
+  dot = sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(direction)))
+
+  def ref_loss(t):
+    params = jax.tree.map(lambda p, d: np.asarray(p, np.float64) + t * np.asarray(d, np.float64),
+                          variables["params"], direction)
+    yh, yl = ref.oct_conv(np.asarray(x.high), np.asarray(x.low),
+                          {k: v["kernel"] for k, v in params.items()},
+                          {k: v["bias"] for k, v in params.items() if "bias" in v})
+    return np.sum(yh ** 2) + np.sum(np.sin(yl))
+
+  eps = 1e-4
+  fd = (ref_loss(eps) - ref_loss(-eps)) / (2 * eps)
+  assert dot == pytest.approx(fd, rel=1e-4)
+
+
+@pytest.mark.parametrize("alpha_in", [0.5, 0.0])
+def test_vmap_over_leading_axis_equals_loop(alpha_in):
+  conv = OctConv(4, 3, alpha_in, 0.5, strides=2)
+  xs = [oct_rand(10 * i, 2, (5, 6), 4, alpha_in) for i in range(3)]
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *xs)
+  chex.assert_shape(stacked.high, (3, 2, 5, 6, ref.split(4, alpha_in)[0]))
+  variables = fill_variables(conv, xs[0])
+  batched = fast_jit(jax.vmap(conv.apply, in_axes=(None, 0)))(variables, stacked)
+  assert isinstance(batched, OctTensor)
+  chex.assert_shape(batched.high, (3, 2, 3, 3, 2))
+  chex.assert_shape(batched.low, (3, 2, 2, 2, 2))
+  apply = fast_jit(conv.apply)
+  looped = jax.tree.map(lambda *a: jnp.stack(a), *[apply(variables, x) for x in xs])
+  chex.assert_trees_all_close(batched, looped, **TOL)
