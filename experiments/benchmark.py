@@ -85,13 +85,20 @@ def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
   return Net()
 
 
+# Variants selected with a suffix of the model name, e.g. 'oct_resnet50:nofuse'.
+VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}}
+
+
 def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Module:
   if name == "flax_resnet50":
     return vanilla_resnet50(num_classes, dtype)
-  if name.endswith(":strided"):
-    return models.get_model(name.split(":")[0], alpha=alpha, num_classes=num_classes, dtype=dtype,
-                            pool_stride=False)
-  return models.get_model(name, alpha=alpha, num_classes=num_classes, dtype=dtype)
+  base, *suffixes = name.split(":")
+  kwargs = {}
+  for suffix in suffixes:
+    if suffix not in VARIANTS:
+      raise ValueError(f"unknown model variant ':{suffix}'; known: {', '.join(VARIANTS)}.")
+    kwargs.update(VARIANTS[suffix])
+  return models.get_model(base, alpha=alpha, num_classes=num_classes, dtype=dtype, **kwargs)
 
 
 def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
@@ -200,7 +207,8 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", default="oct_resnet50",
-                      help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs; "
+                      help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs, "
+                           "'NAME:nofuse' runs the four paths as separate convs; "
                            "'flax_resnet50' is ResNet-50 written with flax.linen.Conv")
   parser.add_argument("--alphas", default="0,0.125,0.25,0.5,0.75")
   parser.add_argument("--batch", default="8", help="batch size, or a comma-separated list")
