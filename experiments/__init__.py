@@ -1,0 +1,1 @@
+"""Runnable scripts of octflax: training (`experiments.train`), benchmarks, sweeps."""

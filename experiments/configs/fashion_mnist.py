@@ -1,0 +1,46 @@
+r"""Fashion-MNIST with an Oct-ResNet-8 (alpha 0.25): the main job, minutes on a laptop CPU.
+
+Command (this file is the default config):
+
+  python -m experiments.train --workdir runs/fashion_mnist
+
+Result: 92.23% test accuracy (87.15 / 90.74 / 92.23% after epochs 1 / 2 / 3), 7.1 minutes
+from start to summary.json on 2 CPU cores shared with other work (Python 3.11, jax 0.10.2;
+6.6 minutes of training including compilation, about 460-490 images per second, plus three
+evaluations of the 10,000 test images). The model has 77,754 parameters and costs 7.63 MMACs
+per image (9.35 at alpha 0). The run is deterministic: a second run gave the same numbers.
+
+The network is the CIFAR-style Oct-ResNet (3x3 stem, stages of 16/32/64 channels, the
+last stage at alpha 0) with one basic block per stage instead of three (Oct-ResNet-8),
+which keeps an epoch of 60,000 28x28 images at about a minute and a half on 2 CPU cores.
+Data: the original IDX files of Debian's dataset-fashion-mnist package
+(/usr/share/datasets/fashion-mnist/); --config.data.dir=DIR reads them from elsewhere.
+"""
+
+from octflax.training import default_config
+
+
+def get_config():
+  config = default_config()
+  config.model.name = "oct_resnet20"
+  config.model.alpha = 0.25
+  config.model.overrides.stage_sizes = (1, 1, 1)  # Oct-ResNet-8: one block per stage.
+
+  config.data.name = "fashion_mnist"
+  config.data.augment = "none"
+
+  config.num_epochs = 3
+  config.batch_size = 128
+  config.learning_rate = 0.2  # Per 256 images: 0.1 at batch 128.
+  config.warmup_epochs = 0.2
+  config.weight_decay = 5e-4
+  config.label_smoothing = 0.0
+  config.mixup_alpha = 0.0
+  config.seed = 0
+  config.parallel = "jit"
+  config.half_precision = False
+
+  config.checkpoint_every_steps = 200
+  config.keep_checkpoints = 2
+  config.log_every_steps = 50
+  return config

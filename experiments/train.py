@@ -1,0 +1,144 @@
+r"""Trains an octflax model: the entry point of every training run.
+
+  python -m experiments.train --workdir DIR [--config FILE] [--config.FIELD=VALUE ...]
+
+The config defaults to experiments/configs/fashion_mnist.py (the main job: an
+Oct-ResNet on Fashion-MNIST in minutes on a CPU). A run resumes from the newest
+checkpoint in DIR. It writes DIR/metrics.jsonl while it runs and
+DIR/summary.json and DIR/curves.png at the end; see octflax.training.
+
+Multi-host (Cloud TPU pod slices, multi-node GPU): run the same command on every
+host with --distributed (jax.distributed.initialize() finds the cluster on TPU,
+SLURM and similar), or name the cluster with --coordinator_address,
+--num_processes and --process_id. --config.batch_size is the global batch; each
+host loads only its share of every batch.
+
+Examples:
+  python -m experiments.train --workdir runs/fashion_mnist
+  python -m experiments.train --workdir runs/cifar10 --config experiments/configs/cifar10.py \
+      --config.data.dir=/data/cifar10 --config.model.alpha=0.5
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Sequence
+
+from absl import app, flags, logging
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "fashion_mnist.py")
+EXIT_USAGE = 2  # A bad command line or config value: nothing ran.
+EXIT_FAILED = 1  # Missing data, a refused working directory, or a diverged run.
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Working directory: checkpoints, metrics.jsonl, summary.json, curves.png.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() before anything else (multi-host runs; the "
+                  "cluster is detected on Cloud TPU, SLURM and others).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs; implies --distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+
+
+def _fail(message: str, code: int) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _config_argument(argv: Sequence[str]) -> str:
+  """The config file named on the command line (``--config=F`` or ``--config F``)."""
+  path = DEFAULT_CONFIG
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+  if not os.path.exists(path) and ":" in path:  # FILE:ARGS, passed to get_config(ARGS).
+    path = path.split(":", 1)[0]
+  return path
+
+
+def check_command_line(argv: Sequence[str]) -> None:
+  """Stops with one clear message when the config file or a ``--config.FIELD`` does not exist.
+
+  ml_collections would otherwise fail with a traceback while defining the flag.
+  """
+  path = _config_argument(argv)
+  if not os.path.isfile(path):
+    _fail(f"config file {path!r} does not exist. Configs are in {CONFIG_DIR}: "
+          f"{', '.join(sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith('.py') and f[0] != '_'))}.",
+          EXIT_USAGE)
+  spec = importlib.util.spec_from_file_location("_octflax_config_check", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    _fail(f"config file {path!r} has no get_config() function.", EXIT_USAGE)
+  config = module.get_config()
+
+  from octflax.training.config import field_names, unknown_field_message  # pylint: disable=g-import-not-at-top
+
+  known = list(field_names(config))
+  for arg in argv:
+    if not arg.startswith(("--config.", "--noconfig.")):
+      continue
+    name = arg.split("=", 1)[0].split(".", 1)[1]
+    node = config
+    for part in name.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        flag = arg.split("=", 1)[0]
+        if name.startswith("model.overrides."):
+          present = ", ".join(sorted(config.model.overrides.keys())) or "none"
+          _fail(f"{flag}: {os.path.basename(path)} sets no model attribute {name.split('.', 2)[2]!r} in "
+                f"config.model.overrides (it sets: {present}). Attributes the config file does not set "
+                "can only be added in a config file (config.model.overrides.NAME = VALUE).", EXIT_USAGE)
+        _fail(unknown_field_message(name, known, f"from {flag}, config {os.path.basename(path)}"), EXIT_USAGE)
+      node = node[part]
+
+
+def main(argv: Sequence[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.workdir is None:
+    raise app.UsageError("--workdir is required.")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it.
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    from octflax.training import initialize_distributed  # pylint: disable=g-import-not-at-top
+
+    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+  from octflax.data import DataError  # pylint: disable=g-import-not-at-top
+  from octflax.training import ConfigError, TrainingError, train_and_evaluate  # pylint: disable=g-import-not-at-top
+
+  try:
+    summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+  except (DataError, TrainingError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return EXIT_FAILED
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.process_index() == 0:
+    print(f"test accuracy {100 * summary['test_accuracy']:.2f}% after {summary['steps']} steps "
+          f"({summary['train_seconds'] / 60:.1f} min of training); "
+          f"{os.path.join(FLAGS.workdir, 'summary.json')}", flush=True)
+  return 0
+
+
+def run() -> None:
+  """Checks the command line, defines the config flag and runs `main`."""
+  check_command_line(sys.argv)
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training config file (get_config()).",
+                                  lock_config=True)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

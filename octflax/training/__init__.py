@@ -1,0 +1,62 @@
+"""Training for octflax: one pure train step, data-parallel wrappers, optax recipe, orbax checkpoints.
+
+How a batch travels: `octflax.data.make_loader` gives this process's share of a
+global batch (NumPy) -> `DataParallel.put_batch` makes the step's input (a
+global array sharded on the ``'data'`` mesh axis, or per-device shards for pmap)
+-> `DataParallel.train_step` runs `train_step` (forward, loss, gradient, optax
+update) on all devices. `train_and_evaluate` is the whole loop, driven by a
+config from `default_config`::
+
+  from octflax import training
+  config = training.default_config()
+  config.model.name, config.num_epochs = 'oct_resnet20', 1
+  summary = training.train_and_evaluate(config, workdir='/tmp/run')
+  summary['test_accuracy']
+"""
+
+from octflax.training.checkpoint import CheckpointStore
+from octflax.training.config import DATA_SETS, check_config, default_config
+from octflax.training.errors import CheckpointMismatchError, ConfigError, DivergenceError, TrainingError
+from octflax.training.optim import (
+    learning_rate_schedule, make_optimizer, scaled_learning_rate, weight_decay_mask)
+from octflax.training.parallel import (
+    DATA_AXIS, PARALLEL_MODES, DataParallel, all_finite, check_batch_size, describe_devices,
+    initialize_distributed, num_params)
+from octflax.training.reporting import MetricsWriter, plot_curves
+from octflax.training.state import TrainState, create_train_state
+from octflax.training.steps import cross_entropy_loss, eval_step, mixup_weight, train_step
+from octflax.training.trainer import build_datasets, build_model, train_and_evaluate
+
+__all__ = [
+    "CheckpointMismatchError",
+    "CheckpointStore",
+    "ConfigError",
+    "DATA_AXIS",
+    "DATA_SETS",
+    "DataParallel",
+    "DivergenceError",
+    "MetricsWriter",
+    "PARALLEL_MODES",
+    "TrainState",
+    "TrainingError",
+    "all_finite",
+    "build_datasets",
+    "build_model",
+    "check_batch_size",
+    "check_config",
+    "create_train_state",
+    "cross_entropy_loss",
+    "default_config",
+    "describe_devices",
+    "eval_step",
+    "initialize_distributed",
+    "learning_rate_schedule",
+    "make_optimizer",
+    "mixup_weight",
+    "num_params",
+    "plot_curves",
+    "scaled_learning_rate",
+    "train_and_evaluate",
+    "train_step",
+    "weight_decay_mask",
+]

@@ -1,0 +1,183 @@
+"""The fields of a training config (an `ml_collections.ConfigDict`) and their checks.
+
+Every knob of a run is a field here; config files (``experiments/configs/*.py``)
+start from `default_config` and set what differs. A field that is not in
+`default_config` is an error, caught by `check_config` before anything runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterator
+
+import ml_collections
+
+from octflax.data import FASHION_MNIST_DIR
+from octflax.training.errors import ConfigError
+from octflax.training.parallel import PARALLEL_MODES
+
+DATA_SETS = ("fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic")
+
+# Sub-trees whose keys are free (module attributes), not fields of the trainer.
+_FREE_KEYS = ("model.overrides",)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """All fields of a training config with their defaults.
+
+  Fields:
+    model.name: a name `octflax.models.get_model` accepts (e.g. 'oct_resnet20').
+    model.alpha: share of low-frequency channels (0 = the vanilla network).
+    model.overrides: attributes of the model module to replace, e.g.
+      ``{'stage_sizes': (1, 1, 1)}`` (applied with ``module.clone(**overrides)``).
+    data.name: one of 'fashion_mnist', 'cifar10', 'cifar100', 'image_folder',
+      'synthetic'.
+    data.dir: the data set's directory (image_folder: the folder holding the
+      split folders).
+    data.train_split, data.test_split: split names ('train'/'test';
+      image_folder: sub-folder names such as 'train'/'val').
+    data.max_train_examples, data.max_test_examples: use only the first this
+      many examples (0 = all; synthetic: the number of examples, 0 = 1024/256).
+    data.augment: 'none', 'crop', 'crop_flip' or 'imagenet' (see
+      `octflax.data.make_loader`).
+    data.image_size: side of the images fed to the model (0 = as stored;
+      'imagenet' augmentation defaults to 224).
+    data.num_classes: classes of synthetic data (others read it from the data).
+    data.num_threads: grain threads building batches ahead (0 = in the loop).
+    num_epochs: passes over the training set.
+    batch_size: GLOBAL batch size (over all devices and processes).
+    eval_batch_size: global batch size of evaluation (0 = batch_size).
+    learning_rate: peak learning rate for a global batch of 256; the run uses
+      ``learning_rate * batch_size / 256``.
+    warmup_epochs: linear warm-up from 0 (then cosine decay to 0).
+    momentum, nesterov: SGD momentum.
+    weight_decay: L2 on kernels (not on BatchNorm parameters and biases).
+    label_smoothing: label smoothing of the cross-entropy (0 = off).
+    mixup_alpha: Beta(alpha, alpha) mixup (0 = off).
+    grad_clip_norm: clip gradients to this global norm (0 = off).
+    seed: seeds parameters, data order, augmentation and mixup.
+    parallel: 'jit' (jit over a device mesh) or 'pmap'.
+    half_precision: compute in bfloat16 (parameters stay float32).
+    checkpoint_every_steps: save a checkpoint every this many steps (and at the end).
+    keep_checkpoints: how many checkpoints to keep.
+    log_every_steps: write a metrics record every this many steps.
+    eval_every_epochs: evaluate on the test split every this many epochs (and at the end).
+    progress_bar: show a tqdm progress bar.
+
+  Returns:
+    A ConfigDict (unlocked; `check_config` rejects unknown fields).
+  """
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "oct_resnet20"
+  config.model.alpha = 0.25
+  config.model.overrides = ml_collections.ConfigDict()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "fashion_mnist"
+  config.data.dir = FASHION_MNIST_DIR
+  config.data.train_split = "train"
+  config.data.test_split = "test"
+  config.data.max_train_examples = 0
+  config.data.max_test_examples = 0
+  config.data.augment = "none"
+  config.data.image_size = 0
+  config.data.num_classes = 0
+  config.data.num_threads = 0
+
+  config.num_epochs = 1
+  config.batch_size = 128
+  config.eval_batch_size = 0
+  config.learning_rate = 0.1
+  config.warmup_epochs = 0.0
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 1e-4
+  config.label_smoothing = 0.0
+  config.mixup_alpha = 0.0
+  config.grad_clip_norm = 0.0
+  config.seed = 0
+  config.parallel = "jit"
+  config.half_precision = False
+
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.log_every_steps = 50
+  config.eval_every_epochs = 1
+  config.progress_bar = True
+  return config
+
+
+def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+  """Dotted names of the leaf fields of a config (free sub-trees count as one field)."""
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict) and name not in _FREE_KEYS:
+      yield from field_names(value, name + ".")
+    else:
+      yield name
+
+
+def unknown_field_message(name: str, known: list[str], where: str) -> str:
+  """The message for a field that does not exist, with the closest known names."""
+  close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+  hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+  return (f"unknown config field {name!r} ({where}).{hint} The fields are: {', '.join(sorted(known))}.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks field names against `default_config` and the values that have a fixed set.
+
+  Raises:
+    ConfigError: an unknown or missing field, or a value out of its range; the
+      message names the field and what is allowed.
+  """
+  known = list(field_names(default_config()))
+  given = list(field_names(config))
+  for name in given:
+    if name not in known:
+      raise ConfigError(unknown_field_message(name, known, "in the config file"))
+  missing = [name for name in known if name not in given]
+  if missing:
+    raise ConfigError(
+        f"config fields missing: {', '.join(missing)}. Start config files from "
+        "octflax.training.default_config() so that every field has a value.")
+
+  def require(ok: bool, field: str, allowed: str) -> None:
+    if not ok:
+      value = config
+      for part in field.split("."):
+        value = value[part]
+      raise ConfigError(f"config.{field} must be {allowed}; got {value!r}.")
+
+  require(config.parallel in PARALLEL_MODES, "parallel", " or ".join(map(repr, PARALLEL_MODES)))
+  require(config.data.name in DATA_SETS, "data.name", "one of " + ", ".join(map(repr, DATA_SETS)))
+  for field in ("num_epochs", "batch_size", "checkpoint_every_steps", "keep_checkpoints",
+                "log_every_steps", "eval_every_epochs"):
+    require(_is_int(config[field]) and config[field] >= 1, field, "an integer >= 1")
+  for field in ("eval_batch_size",):
+    require(_is_int(config[field]) and config[field] >= 0, field, "an integer >= 0 (0 = batch_size)")
+  for field in ("max_train_examples", "max_test_examples", "image_size", "num_classes", "num_threads"):
+    require(_is_int(config.data[field]) and config.data[field] >= 0, f"data.{field}", "an integer >= 0")
+  require(config.learning_rate > 0, "learning_rate", "> 0")
+  require(config.warmup_epochs >= 0, "warmup_epochs", ">= 0")
+  require(config.weight_decay >= 0, "weight_decay", ">= 0")
+  require(0 <= config.label_smoothing < 1, "label_smoothing", "in [0, 1)")
+  require(config.mixup_alpha >= 0, "mixup_alpha", ">= 0 (0 = off)")
+  require(config.grad_clip_norm >= 0, "grad_clip_norm", ">= 0 (0 = off)")
+  require(0 <= config.momentum < 1, "momentum", "in [0, 1)")
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def to_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON-able Python values."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+__all__ = ["DATA_SETS", "check_config", "default_config", "field_names", "to_json_dict",
+           "unknown_field_message"]

@@ -1,0 +1,30 @@
+"""Errors that stop a training run, each with a message that says what to do."""
+
+from __future__ import annotations
+
+
+class TrainingError(Exception):
+  """Base class of the errors a training run stops with."""
+
+
+class ConfigError(TrainingError, ValueError):
+  """A config field that does not exist, or a value that cannot work (e.g. a batch size
+  that does not split over the devices). The message names the field and the fix."""
+
+
+class CheckpointMismatchError(TrainingError, ValueError):
+  """The working directory holds a checkpoint of another model or data set."""
+
+
+class DivergenceError(TrainingError, FloatingPointError):
+  """The loss or the parameters became NaN or infinite.
+
+  Attributes:
+    step: the first step whose loss, gradient or resulting parameters were not finite.
+    last_good_step: the step of the last checkpoint kept (None if there is none).
+  """
+
+  def __init__(self, message: str, step: int, last_good_step: int | None):
+    super().__init__(message)
+    self.step = step
+    self.last_good_step = last_good_step

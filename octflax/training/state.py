@@ -1,0 +1,122 @@
+"""The train state: everything a training run carries from one step to the next."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+PyTree = Any
+
+# The parts of a `TrainState` that are arrays and go into a checkpoint, in order.
+CHECKPOINT_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
+
+
+class TrainState(struct.PyTreeNode):
+  """Parameters, BatchNorm statistics, optimizer state, step and random key of a run.
+
+  A frozen pytree: `jax.jit`, `jax.pmap` and orbax see its array fields as
+  leaves; ``apply_fn`` and ``tx`` are static (part of the tree structure).
+
+  Attributes:
+    step: int32 scalar, the number of optimizer updates done so far.
+    params: the model's ``params`` collection (float32).
+    batch_stats: the model's ``batch_stats`` collection (running mean and var).
+    opt_state: the optax state of ``tx``.
+    rng: raw key data (uint32, e.g. shape [2]) of the run's base key; the step's
+      randomness (mixup, dropout) is ``fold_in(key, step)``, so a resumed run
+      draws the same numbers as an uninterrupted one.
+    apply_fn: the model's ``apply``.
+    tx: the optax optimizer.
+  """
+
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  rng: jax.Array
+  apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  @property
+  def variables(self) -> dict[str, PyTree]:
+    """``{'params': ..., 'batch_stats': ...}`` as ``apply_fn`` takes them."""
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+  def step_key(self) -> jax.Array:
+    """The random key of the current step: ``fold_in(key(rng), step)``."""
+    return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+
+  def apply_gradients(self, grads: PyTree, batch_stats: PyTree) -> TrainState:
+    """One optimizer update: returns the state after ``params - update(grads)``."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(
+        step=self.step + 1,
+        params=optax.apply_updates(self.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+
+  def checkpoint_items(self) -> dict[str, PyTree]:
+    """The array fields as a plain dict (what a checkpoint stores)."""
+    return {name: getattr(self, name) for name in CHECKPOINT_FIELDS}
+
+  def replace_items(self, items: dict[str, PyTree]) -> TrainState:
+    """A state with the array fields taken from ``items`` (see `checkpoint_items`)."""
+    return self.replace(**{name: items[name] for name in CHECKPOINT_FIELDS})
+
+
+def create_train_state(
+    model: Any,
+    tx: optax.GradientTransformation,
+    *,
+    seed: int,
+    input_shape: Sequence[int],
+) -> TrainState:
+  """Initialises a model and its optimizer on the host.
+
+  Args:
+    model: a Flax module called as ``model(x, train=...)`` whose variables are
+      ``params`` and (optionally) ``batch_stats``.
+    tx: the optimizer.
+    seed: the run's seed; parameters come from ``key(seed)`` and the run's
+      random key from ``fold_in(key(seed), 1)``.
+    input_shape: shape of one input batch, e.g. ``(1, 28, 28, 1)``.
+
+  Returns:
+    A `TrainState` at step 0 whose arrays are NumPy arrays, ready to be placed
+    on devices by `octflax.training.DataParallel.put_state`.
+
+  Examples:
+    >>> import optax
+    >>> from octflax import models
+    >>> state = create_train_state(models.get_model('oct_resnet20', num_classes=10),
+    ...                            optax.sgd(0.1), seed=0, input_shape=(1, 28, 28, 1))
+    >>> int(state.step)
+    0
+  """
+  key = jax.random.key(seed)
+  x = jnp.zeros(tuple(input_shape), jnp.float32)
+
+  @jax.jit
+  def init():
+    variables = model.init(key, x, train=False)
+    params = variables["params"]
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "batch_stats": variables.get("batch_stats", {}),
+        "opt_state": tx.init(params),
+        "rng": jax.random.key_data(jax.random.fold_in(key, 1)),
+    }
+
+  items = jax.device_get(init())
+  items = jax.tree.map(np.asarray, items)
+  return TrainState(apply_fn=model.apply, tx=tx, **items)
+
+
+__all__ = ["CHECKPOINT_FIELDS", "TrainState", "create_train_state"]

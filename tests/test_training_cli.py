@@ -1,0 +1,225 @@
+"""Runs of the real command line, `python -m experiments.train`, in subprocesses.
+
+Exact resume after SIGKILL, two processes against one, and the messages of the
+bad inputs. The runs share a persistent compilation cache so that only the
+first run of each program pays for compiling it, and compile without XLA's CPU
+optimisations (the same for every run that is compared).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from test_training import write_fashion_mnist
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A two-stage Oct-ResNet with 4 and 8 channels: the real OctConv model, small enough to
+# compile in seconds.
+TINY_MODEL_CONFIG = '''
+from octflax.training import default_config
+
+
+def get_config():
+  config = default_config()
+  config.model.name = "oct_resnet20"
+  config.model.alpha = 0.5
+  config.model.overrides.stage_sizes = (1, 1)
+  config.model.overrides.widths = (4, 8)
+  config.model.overrides.stem_features = 4
+  config.data.max_train_examples = 128
+  config.data.max_test_examples = 24
+  config.num_epochs = 4
+  config.batch_size = 16
+  config.learning_rate = 0.4
+  config.warmup_epochs = 1.0
+  config.checkpoint_every_steps = 5
+  config.log_every_steps = 4
+  config.progress_bar = False
+  return config
+'''
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cli")
+  write_fashion_mnist(root / "data", n_train=128, n_test=24)
+  (root / "tiny.py").write_text(TINY_MODEL_CONFIG)
+  env = dict(os.environ)
+  env.update({
+      "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+      "JAX_PLATFORMS": "cpu",
+      "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+  })
+  return root, env
+
+
+def train_command(root: Path, workdir: Path, *flags: str) -> list[str]:
+  return [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", f"--config={root / 'tiny.py'}",
+          f"--config.data.dir={root / 'data'}", *flags]
+
+
+def xla_flags(devices: int) -> str:
+  # Unoptimised CPU code compiles several times faster; these runs are tiny.
+  return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+
+
+def run(command: list[str], env: dict[str, str], devices: int = 8, timeout: float = 240):
+  env = dict(env, XLA_FLAGS=xla_flags(devices))
+  return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def final_state(workdir: Path) -> dict:
+  """The newest checkpoint's arrays as NumPy (shapes and dtypes from its metadata)."""
+  with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",),
+                             item_handlers={"state": ocp.StandardCheckpointHandler()},
+                             options=ocp.CheckpointManagerOptions(create=False)) as manager:
+    step = manager.latest_step()
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), manager.item_metadata(step)["state"])
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+  return jax.tree.map(np.asarray, state)
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_parameters(setup):
+  root, env = setup
+  reference = run(train_command(root, root / "uninterrupted"), env)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  summary = json.loads((root / "uninterrupted" / "summary.json").read_text())
+  total = summary["steps"]
+  assert total == 4 * (128 // 16)
+
+  workdir = root / "killed"
+  process = subprocess.Popen(train_command(root, workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True,
+                             env=dict(env, XLA_FLAGS=xla_flags(8)))
+  first = workdir / "checkpoints" / "5"
+  deadline = time.time() + 200
+  while not first.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.005)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  assert first.exists(), "the run ended before its first checkpoint"
+  assert not (workdir / "summary.json").exists(), "the run finished before it was killed"
+  killed_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert 5 <= killed_at < total
+
+  resumed = run(train_command(root, workdir), env)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  resumed_summary = json.loads((workdir / "summary.json").read_text())
+  assert resumed_summary["resumed_from_step"] == killed_at
+  assert resumed_summary["steps"] == total
+
+  expected, got = final_state(root / "uninterrupted"), final_state(workdir)
+  assert int(got["step"]) == int(expected["step"]) == total
+  chex.assert_trees_all_close(got["params"], expected["params"], rtol=0, atol=1e-6)
+  chex.assert_trees_all_close(got["batch_stats"], expected["batch_stats"], rtol=0, atol=1e-6)
+  assert resumed_summary["test_accuracy"] == summary["test_accuracy"]
+  # metrics.jsonl reads as one run: one evaluation per epoch, steps in order.
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records if r["kind"] == "eval"] == [1, 2, 3, 4]
+  steps = [r["step"] for r in records if r["kind"] == "train"]
+  assert steps == sorted(steps) and len(steps) == len(set(steps))
+  assert (workdir / "curves.png").stat().st_size > 1000
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_the_same_devices(setup):
+  root, env = setup
+  flags = ("--config.num_epochs=1", "--config.checkpoint_every_steps=100")
+  port = _free_port()
+  workdir = root / "two_processes"
+  commands = [(train_command(root, root / "one_process", *flags), xla_flags(4))] + [
+      (train_command(root, workdir, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                     f"--process_id={i}"), xla_flags(2))
+      for i in range(2)]
+  # The three processes run at once: much of their time is compiling and waiting on each other.
+  processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(env, XLA_FLAGS=flags_, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"))
+               for command, flags_ in commands]
+  outputs = [p.communicate(timeout=240) for p in processes]
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+
+  one = json.loads((root / "one_process" / "summary.json").read_text())
+  two = json.loads((workdir / "summary.json").read_text())
+  assert (one["num_processes"], one["num_devices"]) == (1, 4)
+  assert (two["num_processes"], two["num_devices"]) == (2, 4)
+  assert two["steps"] == one["steps"] == 128 // 16
+  expected, got = final_state(root / "one_process"), final_state(workdir)
+  chex.assert_trees_all_close(got["params"], expected["params"], rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(got["batch_stats"], expected["batch_stats"], rtol=1e-5, atol=1e-6)
+  assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1e-6)
+
+
+def test_unknown_config_field_on_the_command_line(setup):
+  root, env = setup
+  result = run(train_command(root, root / "unknown", "--config.modle.alpha=0.5"), env)
+  assert result.returncode == 2
+  assert "unknown config field 'modle.alpha'" in result.stderr
+  assert "Did you mean 'model.alpha'" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (root / "unknown").exists()
+
+
+def test_missing_data_says_how_to_fix_it(setup):
+  root, env = setup
+  result = run(train_command(root, root / "nodata", f"--config.data.dir={root / 'absent'}"), env)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(error_lines) == 1
+  assert "apt-get install -y dataset-fashion-mnist" in error_lines[0]
+  assert "--config.data.dir=DIR" in error_lines[0]
+
+
+def test_batch_size_not_divisible_on_the_command_line(setup):
+  root, env = setup
+  result = run(train_command(root, root / "indivisible", "--config.batch_size=12"), env)
+  assert result.returncode == 2
+  assert "batch_size 12 is not divisible by the number of devices 8" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_diverging_run_stops_with_a_message_and_keeps_the_last_good_checkpoint(setup):
+  root, env = setup
+  workdir = root / "diverged"
+  # Step 0 runs at learning rate 0 (the warm-up starts at 0); the next steps at 1e30 blow up.
+  result = run(train_command(root, workdir, "--config.learning_rate=1e30", "--config.checkpoint_every_steps=1",
+                             "--config.warmup_epochs=0.25", "--config.log_every_steps=1"), env)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  message = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+  match = re.search(r"Training stopped: .* at step (\d+) .*The last good checkpoint \(step (\d+)\)", message)
+  assert match, message
+  bad_step, good_step = int(match.group(1)), int(match.group(2))
+  assert 1 <= good_step < bad_step
+  assert "--config.learning_rate" in message and "--config.grad_clip_norm" in message
+  state = final_state(workdir)
+  assert int(state["step"]) == good_step
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["batch_stats"]))
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert records[-1]["kind"] == "diverged" and records[-1]["step"] == bad_step
+  assert not (workdir / "summary.json").exists()
