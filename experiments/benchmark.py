@@ -86,7 +86,7 @@ def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
 
 
 # Variants selected with a suffix of the model name, e.g. 'oct_resnet50:nofuse'.
-VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}}
+VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}, "fuse": {"fuse": True}}
 
 
 def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Module:
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", default="oct_resnet50",
                       help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs, "
-                           "'NAME:nofuse' runs the four paths as separate convs; "
+                           "'NAME:fuse' / 'NAME:nofuse' run paths with a shared output size as one conv or separately; "
                            "'flax_resnet50' is ResNet-50 written with flax.linen.Conv")
   parser.add_argument("--alphas", default="0,0.125,0.25,0.5,0.75")
   parser.add_argument("--batch", default="8", help="batch size, or a comma-separated list")

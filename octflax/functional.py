@@ -155,7 +155,7 @@ def oct_conv(
     *,
     strides: int = 1,
     precision: Any = None,
-    fuse: bool = True,
+    fuse: bool = False,
     pool_stride: bool = True,
 ) -> OctTensor:
   """Octave convolution of ``x`` with the path kernels ``kernels``.
@@ -178,7 +178,10 @@ def oct_conv(
     strides: 1 or 2.
     precision: passed to `lax.conv_general_dilated`.
     fuse: execute paths that share an output resolution as one convolution over
-      concatenated inputs (same result, fewer and larger kernels).
+      concatenated inputs (same result, fewer and larger kernels). Off by default:
+      on XLA:CPU the concatenation costs more than the saved kernel launch
+      (Oct-ResNet-50, batch 8, alpha .5: 0.70 of alpha 0's time fused, 0.60 unfused,
+      experiments/results/cpu/).
     pool_stride: True (the OctConv semantics): stride 2 average-pools, then convolves
       at stride 1. False runs a strided convolution with symmetric padding instead, as
       vanilla networks such as torchvision's ResNets do; only for a vanilla layer (the
@@ -240,7 +243,7 @@ def oct_conv(
     if not present:
       return None
     # Paths whose inputs have the same size reduce to one conv over the concatenated
-    # input channels: one large matmul-like op instead of two small ones and an add.
+    # input channels: one larger op instead of two small ones and an add (opt-in, see `fuse`).
     same_size = len(present) == 2 and inputs[direct].shape[-3:-1] == inputs[cross].shape[-3:-1]
     if fuse and same_size and groups[direct] == groups[cross] == 1:
       y = conv2d(jnp.concatenate([inputs[p] for p in present], axis=-1),

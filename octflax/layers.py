@@ -114,7 +114,7 @@ class OctConv(nn.Module):
   precision: Any = None
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros_init()
-  fuse: bool = True
+  fuse: bool = False
   pool_stride: bool = True
 
   def __post_init__(self):
@@ -266,7 +266,7 @@ class OctConvBN(nn.Module):
   param_dtype: Any = jnp.float32
   precision: Any = None
   kernel_init: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-  fuse: bool = True
+  fuse: bool = False
   pool_stride: bool = True
 
   @nn.compact

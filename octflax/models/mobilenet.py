@@ -66,7 +66,7 @@ class MobileNetV1(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   axis_name: str | None = None
-  fuse: bool = True
+  fuse: bool = False
 
   def __post_init__(self):
     check_num_classes(self.num_classes)
@@ -139,7 +139,7 @@ class MobileNetV2(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   axis_name: str | None = None
-  fuse: bool = True
+  fuse: bool = False
 
   def __post_init__(self):
     check_num_classes(self.num_classes)

@@ -141,7 +141,7 @@ class ResNet(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   axis_name: str | None = None
-  fuse: bool = True
+  fuse: bool = False
   pool_stride: bool = True
 
   def __post_init__(self):
@@ -198,7 +198,7 @@ class PreActBlock(nn.Module):
   epsilon: float = 1e-5
   axis_name: str | None = None
   dropout_rate: float = 0.0
-  fuse: bool = True
+  fuse: bool = False
 
   @nn.compact
   def __call__(self, x: OctTensor, train: bool) -> OctTensor:
@@ -241,7 +241,7 @@ class WideResNet(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   axis_name: str | None = None
-  fuse: bool = True
+  fuse: bool = False
 
   def __post_init__(self):
     check_num_classes(self.num_classes)
