@@ -50,14 +50,8 @@ def _last_stage_starts(strides: list[int]) -> int:
   return max(i for i, s in enumerate(strides) if s == 2)
 
 
-class MobileNetV1(nn.Module):
-  """Oct-MobileNet v1 (Howard et al., 2017) with depthwise OctConv.
-
-  Attributes:
-    alpha: share of low-frequency channels outside the stem and the last stage.
-    width_multiplier: scales every layer's channels (``int(c * width_multiplier)``).
-    num_classes, dtype, momentum, epsilon, axis_name, fuse: as in `ResNet`.
-  """
+class _MobileNet(nn.Module):
+  """Attributes and checks shared by both MobileNets."""
 
   alpha: float = 0.0
   width_multiplier: float = 1.0
@@ -74,6 +68,17 @@ class MobileNetV1(nn.Module):
     if not self.width_multiplier > 0:
       raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier!r}.")
     super().__post_init__()
+
+
+
+class MobileNetV1(_MobileNet):
+  """Oct-MobileNet v1 (Howard et al., 2017) with depthwise OctConv.
+
+  Attributes:
+    alpha: share of low-frequency channels outside the stem and the last stage.
+    width_multiplier: scales every layer's channels (``int(c * width_multiplier)``).
+    num_classes, dtype, momentum, epsilon, axis_name, fuse: as in `ResNet`.
+  """
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True) -> Array:
@@ -123,7 +128,7 @@ class InvertedResidual(nn.Module):
     return y.high
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(_MobileNet):
   """Oct-MobileNet v2 (Sandler et al., 2018): octave only on the expanded channels.
 
   Attributes:
@@ -131,22 +136,6 @@ class MobileNetV2(nn.Module):
     width_multiplier: scales channels (rounded to multiples of 8, as in the paper).
     num_classes, dtype, momentum, epsilon, axis_name, fuse: as in `ResNet`.
   """
-
-  alpha: float = 0.0
-  width_multiplier: float = 1.0
-  num_classes: int = 1000
-  dtype: Any = jnp.float32
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-  axis_name: str | None = None
-  fuse: bool = False
-
-  def __post_init__(self):
-    check_num_classes(self.num_classes)
-    stage_alphas(self.alpha, 1)
-    if not self.width_multiplier > 0:
-      raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier!r}.")
-    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True) -> Array:
