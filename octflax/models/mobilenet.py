@@ -70,7 +70,6 @@ class _MobileNet(nn.Module):
     super().__post_init__()
 
 
-
 class MobileNetV1(_MobileNet):
   """Oct-MobileNet v1 (Howard et al., 2017) with depthwise OctConv.
 
