@@ -1,10 +1,13 @@
 r"""Alpha sweep on Fashion-MNIST, CPU protocol: Oct-ResNet-20, one seed, a fixed epoch budget.
 
-Command (about an hour for the five alphas on 2 CPU cores):
+Command (about 80 minutes for the five alphas on 2 CPU cores shared with other work):
 
   python -m experiments.sweep --config experiments/configs/sweep_cpu.py
 
-Result: experiments/results/fashion_mnist_alpha_sweep.{json,png}; the table is in the README.
+Result (2026-11-28, Python 3.11, jax 0.10.2): test accuracy 91.93 / 91.59 / 91.34 / 91.31 /
+90.97% at alpha 0 / .125 / .25 / .5 / .75 (31.0 / 27.6 / 24.6 / 19.8 / 16.7 MMACs per image);
+experiments/results/fashion_mnist_alpha_sweep.{json,png}. Three epochs is a short budget:
+every network is still improving at the end.
 
 Every alpha gets the same network (CIFAR-style Oct-ResNet-20: 3x3 stem, three stages of
 three basic blocks with 16/32/64 channels, last stage at alpha 0), the same recipe
