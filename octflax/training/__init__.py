@@ -25,7 +25,7 @@ from octflax.training.parallel import (
 from octflax.training.reporting import MetricsWriter, plot_curves
 from octflax.training.state import TrainState, create_train_state
 from octflax.training.steps import cross_entropy_loss, eval_step, mixup_weight, train_step
-from octflax.training.trainer import build_datasets, build_model, train_and_evaluate
+from octflax.training.trainer import build_datasets, build_model, split_validation, train_and_evaluate
 
 __all__ = [
     "CheckpointMismatchError",
@@ -56,6 +56,7 @@ __all__ = [
     "num_params",
     "plot_curves",
     "scaled_learning_rate",
+    "split_validation",
     "train_and_evaluate",
     "train_step",
     "weight_decay_mask",

@@ -38,6 +38,11 @@ def default_config() -> ml_collections.ConfigDict:
       image_folder: sub-folder names such as 'train'/'val').
     data.max_train_examples, data.max_test_examples: use only the first this
       many examples (0 = all; synthetic: the number of examples, 0 = 1024/256).
+    data.validation_examples: hold out the last this many training examples
+      (after ``max_train_examples``) as a validation split, evaluated every
+      ``eval_every_epochs`` in place of the test split, which is then evaluated
+      once, at the end (0 = no validation split). Make choices on it, never on
+      the test split.
     data.augment: 'none', 'crop', 'crop_flip' or 'imagenet' (see
       `octflax.data.make_loader`).
     data.image_size: side of the images fed to the model (0 = as stored;
@@ -61,7 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
     checkpoint_every_steps: save a checkpoint every this many steps (and at the end).
     keep_checkpoints: how many checkpoints to keep.
     log_every_steps: write a metrics record every this many steps.
-    eval_every_epochs: evaluate on the test split every this many epochs (and at the end).
+    eval_every_epochs: evaluate (validation split, else test split) every this many epochs (and at the end).
     progress_bar: show a tqdm progress bar.
 
   Returns:
@@ -80,6 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.test_split = "test"
   config.data.max_train_examples = 0
   config.data.max_test_examples = 0
+  config.data.validation_examples = 0
   config.data.augment = "none"
   config.data.image_size = 0
   config.data.num_classes = 0
@@ -157,7 +163,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     require(_is_int(config[field]) and config[field] >= 1, field, "an integer >= 1")
   for field in ("eval_batch_size",):
     require(_is_int(config[field]) and config[field] >= 0, field, "an integer >= 0 (0 = batch_size)")
-  for field in ("max_train_examples", "max_test_examples", "image_size", "num_classes", "num_threads"):
+  for field in ("max_train_examples", "max_test_examples", "validation_examples", "image_size", "num_classes", "num_threads"):
     require(_is_int(config.data[field]) and config.data[field] >= 0, f"data.{field}", "an integer >= 0")
   require(config.learning_rate > 0, "learning_rate", "> 0")
   require(config.warmup_epochs >= 0, "warmup_epochs", ">= 0")

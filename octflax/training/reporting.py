@@ -72,7 +72,7 @@ def write_json(path: epath.PathLike, value: Any) -> None:
 
 
 def plot_curves(records: list[dict[str, Any]], path: epath.PathLike, title: str = "") -> bool:
-  """Train and test loss and accuracy per epoch (from the 'eval' records) as a PNG.
+  """Train, validation and test loss and accuracy per epoch (from the 'eval' records) as a PNG.
 
   Returns:
     False when there is no epoch to plot (nothing is written).
@@ -92,7 +92,10 @@ def plot_curves(records: list[dict[str, Any]], path: epath.PathLike, title: str 
     train = [(e, scale * r[f"train_{key}"]) for e, r in zip(x, epochs) if r.get(f"train_{key}") is not None]
     if train:
       ax.plot(*zip(*train), "o-", label="train")
-    ax.plot(x, [scale * r[f"test_{key}"] for r in epochs], "s-", label="test")
+    for split, marker in (("validation", "^-"), ("test", "s-")):
+      points = [(e, scale * r[f"{split}_{key}"]) for e, r in zip(x, epochs) if r.get(f"{split}_{key}") is not None]
+      if points:
+        ax.plot(*zip(*points), marker, label=split)
     ax.set_xlabel("epoch")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)

@@ -31,12 +31,13 @@ from octflax.training.state import create_train_state
 CHECKPOINT_DIR = "checkpoints"
 
 
-class _Subset:
-  """The first ``count`` examples of a random-access source, with its attributes."""
+class _Slice:
+  """Examples ``start`` to ``stop`` of a random-access source, with its attributes."""
 
-  def __init__(self, source: Any, count: int):
+  def __init__(self, source: Any, start: int, stop: int):
     self._source = source
-    self._count = min(count, len(source))
+    self._start = max(0, min(start, len(source)))
+    self._count = max(0, min(stop, len(source)) - self._start)
     for attr in ("num_classes", "image_shape", "mean", "std"):
       setattr(self, attr, getattr(source, attr))
 
@@ -46,10 +47,32 @@ class _Subset:
   def __getitem__(self, index: int) -> Any:
     if not -self._count <= int(index) < self._count:
       raise IndexError(f"index {index} out of range for {self._count} examples.")
-    return self._source[int(index) % self._count]
+    return self._source[self._start + int(index) % self._count]
 
   def __repr__(self) -> str:
-    return f"first {self._count} of {self._source!r}"
+    return f"examples {self._start}:{self._start + self._count} of {self._source!r}"
+
+
+def split_validation(source: Any, count: int) -> tuple[Any, Any | None]:
+  """Holds out the last ``count`` examples of a training source for validation.
+
+  The split is a fixed function of the source (no randomness), so every run of a
+  sweep, every seed and every resumed run sees the same held-out examples.
+
+  Returns:
+    ``(train, validation)``; ``validation`` is None when ``count`` is 0.
+
+  Raises:
+    ConfigError: ``count`` leaves no training example.
+  """
+  if not count:
+    return source, None
+  if count >= len(source):
+    raise ConfigError(
+        f"data.validation_examples = {count} holds out the whole training split ({len(source)} "
+        "examples); use fewer (e.g. a tenth of it) or 0 for no validation split.")
+  cut = len(source) - count
+  return _Slice(source, 0, cut), _Slice(source, cut, len(source))
 
 
 def build_datasets(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
@@ -73,7 +96,7 @@ def build_datasets(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
     sources = []
     for split, count in ((d.train_split, d.max_train_examples), (d.test_split, d.max_test_examples)):
       source = data_lib.image_folder(d.dir, split)
-      sources.append(_Subset(source, count) if count else source)
+      sources.append(_Slice(source, 0, count) if count else source)
     if sources[0].num_classes != sources[1].num_classes:
       raise data_lib.DataError(
           f"{d.dir}: split {d.train_split!r} has {sources[0].num_classes} class folders but "
@@ -147,7 +170,8 @@ class _Run:
     self.workdir = str(workdir)
     self.is_chief = jax.process_index() == 0
 
-    self.train_source, self.test_source = build_datasets(config)
+    train_source, self.test_source = build_datasets(config)
+    self.train_source, self.validation_source = split_validation(train_source, config.data.validation_examples)
     self.parallel = DataParallel(config.parallel, label_smoothing=config.label_smoothing,
                                  mixup_alpha=config.mixup_alpha)
     self.global_batch = config.batch_size
@@ -253,10 +277,15 @@ class _Run:
     if self.store.save(self.step, state, to_json_dict(self.config), extra={"train_seconds": train_seconds}):
       self.last_good_step = self.step
 
-  def evaluate(self) -> dict[str, float]:
-    """Loss and accuracy on the whole test split (padded last batch masked out)."""
+  def evaluate(self, source: Any = None, prefix: str = "test") -> dict[str, float]:
+    """Loss and accuracy on a whole split (default: test; padded last batch masked out).
+
+    Returns:
+      ``{prefix + '_loss', prefix + '_accuracy'}`` (and ``_top5_accuracy`` when
+      the model has at least 5 classes).
+    """
     loader = data_lib.make_loader(
-        self.test_source, batch_size=self.local_eval_batch, train=False, seed=self.config.seed,
+        self.test_source if source is None else source, batch_size=self.local_eval_batch, train=False, seed=self.config.seed,
         augment=self.config.data.augment, image_size=self.config.data.image_size or None,
         num_threads=self.config.data.num_threads)
     sums = None
@@ -266,9 +295,19 @@ class _Run:
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     sums = self.parallel.get_metrics(sums)
     count = float(sums["count"])
-    result = {"test_loss": float(sums["loss_sum"]) / count, "test_accuracy": float(sums["correct"]) / count}
+    result = {f"{prefix}_loss": float(sums["loss_sum"]) / count, f"{prefix}_accuracy": float(sums["correct"]) / count}
     if "correct_top5" in sums:
-      result["test_top5_accuracy"] = float(sums["correct_top5"]) / count
+      result[f"{prefix}_top5_accuracy"] = float(sums["correct_top5"]) / count
+    return result
+
+  def evaluate_epoch(self, final: bool) -> dict[str, float]:
+    """The end-of-epoch evaluation: the validation split when there is one (the
+    test split only at the end of the run), else the test split."""
+    result = {}
+    if self.validation_source is not None:
+      result.update(self.evaluate(self.validation_source, "validation"))
+    if self.validation_source is None or final:
+      result.update(self.evaluate(self.test_source, "test"))
     return result
 
   # The loop ---------------------------------------------------------------------
@@ -299,18 +338,20 @@ class _Run:
                "train_accuracy": window.epoch_accuracy / steps if steps else None}
       window.epoch_loss = window.epoch_accuracy = 0.0
       window.epoch_steps = 0
-      if epoch % config.eval_every_epochs and epoch != config.num_epochs:
+      final = epoch == config.num_epochs
+      if epoch % config.eval_every_epochs and not final:
         return
       t = time.time()
-      last_eval = self.evaluate()
+      last_eval = self.evaluate_epoch(final)
       eval_seconds += time.time() - t
       window.start_time += time.time() - t
       if self.step not in evaluated:  # A resumed run may repeat the evaluation of its first step.
         evaluated.add(self.step)
         self.writer.write({"kind": "eval", "step": self.step, "epoch": epoch, **train, **last_eval})
       if self.is_chief:
-        bar.write(f"epoch {epoch}: test accuracy {100 * last_eval['test_accuracy']:.2f}%, "
-                  f"test loss {last_eval['test_loss']:.4f}")
+        bar.write(f"epoch {epoch}: " + ", ".join(
+            f"{split} accuracy {100 * last_eval[split + '_accuracy']:.2f}%, {split} loss {last_eval[split + '_loss']:.4f}"
+            for split in ("validation", "test") if split + "_accuracy" in last_eval))
 
     try:
       if self.step and self.step % spe == 0:
@@ -341,9 +382,9 @@ class _Run:
         end_of_epoch(epoch + 1)
       self._flush(window, bar, log=False)
       self._save(train_seconds())  # No-op when the last step was just saved.
-      if last_eval is None:
+      if last_eval is None or "test_accuracy" not in last_eval:
         t = time.time()
-        last_eval = self.evaluate()
+        last_eval = self.evaluate_epoch(final=True)
         eval_seconds += time.time() - t
     finally:
       bar.close()
@@ -372,6 +413,8 @@ class _Run:
     train_records = [r for r in self.writer.records if r.get("kind") in ("train", "eval") and r.get("train_loss")]
     return {
         **evaluation,
+        "train_examples": len(self.train_source),
+        "validation_examples": 0 if self.validation_source is None else len(self.validation_source),
         "train_seconds": train_seconds,
         "images_per_second": images_per_second,
         "params": self.params,
@@ -420,4 +463,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return _Run(config, workdir).run()
 
 
-__all__ = ["CHECKPOINT_DIR", "build_datasets", "build_model", "train_and_evaluate"]
+__all__ = ["CHECKPOINT_DIR", "build_datasets", "build_model", "split_validation", "train_and_evaluate"]
