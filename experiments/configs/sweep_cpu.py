@@ -26,7 +26,7 @@ def get_config():
   config.data.name = "fashion_mnist"
   config.data.augment = "crop_flip"
   config.data.validation_examples = 5000  # The last 5,000 training images: 55,000 train.
-  config.num_epochs = 5
+  config.num_epochs = 6
   config.batch_size = 128
   config.learning_rate = 0.2  # per 256 images: 0.1 at batch 128
   config.warmup_epochs = 0.3
