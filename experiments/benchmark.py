@@ -10,6 +10,8 @@ Examples:
       --batch 8 --mode inference --json out.jsonl
   python -m experiments.benchmark --models oct_resnet20 --alphas 0,0.5 --batch 128 \\
       --mode train --image-size 32 --num-classes 10
+  # octflax next to a PyTorch Oct-ResNet-50 with the PyTorch port's structure (needs torch)
+  python -m experiments.benchmark --models oct_resnet50,torch_oct_resnet50 --alphas 0,0.5 --batch 8
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Case:
   gmacs: float
   params: int
   temp_bytes: int | None
+  framework: str = "octflax"
   times: list[float] = dataclasses.field(default_factory=list)
 
 
@@ -101,8 +104,42 @@ def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Mod
   return models.get_model(base, alpha=alpha, num_classes=num_classes, dtype=dtype, **kwargs)
 
 
+# PyTorch networks timed next to octflax's in the same run (inference only, float32).
+TORCH_MODELS = {"torch_oct_resnet50": "oct_resnet50"}
+
+
+def make_torch_case(name: str, alpha: float, batch: int, mode: str, image_size: int,
+                    num_classes: int) -> Case:
+  """A PyTorch Oct-ResNet with the port's structure (`experiments.torch_reference`), eager, NCHW."""
+  from experiments import torch_reference  # pylint: disable=g-import-not-at-top
+
+  torch = torch_reference.torch
+  if torch is None:
+    raise ValueError(f"{name} needs torch (pip install torch); it is not installed.")
+  if mode != "inference":
+    raise ValueError(f"{name} is timed in inference mode only; got --mode {mode}.")
+  arch = TORCH_MODELS[name]
+  model = torch_reference.OctResNet(arch, alpha, num_classes).eval()
+  images = torch.randn((batch, 3, image_size, image_size), generator=torch.Generator().manual_seed(0))
+  report = cost.analyze(models.get_model(arch, alpha=alpha, num_classes=num_classes),
+                        (1, image_size, image_size, 3))
+
+  def fn():
+    with torch.inference_mode():
+      model(images)
+
+  params = sum(p.numel() for p in model.parameters())
+  label = f"{name} a={alpha:g} b={batch} {mode}"
+  framework = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+  return Case(name, alpha, batch, mode, label, fn, report.gmacs, params, None, framework)
+
+
 def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
               dtype: Any) -> Case:
+  if name in TORCH_MODELS:
+    if dtype != jnp.float32:
+      raise ValueError(f"{name} is timed in float32 only.")
+    return make_torch_case(name, alpha, batch, mode, image_size, num_classes)
   model = build_model(name, alpha, num_classes, dtype)
   shape = (batch, image_size, image_size, 3)
   report = cost.analyze(model, (1,) + shape[1:])
@@ -185,6 +222,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         "time_ratio_to_alpha0": median / base_median,
         "macs_ratio_to_alpha0": case.gmacs / base.gmacs,
         "repeats": len(case.times), "compiled_temp_bytes": case.temp_bytes,
+        "framework": case.framework,
         "peak_device_bytes": peak_device_bytes(), "jax": jax.__version__,
         "host": platform.node(), "date": datetime.date.today().isoformat(),
     })
@@ -209,7 +247,9 @@ def main(argv=None) -> int:
   parser.add_argument("--models", default="oct_resnet50",
                       help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs, "
                            "'NAME:fuse' / 'NAME:nofuse' run paths with a shared output size as one conv or separately; "
-                           "'flax_resnet50' is ResNet-50 written with flax.linen.Conv")
+                           "'flax_resnet50' is ResNet-50 written with flax.linen.Conv; "
+                           "'torch_oct_resnet50' is a PyTorch Oct-ResNet-50 with the PyTorch port's "
+                           "structure (needs torch; inference, float32)")
   parser.add_argument("--alphas", default="0,0.125,0.25,0.5,0.75")
   parser.add_argument("--batch", default="8", help="batch size, or a comma-separated list")
   parser.add_argument("--mode", choices=["inference", "train"], default="inference")

@@ -1,0 +1,56 @@
+"""experiments/benchmark.py: the fields of its JSON lines and its ratios, on tiny configurations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+from experiments import benchmark, torch_reference  # noqa: E402
+
+FIELDS = ("model", "alpha", "batch", "mode", "backend", "device_kind", "median_ms", "images_per_second",
+          "gmacs", "time_ratio_to_alpha0", "macs_ratio_to_alpha0", "peak_device_bytes", "framework")
+
+
+def _run(tmp_path, *args):
+  out = tmp_path / "out.jsonl"
+  assert benchmark.main([*args, "--repeats", "2", "--warmup", "1", "--json", str(out)]) == 0
+  return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_rows_have_the_issue_fields_and_ratios_to_alpha0_of_the_same_run(tmp_path, capsys, mode):
+  rows = _run(tmp_path, "--models", "oct_resnet20", "--alphas", "0.5", "--batch", "2", "--mode", mode,
+              "--image-size", "8", "--num-classes", "10")
+  # alpha 0 is added when not asked for: every ratio needs it from the same run.
+  assert [r["alpha"] for r in rows] == [0.0, 0.5]
+  for r in rows:
+    assert set(FIELDS) <= set(r) and r["mode"] == mode and r["framework"] == "octflax"
+    assert r["median_ms"] > 0 and r["images_per_second"] == pytest.approx(2e3 / r["median_ms"])
+  base, oct_ = rows
+  assert base["time_ratio_to_alpha0"] == 1.0 and base["macs_ratio_to_alpha0"] == 1.0
+  assert oct_["time_ratio_to_alpha0"] == pytest.approx(oct_["median_ms"] / base["median_ms"])
+  assert oct_["macs_ratio_to_alpha0"] == pytest.approx(oct_["gmacs"] / base["gmacs"]) and oct_["gmacs"] < base["gmacs"]
+  assert "oct_resnet20" in capsys.readouterr().out
+
+
+def test_unknown_variant_is_refused():
+  with pytest.raises(ValueError, match="unknown model variant ':fast'"):
+    benchmark.build_model("oct_resnet20:fast", 0.5, 10, None)
+
+
+@pytest.mark.skipif(torch_reference.torch is None, reason="torch is not installed")
+def test_torch_network_is_timed_with_octflax_macs(tmp_path):
+  rows = _run(tmp_path, "--models", "torch_oct_resnet50", "--alphas", "0.5", "--batch", "1",
+              "--image-size", "32")
+  assert [r["alpha"] for r in rows] == [0.0, 0.5]
+  assert all(r["framework"].startswith("torch ") and r["params"] == 25_557_032 for r in rows)
+  assert rows[1]["macs_ratio_to_alpha0"] < 0.7
+  with pytest.raises(ValueError, match="inference mode only"):
+    benchmark.make_case("torch_oct_resnet50", 0.5, 1, "train", 32, 10, benchmark.jnp.float32)
