@@ -135,13 +135,13 @@ def make_torch_case(name: str, alpha: float, batch: int, mode: str, image_size: 
 
 
 def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
-              dtype: Any) -> Case:
+              dtype: Any, channels: int = 3) -> Case:
   if name in TORCH_MODELS:
-    if dtype != jnp.float32:
-      raise ValueError(f"{name} is timed in float32 only.")
+    if dtype != jnp.float32 or channels != 3:
+      raise ValueError(f"{name} is timed in float32 on 3-channel images only.")
     return make_torch_case(name, alpha, batch, mode, image_size, num_classes)
   model = build_model(name, alpha, num_classes, dtype)
-  shape = (batch, image_size, image_size, 3)
+  shape = (batch, image_size, image_size, channels)
   report = cost.analyze(model, (1,) + shape[1:])
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
@@ -198,7 +198,8 @@ def run(args: argparse.Namespace) -> list[dict]:
   for name in args.models.split(","):
     for batch in [int(b) for b in str(args.batch).split(",")]:
       for alpha in ([0.0] if name == "flax_resnet50" else alphas):
-        cases.append(make_case(name, alpha, batch, args.mode, args.image_size, args.num_classes, dtype))
+        cases.append(make_case(name, alpha, batch, args.mode, args.image_size, args.num_classes, dtype,
+                               args.channels))
         for _ in range(args.warmup):
           jax.block_until_ready(cases[-1].fn())
   for _ in range(args.repeats):
@@ -215,7 +216,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     base_median = statistics.median(base.times)
     rows.append({
         "model": case.model, "alpha": case.alpha, "batch": case.batch, "mode": case.mode,
-        "dtype": args.dtype, "image_size": args.image_size, "backend": jax.default_backend(),
+        "dtype": args.dtype, "image_size": args.image_size,
+        "channels": args.channels, "backend": jax.default_backend(),
         "device_kind": device.device_kind, "device_count": jax.device_count(),
         "median_ms": median * 1e3, "min_ms": min(case.times) * 1e3,
         "images_per_second": case.batch / median, "gmacs": case.gmacs, "params": case.params,
@@ -254,6 +256,7 @@ def main(argv=None) -> int:
   parser.add_argument("--batch", default="8", help="batch size, or a comma-separated list")
   parser.add_argument("--mode", choices=["inference", "train"], default="inference")
   parser.add_argument("--image-size", type=int, default=224)
+  parser.add_argument("--channels", type=int, default=3, help="input channels (1 for Fashion-MNIST)")
   parser.add_argument("--num-classes", type=int, default=1000)
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   parser.add_argument("--repeats", type=int, default=10)

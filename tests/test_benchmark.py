@@ -27,11 +27,11 @@ def _run(tmp_path, *args):
 @pytest.mark.parametrize("mode", ["inference", "train"])
 def test_rows_have_the_issue_fields_and_ratios_to_alpha0_of_the_same_run(tmp_path, capsys, mode):
   rows = _run(tmp_path, "--models", "oct_resnet20", "--alphas", "0.5", "--batch", "2", "--mode", mode,
-              "--image-size", "8", "--num-classes", "10")
+              "--image-size", "8", "--channels", "1", "--num-classes", "10")
   # alpha 0 is added when not asked for: every ratio needs it from the same run.
   assert [r["alpha"] for r in rows] == [0.0, 0.5]
   for r in rows:
-    assert set(FIELDS) <= set(r) and r["mode"] == mode and r["framework"] == "octflax"
+    assert set(FIELDS) <= set(r) and r["mode"] == mode and r["framework"] == "octflax" and r["channels"] == 1
     assert r["median_ms"] > 0 and r["images_per_second"] == pytest.approx(2e3 / r["median_ms"])
   base, oct_ = rows
   assert base["time_ratio_to_alpha0"] == 1.0 and base["macs_ratio_to_alpha0"] == 1.0
