@@ -51,6 +51,7 @@ class Case:
   params: int
   temp_bytes: int | None
   framework: str = "octflax"
+  hlo: str | None = None  # the optimized HLO (octflax networks)
   times: list[float] = dataclasses.field(default_factory=list)
 
 
@@ -181,7 +182,7 @@ def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, n
   except Exception:  # not every backend reports it
     temp = None
   label = f"{name} a={alpha:g} b={batch} {mode}"
-  return Case(name, alpha, batch, mode, label, fn, report.gmacs, report.params, temp)
+  return Case(name, alpha, batch, mode, label, fn, report.gmacs, report.params, temp, hlo=compiled.as_text())
 
 
 def peak_device_bytes() -> int | None:

@@ -54,3 +54,19 @@ def test_torch_network_is_timed_with_octflax_macs(tmp_path):
   assert rows[1]["macs_ratio_to_alpha0"] < 0.7
   with pytest.raises(ValueError, match="inference mode only"):
     benchmark.make_case("torch_oct_resnet50", 0.5, 1, "train", 32, 10, benchmark.jnp.float32)
+
+
+def test_profile_ops_finds_the_convolutions(capsys):
+  from experiments import profile_ops  # pylint: disable=g-import-not-at-top
+
+  x = benchmark.jnp.ones((1, 8, 8, 3))
+  k = benchmark.jnp.ones((3, 3, 3, 4))
+  conv = lambda x, k: benchmark.jax.nn.relu(benchmark.jax.lax.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  hlo = benchmark.jax.jit(conv).lower(x, k).compile().as_text()
+  assert "convolution" in profile_ops.op_kinds(hlo).values()
+
+  assert profile_ops.main(["--model", "oct_resnet20", "--alphas", "0,0.5", "--batch", "2", "--image-size", "8",
+                           "--num-classes", "10", "--calls", "2"]) == 0
+  out = capsys.readouterr().out
+  assert "convolution" in out and "MACs ratio" in out

@@ -1,0 +1,110 @@
+"""Where the time goes: per-op device time of a compiled octflax network, from a profiler trace.
+
+Compiles the network's inference (or train step) as `experiments.benchmark` does, records a
+`jax.profiler` trace of repeated calls, and sums the time of each compiled op. Ops are grouped by
+what the optimized HLO says they contain: a convolution (with whatever XLA fused around it:
+BatchNorm, ReLU, adds, pooling, upsampling), other fusions, and the rest. Comparing two alphas
+shows whether a gap between the time ratio and the MACs ratio is in the convolutions themselves
+or in the glue around them.
+
+Example:
+  python -m experiments.profile_ops --model oct_resnet50 --alphas 0,0.5 --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+
+if __package__ in (None, ""):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+
+from experiments import benchmark
+
+
+def _computations(hlo: str) -> dict[str, str]:
+  """Name -> body of every computation in an HLO module's text."""
+  bodies = {}
+  for match in re.finditer(r"^(?:ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M):
+    bodies[match.group(1)] = match.group(2)
+  return bodies
+
+
+def op_kinds(hlo: str) -> dict[str, str]:
+  """Op name -> 'convolution' (contains one), 'fusion' (other fused op) or its opcode."""
+  bodies = _computations(hlo)
+  kinds = {}
+  for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\((.*)$", hlo, re.M):
+    name, opcode, rest = match.groups()
+    called = re.search(r"calls=%?([\w.\-]+)", rest)
+    body = bodies.get(called.group(1), "") if called else ""
+    if opcode == "convolution" or " convolution(" in body:
+      kinds[name] = "convolution"
+    elif opcode == "fusion":
+      kinds[name] = "fusion"
+    else:
+      kinds[name] = opcode
+  return kinds
+
+
+def profile(case: benchmark.Case, hlo: str, calls: int) -> dict[str, float]:
+  """Milliseconds per call spent in each kind of op."""
+  kinds = op_kinds(hlo)
+  with tempfile.TemporaryDirectory() as directory:
+    with jax.profiler.trace(directory, create_perfetto_trace=True):
+      for _ in range(calls):
+        jax.block_until_ready(case.fn())
+    (path,) = glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True)
+    with gzip.open(path) as f:
+      events = json.load(f)["traceEvents"]
+  totals = collections.Counter()
+  for event in events:
+    kind = kinds.get(event.get("name", ""))
+    if event.get("ph") == "X" and kind is not None:
+      totals[kind] += event["dur"] / 1e3 / calls
+  return dict(totals)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", default="oct_resnet50")
+  parser.add_argument("--alphas", default="0,0.5")
+  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--mode", choices=["inference", "train"], default="inference")
+  parser.add_argument("--image-size", type=int, default=224)
+  parser.add_argument("--num-classes", type=int, default=1000)
+  parser.add_argument("--calls", type=int, default=10)
+  args = parser.parse_args(argv)
+
+  rows = {}
+  for alpha in [float(a) for a in args.alphas.split(",")]:
+    case = benchmark.make_case(args.model, alpha, args.batch, args.mode, args.image_size, args.num_classes,
+                               jnp.float32)
+    for _ in range(2):
+      jax.block_until_ready(case.fn())
+    rows[alpha] = (profile(case, case.hlo, args.calls), case.gmacs)
+  base_alpha = min(rows)
+  base, base_gmacs = rows[base_alpha]
+  kinds = sorted({k for times, _ in rows.values() for k in times}, key=lambda k: -base.get(k, 0.0))
+  print(f"{args.model}, batch {args.batch}, {args.mode}: op time per call (ms; summed over threads), "
+        f"and its ratio to alpha {base_alpha:g}")
+  print(f"{'alpha':>6}{'MACs ratio':>12}" + "".join(f"{k[:14]:>16}" for k in kinds))
+  for alpha, (times, gmacs) in rows.items():
+    cells = "".join(f"{times.get(k, 0.0):>9.2f} ({times.get(k, 0.0) / base[k] if base.get(k) else 0:.2f})"
+                    for k in kinds)
+    print(f"{alpha:>6g}{gmacs / base_gmacs:>12.3f}{cells}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
