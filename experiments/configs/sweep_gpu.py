@@ -11,6 +11,8 @@ The trainer needs grain and ml_collections besides jax/flax/optax/orbax.
 
 Same recipe for every alpha and seed: SGD Nesterov 0.9, warm-up then cosine, weight decay
 5e-4 on kernels, random crop (4-pixel padding) and flip, bf16 compute with float32 parameters.
+The last 5,000 training images are held out for validation (any choice is made on them); the
+test split is evaluated once, at the end of each run.
 """
 
 from octflax.training import default_config
@@ -23,6 +25,7 @@ def get_config():
   config.data.name = "fashion_mnist"
   config.data.augment = "crop_flip"
   config.data.num_threads = 4
+  config.data.validation_examples = 5000  # The last 5,000 training images: 55,000 train.
   config.num_epochs = 15
   config.batch_size = 256
   config.learning_rate = 0.2
