@@ -72,6 +72,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         "gmacs_per_image": group[0]["gmacs_per_image"],
         "test_accuracy_mean": statistics.mean(accuracies),
         "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+        "validation_accuracy_mean": (statistics.mean(r["validation_accuracy"] for r in group)
+                                     if all(r.get("validation_accuracy") is not None for r in group) else None),
         "images_per_second_mean": statistics.mean(r["images_per_second"] for r in group),
     })
   return out
@@ -104,10 +106,13 @@ def plot(summary: list[dict], path: str, title: str) -> None:
 
 
 def markdown(summary: list[dict]) -> str:
-  lines = ["| alpha | MMACs / image | test accuracy (%) | images / s (train) |", "|---|---|---|---|"]
+  lines = ["| alpha | MMACs / image | validation accuracy (%) | test accuracy (%) | images / s (train) |",
+           "|---|---|---|---|---|"]
   for s in summary:
     spread = f" +- {100 * s['test_accuracy_std']:.2f}" if s["seeds"] > 1 else ""
+    validation = s.get("validation_accuracy_mean")
     lines.append(f"| {s['alpha']:g} | {s['gmacs_per_image'] * 1e3:.2f} | "
+                 f"{'-' if validation is None else f'{100 * validation:.2f}'} | "
                  f"{100 * s['test_accuracy_mean']:.2f}{spread} | {s['images_per_second_mean']:.0f} |")
   return "\n".join(lines)
 

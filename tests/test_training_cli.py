@@ -223,3 +223,28 @@ def test_diverging_run_stops_with_a_message_and_keeps_the_last_good_checkpoint(s
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert records[-1]["kind"] == "diverged" and records[-1]["step"] == bad_step
   assert not (workdir / "summary.json").exists()
+
+
+def test_sweep_writes_results_and_plot_and_reuses_finished_runs(setup, tmp_path):
+  root, env = setup
+  results = tmp_path / "sweep.json"
+  command = [sys.executable, "-m", "experiments.sweep", f"--config={root / 'tiny.py'}", "--alphas=0,0.5",
+             f"--workdir={tmp_path / 'runs'}", f"--results={results}", "--",
+             f"--config.data.dir={root / 'data'}", "--config.num_epochs=1",
+             "--config.data.validation_examples=32"]
+  done = run(command, env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.loads(results.read_text())
+  assert [(r["alpha"], r["seed"], r["epochs"]) for r in report["runs"]] == [(0.0, 0, 1), (0.5, 0, 1)]
+  for r in report["runs"]:
+    assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["validation_accuracy"] <= 1
+    assert r["config"]["data"]["validation_examples"] == 32 and r["params"] > 0
+  assert report["runs"][1]["gmacs_per_image"] < report["runs"][0]["gmacs_per_image"]
+  assert [s["validation_accuracy_mean"] for s in report["summary"]] == [r["validation_accuracy"]
+                                                                        for r in report["runs"]]
+  assert results.with_suffix(".png").stat().st_size > 1000
+  assert "| 0.5 |" in done.stdout
+  # Finished runs are read back, not trained again.
+  again = run(command, env)
+  assert again.returncode == 0 and "experiments.train" not in again.stdout
+  assert json.loads(results.read_text())["runs"] == report["runs"]
