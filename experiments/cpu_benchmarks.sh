@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# CPU measurements: Oct-ResNet-50 inference at batch 8 and 1 (unfused and fused execution, and a
-# PyTorch Oct-ResNet-50 with the PyTorch port's structure when torch is installed), octflax at
-# alpha 0 against ResNet-50 written with nn.Conv, and CIFAR-style Oct-ResNet-20 train steps (32 x 32 x 3,
-# and 28 x 28 x 1 as in the Fashion-MNIST sweep). Run from the repository root: bash experiments/cpu_benchmarks.sh [OUT_DIR]
+# CPU measurements: Oct-ResNet-50 inference at batch 8 and 1 (next to a PyTorch Oct-ResNet-50 with
+# the PyTorch port's structure when torch is installed), octflax at alpha 0 against ResNet-50
+# written with nn.Conv, CIFAR-style Oct-ResNet-20 train steps (32 x 32 x 3, and 28 x 28 x 1 as in
+# the Fashion-MNIST sweep), and a per-op profile of Oct-ResNet-50.
+# Run from the repository root: bash experiments/cpu_benchmarks.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-experiments/results/cpu}
 mkdir -p "$out"
 torch=$(python -c "import torch" 2>/dev/null && echo ",torch_oct_resnet50" || true)
-bench() { name=$1; shift; python -m experiments.benchmark "$@" --json "$out/$name.jsonl" | tee "$out/$name.txt"; }
-bench resnet50_inference_b8 --models oct_resnet50,oct_resnet50:fuse$torch --alphas 0,0.25,0.5,0.75 --batch 8 --repeats 7
-bench resnet50_inference_b1 --models oct_resnet50,oct_resnet50:fuse$torch --alphas 0,0.25,0.5,0.75 --batch 1 --repeats 15
+profile() { python -m experiments.profile_ops "$@" | tee -a "$out/resnet50_profile_ops.txt"; }
+bench() { name=$1; shift; rm -f "$out/$name.jsonl"; python -m experiments.benchmark "$@" --json "$out/$name.jsonl" | tee "$out/$name.txt"; }
+bench resnet50_inference_b8 --models oct_resnet50$torch --alphas 0,0.25,0.5,0.75 --batch 8 --repeats 7
+bench resnet50_inference_b1 --models oct_resnet50$torch --alphas 0,0.25,0.5,0.75 --batch 1 --repeats 15
 bench resnet50_alpha0_overhead --models flax_resnet50,oct_resnet50:strided,oct_resnet50 --alphas 0 --batch 8 --repeats 9
 bench resnet20_train_b128 --models oct_resnet20 --alphas 0,0.5 --batch 128 --mode train --image-size 32 \
   --num-classes 10 --repeats 10
 # The sweep's network on Fashion-MNIST's shape: training throughput at every alpha of the sweep.
 bench resnet20_fashion_train_b128 --models oct_resnet20 --alphas 0,0.125,0.25,0.5,0.75 --batch 128 --mode train \
   --image-size 28 --channels 1 --num-classes 10 --repeats 10
+# Where the time goes: convolution ops against the glue around them, batch 1 and 8.
+rm -f "$out/resnet50_profile_ops.txt"
+profile --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 1
+profile --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 8 --calls 5
