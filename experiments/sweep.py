@@ -14,6 +14,9 @@ Examples:
   python -m experiments.sweep --config experiments/configs/sweep_cpu.py
   # Full protocol on one GPU, 3 seeds
   python -m experiments.sweep --config experiments/configs/sweep_gpu.py --seeds 0,1,2
+  # A second seed on another day or machine, merged with the runs of an earlier results file
+  python -m experiments.sweep --config experiments/configs/sweep_cpu.py --seeds 0,1 \
+      --previous experiments/results/fashion_mnist_alpha_sweep.json
 """
 
 from __future__ import annotations
@@ -58,6 +61,57 @@ def row_of(summary: dict, alpha: float, seed: int) -> dict:
       "model": config.get("model", {}).get("name"),
       "config": config,
   }
+
+
+def _without_run_fields(config: dict) -> dict:
+  """A run's config less what a sweep varies (alpha and seed)."""
+  config = json.loads(json.dumps(config))
+  config.get("model", {}).pop("alpha", None)
+  config.pop("seed", None)
+  return config
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def load_previous(path: str, config: str, overrides: list[str]) -> dict[tuple[float, int], dict]:
+  """Runs of an earlier results file of the same protocol, by (alpha, seed)."""
+  with open(path) as f:
+    previous = json.load(f)
+  problems = []
+  if os.path.abspath(previous.get("protocol", "")) != os.path.abspath(config):
+    problems.append(f"its protocol is {previous.get('protocol')!r}, this sweep's is {config!r}")
+  if previous.get("overrides", []) != list(overrides):
+    problems.append(f"its overrides are {previous.get('overrides', [])}, this sweep's are {list(overrides)}")
+  if problems:
+    raise SystemExit(f"error: --previous {path} cannot be merged: " + "; ".join(problems) + ".")
+  return {(float(r["alpha"]), int(r["seed"])): r for r in previous["runs"]}
+
+
+def check_same_recipe(reused: list[dict], trained: list[dict]) -> None:
+  """Refuses to merge reused runs whose config differs from the runs trained now (but for alpha, seed)."""
+  if not reused or not trained:
+    return
+  reference = _flat(_without_run_fields(trained[0]["config"]))
+  for row in reused:
+    other = _flat(_without_run_fields(row["config"]))
+    differences = sorted(k for k in reference.keys() | other.keys() if reference.get(k) != other.get(k))
+    if differences:
+      raise SystemExit(
+          f"error: the earlier run alpha {row['alpha']:g} seed {row['seed']} used a different recipe "
+          f"({', '.join(f'{k}: {other.get(k)!r} then, {reference.get(k)!r} now' for k in differences[:5])}); "
+          "it is not merged. Rerun it, or drop --previous.")
+
+
+def reused_runs(previous: dict[tuple[float, int], dict], alphas: list[float], seeds: list[int]) -> list[dict]:
+  return [previous[(a, s)] for s in seeds for a in alphas if (a, s) in previous]
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -126,6 +180,8 @@ def main(argv=None) -> int:
   parser.add_argument("--results", default="experiments/results/fashion_mnist_alpha_sweep.json")
   parser.add_argument("--plot", default=None, help="PNG path (default: the results path with .png)")
   parser.add_argument("--title", default="Fashion-MNIST: accuracy against cost")
+  parser.add_argument("--previous", default=None,
+                      help="an earlier results file of the same protocol: its runs are reused, not trained again")
   parser.add_argument("overrides", nargs="*", help="extra --config.FIELD=VALUE flags for every run")
   args = parser.parse_args(argv)
 
@@ -133,19 +189,27 @@ def main(argv=None) -> int:
   workroot = args.workdir or os.path.join("runs", f"sweep_{name}")
   alphas = [float(a) for a in args.alphas.split(",")]
   seeds = [int(s) for s in args.seeds.split(",")]
-  rows = []
+  previous = load_previous(args.previous, args.config, args.overrides) if args.previous else {}
+  rows, trained = [], []
   start = time.time()
   for seed in seeds:
     for alpha in alphas:
+      if (alpha, seed) in previous:
+        rows.append(previous[(alpha, seed)])
+        print(f"alpha {alpha:g} seed {seed}: from {args.previous}", flush=True)
+        continue
       workdir = os.path.abspath(os.path.join(workroot, f"alpha{alpha:g}_seed{seed}"))
       summary = run_one(args.config, workdir, alpha, seed, args.overrides)
       rows.append(row_of(summary, alpha, seed))
+      trained.append(rows[-1])
+      if len(trained) == 1:  # As early as a run of this recipe exists: not after the whole sweep.
+        check_same_recipe(reused_runs(previous, alphas, seeds), trained)
       print(f"alpha {alpha:g} seed {seed}: test accuracy {100 * rows[-1]['test_accuracy']:.2f}% "
             f"({rows[-1]['gmacs_per_image'] * 1e3:.2f} MMACs, {rows[-1]['train_seconds']:.0f} s)", flush=True)
   summary = aggregate(rows)
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   with open(args.results, "w") as f:
-    json.dump({"protocol": args.config, "sweep_seconds": time.time() - start, "summary": summary,
+    json.dump({"protocol": args.config, "overrides": list(args.overrides), "sweep_seconds": time.time() - start, "summary": summary,
                "runs": rows}, f, indent=1)
   plot_path = args.plot or os.path.splitext(args.results)[0] + ".png"
   plot(summary, plot_path, args.title)

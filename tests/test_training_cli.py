@@ -248,3 +248,21 @@ def test_sweep_writes_results_and_plot_and_reuses_finished_runs(setup, tmp_path)
   again = run(command, env)
   assert again.returncode == 0 and "experiments.train" not in again.stdout
   assert json.loads(results.read_text())["runs"] == report["runs"]
+  # Another seed, merged with the runs of the earlier results file (its runs are not trained again).
+  merged = tmp_path / "merged.json"
+  more = [c.replace(str(tmp_path / "runs"), str(tmp_path / "runs2")).replace(str(results), str(merged))
+          .replace("--alphas=0,0.5", "--alphas=0") for c in command]
+  more[more.index("--"):more.index("--")] = ["--seeds=0,1", f"--previous={results}"]
+  done = run(more, env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.count("experiments.train") == 1 and "--config.seed=1" in done.stdout
+  report2 = json.loads(merged.read_text())
+  assert report2["runs"][0] == report["runs"][0] and report2["runs"][1]["seed"] == 1
+  (row,) = report2["summary"]
+  assert row["seeds"] == 2 and row["test_accuracy_std"] >= 0
+  assert abs(row["test_accuracy_mean"] - (report2["runs"][0]["test_accuracy"]
+                                          + report2["runs"][1]["test_accuracy"]) / 2) < 1e-12
+  # A file of another recipe is refused before anything trains.
+  other = [c for c in more if not c.startswith("--config.num_epochs")] + ["--config.num_epochs=2"]
+  refused = run(other, env)
+  assert refused.returncode != 0 and "cannot be merged" in refused.stderr and "overrides" in refused.stderr
