@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CPU measurements: Oct-ResNet-50 inference at batch 8 and 1 (next to a PyTorch Oct-ResNet-50 with
 # the PyTorch port's structure when torch is installed), octflax at alpha 0 against ResNet-50
-# written with nn.Conv, CIFAR-style Oct-ResNet-20 train steps (32 x 32 x 3, and 28 x 28 x 1 as in
-# the Fashion-MNIST sweep), and a per-op profile of Oct-ResNet-50.
+# written with nn.Conv (batch 8 and 1), 1x1 convolutions as dots against convolutions,
+# CIFAR-style Oct-ResNet-20 train steps (32 x 32 x 3, and 28 x 28 x 1 as in the Fashion-MNIST
+# sweep), and a per-op profile of Oct-ResNet-50.
 # Run from the repository root: bash experiments/cpu_benchmarks.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,9 @@ bench() { name=$1; shift; rm -f "$out/$name.jsonl"; python -m experiments.benchm
 bench resnet50_inference_b8 --models oct_resnet50$torch --alphas 0,0.25,0.5,0.75 --batch 8 --repeats 7
 bench resnet50_inference_b1 --models oct_resnet50$torch --alphas 0,0.25,0.5,0.75 --batch 1 --repeats 15
 bench resnet50_alpha0_overhead --models flax_resnet50,oct_resnet50:strided,oct_resnet50 --alphas 0 --batch 8 --repeats 9
+bench resnet50_alpha0_overhead_b1 --models flax_resnet50,oct_resnet50:strided,oct_resnet50 --alphas 0 --batch 1 --repeats 15
+# Why octflax runs 1x1 convolutions as dots: both forms of ResNet-50's 1x1 shapes.
+python -m experiments.conv1x1_dot --batch 1,8 | tee "$out/conv1x1_dot_vs_conv.txt"
 bench resnet20_train_b128 --models oct_resnet20 --alphas 0,0.5 --batch 128 --mode train --image-size 32 \
   --num-classes 10 --repeats 10
 # The sweep's network on Fashion-MNIST's shape: training throughput at every alpha of the sweep.

@@ -325,7 +325,12 @@ def test_alpha_zero_equals_flax_conv_bit_for_bit(k, use_bias, hw):
       variables["params"]["h2h"], jax.eval_shape(flax_conv.init, jax.random.key(0), x)["params"])
   expected = flax_conv.apply({"params": variables["params"]["h2h"]}, x)
   chex.assert_shape(y.high, (2, *hw, 7))
-  np.testing.assert_array_equal(np.asarray(y.high), np.asarray(expected))
+  if k == 1:
+    # octflax runs a 1x1 convolution as a dot over channels (faster on XLA:CPU): the same
+    # products, summed in another order, so equal to float32 rounding rather than bit for bit.
+    np.testing.assert_allclose(np.asarray(y.high), np.asarray(expected), rtol=1e-6, atol=1e-6)
+  else:
+    np.testing.assert_array_equal(np.asarray(y.high), np.asarray(expected))
 
 
 def test_alpha_zero_grouped_equals_flax_conv_bit_for_bit():
