@@ -17,6 +17,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -37,6 +38,7 @@ import optax
 from flax import linen as nn
 
 from octflax import cost, models
+from octflax import functional as F
 
 
 @dataclasses.dataclass
@@ -91,6 +93,8 @@ def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
 
 # Variants selected with a suffix of the model name, e.g. 'oct_resnet50:nofuse'.
 VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}, "fuse": {"fuse": True}}
+# Variants of the execution rather than the model: ':nopad' leaves CPU convolution channels unpadded.
+EXECUTION_VARIANTS = {"nopad": lambda: F.cpu_channel_multiple(1)}
 
 
 def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Module:
@@ -99,8 +103,10 @@ def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Mod
   base, *suffixes = name.split(":")
   kwargs = {}
   for suffix in suffixes:
+    if suffix in EXECUTION_VARIANTS:
+      continue  # applied where the case is traced (make_case)
     if suffix not in VARIANTS:
-      raise ValueError(f"unknown model variant ':{suffix}'; known: {', '.join(VARIANTS)}.")
+      raise ValueError(f"unknown model variant ':{suffix}'; known: {', '.join([*VARIANTS, *EXECUTION_VARIANTS])}.")
     kwargs.update(VARIANTS[suffix])
   return models.get_model(base, alpha=alpha, num_classes=num_classes, dtype=dtype, **kwargs)
 
@@ -137,6 +143,16 @@ def make_torch_case(name: str, alpha: float, batch: int, mode: str, image_size: 
 
 def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
               dtype: Any, channels: int = 3) -> Case:
+  """Builds and compiles one timed configuration (under its execution variants, if any)."""
+  with contextlib.ExitStack() as stack:
+    for suffix in name.split(":")[1:]:
+      if suffix in EXECUTION_VARIANTS:
+        stack.enter_context(EXECUTION_VARIANTS[suffix]())
+    return _make_case(name, alpha, batch, mode, image_size, num_classes, dtype, channels)
+
+
+def _make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
+               dtype: Any, channels: int) -> Case:
   if name in TORCH_MODELS:
     if dtype != jnp.float32 or channels != 3:
       raise ValueError(f"{name} is timed in float32 on 3-channel images only.")
@@ -250,6 +266,7 @@ def main(argv=None) -> int:
   parser.add_argument("--models", default="oct_resnet50",
                       help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs, "
                            "'NAME:fuse' / 'NAME:nofuse' run paths with a shared output size as one conv or separately; "
+                           "'NAME:nopad' leaves CPU convolution channels unpadded (functional.cpu_channel_multiple); "
                            "'flax_resnet50' is ResNet-50 written with flax.linen.Conv; "
                            "'torch_oct_resnet50' is a PyTorch Oct-ResNet-50 with the PyTorch port's "
                            "structure (needs torch; inference, float32)")

@@ -7,7 +7,9 @@ the pooling helpers) or `OctTensor`s, and is a pure function usable under `jax.j
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +127,36 @@ def global_avg_pool(x: Any) -> Array:
   return jnp.concatenate([jnp.mean(p, axis=(-3, -2)) for p in parts], axis=-1)
 
 
+# Channel counts XLA:CPU's convolutions are padded to (see `conv2d`); 1 turns padding off.
+_CPU_CHANNEL_MULTIPLE = contextvars.ContextVar("octflax_cpu_channel_multiple", default=8)
+
+
+@contextlib.contextmanager
+def cpu_channel_multiple(multiple: int) -> Iterator[None]:
+  """Sets the channel multiple `conv2d` pads to on the CPU backend, while tracing inside.
+
+  The padding changes the shapes XLA sees, never the result. ``octflax.cost`` traces with
+  ``cpu_channel_multiple(1)`` so that it counts each layer's own MACs; benchmarks use it to
+  time both forms in one run. It applies to functions traced inside the block (a function
+  jitted before keeps its compiled form).
+
+  Args:
+    multiple: a positive integer; 1 means no padding.
+  """
+  if not isinstance(multiple, (int, np.integer)) or multiple < 1:
+    raise ValueError(f"cpu_channel_multiple: multiple must be a positive integer, got {multiple!r}.")
+  token = _CPU_CHANNEL_MULTIPLE.set(int(multiple))
+  try:
+    yield
+  finally:
+    _CPU_CHANNEL_MULTIPLE.reset(token)
+
+
+def _padded_channels(channels: int, multiple: int) -> int:
+  """``channels`` rounded up to ``multiple``; counts up to ``multiple`` stay (padding them measured slower)."""
+  return channels if channels <= multiple else -(-channels // multiple) * multiple
+
+
 def conv2d(x: Array, kernel: Array, feature_group_count: int = 1, precision: Any = None) -> Array:
   """Stride-1 SAME convolution, NHWC input, HWIO kernel: what `flax.linen.Conv` computes."""
   dtype = jnp.result_type(x, kernel)
@@ -135,6 +167,20 @@ def conv2d(x: Array, kernel: Array, feature_group_count: int = 1, precision: Any
     # the time (experiments/results/cpu/, docs/benchmarks.md). NHWC keeps it transpose-free.
     return lax.dot_general(x.astype(dtype), kernel[0, 0].astype(dtype),
                            (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+  c_in, c_out = kernel.shape[2:]
+  multiple = _CPU_CHANNEL_MULTIPLE.get()
+  if feature_group_count == 1 and multiple > 1 and jax.default_backend() == "cpu":
+    # XLA:CPU's convolution kernels take a slow path when a channel count is not a multiple
+    # of 8: a 3x3 14->14 train step took 1.5-2x the time of 16->16, 28->28 1.5x that of
+    # 32->32. Zero channels up to the multiple cost less than they save: CIFAR Oct-ResNet-20
+    # at alpha .125 (14/2, 28/4 and 56/8 channels), train step at batch 128, 0.75x the time;
+    # no change at the other alphas (experiments/results/cpu/, docs/benchmarks.md).
+    pad_in, pad_out = _padded_channels(c_in, multiple) - c_in, _padded_channels(c_out, multiple) - c_out
+    if pad_in or pad_out:
+      x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad_in)]) if pad_in else x
+      kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, pad_in), (0, pad_out)))
+      with cpu_channel_multiple(1):
+        return conv2d(x, kernel, 1, precision)[..., :c_out]
   return lax.conv_general_dilated(
       x.astype(dtype), kernel.astype(dtype), window_strides=(1, 1), padding="SAME",
       dimension_numbers=("NHWC", "HWIO", "NHWC"),

@@ -12,8 +12,8 @@ import pytest
 
 import numpy_reference as ref
 from octflax import OctTensor
-from octflax.functional import (avg_pool2, global_avg_pool, oct_add, oct_map, oct_max_pool, oct_relu,
-                                upsample2)
+from octflax.functional import (avg_pool2, conv2d, cpu_channel_multiple, global_avg_pool, oct_add, oct_map,
+                                oct_max_pool, oct_relu, upsample2)
 
 TOL = dict(rtol=1e-6, atol=1e-6)
 
@@ -211,3 +211,54 @@ def test_pool_and_upsample_gradients_at_odd_sizes():
   (yt,) = jax.vjp(lambda a: upsample2(a, (5, 7)), y)[1](x)
   np.testing.assert_allclose(np.asarray(yt), ref.avg_pool2(np.asarray(x)) * counts[None, :, :, None],
                              rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- CPU channel padding
+
+
+def _conv_channel_shapes(fn, *args):
+  """(input channels, output channels) of every conv_general_dilated in fn's jaxpr."""
+  jaxpr = jax.make_jaxpr(lambda *a: fn(*a))(*args)  # A new function: traced now, not from a cache.
+  return [(e.invars[0].aval.shape[-1], e.outvars[0].aval.shape[-1])
+          for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the padding applies on the CPU backend")
+@pytest.mark.parametrize("c_in,c_out,expected", [(14, 14, (16, 16)), (28, 12, (32, 16)), (2, 14, (2, 16)),
+                                                 (16, 24, (16, 24)), (6, 4, (6, 4))])
+def test_cpu_convolutions_run_with_channels_padded_to_8_and_give_the_same_numbers(c_in, c_out, expected):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 5, 6, c_in), dtype=np.float32))
+  kernel = jnp.asarray(rng.standard_normal((3, 3, c_in, c_out), dtype=np.float32))
+  assert _conv_channel_shapes(conv2d, x, kernel) == [expected]
+  with cpu_channel_multiple(1):
+    assert _conv_channel_shapes(conv2d, x, kernel) == [(c_in, c_out)]
+    plain = jax.jit(lambda x, k: conv2d(x, k))(x, kernel)
+    plain_grads = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv2d(x, k))), (0, 1))(x, kernel)
+  padded = jax.jit(lambda x, k: conv2d(x, k))(x, kernel)
+  chex.assert_shape(padded, (2, 5, 6, c_out))
+  np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(padded, ref.conv2d(np.asarray(x, np.float64), np.asarray(kernel, np.float64)),
+                             rtol=1e-4, atol=1e-4)
+  grads = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv2d(x, k))), (0, 1))(x, kernel)
+  chex.assert_trees_all_equal_shapes(grads, (x, kernel))
+  chex.assert_trees_all_close(grads, plain_grads, rtol=1e-4, atol=1e-4)
+
+
+def test_cost_counts_the_layers_own_macs_not_the_padding():
+  from octflax import cost, models  # pylint: disable=g-import-not-at-top
+  model = models.get_model("oct_resnet20", alpha=0.125, num_classes=10)  # 14/2, 28/4, 56/8 channels
+  report = cost.analyze(model, (1, 32, 32, 3))
+  with cpu_channel_multiple(1):
+    assert cost.analyze(model, (1, 32, 32, 3)).macs == report.macs
+  # Stage 1 (32 x 32, 16 channels at alpha .125: 14 high, 2 low) holds its unpadded MACs.
+  layer = next(l for l in report.layers if l.name == "stage1_block1/conv1/conv")
+  hh, hl, lh, ll = 14 * 14, 14 * 2, 2 * 14, 2 * 2
+  assert layer.macs == 9 * (32 * 32 * hh + 16 * 16 * (hl + lh + ll))
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, "8"])
+def test_cpu_channel_multiple_refuses_what_is_not_a_positive_integer(bad):
+  with pytest.raises(ValueError, match="positive integer"):
+    with cpu_channel_multiple(bad):
+      pass

@@ -387,7 +387,8 @@ def conv_macs(eqn) -> int:
 
 def traced_layer(module, x):
   variables = jax.eval_shape(module.init, jax.random.key(0), x)
-  jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x))(variables, x)
+  with F.cpu_channel_multiple(1):  # The layer's own convolutions, without the CPU execution's padding.
+    jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x))(variables, x)
   out = jax.eval_shape(module.apply, variables, x)
   return variables, conv_eqns(jaxpr.jaxpr), out
 
