@@ -2,8 +2,9 @@
 
 Compiles the network's inference (or train step) as `experiments.benchmark` does, records a
 `jax.profiler` trace of repeated calls, and sums the time of each compiled op. Ops are grouped by
-what the optimized HLO says they contain: a convolution (with whatever XLA fused around it:
-BatchNorm, ReLU, adds, pooling, upsampling), other fusions, and the rest. Comparing two alphas
+what the optimized HLO says they contain: a convolution or a dot (1x1 convolutions run as dots;
+with whatever XLA fused around them: BatchNorm, ReLU, adds, pooling, upsampling), other
+fusions, and the rest. Comparing two alphas
 shows whether a gap between the time ratio and the MACs ratio is in the convolutions themselves
 or in the glue around them.
 
@@ -41,7 +42,7 @@ def _computations(hlo: str) -> dict[str, str]:
 
 
 def op_kinds(hlo: str) -> dict[str, str]:
-  """Op name -> 'convolution' (contains one), 'fusion' (other fused op) or its opcode."""
+  """Op name -> 'convolution' or 'dot' (contains one), 'fusion' (other fused op) or its opcode."""
   bodies = _computations(hlo)
   kinds = {}
   for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\((.*)$", hlo, re.M):
@@ -50,6 +51,8 @@ def op_kinds(hlo: str) -> dict[str, str]:
     body = bodies.get(called.group(1), "") if called else ""
     if opcode == "convolution" or " convolution(" in body:
       kinds[name] = "convolution"
+    elif opcode == "dot" or " dot(" in body:
+      kinds[name] = "dot"  # octflax's 1x1 convolutions, and the classifier
     elif opcode == "fusion":
       kinds[name] = "fusion"
     else:
