@@ -162,9 +162,10 @@ def conv2d(x: Array, kernel: Array, feature_group_count: int = 1, precision: Any
   dtype = jnp.result_type(x, kernel)
   if kernel.shape[:2] == (1, 1) and feature_group_count == 1:
     # A 1x1 convolution is a matrix product over the channel axis. XLA:CPU runs it as a
-    # dot much faster than as a convolution: 0.62-0.91x the time for ResNet-50's 1x1
-    # shapes at batch 8, up to 0.64x at batch 1; Oct-ResNet-50 at batch 1 runs in 0.79-0.82x
-    # the time (experiments/results/cpu/, docs/benchmarks.md). NHWC keeps it transpose-free.
+    # dot much faster than as a convolution: 0.37-0.83x the time for ResNet-50's 1x1
+    # shapes at batch 8, 0.58-0.91x at batch 1 (experiments/conv1x1_dot.py); Oct-ResNet-50 at
+    # alpha 0 went from 448 to 351 ms (batch 8) and from 75 to 52 ms (batch 1) between two
+    # idle runs (docs/benchmarks.md). NHWC keeps it transpose-free.
     return lax.dot_general(x.astype(dtype), kernel[0, 0].astype(dtype),
                            (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
   c_in, c_out = kernel.shape[2:]
