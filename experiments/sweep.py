@@ -209,8 +209,8 @@ def main(argv=None) -> int:
   summary = aggregate(rows)
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   with open(args.results, "w") as f:
-    json.dump({"protocol": args.config, "overrides": list(args.overrides), "sweep_seconds": time.time() - start, "summary": summary,
-               "runs": rows}, f, indent=1)
+    json.dump({"protocol": args.config, "overrides": list(args.overrides),
+               "sweep_seconds": time.time() - start, "summary": summary, "runs": rows}, f, indent=1)
   plot_path = args.plot or os.path.splitext(args.results)[0] + ".png"
   plot(summary, plot_path, args.title)
   print(markdown(summary))

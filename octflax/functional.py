@@ -169,23 +169,24 @@ def conv2d(x: Array, kernel: Array, feature_group_count: int = 1, precision: Any
     return lax.dot_general(x.astype(dtype), kernel[0, 0].astype(dtype),
                            (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
   c_in, c_out = kernel.shape[2:]
-  multiple = _CPU_CHANNEL_MULTIPLE.get()
-  if feature_group_count == 1 and multiple > 1 and jax.default_backend() == "cpu":
+  pad_in = pad_out = 0
+  if feature_group_count == 1 and jax.default_backend() == "cpu":
     # XLA:CPU's convolution kernels take a slow path when a channel count is not a multiple
     # of 8: a 3x3 14->14 train step took 1.5-2x the time of 16->16, 28->28 1.5x that of
     # 32->32. Zero channels up to the multiple cost less than they save: CIFAR Oct-ResNet-20
     # at alpha .125 (14/2, 28/4 and 56/8 channels), train step at batch 128, 0.75x the time;
     # no change at the other alphas (experiments/results/cpu/, docs/benchmarks.md).
+    multiple = _CPU_CHANNEL_MULTIPLE.get()
     pad_in, pad_out = _padded_channels(c_in, multiple) - c_in, _padded_channels(c_out, multiple) - c_out
-    if pad_in or pad_out:
-      x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad_in)]) if pad_in else x
-      kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, pad_in), (0, pad_out)))
-      with cpu_channel_multiple(1):
-        return conv2d(x, kernel, 1, precision)[..., :c_out]
-  return lax.conv_general_dilated(
+  if pad_in:
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad_in)])
+  if pad_in or pad_out:
+    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, pad_in), (0, pad_out)))
+  y = lax.conv_general_dilated(
       x.astype(dtype), kernel.astype(dtype), window_strides=(1, 1), padding="SAME",
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
       feature_group_count=feature_group_count, precision=precision)
+  return y[..., :c_out] if pad_out else y
 
 
 def _groups(path: str, in_channels: int, kernel: Array) -> int:
