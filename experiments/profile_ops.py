@@ -5,8 +5,10 @@ Compiles the network's inference (or train step) as `experiments.benchmark` does
 what the optimized HLO says they contain: a convolution or a dot (1x1 convolutions run as dots;
 with whatever XLA fused around them: BatchNorm, ReLU, adds, pooling, upsampling), other
 fusions, and the rest. Comparing two alphas
-shows whether a gap between the time ratio and the MACs ratio is in the convolutions themselves
-or in the glue around them.
+shows which ops grow or shrink. Op times are summed over threads, and XLA:CPU runs independent
+ops concurrently (more of them at alpha > 0, whose paths are independent), so overlapping ops are
+counted twice: read the totals as op time, not wall time. `experiments/decompose.py` splits the
+wall time itself into the convolutions and the rest.
 
 Example:
   python -m experiments.profile_ops --model oct_resnet50 --alphas 0,0.5 --batch 1

@@ -70,3 +70,28 @@ def test_profile_ops_finds_the_convolutions(capsys):
                            "--num-classes", "10", "--calls", "2"]) == 0
   out = capsys.readouterr().out
   assert "convolution" in out and "MACs ratio" in out
+
+
+def test_decompose_splits_the_time_and_leaves_no_convolution_macs(capsys):
+  from experiments import decompose  # pylint: disable=g-import-not-at-top
+  from octflax import functional as F  # pylint: disable=g-import-not-at-top
+
+  real = F.conv2d
+  x, k = benchmark.jnp.ones((2, 5, 5, 3)), benchmark.jnp.ones((3, 3, 3, 4))
+  with decompose.convolutions_replaced():
+    assert F.conv2d is not real and F.conv2d(x, k).shape == (2, 5, 5, 4)
+  assert F.conv2d is real  # restored
+
+  rows = decompose.run("oct_resnet20", [0.5], 2, "inference", 8, 10, 1, repeats=2, warmup=1)
+  assert [r["alpha"] for r in rows] == [0.0, 0.5]
+  for r in rows:
+    # Every MAC of the CIFAR network (no nn.Conv stem) is in an OctConv convolution, except the classifier.
+    assert 0 < r["conv_gmacs"] < r["gmacs"] and r["gmacs"] - r["conv_gmacs"] == pytest.approx(64 * 10 / 1e9)
+    assert r["total_ms"] == pytest.approx(r["conv_ms"] + r["rest_ms"])
+  base, oct_ = rows
+  assert base["conv_ratio"] == base["rest_ratio"] == 1.0
+  assert oct_["conv_macs_ratio"] == pytest.approx(oct_["conv_gmacs"] / base["conv_gmacs"])
+  assert oct_["conv_macs_ratio"] < 0.7
+  assert decompose.main(["--model", "oct_resnet20", "--alphas", "0.5", "--batch", "2", "--image-size", "8",
+                         "--channels", "1", "--num-classes", "10", "--repeats", "2"]) == 0
+  assert "convolutions" in capsys.readouterr().out
