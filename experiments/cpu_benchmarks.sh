@@ -3,14 +3,15 @@
 # the PyTorch port's structure when torch is installed), octflax at alpha 0 against ResNet-50
 # written with nn.Conv (batch 8 and 1), 1x1 convolutions as dots against convolutions,
 # CIFAR-style Oct-ResNet-20 train steps (32 x 32 x 3, and 28 x 28 x 1 as in the Fashion-MNIST
-# sweep), and the split of Oct-ResNet-50's time into its convolutions and the rest.
+# sweep), and the split of the time into the convolutions and the rest (Oct-ResNet-50 inference,
+# Oct-ResNet-20 train step).
 # Run from the repository root: bash experiments/cpu_benchmarks.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-experiments/results/cpu}
 mkdir -p "$out"
 torch=$(python -c "import torch" 2>/dev/null && echo ",torch_oct_resnet50" || true)
-decompose() { python -m experiments.decompose "$@" | tee -a "$out/resnet50_decompose.txt"; }
+decompose() { python -m experiments.decompose "$@" | tee -a "$out/decompose.txt"; }
 bench() { name=$1; shift; rm -f "$out/$name.jsonl"; python -m experiments.benchmark "$@" --json "$out/$name.jsonl" | tee "$out/$name.txt"; }
 bench resnet50_inference_b8 --models oct_resnet50$torch --alphas 0,0.25,0.5,0.75 --batch 8 --repeats 7
 bench resnet50_inference_b1 --models oct_resnet50$torch --alphas 0,0.25,0.5,0.75 --batch 1 --repeats 15
@@ -23,7 +24,8 @@ bench resnet20_train_b128 --models oct_resnet20 --alphas 0,0.5 --batch 128 --mod
 # The sweep's network on Fashion-MNIST's shape: training throughput at every alpha of the sweep.
 bench resnet20_fashion_train_b128 --models oct_resnet20 --alphas 0,0.125,0.25,0.5,0.75 --batch 128 --mode train \
   --image-size 28 --channels 1 --num-classes 10 --repeats 10
-# Where the time goes: the convolutions in context against everything else, batch 1 and 8.
-rm -f "$out/resnet50_decompose.txt"
+# Where the time goes: the convolutions in context against everything else.
+rm -f "$out/decompose.txt"
 decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 1 --repeats 20
 decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 8 --repeats 8
+decompose --model oct_resnet20 --alphas 0,0.5 --batch 128 --image-size 32 --num-classes 10 --mode train --repeats 8
