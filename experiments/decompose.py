@@ -2,9 +2,9 @@
 
 Each network is compiled twice: as it is, and with every convolution that
 `octflax.functional.conv2d` runs (all OctConv paths, 1x1 and 3x3; not the vanilla 7x7 stem of
-ImageNet ResNets, which is `nn.Conv`) replaced by a stand-in that keeps the output's shape and
-its dependence on the input and the kernel for the price of one elementwise multiply. Both forms
-are timed round-robin in one run. The stand-in form's time is everything but the convolutions
+ImageNet ResNets, which is `nn.Conv`) replaced by a stand-in: a dot over at most 8 input
+channels, which keeps the output's shape, its dependence on the input and the kernel, and the
+form XLA fuses BatchNorm and adds into, for few MACs. Both forms are timed round-robin in one run. The stand-in form's time is everything but the convolutions
 (stem, pooling, upsampling, BatchNorm, activations, adds, classifier; an upper bound, since the
 stand-ins cost a little); the difference is the time of the convolutions as XLA fuses and
 schedules them in the network.
