@@ -95,6 +95,10 @@ def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
 VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}, "fuse": {"fuse": True}}
 # Variants of the execution rather than the model: ':nopad' leaves CPU convolution channels unpadded.
 EXECUTION_VARIANTS = {"nopad": lambda: F.cpu_channel_multiple(1)}
+# Variants of the compilation: XLA options passed to `compile` for that configuration only.
+# ':ynndot' lets XLA:CPU hand dots and their elementwise neighbours to YNNPACK as one fused
+# graph (docs/benchmarks.md: faster at alpha > 0, much slower at alpha 0).
+COMPILE_VARIANTS = {"ynndot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}}
 
 
 def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Module:
@@ -103,10 +107,11 @@ def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Mod
   base, *suffixes = name.split(":")
   kwargs = {}
   for suffix in suffixes:
-    if suffix in EXECUTION_VARIANTS:
-      continue  # applied where the case is traced (make_case)
+    if suffix in EXECUTION_VARIANTS or suffix in COMPILE_VARIANTS:
+      continue  # applied where the case is traced and compiled (make_case)
     if suffix not in VARIANTS:
-      raise ValueError(f"unknown model variant ':{suffix}'; known: {', '.join([*VARIANTS, *EXECUTION_VARIANTS])}.")
+      raise ValueError(f"unknown model variant ':{suffix}'; known: "
+                       f"{', '.join([*VARIANTS, *EXECUTION_VARIANTS, *COMPILE_VARIANTS])}.")
     kwargs.update(VARIANTS[suffix])
   return models.get_model(base, alpha=alpha, num_classes=num_classes, dtype=dtype, **kwargs)
 
@@ -164,10 +169,14 @@ def _make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, 
   images = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
   labels = jnp.asarray(rng.integers(0, num_classes, batch), dtype=jnp.int32)
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images)
+  options = {}
+  for suffix in name.split(":")[1:]:
+    options.update(COMPILE_VARIANTS.get(suffix, {}))
+  options = options or None
 
   if mode == "inference":
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    compiled = forward.lower(variables, images).compile()
+    compiled = forward.lower(variables, images).compile(options)
     fn = lambda: compiled(variables, images)
   else:
     tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
@@ -186,7 +195,7 @@ def _make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, 
       return {"params": optax.apply_updates(state["params"], updates), "batch_stats": batch_stats,
               "opt": opt}, loss
 
-    compiled = jax.jit(step, donate_argnums=0).lower(state, images, labels).compile()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, images, labels).compile(options)
     holder = {"state": state}
 
     def fn():
@@ -267,6 +276,8 @@ def main(argv=None) -> int:
                       help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs, "
                            "'NAME:fuse' / 'NAME:nofuse' run paths with a shared output size as one conv or separately; "
                            "'NAME:nopad' leaves CPU convolution channels unpadded (functional.cpu_channel_multiple); "
+                           "'NAME:ynndot' compiles with XLA:CPU's YNNPACK dot fusions "
+                           "(xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT); "
                            "'flax_resnet50' is ResNet-50 written with flax.linen.Conv; "
                            "'torch_oct_resnet50' is a PyTorch Oct-ResNet-50 with the PyTorch port's "
                            "structure (needs torch; inference, float32)")

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,14 @@ def test_rows_have_the_issue_fields_and_ratios_to_alpha0_of_the_same_run(tmp_pat
 def test_unknown_variant_is_refused():
   with pytest.raises(ValueError, match="unknown model variant ':fast'"):
     benchmark.build_model("oct_resnet20:fast", 0.5, 10, None)
+
+
+def test_compile_variant_changes_the_compiled_program_not_the_result():
+  plain = benchmark.make_case("oct_resnet20", 0.5, 2, "inference", 8, 10, benchmark.jnp.float32, 1)
+  dots = benchmark.make_case("oct_resnet20:ynndot", 0.5, 2, "inference", 8, 10, benchmark.jnp.float32, 1)
+  # The option reaches XLA (another fusion plan) and the network computes the same logits.
+  assert dots.hlo != plain.hlo
+  np.testing.assert_allclose(np.asarray(dots.fn()), np.asarray(plain.fn()), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(torch_reference.torch is None, reason="torch is not installed")
