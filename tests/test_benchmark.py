@@ -104,3 +104,50 @@ def test_decompose_splits_the_time_and_leaves_no_convolution_macs(capsys):
   assert decompose.main(["--model", "oct_resnet20", "--alphas", "0.5", "--batch", "2", "--image-size", "8",
                          "--channels", "1", "--num-classes", "10", "--repeats", "2"]) == 0
   assert "convolutions" in capsys.readouterr().out
+
+
+HLO = """HloModule m
+
+%fused_computation (p0: f32[4,8]) -> f32[4,8] {
+  ROOT %p0 = f32[4,8]{1,0} parameter(0)
+}
+
+ENTRY %main (x: f32[4,8], w: f32[8,2]) -> (f32[4,2], bf16[4,8]) {
+  %x = f32[4,8]{1,0} parameter(0)
+  %w = f32[8,2]{1,0} parameter(1)
+  %c = f32[] constant(0)
+  %wrapped_broadcast = f32[4,8]{1,0} fusion(%c), kind=kLoop, calls=%fused_computation
+  %add_fusion = f32[4,8]{1,0} fusion(%x, %wrapped_broadcast, %x), kind=kLoop, calls=%fused_computation
+  %ynn_fusion = f32[4,2]{1,0} fusion(%add_fusion, %w), kind=kCustom, calls=%fused_computation
+  %convert = bf16[4,8]{1,0} convert(%add_fusion)
+  ROOT %t = (f32[4,2]{1,0}, bf16[4,8]{1,0}) tuple(%ynn_fusion, %convert)
+}
+"""
+
+
+def test_hlo_traffic_counts_bytes_read_and_written_per_kind():
+  from experiments import hlo_traffic  # pylint: disable=g-import-not-at-top
+
+  rows = {r.name: r for r in hlo_traffic.entry_instructions(HLO)}
+  assert set(rows) == {"wrapped_broadcast", "add_fusion", "ynn_fusion", "convert"}
+  assert (rows["wrapped_broadcast"].kind, rows["wrapped_broadcast"].read, rows["wrapped_broadcast"].written) == ("broadcast", 4, 128)
+  assert (rows["add_fusion"].kind, rows["add_fusion"].read, rows["add_fusion"].big_operands) == ("loop", 3 * 128, 3)
+  assert (rows["ynn_fusion"].kind, rows["ynn_fusion"].read, rows["ynn_fusion"].written) == ("library", 128 + 64, 32)
+  assert (rows["convert"].kind, rows["convert"].written) == ("other", 64)  # bf16: 2 bytes
+  s = hlo_traffic.summarize(list(rows.values()))
+  assert s["loop_read_mb"] == pytest.approx(384e-6) and s["library_written_mb"] == pytest.approx(32e-6)
+  with pytest.raises(ValueError, match="no ENTRY"):
+    hlo_traffic.entry_instructions("HloModule m")
+
+
+def test_hlo_traffic_of_a_compiled_network(capsys):
+  from experiments import hlo_traffic  # pylint: disable=g-import-not-at-top
+
+  case = benchmark.make_case("oct_resnet20", 0.5, 2, "inference", 8, 10, benchmark.jnp.float32, 1)
+  rows = hlo_traffic.entry_instructions(case.hlo)
+  # Every network moves data through both XLA's own loops and library kernels (its dots and convs).
+  assert {"loop", "library"} <= {r.kind for r in rows}
+  assert all(r.written > 0 for r in rows) and sum(r.read for r in rows if r.kind == "library") > 0
+  assert hlo_traffic.main(["--model", "oct_resnet20", "--alphas", "0.5", "--batch", "2", "--image-size", "8",
+                           "--channels", "1", "--num-classes", "10", "--top", "1"]) == 0
+  assert "oct_resnet20" in capsys.readouterr().out
