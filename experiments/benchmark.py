@@ -39,6 +39,7 @@ from flax import linen as nn
 
 from octflax import cost, models
 from octflax import functional as F
+from octflax.training.state import init_compiler_options
 
 
 @dataclasses.dataclass
@@ -168,7 +169,8 @@ def _make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, 
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
   labels = jnp.asarray(rng.integers(0, num_classes, batch), dtype=jnp.int32)
-  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images)
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False),
+                      compiler_options=init_compiler_options())(images)
   options = {}
   for suffix in name.split(":")[1:]:
     options.update(COMPILE_VARIANTS.get(suffix, {}))
