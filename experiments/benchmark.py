@@ -149,16 +149,18 @@ def make_torch_case(name: str, alpha: float, batch: int, mode: str, image_size: 
 
 def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
               dtype: Any, channels: int = 3) -> Case:
-  """Builds and compiles one timed configuration (under its execution variants, if any)."""
+  """Builds and compiles one timed configuration (under its execution and compile variants, if any)."""
+  options = {}
   with contextlib.ExitStack() as stack:
     for suffix in name.split(":")[1:]:
       if suffix in EXECUTION_VARIANTS:
         stack.enter_context(EXECUTION_VARIANTS[suffix]())
-    return _make_case(name, alpha, batch, mode, image_size, num_classes, dtype, channels)
+      options.update(COMPILE_VARIANTS.get(suffix, {}))
+    return _make_case(name, alpha, batch, mode, image_size, num_classes, dtype, channels, options or None)
 
 
 def _make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
-               dtype: Any, channels: int) -> Case:
+               dtype: Any, channels: int, options: dict[str, Any] | None) -> Case:
   if name in TORCH_MODELS:
     if dtype != jnp.float32 or channels != 3:
       raise ValueError(f"{name} is timed in float32 on 3-channel images only.")
@@ -171,10 +173,6 @@ def _make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, 
   labels = jnp.asarray(rng.integers(0, num_classes, batch), dtype=jnp.int32)
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False),
                       compiler_options=init_compiler_options())(images)
-  options = {}
-  for suffix in name.split(":")[1:]:
-    options.update(COMPILE_VARIANTS.get(suffix, {}))
-  options = options or None
 
   if mode == "inference":
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))

@@ -48,8 +48,6 @@ def _bytes(shape_text: str) -> int:
   """Bytes of an HLO shape (an array or a tuple of arrays); unknown types count 4 bytes."""
   total = 0
   for dtype, dims in _SHAPE.findall(shape_text):
-    if dtype == "token":
-      continue
     total += DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
   return total
 
