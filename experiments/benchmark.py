@@ -39,7 +39,7 @@ from flax import linen as nn
 
 from octflax import cost, models
 from octflax import functional as F
-from octflax.training.state import init_compiler_options
+from octflax.compiler import inference_compiler_options, init_compiler_options
 
 
 @dataclasses.dataclass
@@ -55,6 +55,7 @@ class Case:
   temp_bytes: int | None
   framework: str = "octflax"
   hlo: str | None = None  # the optimized HLO (octflax networks)
+  compiler_options: dict[str, Any] | None = None  # what the network was compiled with (None: XLA's defaults)
   times: list[float] = dataclasses.field(default_factory=list)
 
 
@@ -96,10 +97,14 @@ def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
 VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}, "fuse": {"fuse": True}}
 # Variants of the execution rather than the model: ':nopad' leaves CPU convolution channels unpadded.
 EXECUTION_VARIANTS = {"nopad": lambda: F.cpu_channel_multiple(1)}
-# Variants of the compilation: XLA options passed to `compile` for that configuration only.
-# ':ynndot' lets XLA:CPU hand dots and their elementwise neighbours to YNNPACK as one fused
-# graph (docs/benchmarks.md: faster at alpha > 0, much slower at alpha 0).
-COMPILE_VARIANTS = {"ynndot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}}
+# Variants of the compilation: XLA options that replace the default ones for that configuration
+# (inference compiles with `octflax.inference_compiler_options()`, a train step with XLA's
+# defaults). ':xladefault' is XLA's own defaults; ':ynndot' hands dots and their elementwise
+# neighbours to YNNPACK as one fused graph (docs/benchmarks.md: much slower at alpha 0).
+COMPILE_VARIANTS = {
+    "xladefault": {},
+    "ynndot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+}
 
 
 def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Module:
@@ -150,13 +155,14 @@ def make_torch_case(name: str, alpha: float, batch: int, mode: str, image_size: 
 def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
               dtype: Any, channels: int = 3) -> Case:
   """Builds and compiles one timed configuration (under its execution and compile variants, if any)."""
-  options = {}
+  options = inference_compiler_options() if mode == "inference" else None
   with contextlib.ExitStack() as stack:
     for suffix in name.split(":")[1:]:
       if suffix in EXECUTION_VARIANTS:
         stack.enter_context(EXECUTION_VARIANTS[suffix]())
-      options.update(COMPILE_VARIANTS.get(suffix, {}))
-    return _make_case(name, alpha, batch, mode, image_size, num_classes, dtype, channels, options or None)
+      if suffix in COMPILE_VARIANTS:
+        options = COMPILE_VARIANTS[suffix] or None
+    return _make_case(name, alpha, batch, mode, image_size, num_classes, dtype, channels, options)
 
 
 def _make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
@@ -207,7 +213,8 @@ def _make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, 
   except Exception:  # not every backend reports it
     temp = None
   label = f"{name} a={alpha:g} b={batch} {mode}"
-  return Case(name, alpha, batch, mode, label, fn, report.gmacs, report.params, temp, hlo=compiled.as_text())
+  return Case(name, alpha, batch, mode, label, fn, report.gmacs, report.params, temp, hlo=compiled.as_text(),
+              compiler_options=options)
 
 
 def peak_device_bytes() -> int | None:
@@ -250,7 +257,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         "time_ratio_to_alpha0": median / base_median,
         "macs_ratio_to_alpha0": case.gmacs / base.gmacs,
         "repeats": len(case.times), "compiled_temp_bytes": case.temp_bytes,
-        "framework": case.framework,
+        "framework": case.framework, "compiler_options": case.compiler_options,
         "peak_device_bytes": peak_device_bytes(), "jax": jax.__version__,
         "host": platform.node(), "date": datetime.date.today().isoformat(),
     })
@@ -276,8 +283,10 @@ def main(argv=None) -> int:
                       help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs, "
                            "'NAME:fuse' / 'NAME:nofuse' run paths with a shared output size as one conv or separately; "
                            "'NAME:nopad' leaves CPU convolution channels unpadded (functional.cpu_channel_multiple); "
-                           "'NAME:ynndot' compiles with XLA:CPU's YNNPACK dot fusions "
-                           "(xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT); "
+                           "inference compiles with octflax.inference_compiler_options(), a train step with "
+                           "XLA's defaults; 'NAME:xladefault' compiles with XLA's defaults, 'NAME:ynndot' with "
+                           "XLA:CPU's YNNPACK dot fusions (xla_cpu_experimental_ynn_fusion_type="
+                           "LIBRARY_FUSION_TYPE_DOT); "
                            "'flax_resnet50' is ResNet-50 written with flax.linen.Conv; "
                            "'torch_oct_resnet50' is a PyTorch Oct-ResNet-50 with the PyTorch port's "
                            "structure (needs torch; inference, float32)")

@@ -4,8 +4,9 @@
 # written with nn.Conv (batch 8 and 1), 1x1 convolutions as dots against convolutions,
 # CIFAR-style Oct-ResNet-20 train steps (32 x 32 x 3, and 28 x 28 x 1 as in the Fashion-MNIST
 # sweep), and the split of the time into the convolutions and the rest (Oct-ResNet-50 inference,
-# Oct-ResNet-20 train step), XLA:CPU's YNNPACK dot fusions against the default (':ynndot'), and
-# the bytes the compiled Oct-ResNet-50 moves (experiments/hlo_traffic.py).
+# Oct-ResNet-20 train step), and the bytes the compiled Oct-ResNet-50 moves
+# (experiments/hlo_traffic.py). Inference compiles with octflax.inference_compiler_options();
+# ':xladefault' is the same network compiled with XLA's defaults, timed in the same run.
 # Run from the repository root: bash experiments/cpu_benchmarks.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,10 +15,10 @@ mkdir -p "$out"
 torch=$(python -c "import torch" 2>/dev/null && echo ",torch_oct_resnet50" || true)
 decompose() { python -m experiments.decompose "$@" | tee -a "$out/decompose.txt"; }
 bench() { name=$1; shift; rm -f "$out/$name.jsonl"; python -m experiments.benchmark "$@" --json "$out/$name.jsonl" | tee "$out/$name.txt"; }
-bench resnet50_inference_b8 --models oct_resnet50$torch --alphas 0,0.25,0.5,0.75 --batch 8 --repeats 7
-bench resnet50_inference_b1 --models oct_resnet50$torch --alphas 0,0.25,0.5,0.75 --batch 1 --repeats 15
-bench resnet50_inference_b8_ynndot --models oct_resnet50,oct_resnet50:ynndot --alphas 0,0.25,0.5,0.75 --batch 8 --repeats 9
-bench resnet50_inference_b1_ynndot --models oct_resnet50,oct_resnet50:ynndot --alphas 0,0.25,0.5,0.75 --batch 1 --repeats 15
+bench resnet50_inference_b8 --models oct_resnet50,oct_resnet50:xladefault$torch --alphas 0,0.25,0.5,0.75 --batch 8 \
+  --repeats 9
+bench resnet50_inference_b1 --models oct_resnet50,oct_resnet50:xladefault$torch --alphas 0,0.25,0.5,0.75 --batch 1 \
+  --repeats 21
 bench resnet50_alpha0_overhead --models flax_resnet50,oct_resnet50:strided,oct_resnet50 --alphas 0 --batch 8 --repeats 9
 bench resnet50_alpha0_overhead_b1 --models flax_resnet50,oct_resnet50:strided,oct_resnet50 --alphas 0 --batch 1 --repeats 15
 # Why octflax runs 1x1 convolutions as dots: both forms of ResNet-50's 1x1 shapes.
@@ -33,5 +34,5 @@ decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 1 --repeats 20
 decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 8 --repeats 8
 decompose --model oct_resnet20 --alphas 0,0.5 --batch 128 --image-size 32 --num-classes 10 --mode train --repeats 8
 { python -m experiments.hlo_traffic --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 8 --top 2
-  python -m experiments.hlo_traffic --model oct_resnet50:ynndot --alphas 0,0.25,0.5,0.75 --batch 8 --top 0
+  python -m experiments.hlo_traffic --model oct_resnet50:xladefault --alphas 0,0.25,0.5,0.75 --batch 8 --top 2
 } | tee "$out/hlo_traffic_resnet50_b8.txt"

@@ -18,7 +18,7 @@ reads many full-size tensors is such a recomputation).
 
 Example:
   python -m experiments.hlo_traffic --model oct_resnet50 --alphas 0,0.25,0.5 --batch 8
-  python -m experiments.hlo_traffic --model oct_resnet50:ynndot --alphas 0.5 --batch 8
+  python -m experiments.hlo_traffic --model oct_resnet50:xladefault --alphas 0.5 --batch 8
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def summarize(rows: list[Instruction]) -> dict[str, float]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="oct_resnet50",
-                      help="a registry name, with the variants of experiments.benchmark (e.g. ':ynndot')")
+                      help="a registry name, with the variants of experiments.benchmark (e.g. ':xladefault')")
   parser.add_argument("--alphas", default="0,0.5")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--mode", choices=["inference", "train"], default="inference")

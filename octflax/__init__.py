@@ -7,6 +7,7 @@ The front door of the library::
 """
 
 from octflax import functional
+from octflax.compiler import inference_compiler_options
 from octflax.functional import (
     avg_pool2,
     global_avg_pool,
@@ -31,6 +32,7 @@ __all__ = [
     "avg_pool2",
     "functional",
     "global_avg_pool",
+    "inference_compiler_options",
     "low_spatial_size",
     "oct_add",
     "oct_conv",

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+import octflax  # noqa: E402
 from experiments import benchmark, torch_reference  # noqa: E402
 
 FIELDS = ("model", "alpha", "batch", "mode", "backend", "device_kind", "median_ms", "images_per_second",
@@ -46,12 +47,17 @@ def test_unknown_variant_is_refused():
     benchmark.build_model("oct_resnet20:fast", 0.5, 10, None)
 
 
-def test_compile_variant_changes_the_compiled_program_not_the_result():
-  plain = benchmark.make_case("oct_resnet20", 0.5, 2, "inference", 8, 10, benchmark.jnp.float32, 1)
-  dots = benchmark.make_case("oct_resnet20:ynndot", 0.5, 2, "inference", 8, 10, benchmark.jnp.float32, 1)
-  # The option reaches XLA (another fusion plan) and the network computes the same logits.
-  assert dots.hlo != plain.hlo
-  np.testing.assert_allclose(np.asarray(dots.fn()), np.asarray(plain.fn()), rtol=1e-5, atol=1e-5)
+def test_compile_variants_change_the_compiled_program_not_the_result():
+  make = lambda name, mode="inference": benchmark.make_case(name, 0.5, 2, mode, 8, 10, benchmark.jnp.float32, 1)
+  default, xla, dots = make("oct_resnet20"), make("oct_resnet20:xladefault"), make("oct_resnet20:ynndot")
+  # Inference compiles with octflax's inference options, ':xladefault' with none, a train step with none.
+  assert default.compiler_options == octflax.inference_compiler_options() is not None
+  assert xla.compiler_options is None and make("oct_resnet20", "train").compiler_options is None
+  assert dots.compiler_options == benchmark.COMPILE_VARIANTS["ynndot"]
+  # Each option reaches XLA (another fusion plan) and the network computes the same logits.
+  assert len({default.hlo, xla.hlo, dots.hlo}) == 3
+  for case in (xla, dots):
+    np.testing.assert_allclose(np.asarray(case.fn()), np.asarray(default.fn()), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(torch_reference.torch is None, reason="torch is not installed")

@@ -11,21 +11,12 @@ import numpy as np
 import optax
 from flax import struct
 
+from octflax.compiler import init_compiler_options
+
 PyTree = Any
 
 # The parts of a `TrainState` that are arrays and go into a checkpoint, in order.
 CHECKPOINT_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
-
-
-def init_compiler_options() -> dict[str, Any] | None:
-  """XLA options for compiling a one-off initialisation: no optimisation passes on CPU.
-
-  Initialisation runs once, and XLA:CPU's passes cost far more than they save there: with jax
-  0.12 compiling Oct-ResNet-20's ``init`` took 37 s optimised and 3.2 s unoptimised (6.8 s and
-  3.6 s with jax 0.10). The initial values agree with an optimised compile to float32 rounding
-  (at most 6e-8 apart for Oct-ResNet-20).
-  """
-  return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
 
 
 class TrainState(struct.PyTreeNode):

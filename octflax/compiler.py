@@ -1,0 +1,86 @@
+"""XLA compiler options octflax compiles with: the one place that knows them.
+
+XLA's defaults are kept everywhere except where a measurement showed a better choice:
+
+- `inference_compiler_options`: a network's forward pass on CPU, with XLA:CPU's YNNPACK
+  fusions extended to elementwise ops (BatchNorm, ReLU, residual adds, the L->H upsample and
+  add). Pass it to ``jax.jit(apply_fn, compiler_options=...)``.
+- `init_compiler_options`: a one-off ``init`` on CPU, compiled without optimisation passes.
+
+Each returns None (XLA's defaults) on other backends, and on CPU when the installed XLA does
+not know the option, so the same code runs on every jax version octflax supports.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+# XLA:CPU's option for which ops it hands to YNNPACK (an XLA-internal library of fused CPU
+# kernels). XLA's default is dots, convolutions and reductions, each a library call of its own,
+# with the elementwise ops between them in XLA's own fused loops.
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+CPU_INFERENCE_YNN_FUSIONS = (
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    "LIBRARY_FUSION_TYPE_REDUCE",
+    "LIBRARY_FUSION_TYPE_ELTWISE",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_accepts(option: str, value: Any) -> bool:
+  """Whether this jaxlib's XLA:CPU accepts ``{option: value}`` as a compile option.
+
+  Compiles a one-op function once per (option, value). An unknown option or value gives
+  False; any other compile failure is raised.
+  """
+  lowered = jax.jit(lambda x: x + 1, backend="cpu").lower(jnp.zeros((), jnp.float32))
+  try:
+    lowered.compile({option: value})
+  except jax.errors.JaxRuntimeError as e:
+    if "No such compile option" in str(e) or "not a valid" in str(e):
+      return False
+    raise
+  return True
+
+
+def inference_compiler_options() -> dict[str, Any] | None:
+  """XLA options for compiling a network's forward pass (inference) on the default backend.
+
+  On CPU, XLA:CPU also hands elementwise ops to YNNPACK, which runs each convolution or dot
+  together with the BatchNorm, activation and adds around it and writes every block output
+  once. With XLA's defaults a residual block's output is never written: each op reading it
+  recomputes it from the convolution outputs of earlier blocks, and an octave network has more
+  such readers (the H->L pool). Oct-ResNet-50 inference, batch 8, same run: alpha 0 as fast as
+  with XLA's defaults (1.00-1.01x), alpha .5 0.87-0.89x and .75 0.91-0.93x the time
+  (docs/benchmarks.md). Not used for training: a CIFAR Oct-ResNet-20 train step measured
+  1.02-1.08x slower with it.
+
+  Returns:
+    ``{'xla_cpu_experimental_ynn_fusion_type': ...}`` on CPU when XLA knows the option, else
+    None (XLA's defaults).
+
+  Example::
+
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                      compiler_options=octflax.inference_compiler_options())
+  """
+  if jax.default_backend() != "cpu":
+    return None
+  value = ",".join(CPU_INFERENCE_YNN_FUSIONS)
+  return {YNN_FUSION_OPTION: value} if cpu_accepts(YNN_FUSION_OPTION, value) else None
+
+
+def init_compiler_options() -> dict[str, Any] | None:
+  """XLA options for compiling a one-off initialisation: no optimisation passes on CPU.
+
+  Initialisation runs once, and XLA:CPU's passes cost far more than they save there: with jax
+  0.12 compiling Oct-ResNet-20's ``init`` took 37 s optimised and 3.2 s unoptimised (6.8 s and
+  3.6 s with jax 0.10). The initial values agree with an optimised compile to float32 rounding
+  (at most 6e-8 apart for Oct-ResNet-20).
+  """
+  return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
