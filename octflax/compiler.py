@@ -55,10 +55,11 @@ def inference_compiler_options() -> dict[str, Any] | None:
   together with the BatchNorm, activation and adds around it and writes every block output
   once. With XLA's defaults a residual block's output is never written: each op reading it
   recomputes it from the convolution outputs of earlier blocks, and an octave network has more
-  such readers (the H->L pool). Oct-ResNet-50 inference, batch 8, same run: alpha 0 as fast as
-  with XLA's defaults (1.00-1.01x), alpha .5 0.87-0.89x and .75 0.91-0.93x the time
-  (docs/benchmarks.md). Not used for training: a CIFAR Oct-ResNet-20 train step measured
-  1.02-1.08x slower with it.
+  such readers (the H->L pool). Oct-ResNet-50 inference on a 2-core CPU, time against the same
+  network compiled with XLA's defaults in the same run (three runs, docs/benchmarks.md): batch
+  8, alpha 0 0.94-1.01x, alpha .5 0.88-0.90x, alpha .75 0.91-0.92x; batch 1, alpha 0
+  0.93-1.03x, alpha .5 0.92-0.94x. Not used for training: a CIFAR-style Oct-ResNet-20 train
+  step took 1.02-1.08x the time with it.
 
   Returns:
     ``{'xla_cpu_experimental_ynn_fusion_type': ...}`` on CPU when XLA knows the option, else
