@@ -32,13 +32,13 @@ CPU_INFERENCE_YNN_FUSIONS = (
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_accepts(option: str, value: Any) -> bool:
-  """Whether this jaxlib's XLA:CPU accepts ``{option: value}`` as a compile option.
+def xla_accepts(option: str, value: Any) -> bool:
+  """Whether this jaxlib's XLA accepts ``{option: value}`` on the default backend.
 
   Compiles a one-op function once per (option, value). An unknown option or value gives
   False; any other compile failure is raised.
   """
-  lowered = jax.jit(lambda x: x + 1, backend="cpu").lower(jnp.zeros((), jnp.float32))
+  lowered = jax.jit(lambda x: x + 1).lower(jnp.zeros((), jnp.float32))
   try:
     lowered.compile({option: value})
   except jax.errors.JaxRuntimeError as e:
@@ -73,7 +73,7 @@ def inference_compiler_options() -> dict[str, Any] | None:
   if jax.default_backend() != "cpu":
     return None
   value = ",".join(CPU_INFERENCE_YNN_FUSIONS)
-  return {YNN_FUSION_OPTION: value} if cpu_accepts(YNN_FUSION_OPTION, value) else None
+  return {YNN_FUSION_OPTION: value} if xla_accepts(YNN_FUSION_OPTION, value) else None
 
 
 def init_compiler_options() -> dict[str, Any] | None:

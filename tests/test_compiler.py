@@ -32,9 +32,9 @@ def test_inference_options_on_cpu_extend_xla_defaults_with_elementwise_fusions()
 
 @pytest.mark.skipif(not CPU, reason="the options are XLA:CPU's")
 def test_unknown_options_and_values_are_reported_as_unsupported():
-  assert compiler.cpu_accepts(compiler.YNN_FUSION_OPTION, "LIBRARY_FUSION_TYPE_ELTWISE")
-  assert not compiler.cpu_accepts(compiler.YNN_FUSION_OPTION, "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
-  assert not compiler.cpu_accepts("xla_cpu_no_such_option", "1")
+  assert compiler.xla_accepts(compiler.YNN_FUSION_OPTION, "LIBRARY_FUSION_TYPE_ELTWISE")
+  assert not compiler.xla_accepts(compiler.YNN_FUSION_OPTION, "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
+  assert not compiler.xla_accepts("xla_cpu_no_such_option", "1")
 
 
 @pytest.mark.skipif(not CPU, reason="the options are XLA:CPU's")
