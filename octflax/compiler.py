@@ -58,8 +58,8 @@ def inference_compiler_options() -> dict[str, Any] | None:
   such readers (the H->L pool). Oct-ResNet-50 inference on a 2-core CPU, time against the same
   network compiled with XLA's defaults in the same run (three runs, docs/benchmarks.md): batch
   8, alpha 0 0.94-1.01x, alpha .5 0.88-0.90x, alpha .75 0.91-0.92x; batch 1, alpha 0
-  0.93-1.03x, alpha .5 0.92-0.94x. Not used for training: a CIFAR-style Oct-ResNet-20 train
-  step took 1.02-1.08x the time with it.
+  0.93-1.03x, alpha .5 0.92-0.94x (jax 0.10.2; with jax 0.12.0.1 the gain at batch 8 was 0-7%).
+  Not used for training: a CIFAR-style Oct-ResNet-20 train step took 1.02-1.08x the time with it.
 
   Returns:
     ``{'xla_cpu_experimental_ynn_fusion_type': ...}`` on CPU when XLA knows the option, else
