@@ -25,7 +25,10 @@ bench resnet50_alpha0_overhead_b1 --models flax_resnet50,oct_resnet50:strided,oc
 python -m experiments.conv1x1_dot --batch 1,8 | tee "$out/conv1x1_dot_vs_conv.txt"
 bench resnet20_train_b128 --models oct_resnet20 --alphas 0,0.5 --batch 128 --mode train --image-size 32 \
   --num-classes 10 --repeats 10
-# The sweep's network on Fashion-MNIST's shape: training throughput at every alpha of the sweep.
+# The sweep's network on Fashion-MNIST's shape: inference with both compile settings, and training
+# throughput at every alpha of the sweep.
+bench resnet20_fashion_inference_b500 --models oct_resnet20,oct_resnet20:xladefault --alphas 0,0.125,0.25,0.5,0.75 \
+  --batch 500 --mode inference --image-size 28 --channels 1 --num-classes 10 --repeats 9
 bench resnet20_fashion_train_b128 --models oct_resnet20 --alphas 0,0.125,0.25,0.5,0.75 --batch 128 --mode train \
   --image-size 28 --channels 1 --num-classes 10 --repeats 10
 # Where the time goes: the convolutions in context against everything else.

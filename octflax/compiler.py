@@ -59,7 +59,10 @@ def inference_compiler_options() -> dict[str, Any] | None:
   network compiled with XLA's defaults in the same run (three runs, docs/benchmarks.md): batch
   8, alpha 0 0.94-1.01x, alpha .5 0.88-0.90x, alpha .75 0.91-0.92x; batch 1, alpha 0
   0.93-1.03x, alpha .5 0.92-0.94x (jax 0.10.2; with jax 0.12.0.1 the gain at batch 8 was 0-7%).
-  Not used for training: a CIFAR-style Oct-ResNet-20 train step took 1.02-1.08x the time with it.
+  Not a gain for every network: CIFAR-style Oct-ResNet-20 inference on 28 x 28 images took
+  0.89-0.93x the time at alpha 0 but 1.07-1.12x at alpha .5 and .75; time a network both ways
+  (``experiments.benchmark --models NAME,NAME:xladefault``). Not used for training: a CIFAR-style
+  Oct-ResNet-20 train step took 1.02-1.08x the time with it.
 
   Returns:
     ``{'xla_cpu_experimental_ynn_fusion_type': ...}`` on CPU when XLA knows the option, else
