@@ -56,8 +56,8 @@ def inference_compiler_options() -> dict[str, Any] | None:
   once. With XLA's defaults a residual block's output is never written: each op reading it
   recomputes it from the convolution outputs of earlier blocks, and an octave network has more
   such readers (the H->L pool). Oct-ResNet-50 inference on a 2-core CPU, time against the same
-  network compiled with XLA's defaults in the same run (three runs, docs/benchmarks.md): batch
-  8, alpha 0 0.94-1.01x, alpha .5 0.88-0.90x, alpha .75 0.91-0.92x; batch 1, alpha 0
+  network compiled with XLA's defaults in the same run (docs/benchmarks.md): batch 8 (four
+  runs), alpha 0 0.94-1.01x, alpha .5 0.87-0.90x, alpha .75 0.87-0.92x; batch 1, alpha 0
   0.93-1.03x, alpha .5 0.92-0.94x (jax 0.10.2; with jax 0.12.0.1 the gain at batch 8 was 0-7%).
   Not a gain for every network: CIFAR-style Oct-ResNet-20 inference on 28 x 28 images took
   0.89-0.93x the time at alpha 0 but 1.07-1.12x at alpha .5 and .75; time a network both ways
