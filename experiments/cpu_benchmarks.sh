@@ -3,10 +3,11 @@
 # the PyTorch port's structure when torch is installed), octflax at alpha 0 against ResNet-50
 # written with nn.Conv (batch 8 and 1), 1x1 convolutions as dots against convolutions,
 # CIFAR-style Oct-ResNet-20 train steps (32 x 32 x 3, and 28 x 28 x 1 as in the Fashion-MNIST
-# sweep), and the split of the time into the convolutions and the rest (Oct-ResNet-50 inference,
-# Oct-ResNet-20 train step), and the bytes the compiled Oct-ResNet-50 moves
-# (experiments/hlo_traffic.py). Inference compiles with octflax.inference_compiler_options();
-# ':xladefault' is the same network compiled with XLA's defaults, timed in the same run.
+# sweep; also with `fuse`), the op time of that train step by kind of op, the split of the time
+# into the convolutions and the rest (Oct-ResNet-50 inference, Oct-ResNet-20 train step), and the
+# bytes the compiled Oct-ResNet-50 moves (experiments/hlo_traffic.py). Inference compiles with
+# octflax.inference_compiler_options(); ':xladefault' is the same network compiled with XLA's
+# defaults, timed in the same run.
 # Run from the repository root: bash experiments/cpu_benchmarks.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,14 @@ bench resnet20_fashion_inference_b500 --models oct_resnet20,oct_resnet20:xladefa
   --batch 500 --mode inference --image-size 28 --channels 1 --num-classes 10 --repeats 9
 bench resnet20_fashion_train_b128 --models oct_resnet20 --alphas 0,0.125,0.25,0.5,0.75 --batch 128 --mode train \
   --image-size 28 --channels 1 --num-classes 10 --repeats 10
+# Training with the paths that write one output part run as one convolution (fuse), both shapes.
+bench resnet20_train_b128_fuse --models oct_resnet20,oct_resnet20:fuse --alphas 0,0.25,0.5,0.75 --batch 128 \
+  --mode train --image-size 32 --num-classes 10 --repeats 12
+bench resnet20_fashion_train_b128_fuse --models oct_resnet20,oct_resnet20:fuse --alphas 0,0.25,0.5,0.75 --batch 128 \
+  --mode train --image-size 28 --channels 1 --num-classes 10 --repeats 12
+# Where a train step's op time goes, and its longest ops.
+python -m experiments.profile_ops --model oct_resnet20 --alphas 0,0.5 --batch 128 --image-size 32 --num-classes 10 \
+  --mode train --top 12 | tee "$out/profile_resnet20_train_b128.txt"
 # Where the time goes: the convolutions in context against everything else.
 rm -f "$out/decompose.txt"
 decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 1 --repeats 20

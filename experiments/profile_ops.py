@@ -4,14 +4,18 @@ Compiles the network's inference (or train step) as `experiments.benchmark` does
 `jax.profiler` trace of repeated calls, and sums the time of each compiled op. Ops are grouped by
 what the optimized HLO says they contain: a convolution or a dot (1x1 convolutions run as dots;
 with whatever XLA fused around them: BatchNorm, ReLU, adds, pooling, upsampling), other
-fusions, and the rest. Comparing two alphas
-shows which ops grow or shrink. Op times are summed over threads, and XLA:CPU runs independent
+fusions that transpose an array (in a train step, the inputs and gradients a weight-gradient
+convolution reads in another layout, with the elementwise ops XLA fused into them), other
+fusions, and the rest. Comparing two alphas shows which ops grow or shrink; ``--top N`` lists
+the N ops that took longest, with their output shapes. Op times are summed over threads, and XLA:CPU runs independent
 ops concurrently (more of them at alpha > 0, whose paths are independent), so overlapping ops are
 counted twice: read the totals as op time, not wall time. `experiments/decompose.py` splits the
 wall time itself into the convolutions and the rest.
 
 Example:
   python -m experiments.profile_ops --model oct_resnet50 --alphas 0,0.5 --batch 1
+  python -m experiments.profile_ops --model oct_resnet20 --alphas 0,0.5 --batch 128 \
+      --image-size 32 --num-classes 10 --mode train --top 10
 """
 
 from __future__ import annotations
@@ -43,18 +47,29 @@ def _computations(hlo: str) -> dict[str, str]:
   return bodies
 
 
+_OP = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$", re.M)
+
+
+def op_shapes(hlo: str) -> dict[str, str]:
+  """Op name -> its output shape as the HLO text writes it, e.g. 'f32[8,56,56,64]{3,2,1,0}'."""
+  return {m.group(1): m.group(2) for m in _OP.finditer(hlo)}
+
+
 def op_kinds(hlo: str) -> dict[str, str]:
-  """Op name -> 'convolution' or 'dot' (contains one), 'fusion' (other fused op) or its opcode."""
+  """Op name -> 'convolution' or 'dot' (contains one), 'transpose' (a fusion that transposes),
+  'fusion' (other fused op) or its opcode."""
   bodies = _computations(hlo)
   kinds = {}
-  for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\((.*)$", hlo, re.M):
-    name, opcode, rest = match.groups()
+  for match in _OP.finditer(hlo):
+    name, _, opcode, rest = match.groups()
     called = re.search(r"calls=%?([\w.\-]+)", rest)
     body = bodies.get(called.group(1), "") if called else ""
     if opcode == "convolution" or " convolution(" in body:
       kinds[name] = "convolution"
     elif opcode == "dot" or " dot(" in body:
       kinds[name] = "dot"  # octflax's 1x1 convolutions, and the classifier
+    elif opcode == "transpose" or (opcode == "fusion" and " transpose(" in body):
+      kinds[name] = "transpose"
     elif opcode == "fusion":
       kinds[name] = "fusion"
     else:
@@ -62,8 +77,8 @@ def op_kinds(hlo: str) -> dict[str, str]:
   return kinds
 
 
-def profile(case: benchmark.Case, hlo: str, calls: int) -> dict[str, float]:
-  """Milliseconds per call spent in each kind of op."""
+def profile(case: benchmark.Case, hlo: str, calls: int) -> tuple[dict[str, float], dict[str, float]]:
+  """Milliseconds per call spent in each kind of op, and in each op."""
   kinds = op_kinds(hlo)
   with tempfile.TemporaryDirectory() as directory:
     with jax.profiler.trace(directory, create_perfetto_trace=True):
@@ -72,12 +87,13 @@ def profile(case: benchmark.Case, hlo: str, calls: int) -> dict[str, float]:
     (path,) = glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True)
     with gzip.open(path) as f:
       events = json.load(f)["traceEvents"]
-  totals = collections.Counter()
+  totals, per_op = collections.Counter(), collections.Counter()
   for event in events:
-    kind = kinds.get(event.get("name", ""))
-    if event.get("ph") == "X" and kind is not None:
-      totals[kind] += event["dur"] / 1e3 / calls
-  return dict(totals)
+    name = event.get("name", "")
+    if event.get("ph") == "X" and name in kinds:
+      totals[kinds[name]] += event["dur"] / 1e3 / calls
+      per_op[name] += event["dur"] / 1e3 / calls
+  return dict(totals), dict(per_op)
 
 
 def main(argv=None) -> int:
@@ -89,6 +105,7 @@ def main(argv=None) -> int:
   parser.add_argument("--image-size", type=int, default=224)
   parser.add_argument("--num-classes", type=int, default=1000)
   parser.add_argument("--calls", type=int, default=10)
+  parser.add_argument("--top", type=int, default=0, help="also list the N ops that took longest")
   args = parser.parse_args(argv)
 
   rows = {}
@@ -97,7 +114,14 @@ def main(argv=None) -> int:
                                jnp.float32)
     for _ in range(2):
       jax.block_until_ready(case.fn())
-    rows[alpha] = (profile(case, case.hlo, args.calls), case.gmacs)
+    totals, per_op = profile(case, case.hlo, args.calls)
+    rows[alpha] = (totals, case.gmacs)
+    if args.top > 0:
+      kinds, shapes = op_kinds(case.hlo), op_shapes(case.hlo)
+      print(f"alpha {alpha:g}: {len(per_op)} ops ran, {sum(per_op.values()):.1f} ms of op time per call; "
+            f"the {args.top} longest (ms per call):")
+      for name, ms in sorted(per_op.items(), key=lambda item: -item[1])[:args.top]:
+        print(f"{ms:9.2f}  {kinds[name]:<12} {shapes[name]:<32} {name}")
   base_alpha = min(rows)
   base, base_gmacs = rows[base_alpha]
   kinds = sorted({k for times, _ in rows.values() for k in times}, key=lambda k: -base.get(k, 0.0))

@@ -81,10 +81,21 @@ def test_profile_ops_finds_the_convolutions(capsys):
   hlo = benchmark.jax.jit(conv).lower(x, k).compile().as_text()
   assert "convolution" in profile_ops.op_kinds(hlo).values()
 
+  jax = benchmark.jax
+  transpose = lambda x: jax.numpy.transpose(jax.nn.relu(x) + 1.0, (3, 1, 2, 0))
+  kinds = profile_ops.op_kinds(jax.jit(transpose).lower(x).compile().as_text())
+  assert "transpose" in kinds.values() and "convolution" not in kinds.values()
+
   assert profile_ops.main(["--model", "oct_resnet20", "--alphas", "0,0.5", "--batch", "2", "--image-size", "8",
-                           "--num-classes", "10", "--calls", "2"]) == 0
+                           "--num-classes", "10", "--calls", "2", "--top", "3"]) == 0
   out = capsys.readouterr().out
   assert "convolution" in out and "MACs ratio" in out
+  listed = [line.split() for line in out.splitlines() if line.startswith(" ") and "f32[" in line]
+  assert len(listed) == 6, out  # three ops for each of the two alphas, longest first
+  for rows in (listed[:3], listed[3:]):
+    times = [float(row[0]) for row in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0, out
+  assert any(row[1] == "convolution" for row in listed), out
 
 
 def test_decompose_splits_the_time_and_leaves_no_convolution_macs(capsys):
