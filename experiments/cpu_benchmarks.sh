@@ -37,7 +37,10 @@ bench resnet20_train_b128_fuse --models oct_resnet20,oct_resnet20:fuse --alphas 
   --mode train --image-size 32 --num-classes 10 --repeats 12
 bench resnet20_fashion_train_b128_fuse --models oct_resnet20,oct_resnet20:fuse --alphas 0,0.25,0.5,0.75 --batch 128 \
   --mode train --image-size 28 --channels 1 --num-classes 10 --repeats 12
-# Where a train step's op time goes, and its longest ops.
+# Op time by kind of op, and the longest ops: Oct-ResNet-50 inference at batch 1 (its last stage is
+# one graph), and a train step.
+python -m experiments.profile_ops --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 1 --calls 20 --top 4 \
+  | tee "$out/profile_resnet50_inference_b1.txt"
 python -m experiments.profile_ops --model oct_resnet20 --alphas 0,0.5 --batch 128 --image-size 32 --num-classes 10 \
   --mode train --top 12 | tee "$out/profile_resnet20_train_b128.txt"
 # Where the time goes: the convolutions in context against everything else.
