@@ -39,7 +39,7 @@ from flax import linen as nn
 
 from octflax import cost, models
 from octflax import functional as F
-from octflax.compiler import inference_compiler_options, init_compiler_options
+from octflax.compiler import inference_compiler_options, init_compiler_options, train_compiler_options
 
 
 @dataclasses.dataclass
@@ -98,8 +98,8 @@ VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}, "fuse"
 # Variants of the execution rather than the model: ':nopad' leaves CPU convolution channels unpadded.
 EXECUTION_VARIANTS = {"nopad": lambda: F.cpu_channel_multiple(1)}
 # Variants of the compilation: XLA options that replace the default ones for that configuration
-# (inference compiles with `octflax.inference_compiler_options()`, a train step with XLA's
-# defaults). ':xladefault' is XLA's own defaults; ':ynndot' hands dots and their elementwise
+# (inference compiles with `octflax.inference_compiler_options()`, a train step with
+# `octflax.train_compiler_options()`). ':xladefault' is XLA's own defaults; ':ynndot' hands dots and their elementwise
 # neighbours to YNNPACK as one fused graph (docs/benchmarks.md: much slower at alpha 0).
 COMPILE_VARIANTS = {
     "xladefault": {},
@@ -155,7 +155,7 @@ def make_torch_case(name: str, alpha: float, batch: int, mode: str, image_size: 
 def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
               dtype: Any, channels: int = 3) -> Case:
   """Builds and compiles one timed configuration (under its execution and compile variants, if any)."""
-  options = inference_compiler_options() if mode == "inference" else None
+  options = inference_compiler_options() if mode == "inference" else train_compiler_options()
   with contextlib.ExitStack() as stack:
     for suffix in name.split(":")[1:]:
       if suffix in EXECUTION_VARIANTS:
@@ -284,7 +284,7 @@ def main(argv=None) -> int:
                            "'NAME:fuse' / 'NAME:nofuse' run paths with a shared output size as one conv or separately; "
                            "'NAME:nopad' leaves CPU convolution channels unpadded (functional.cpu_channel_multiple); "
                            "inference compiles with octflax.inference_compiler_options(), a train step with "
-                           "XLA's defaults; 'NAME:xladefault' compiles with XLA's defaults, 'NAME:ynndot' with "
+                           "octflax.train_compiler_options(); 'NAME:xladefault' compiles with XLA's defaults, 'NAME:ynndot' with "
                            "XLA:CPU's YNNPACK dot fusions (xla_cpu_experimental_ynn_fusion_type="
                            "LIBRARY_FUSION_TYPE_DOT); "
                            "'flax_resnet50' is ResNet-50 written with flax.linen.Conv; "

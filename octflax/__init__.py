@@ -7,7 +7,7 @@ The front door of the library::
 """
 
 from octflax import functional
-from octflax.compiler import inference_compiler_options
+from octflax.compiler import inference_compiler_options, train_compiler_options
 from octflax.functional import (
     avg_pool2,
     global_avg_pool,
@@ -40,5 +40,6 @@ __all__ = [
     "oct_max_pool",
     "oct_relu",
     "split_channels",
+    "train_compiler_options",
     "upsample2",
 ]

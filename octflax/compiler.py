@@ -5,6 +5,8 @@ XLA's defaults are kept everywhere except where a measurement showed a better ch
 - `inference_compiler_options`: a network's forward pass on CPU, with XLA:CPU's YNNPACK
   fusions extended to elementwise ops (BatchNorm, ReLU, residual adds, the L->H upsample and
   add). Pass it to ``jax.jit(apply_fn, compiler_options=...)``.
+- `train_compiler_options`: a train step on CPU (jaxlib before 0.12), with convolutions left to
+  XLA:CPU's own kernels instead of YNNPACK. The trainer's jit step uses it.
 - `init_compiler_options`: a one-off ``init`` on CPU, compiled without optimisation passes.
 
 Each returns None (XLA's defaults) on other backends, and on CPU when the installed XLA does
@@ -28,6 +30,10 @@ CPU_INFERENCE_YNN_FUSIONS = (
     "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
     "LIBRARY_FUSION_TYPE_REDUCE",
     "LIBRARY_FUSION_TYPE_ELTWISE",
+)
+CPU_TRAIN_YNN_FUSIONS = (
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    "LIBRARY_FUSION_TYPE_REDUCE",
 )
 
 
@@ -62,7 +68,7 @@ def inference_compiler_options() -> dict[str, Any] | None:
   Not a gain for every network: CIFAR-style Oct-ResNet-20 inference on 28 x 28 images took
   0.89-0.93x the time at alpha 0 but 1.07-1.12x at alpha .5 and .75; time a network both ways
   (``experiments.benchmark --models NAME,NAME:xladefault``). Not used for training: a CIFAR-style
-  Oct-ResNet-20 train step took 1.02-1.08x the time with it.
+  Oct-ResNet-20 train step took 1.02-1.08x the time with it (see `train_compiler_options`).
 
   Returns:
     ``{'xla_cpu_experimental_ynn_fusion_type': ...}`` on CPU when XLA knows the option, else
@@ -73,9 +79,45 @@ def inference_compiler_options() -> dict[str, Any] | None:
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
                       compiler_options=octflax.inference_compiler_options())
   """
+  return _cpu_ynn_fusions(CPU_INFERENCE_YNN_FUSIONS)
+
+
+def train_compiler_options() -> dict[str, Any] | None:
+  """XLA options for compiling a train step (forward, backward and update) on the default backend.
+
+  On CPU with jaxlib older than 0.12, YNNPACK keeps the dots and reductions, and XLA:CPU runs
+  the convolutions with its own kernels, forward and backward. Time against XLA's defaults in
+  the same run, 2-core CPU, jax 0.10.2 (docs/benchmarks.md): CIFAR-style Oct-ResNet-20, batch
+  128, 32 x 32 x 3, 0.84 / 0.90 / 0.90 / 0.93x at alpha 0 / .25 / .5 / .75; on 28 x 28 x 1,
+  0.89 / 0.92 / 0.93 / 0.89x; Oct-ResNet-50, batch 8, 224 x 224, 0.86x at alpha 0 and 1.00x at
+  .5. Alpha 0 gains most, so the time ratios to alpha 0 rise, while every alpha gets faster.
+  With jax 0.12.0.1, whose YNNPACK convolutions are faster, the same option took 1.01x (alpha
+  0) and 1.04x (.5) the time of XLA's defaults, so from jaxlib 0.12 on the defaults stay.
+  jaxlib 0.11 on CPU was not measured; it gets the option.
+
+  Returns:
+    ``{'xla_cpu_experimental_ynn_fusion_type': ...}`` on CPU with jaxlib older than 0.12 when
+    XLA knows the option, else None (XLA's defaults).
+
+  Example::
+
+    step = jax.jit(train_step, donate_argnums=0, compiler_options=octflax.train_compiler_options())
+  """
+  if _jaxlib_version() >= (0, 12):
+    return None
+  return _cpu_ynn_fusions(CPU_TRAIN_YNN_FUSIONS)
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+  """(major, minor) of the installed jaxlib, e.g. (0, 10)."""
+  return tuple(int(part) for part in jax.lib.__version__.split(".")[:2])
+
+
+def _cpu_ynn_fusions(fusions: tuple[str, ...]) -> dict[str, Any] | None:
+  """``{YNN_FUSION_OPTION: fusions}`` on CPU when this XLA accepts them, else None."""
   if jax.default_backend() != "cpu":
     return None
-  value = ",".join(CPU_INFERENCE_YNN_FUSIONS)
+  value = ",".join(fusions)
   return {YNN_FUSION_OPTION: value} if xla_accepts(YNN_FUSION_OPTION, value) else None
 
 

@@ -50,9 +50,11 @@ def test_unknown_variant_is_refused():
 def test_compile_variants_change_the_compiled_program_not_the_result():
   make = lambda name, mode="inference": benchmark.make_case(name, 0.5, 2, mode, 8, 10, benchmark.jnp.float32, 1)
   default, xla, dots = make("oct_resnet20"), make("oct_resnet20:xladefault"), make("oct_resnet20:ynndot")
-  # Inference compiles with octflax's inference options, ':xladefault' with none, a train step with none.
+  # Inference compiles with octflax's inference options, a train step with its train options,
+  # ':xladefault' with none.
   assert default.compiler_options == octflax.inference_compiler_options() is not None
-  assert xla.compiler_options is None and make("oct_resnet20", "train").compiler_options is None
+  assert make("oct_resnet20", "train").compiler_options == octflax.train_compiler_options()
+  assert xla.compiler_options is None and make("oct_resnet20:xladefault", "train").compiler_options is None
   assert dots.compiler_options == benchmark.COMPILE_VARIANTS["ynndot"]
   # Each option reaches XLA (another fusion plan) and the network computes the same logits.
   assert len({default.hlo, xla.hlo, dots.hlo}) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +20,29 @@ CPU = jax.default_backend() == "cpu"
 def _loop_fusions(hlo: str) -> int:
   entry = hlo[hlo.index("ENTRY"):]
   return len(re.findall(r"kind=kLoop", entry))
+
+
+def _convolutions(hlo: str) -> tuple[int, int]:
+  """(convolutions in the module, convolutions XLA runs itself: ops of the entry computation)."""
+  entry = hlo[hlo.index("ENTRY"):]
+  return len(re.findall(r"= \S+ convolution\(", hlo)), len(re.findall(r"= \S+ convolution\(", entry))
+
+
+def _small_train_step():
+  model = get_model("oct_resnet20", alpha=0.5, num_classes=10)
+  images = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+  labels = jnp.arange(4) % 10
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False),
+                      compiler_options=compiler.init_compiler_options())(images)
+
+  def grads(params, batch_stats):
+    def loss(params):
+      logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
+                              mutable=["batch_stats"])
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+    return jax.grad(loss)(params)
+
+  return jax.jit(grads).lower(variables["params"], variables["batch_stats"]), variables
 
 
 @pytest.mark.skipif(not CPU, reason="the options are XLA:CPU's")
@@ -52,7 +76,48 @@ def test_an_octave_network_compiled_with_inference_options_computes_the_same_log
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not CPU, reason="the options are XLA:CPU's")
+def test_train_options_on_cpu_leave_convolutions_to_xla_before_jaxlib_0_12():
+  assert compiler.CPU_TRAIN_YNN_FUSIONS == ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_REDUCE")
+  expected = {compiler.YNN_FUSION_OPTION: ",".join(compiler.CPU_TRAIN_YNN_FUSIONS)}
+  assert octflax.train_compiler_options() == (None if compiler._jaxlib_version() >= (0, 12) else expected)  # pylint: disable=protected-access
+
+
+@pytest.mark.skipif(not CPU, reason="the options are XLA:CPU's")
+def test_a_train_step_compiled_with_train_options_computes_the_same_gradients():
+  lowered, variables = _small_train_step()
+  default = lowered.compile()
+  # The option itself, on every jaxlib (train_compiler_options() gives it before 0.12).
+  tuned = lowered.compile({compiler.YNN_FUSION_OPTION: ",".join(compiler.CPU_TRAIN_YNN_FUSIONS)})
+  total, own = _convolutions(tuned.as_text())
+  default_total, default_own = _convolutions(default.as_text())
+  # The option reaches XLA: every convolution, forward and backward, is XLA's own op; with
+  # XLA's defaults YNNPACK runs some of them.
+  assert total == own > default_own and default_total == total
+  args = (variables["params"], variables["batch_stats"])
+  chex.assert_trees_all_close(tuned(*args), default(*args), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not CPU, reason="the options are XLA:CPU's")
+def test_the_trainers_jit_step_compiles_with_the_train_options():
+  from octflax import training  # pylint: disable=g-import-not-at-top
+
+  model = get_model("oct_resnet20", alpha=0.5, num_classes=10)
+  parallel = training.DataParallel("jit", jax.devices()[:1])
+  state = parallel.put_state(training.create_train_state(model, training.make_optimizer(0.1), seed=0,
+                                                         input_shape=(1, 16, 16, 3)))
+  rng = np.random.default_rng(0)
+  batch = parallel.put_batch({"image": rng.normal(size=(4, 16, 16, 3)).astype(np.float32),
+                              "label": np.arange(4, dtype=np.int32), "mask": np.ones(4, np.float32)})
+  total, own = _convolutions(parallel._train.lower(state, batch).compile().as_text())  # pylint: disable=protected-access
+  if octflax.train_compiler_options():
+    assert total == own > 0  # every convolution is XLA's own op, as with the train options
+  else:
+    assert 0 < own < total  # XLA's defaults: YNNPACK runs some of them
+
+
 def test_options_are_none_off_cpu(monkeypatch):
   monkeypatch.setattr(compiler.jax, "default_backend", lambda: "gpu")
   assert octflax.inference_compiler_options() is None
+  assert octflax.train_compiler_options() is None
   assert compiler.init_compiler_options() is None

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from octflax.compiler import train_compiler_options
 from octflax.training.errors import ConfigError
 from octflax.training.state import TrainState
 from octflax.training.steps import eval_step, train_step
@@ -134,11 +135,14 @@ class DataParallel:
     self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
     step_kwargs = dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha)
     if mode == "jit":
+      # The train step compiles with octflax's train options (on CPU, 0.84-1.00x the time of
+      # XLA's defaults; `octflax.compiler`), the eval step with XLA's defaults. jax.pmap takes
+      # no compiler options, so the pmap steps keep XLA's defaults.
       self._train = jax.jit(
           functools.partial(train_step, **step_kwargs),
           in_shardings=(self._replicated, self._batch_sharding),
           out_shardings=(self._replicated, self._replicated),
-          donate_argnums=0)
+          donate_argnums=0, compiler_options=train_compiler_options())
       self._eval = jax.jit(eval_step, in_shardings=(self._replicated, self._batch_sharding),
                            out_shardings=self._replicated)
     else:
