@@ -24,14 +24,17 @@ bench resnet50_alpha0_overhead --models flax_resnet50,oct_resnet50:strided,oct_r
 bench resnet50_alpha0_overhead_b1 --models flax_resnet50,oct_resnet50:strided,oct_resnet50 --alphas 0 --batch 1 --repeats 15
 # Why octflax runs 1x1 convolutions as dots: both forms of ResNet-50's 1x1 shapes.
 python -m experiments.conv1x1_dot --batch 1,8 | tee "$out/conv1x1_dot_vs_conv.txt"
-bench resnet20_train_b128 --models oct_resnet20 --alphas 0,0.5 --batch 128 --mode train --image-size 32 \
-  --num-classes 10 --repeats 10
+# Train steps compile with octflax.train_compiler_options(); ':xladefault' with XLA's defaults.
+bench resnet20_train_b128 --models oct_resnet20,oct_resnet20:xladefault --alphas 0,0.25,0.5,0.75 --batch 128 \
+  --mode train --image-size 32 --num-classes 10 --repeats 10
+bench resnet50_train_b8 --models oct_resnet50,oct_resnet50:xladefault --alphas 0,0.5 --batch 8 --mode train \
+  --repeats 5
 # The sweep's network on Fashion-MNIST's shape: inference with both compile settings, and training
 # throughput at every alpha of the sweep.
 bench resnet20_fashion_inference_b500 --models oct_resnet20,oct_resnet20:xladefault --alphas 0,0.125,0.25,0.5,0.75 \
   --batch 500 --mode inference --image-size 28 --channels 1 --num-classes 10 --repeats 9
-bench resnet20_fashion_train_b128 --models oct_resnet20 --alphas 0,0.125,0.25,0.5,0.75 --batch 128 --mode train \
-  --image-size 28 --channels 1 --num-classes 10 --repeats 10
+bench resnet20_fashion_train_b128 --models oct_resnet20,oct_resnet20:xladefault --alphas 0,0.125,0.25,0.5,0.75 \
+  --batch 128 --mode train --image-size 28 --channels 1 --num-classes 10 --repeats 10
 # Training with the paths that write one output part run as one convolution (fuse), both shapes.
 bench resnet20_train_b128_fuse --models oct_resnet20,oct_resnet20:fuse --alphas 0,0.25,0.5,0.75 --batch 128 \
   --mode train --image-size 32 --num-classes 10 --repeats 12
@@ -41,8 +44,10 @@ bench resnet20_fashion_train_b128_fuse --models oct_resnet20,oct_resnet20:fuse -
 # one graph), and a train step.
 python -m experiments.profile_ops --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 1 --calls 20 --top 4 \
   | tee "$out/profile_resnet50_inference_b1.txt"
-python -m experiments.profile_ops --model oct_resnet20 --alphas 0,0.5 --batch 128 --image-size 32 --num-classes 10 \
-  --mode train --top 12 | tee "$out/profile_resnet20_train_b128.txt"
+# (with XLA's defaults: XLA:CPU's own convolution kernels, which the train options use, leave no
+# trace events)
+python -m experiments.profile_ops --model oct_resnet20:xladefault --alphas 0,0.5 --batch 128 --image-size 32 \
+  --num-classes 10 --mode train --top 12 | tee "$out/profile_resnet20_train_b128.txt"
 # Where the time goes: the convolutions in context against everything else.
 rm -f "$out/decompose.txt"
 decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 1 --repeats 20

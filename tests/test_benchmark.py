@@ -99,6 +99,14 @@ def test_profile_ops_finds_the_convolutions(capsys):
     assert times == sorted(times, reverse=True) and times[0] > 0, out
   assert any(row[1] == "convolution" for row in listed), out
 
+  # Convolutions without trace events are found, so the tool can say its totals miss them.
+  two_convs = jax.jit(lambda x, k: conv(conv(x, k)[..., :3], k)).lower(x, k).compile().as_text()
+  entry = two_convs[two_convs.index("ENTRY"):]
+  names = [n for n, kind in profile_ops.op_kinds(two_convs).items() if kind == "convolution" and f"%{n} = " in entry]
+  assert len(names) == 2
+  assert profile_ops.untraced_convolutions(two_convs, {names[0]: 1.0}) == names[1:]
+  assert profile_ops.untraced_convolutions(two_convs, dict.fromkeys(names, 1.0)) == []
+
 
 def test_decompose_splits_the_time_and_leaves_no_convolution_macs(capsys):
   from experiments import decompose  # pylint: disable=g-import-not-at-top
