@@ -87,10 +87,11 @@ def train_compiler_options() -> dict[str, Any] | None:
 
   On CPU with jaxlib older than 0.12, YNNPACK keeps the dots and reductions, and XLA:CPU runs
   the convolutions with its own kernels, forward and backward. Time against XLA's defaults in
-  the same run, 2-core CPU, jax 0.10.2 (docs/benchmarks.md): CIFAR-style Oct-ResNet-20, batch
-  128, 32 x 32 x 3, 0.84 / 0.90 / 0.90 / 0.93x at alpha 0 / .25 / .5 / .75; on 28 x 28 x 1,
-  0.89 / 0.92 / 0.93 / 0.89x; Oct-ResNet-50, batch 8, 224 x 224, 0.86x at alpha 0 and 1.00x at
-  .5. Alpha 0 gains most, so the time ratios to alpha 0 rise, while every alpha gets faster.
+  the same run, 2-core CPU, jax 0.10.2, two runs each (docs/benchmarks.md): CIFAR-style
+  Oct-ResNet-20, batch 128, 32 x 32 x 3, 0.84 / 0.90-0.91 / 0.90-0.91 / 0.93-0.95x at alpha 0 /
+  .25 / .5 / .75; on 28 x 28 x 1, 0.79-0.89 / 0.88-0.92 / 0.89-0.93 / 0.89-0.93x; Oct-ResNet-50,
+  batch 8, 224 x 224, 0.86-0.95x at alpha 0 and 0.97-1.00x at .5. Alpha 0 gains most, so the
+  time ratios to alpha 0 rise, while every alpha gets faster.
   With jax 0.12.0.1, whose YNNPACK convolutions are faster, the same option took 1.01x (alpha
   0) and 1.04x (.5) the time of XLA's defaults, so from jaxlib 0.12 on the defaults stay.
   jaxlib 0.11 on CPU was not measured; it gets the option.

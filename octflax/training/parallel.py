@@ -135,7 +135,7 @@ class DataParallel:
     self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
     step_kwargs = dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha)
     if mode == "jit":
-      # The train step compiles with octflax's train options (on CPU, 0.84-1.00x the time of
+      # The train step compiles with octflax's train options (on CPU, 0.79-1.00x the time of
       # XLA's defaults; `octflax.compiler`), the eval step with XLA's defaults. jax.pmap takes
       # no compiler options, so the pmap steps keep XLA's defaults.
       self._train = jax.jit(
