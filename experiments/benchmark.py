@@ -99,8 +99,9 @@ VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}, "fuse"
 EXECUTION_VARIANTS = {"nopad": lambda: F.cpu_channel_multiple(1)}
 # Variants of the compilation: XLA options that replace the default ones for that configuration
 # (inference compiles with `octflax.inference_compiler_options()`, a train step with
-# `octflax.train_compiler_options()`). ':xladefault' is XLA's own defaults; ':ynndot' hands dots and their elementwise
-# neighbours to YNNPACK as one fused graph (docs/benchmarks.md: much slower at alpha 0).
+# `octflax.train_compiler_options()`). ':xladefault' is XLA's own defaults; ':ynndot' hands dots
+# and their elementwise neighbours to YNNPACK as one fused graph (docs/benchmarks.md: much slower
+# at alpha 0).
 COMPILE_VARIANTS = {
     "xladefault": {},
     "ynndot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
@@ -284,7 +285,8 @@ def main(argv=None) -> int:
                            "'NAME:fuse' / 'NAME:nofuse' run paths with a shared output size as one conv or separately; "
                            "'NAME:nopad' leaves CPU convolution channels unpadded (functional.cpu_channel_multiple); "
                            "inference compiles with octflax.inference_compiler_options(), a train step with "
-                           "octflax.train_compiler_options(); 'NAME:xladefault' compiles with XLA's defaults, 'NAME:ynndot' with "
+                           "octflax.train_compiler_options(); 'NAME:xladefault' compiles with XLA's defaults, "
+                           "'NAME:ynndot' with "
                            "XLA:CPU's YNNPACK dot fusions (xla_cpu_experimental_ynn_fusion_type="
                            "LIBRARY_FUSION_TYPE_DOT); "
                            "'flax_resnet50' is ResNet-50 written with flax.linen.Conv; "

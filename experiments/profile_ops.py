@@ -13,8 +13,8 @@ Op times are summed over threads, and XLA:CPU runs independent ops concurrently 
 alpha > 0, whose paths are independent), so overlapping ops are counted twice: read the totals
 as op time, not wall time; `experiments/decompose.py` splits the wall time itself into the
 convolutions and the rest. Convolutions that XLA:CPU runs with its own kernels (most of a train
-step's under `octflax.train_compiler_options()`, and some under XLA's defaults) may record no
-trace event; the tool says how many it missed.
+step's under `octflax.train_compiler_options()`) may record no trace event; the tool says how
+many it missed, and ``NAME:xladefault`` profiles them as YNNPACK ops.
 
 Example:
   python -m experiments.profile_ops --model oct_resnet50 --alphas 0,0.5 --batch 1
@@ -81,9 +81,8 @@ def op_kinds(hlo: str) -> dict[str, str]:
   return kinds
 
 
-def profile(case: benchmark.Case, hlo: str, calls: int) -> tuple[dict[str, float], dict[str, float]]:
-  """Milliseconds per call spent in each kind of op, and in each op."""
-  kinds = op_kinds(hlo)
+def profile(case: benchmark.Case, ops: set[str] | dict[str, str], calls: int) -> dict[str, float]:
+  """Milliseconds per call spent in each of ``ops`` (names of compiled ops) that the trace records."""
   with tempfile.TemporaryDirectory() as directory:
     with jax.profiler.trace(directory, create_perfetto_trace=True):
       for _ in range(calls):
@@ -91,13 +90,12 @@ def profile(case: benchmark.Case, hlo: str, calls: int) -> tuple[dict[str, float
     (path,) = glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True)
     with gzip.open(path) as f:
       events = json.load(f)["traceEvents"]
-  totals, per_op = collections.Counter(), collections.Counter()
+  per_op = collections.Counter()
   for event in events:
     name = event.get("name", "")
-    if event.get("ph") == "X" and name in kinds:
-      totals[kinds[name]] += event["dur"] / 1e3 / calls
+    if event.get("ph") == "X" and name in ops:
       per_op[name] += event["dur"] / 1e3 / calls
-  return dict(totals), dict(per_op)
+  return dict(per_op)
 
 
 def untraced_convolutions(hlo: str, per_op: dict[str, float]) -> list[str]:
@@ -126,14 +124,18 @@ def main(argv=None) -> int:
                                jnp.float32)
     for _ in range(2):
       jax.block_until_ready(case.fn())
-    totals, per_op = profile(case, case.hlo, args.calls)
-    rows[alpha] = (totals, case.gmacs)
+    kinds = op_kinds(case.hlo)
+    per_op = profile(case, kinds, args.calls)
+    totals = collections.Counter()
+    for name, ms in per_op.items():
+      totals[kinds[name]] += ms
+    rows[alpha] = (dict(totals), case.gmacs)
     untraced = untraced_convolutions(case.hlo, per_op)
     if untraced:
       print(f"alpha {alpha:g}: {len(untraced)} convolution ops ran without a trace event and are "
             "missing below (XLA:CPU's own convolution kernels do not always record one).")
     if args.top > 0:
-      kinds, shapes = op_kinds(case.hlo), op_shapes(case.hlo)
+      shapes = op_shapes(case.hlo)
       print(f"alpha {alpha:g}: {len(per_op)} ops ran, {sum(per_op.values()):.1f} ms of op time per call; "
             f"the {args.top} longest (ms per call):")
       for name, ms in sorted(per_op.items(), key=lambda item: -item[1])[:args.top]:
