@@ -22,9 +22,8 @@ from octflax.training import default_config
 
 def get_config():
   config = default_config()
-  config.model.name = "oct_resnet20"
+  config.model.name = "oct_resnet8"
   config.model.alpha = 0.25
-  config.model.overrides.stage_sizes = (1, 1, 1)  # Oct-ResNet-8: one block per stage.
 
   config.data.name = "fashion_mnist"
   config.data.augment = "none"

@@ -79,6 +79,7 @@ oct_resnext101_32x4d = _variant("oct_resnext101_32x4d", ResNet, stage_sizes=(3, 
 
 # CIFAR-style (3x3 stem, three stages of 16/32/64 channels) for 28x28 and 32x32 images.
 _CIFAR = dict(stem="cifar", stem_features=16, widths=(16, 32, 64), default_classes=10, **_BASIC)
+oct_resnet8 = _variant("oct_resnet8", ResNet, stage_sizes=(1, 1, 1), **_CIFAR)
 oct_resnet20 = _variant("oct_resnet20", ResNet, stage_sizes=(3, 3, 3), **_CIFAR)
 oct_resnet32 = _variant("oct_resnet32", ResNet, stage_sizes=(5, 5, 5), **_CIFAR)
 oct_resnet56 = _variant("oct_resnet56", ResNet, stage_sizes=(9, 9, 9), **_CIFAR)
