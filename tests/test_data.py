@@ -126,19 +126,28 @@ def test_fashion_mnist_round_trip(tmp_path, compress):
   np.testing.assert_array_equal(data.fashion_mnist(tmp_path, max_examples=5)[4]["image"][..., 0], arrays["train"][0][4])
 
 
-def test_fashion_mnist_missing(tmp_path):
+def test_fashion_mnist_missing(tmp_path, monkeypatch):
+  # Nowhere to be found: Debian's folder hidden, an empty cache, no server.
+  from octflax.data import download
+
+  monkeypatch.setattr(download, "FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
+  monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
+  monkeypatch.setenv(download.URL_ENV, "http://127.0.0.1:9/")  # The discard port: refused at once.
   for directory in (tmp_path / "nowhere", tmp_path):
     with pytest.raises(data.MissingDataError) as info:
       data.fashion_mnist(directory)
     message = str(info.value)
-    assert "train-images-idx3-ubyte.gz" in message
+    assert "train files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz)" in message
+    assert f"none of {directory}, {tmp_path / 'no-debian'}, {tmp_path / 'cache' / 'fashion_mnist'}" in message
+    assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz failed" in message
     assert "apt-get install -y dataset-fashion-mnist" in message
     assert "--config.data.dir=DIR" in message
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, data.DataError)
   make_fashion(tmp_path)
   os.remove(tmp_path / "t10k-labels-idx1-ubyte.gz")
-  with pytest.raises(data.MissingDataError, match="t10k-labels-idx1-ubyte.gz"):
+  with pytest.raises(data.MissingDataError, match="test files .*t10k-labels-idx1-ubyte.gz"):
     data.fashion_mnist(tmp_path, split="test")
+  assert len(data.fashion_mnist(tmp_path, split="train")) == 12
 
 
 def test_fashion_mnist_wrong_magic(tmp_path):
