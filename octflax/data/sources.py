@@ -85,6 +85,34 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     )
 
 
+def gather(source: Any, indices: np.ndarray) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray]:
+  """Examples ``indices`` of a source: ``(images, labels int32 [n])``.
+
+  Uses the source's batched lookup ``_gather`` when it has one (the sources of
+  this module and `Subset`: one NumPy gather instead of ``n`` Python calls);
+  otherwise reads ``source[i]`` one by one and returns the images as a list
+  (they may differ in size).
+
+  Raises:
+    DataError: an example's image is not uint8 [H, W, C].
+  """
+  batched = getattr(source, "_gather", None)
+  if batched is not None:
+    return batched(indices)
+  images, labels = [], []
+  for index in indices:
+    example = source[int(index)]
+    image = np.asarray(example["image"])
+    if image.dtype != np.uint8 or image.ndim != 3:
+      raise DataError(
+          f"{source!r}: example {int(index)} has an image of dtype {image.dtype} and "
+          f"shape {image.shape}; expected uint8 [H, W, C]."
+      )
+    images.append(image)
+    labels.append(example["label"])
+  return images, np.asarray(labels, dtype=np.int32).reshape(len(indices))
+
+
 class ArraySource:
   """An in-memory data source over a uint8 image array and an integer label array.
 
