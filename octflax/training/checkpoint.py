@@ -27,6 +27,7 @@ newest checkpoint that restores completely.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -67,10 +68,11 @@ def _say(message: str) -> None:
 
 
 class _QuietOrbax:
-  """Silences orbax's and absl's error logs while a possibly damaged checkpoint is read.
+  """Holds back orbax's logs and stderr output while a possibly damaged checkpoint is read.
 
-  A damaged file makes orbax log a traceback per array before it raises; the
-  caller reports the one line that matters.
+  A damaged file makes orbax's reader threads print a traceback per array
+  ("Event loop is closed") before it raises; the caller reports the one line
+  that matters. When the read succeeds, what was held back is printed.
   """
 
   def __enter__(self):
@@ -78,12 +80,46 @@ class _QuietOrbax:
     self._levels = [lg.level for lg in self._loggers]
     for lg in self._loggers:
       lg.setLevel(logging.CRITICAL)
+    self._stderr, sys.stderr = sys.stderr, io.StringIO()
+    # The reader threads' errors arrive as "exception ignored" reports.
+    self._unraisable: list[Any] = []
+    self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable.append
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, *exc):
+    held, sys.stderr = sys.stderr, self._stderr
+    sys.unraisablehook = self._hook
+    if exc_type is not None:
+      _drop_closed_loop_reports()
     for lg, level in zip(self._loggers, self._levels):
       lg.setLevel(level)
+    if exc_type is None:
+      if held.getvalue():
+        sys.stderr.write(held.getvalue())
+      for report in self._unraisable:
+        self._hook(report)
     return False
+
+
+def _drop_closed_loop_reports() -> None:
+  """Drops the late "Event loop is closed" reports of a failed read's remaining reader threads.
+
+  After orbax gives up on a damaged checkpoint, the reads still in flight finish
+  on tensorstore's threads and try to hand their results to orbax's event loop,
+  already closed; each becomes an "exception ignored" report, any time later.
+  Other reports pass through.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_octflax_filter", False):
+    return
+
+  def hook(report: Any) -> None:
+    if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed":
+      return
+    previous(report)
+
+  hook._octflax_filter = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 def _why(error: BaseException) -> str:

@@ -206,6 +206,11 @@ class StepReporter:
     items = [self._pending.popleft() for _ in range(count)]
     values = self._fetch([m for _, m in items])
     now = time.time()
+    advanced = items[-1][0] - self.finished_step
+    if self._clock_step is None:
+      self._clock_step, self._clock_start = items[-1][0], now
+      self._window_step, self._window_start = items[-1][0], now
+    record = None
     for (step, _), m in zip(items, values):
       m = {k: float(v) for k, v in m.items()}
       for key, what in (("loss", "the loss"), ("grad_norm", "the gradient norm")):
@@ -213,15 +218,9 @@ class StepReporter:
           raise self._on_nonfinite(step, f"{what} became {m[key]}")
       self._epoch.append(m)
       self._window.append(m)
-    last = items[-1][0]
-    advanced = last - self.finished_step
-    self.finished_step = last
-    if self._clock_step is None:
-      self._clock_step, self._clock_start = last, now
-      self._window_step, self._window_start = last, now
-    record = None
-    if last // self._log_every > (last - advanced) // self._log_every:
-      record = self._log(last, now)
+      if step % self._log_every == 0:
+        record = self._log(step, now)
+    self.finished_step = items[-1][0]
     self._progress.advance(advanced, record, self._eta(now))
 
   def _log(self, step: int, now: float) -> dict[str, Any]:
