@@ -29,6 +29,7 @@ except (ImportError, AttributeError):  # Older grain releases.
 
 from octflax.data import _hashing, augment as aug
 from octflax.data.errors import DataError
+from octflax.data.sources import gather
 
 Batch = dict[str, np.ndarray]
 
@@ -88,23 +89,6 @@ class _BatchFn:
   def __init__(self, source: Any, plan: _Plan):
     self._source = source
     self._plan = plan
-    self._gather = getattr(source, "_gather", None)
-
-  def _fetch(self, indices: np.ndarray) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray]:
-    if self._gather is not None:
-      return self._gather(indices)
-    images, labels = [], []
-    for index in indices:
-      example = self._source[int(index)]
-      image = np.asarray(example["image"])
-      if image.dtype != np.uint8 or image.ndim != 3:
-        raise DataError(
-            f"{self._source!r}: example {int(index)} has an image of dtype {image.dtype} and "
-            f"shape {image.shape}; expected uint8 [H, W, C]."
-        )
-      images.append(image)
-      labels.append(example["label"])
-    return images, np.asarray(labels, dtype=np.int32).reshape(len(indices))
 
   def _transform(self, images: list[np.ndarray] | np.ndarray, indices: np.ndarray) -> np.ndarray:
     plan = self._plan
@@ -141,7 +125,7 @@ class _BatchFn:
     image = np.zeros((plan.batch_size,) + plan.out_shape, dtype=np.float32)
     label = np.zeros((plan.batch_size,), dtype=np.int32)
     if count:
-      images, labels = self._fetch(indices)
+      images, labels = gather(self._source, indices)
       pixels = self._transform(images, indices)
       np.divide(np.subtract(pixels, plan.mean, dtype=np.float32), plan.std, out=image[:count])
       label[:count] = labels
@@ -201,35 +185,67 @@ class EpochLoader(Iterator[Batch]):
     self.close()
 
 
-def _output_shape(source: Any, augment: str, image_size: int | None, channels: int
-                  ) -> tuple[tuple[int, int, int], bool]:
-  """Returns (output image shape, whether 'none' resizes)."""
-  shape = getattr(source, "image_shape", None)
-  shape = tuple(shape) if shape is not None else None
+def input_shape(source: Any, augment: str = "none", image_size: int | None = None) -> tuple[int, int, int]:
+  """Shape ``(H, W, C)`` of the images `make_loader` gives for a source: the model's input.
+
+  The one home of the image-size default: ``image_size`` 0 or None means the
+  stored size, except with ``augment='imagenet'``, which means 224:
+
+      size = image_size or (224 if augment == 'imagenet' else stored size)
+
+  >>> from octflax import data
+  >>> source = data.synthetic(4, (28, 28, 1))
+  >>> input_shape(source), input_shape(source, 'imagenet'), input_shape(source, 'none', 32)
+  ((28, 28, 1), (224, 224, 1), (32, 32, 1))
+
+  Args:
+    source: a source with ``image_shape`` (None when images differ in size)
+      and per-channel ``mean``.
+    augment: one of `octflax.data.AUGMENTATIONS`.
+    image_size: the side of the square output images; 0 or None as above.
+
+  Returns:
+    ``(H, W, C)``.
+
+  Raises:
+    DataError: a bad `augment` or `image_size`, or a source whose images differ
+      in size with no size to resize them to.
+  """
+  if augment not in aug.AUGMENTATIONS:
+    raise DataError(f"augment must be one of {', '.join(map(repr, aug.AUGMENTATIONS))}; got {augment!r}.")
+  size = _check_int("image_size", image_size or 0, 0) or (224 if augment == "imagenet" else 0)
+  stored = getattr(source, "image_shape", None)
+  if size:
+    channels = stored[-1] if stored else len(source.mean)
+    return (size, size, int(channels))
+  if stored is None:
+    raise DataError(
+        f"{source!r} has variable image sizes: pass image_size=... (augment='none' then "
+        "resizes the shorter side and crops the centre) or use augment='imagenet'."
+    )
+  return tuple(int(d) for d in stored)  # type: ignore[return-value]
+
+
+def _output_shape(source: Any, augment: str, image_size: int | None) -> tuple[tuple[int, int, int], bool]:
+  """Returns (output image shape, whether 'none' resizes), checking that `augment` allows it."""
+  stored = getattr(source, "image_shape", None)
+  if stored is None and augment in ("crop", "crop_flip"):
+    raise DataError(
+        f"augment={augment!r} needs images of one fixed size, but {source!r} has variable "
+        "image sizes (image_shape is None); use augment='imagenet' or 'none' with image_size."
+    )
+  shape = input_shape(source, augment, image_size)
   if augment == "imagenet":
-    size = 224 if image_size is None else image_size
-    return (size, size, channels), False
-  if shape is None:
-    if augment in ("crop", "crop_flip"):
-      raise DataError(
-          f"augment={augment!r} needs images of one fixed size, but {source!r} has variable "
-          "image sizes (image_shape is None); use augment='imagenet' or 'none' with image_size."
-      )
-    if image_size is None:
-      raise DataError(
-          f"{source!r} has variable image sizes: pass image_size=... (augment='none' then "
-          "resizes the shorter side and crops the centre) or use augment='imagenet'."
-      )
-    return (image_size, image_size, channels), True
-  if image_size is None or shape[:2] == (image_size, image_size):
-    return shape, False  # type: ignore[return-value]
+    return shape, False
+  if stored is not None and shape[:2] == tuple(stored[:2]):
+    return shape, False
   if augment in ("crop", "crop_flip"):
     raise DataError(
-        f"image_size={image_size} differs from the source's image shape {shape}; "
-        f"augment={augment!r} keeps the size: pass image_size=None (or {shape[0]} for square "
+        f"image_size={image_size} differs from the source's image shape {tuple(stored)}; "
+        f"augment={augment!r} keeps the size: pass image_size=None (or {stored[0]} for square "
         "images), or use augment='imagenet'."
     )
-  return (image_size, image_size, channels), True
+  return shape, True
 
 
 def make_loader(
@@ -278,8 +294,9 @@ def make_loader(
     seed: seed of the shuffle and the augmentations.
     epoch: epoch number (>= 0); each epoch has its own order and augmentations.
     augment: one of ``'none'``, ``'crop'``, ``'crop_flip'``, ``'imagenet'``.
-    image_size: output side for ``'imagenet'`` (default 224) or for resizing
-      with ``'none'``; None keeps the stored size.
+    image_size: output side for ``'imagenet'`` or for resizing with
+      ``'none'``; 0 or None keeps the stored size (224 for ``'imagenet'``):
+      the batches' images have shape `input_shape` ``(source, augment, image_size)``.
     process_index: this process's index; default ``jax.process_index()``.
     process_count: number of processes; default ``jax.process_count()``.
     start_batch: first batch to yield (to resume mid-epoch); skipped batches
@@ -311,7 +328,7 @@ def make_loader(
   if augment not in aug.AUGMENTATIONS:
     raise DataError(f"augment must be one of {', '.join(map(repr, aug.AUGMENTATIONS))}; got {augment!r}.")
   if image_size is not None:
-    image_size = _check_int("image_size", image_size, 1)
+    image_size = _check_int("image_size", image_size, 0) or None
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -335,7 +352,7 @@ def make_loader(
         f"source {source!r}: mean and std must have one value per channel and std > 0; got "
         f"mean={tuple(source.mean)}, std={tuple(source.std)}."
     )
-  out_shape, resize = _output_shape(source, augment, image_size, channels=mean.size)
+  out_shape, resize = _output_shape(source, augment, image_size)
   if out_shape[-1] != mean.size:
     raise DataError(
         f"source {source!r}: {mean.size} per-channel mean/std values for images with "
