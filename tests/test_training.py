@@ -371,19 +371,6 @@ def test_mixup_loss_is_the_mixture_of_the_two_labels_losses():
 
 def test_validation_split_is_held_out_and_the_test_split_is_read_once_at_the_end(tmp_path):
   write_fashion_mnist(tmp_path / "data", n_train=64, n_test=20)
-  full, _ = training.build_datasets(tiny_config(tmp_path / "data"))
-  train, validation = training.split_validation(full, 16)
-  assert (len(train), len(validation)) == (48, 16)
-  # The last 16 examples, in order, and none of them in the training part.
-  for i in range(16):
-    np.testing.assert_array_equal(validation[i]["image"], full[48 + i]["image"])
-  with pytest.raises(IndexError):
-    validation[16]
-  assert train.num_classes == validation.num_classes == 10
-  with pytest.raises(training.ConfigError, match="validation_examples = 64 holds out the whole"):
-    training.split_validation(full, 64)
-  assert training.split_validation(full, 0) == (full, None)
-
   config = tiny_config(tmp_path / "data", batch_size=16, num_epochs=2, checkpoint_every_steps=100,
                        eval_batch_size=8)
   config.data.validation_examples = 16

@@ -31,8 +31,7 @@ from octflax.training.reporting import MetricsWriter, plot_curves
 from octflax.training.state import TrainState, create_train_state
 from octflax.training.steps import cross_entropy_loss, eval_step, mixup_weight, train_step
 from octflax.training.trainer import (
-    build_data, build_datasets, build_model, evaluate, init_from_checkpoint, run_identity, split_validation,
-    train_and_evaluate)
+    build_data, build_datasets, build_model, evaluate, init_from_checkpoint, run_identity, train_and_evaluate)
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -79,7 +78,6 @@ __all__ = [
     "num_params",
     "plot_curves",
     "scaled_learning_rate",
-    "split_validation",
     "train_and_evaluate",
     "train_step",
     "weight_decay_mask",

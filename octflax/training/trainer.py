@@ -33,50 +33,6 @@ from octflax.training.preemption import StopSignals
 from octflax.training.state import TrainState, create_train_state
 
 
-class _Slice:
-  """Examples ``start`` to ``stop`` of a random-access source, with its attributes."""
-
-  def __init__(self, source: Any, start: int, stop: int):
-    self._source = source
-    self._start = max(0, min(start, len(source)))
-    self._count = max(0, min(stop, len(source)) - self._start)
-    for attr in ("num_classes", "image_shape", "mean", "std"):
-      setattr(self, attr, getattr(source, attr))
-
-  def __len__(self) -> int:
-    return self._count
-
-  def __getitem__(self, index: int) -> Any:
-    if not -self._count <= int(index) < self._count:
-      raise IndexError(f"index {index} out of range for {self._count} examples.")
-    return self._source[self._start + int(index) % self._count]
-
-  def __repr__(self) -> str:
-    return f"examples {self._start}:{self._start + self._count} of {self._source!r}"
-
-
-def split_validation(source: Any, count: int) -> tuple[Any, Any | None]:
-  """Holds out the last ``count`` examples of a training source for validation.
-
-  The split is a fixed function of the source (no randomness), so every run of a
-  sweep, every seed and every resumed run sees the same held-out examples.
-
-  Returns:
-    ``(train, validation)``; ``validation`` is None when ``count`` is 0.
-
-  Raises:
-    ConfigError: ``count`` leaves no training example.
-  """
-  if not count:
-    return source, None
-  if count >= len(source):
-    raise ConfigError(
-        f"data.validation_examples = {count} holds out the whole training split ({len(source)} "
-        "examples); use fewer (e.g. a tenth of it) or 0 for no validation split.")
-  cut = len(source) - count
-  return _Slice(source, 0, cut), _Slice(source, cut, len(source))
-
-
 def build_datasets(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """The training and test sources named by ``config.data``.
 
@@ -99,7 +55,7 @@ def build_datasets(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
     sources = []
     for split, count in ((d.train_split, d.max_train_examples), (d.test_split, d.max_test_examples)):
       source = data_lib.image_folder(directory, split)
-      sources.append(_Slice(source, 0, count) if count else source)
+      sources.append(data_lib.Subset(source, 0, count) if count else source)
     if sources[0].num_classes != sources[1].num_classes:
       raise data_lib.DataError(
           f"{d.dir}: split {d.train_split!r} has {sources[0].num_classes} class folders but "
@@ -109,14 +65,6 @@ def build_datasets(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   shape, classes = (size, size, 3), d.num_classes or 10
   return (data_lib.synthetic(d.max_train_examples or 1024, shape, classes, seed=2 * int(config.seed)),
           data_lib.synthetic(d.max_test_examples or 256, shape, classes, seed=2 * int(config.seed) + 1))
-
-
-def _image_shape(source: Any, config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  size = config.data.image_size or (224 if config.data.augment == "imagenet" else 0)
-  if size:
-    channels = source.image_shape[-1] if source.image_shape else len(source.mean)
-    return (size, size, channels)
-  return tuple(source.image_shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +100,7 @@ def build_data(config: ml_collections.ConfigDict, parallel: DataParallel) -> Dat
     octflax.data.DataError: missing or malformed data.
   """
   train, test = build_datasets(config)
-  train, validation = split_validation(train, config.data.validation_examples)
+  train, validation = data_lib.split_validation(train, config.data.validation_examples)
   local_batch = parallel.local_batch_size(config.batch_size)
   local_eval_batch = parallel.local_batch_size(config.eval_batch_size or config.batch_size, "eval_batch_size")
   steps = data_lib.steps_per_epoch(len(train), config.batch_size)
@@ -161,7 +109,8 @@ def build_data(config: ml_collections.ConfigDict, parallel: DataParallel) -> Dat
         f"batch_size {config.batch_size} is larger than the {len(train)} training examples; an epoch "
         "would have no step. Use a smaller --config.batch_size.")
   return Data(train=train, validation=validation, test=test, num_classes=train.num_classes,
-              image_shape=_image_shape(train, config), global_batch=config.batch_size,
+              image_shape=data_lib.input_shape(train, config.data.augment, config.data.image_size),
+              global_batch=config.batch_size,
               local_batch=local_batch, local_eval_batch=local_eval_batch, steps_per_epoch=steps,
               total_steps=config.num_epochs * steps)
 
@@ -516,4 +465,4 @@ def _summary(config, model, data: Data, parallel: DataParallel, writer, evaluati
 
 
 __all__ = ["CHECKPOINT_DIR", "Checkpointing", "Data", "build_data", "build_datasets", "build_model", "evaluate",
-           "init_from_checkpoint", "initial_state", "run_identity", "split_validation", "train_and_evaluate"]
+           "init_from_checkpoint", "initial_state", "run_identity", "train_and_evaluate"]
