@@ -614,3 +614,28 @@ def test_input_shape_default_and_loader_agree(tmp_path):
     data.input_shape(src, "mixup")
   with pytest.raises(data.DataError, match="image_size must be an integer >= 0; got -2"):
     data.input_shape(src, "none", -2)
+
+
+def test_order_is_grains_shuffle_with_the_epoch_seed():
+  import grain
+
+  src = indexed_source(30)
+  shuffle_seed, _ = data.pipeline.epoch_seeds(4, 2)
+  expected = [grain.MapDataset.range(30).shuffle(seed=shuffle_seed)[i] for i in range(30)]
+  np.testing.assert_array_equal(train_order(src, batch_size=5, seed=4, epoch=2), expected)
+  # Seeds are hashed with the epoch: seed 1 at epoch 0 does not repeat seed 0 at epoch 1.
+  assert not np.array_equal(train_order(src, batch_size=5, seed=1, epoch=0),
+                            train_order(src, batch_size=5, seed=0, epoch=1))
+
+
+def test_augmentation_follows_the_position_not_the_batching():
+  src = indexed_source(48, shape=(8, 8, 1))
+  kwargs = dict(train=True, seed=2, epoch=1, augment="crop_flip")
+  images = lambda batches: np.concatenate([b["image"] for b in batches])
+  by_12 = images(loader(src, batch_size=12, **kwargs))
+  np.testing.assert_array_equal(by_12, images(loader(src, batch_size=4, **kwargs)))
+  three = [loader(src, batch_size=4, process_index=p, process_count=3, **kwargs) for p in range(3)]
+  np.testing.assert_array_equal(by_12, np.concatenate([images([s[k] for s in three]) for k in range(4)]))
+  # The crops differ between examples (the numbers are per position, not per batch).
+  raw = loader(src, batch_size=12, train=True, seed=2, epoch=1)[0]["image"]
+  assert (np.abs(by_12[:12] - raw).reshape(12, -1).sum(1) > 0).sum() >= 10

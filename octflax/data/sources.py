@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from octflax.data import _hashing
 from octflax.data.download import FASHION_MNIST_DIR, FASHION_MNIST_FILES, FIX_FASHION_MNIST, find_fashion_mnist, find_idx_file
 from octflax.data.errors import DataError, MissingDataError
 
@@ -595,7 +594,8 @@ class SyntheticSource:
   """Deterministic random images and labels, generated on access.
 
   Image ``i`` is uniform noise from a generator seeded with ``(seed, i)`` and
-  its label a hash of ``(seed, i)``, so every access returns the same example.
+  the labels are drawn once from a generator of ``seed``, so every access
+  returns the same example.
 
   Attributes:
     num_classes: number of classes.
@@ -636,8 +636,9 @@ class SyntheticSource:
     self.image_shape: tuple[int, int, int] | None = tuple(int(d) for d in shape)  # type: ignore[assignment]
     self.seed = int(seed)
     self._entropy = self.seed & ((1 << 64) - 1)
-    keys = _hashing.hash_keys(_hashing.TAG_SYNTHETIC_LABEL, self.seed, np.arange(num_examples))
-    self.labels = (keys % np.uint64(self.num_classes)).astype(np.int32)
+    # The labels have a stream of their own (a spawn key), apart from the images' (seed, index) ones.
+    labels = np.random.default_rng(np.random.SeedSequence(self._entropy, spawn_key=(1,)))
+    self.labels = labels.integers(0, self.num_classes, num_examples, dtype=np.int32)
     channels = self.image_shape[-1]
     self.mean = (SYNTHETIC_MEAN,) * channels
     self.std = (SYNTHETIC_STD,) * channels
