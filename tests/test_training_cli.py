@@ -185,7 +185,12 @@ def test_unknown_config_field_on_the_command_line(setup):
 
 def test_missing_data_says_how_to_fix_it(setup):
   root, env = setup
-  result = run(train_command(root, root / "nodata", f"--config.data.dir={root / 'absent'}"), env)
+  # Nowhere to find or fetch the data: Debian's folder hidden (in the child), an empty cache, no server.
+  env = dict(env, OCTFLAX_DATA_DIR=str(root / "empty_cache"), OCTFLAX_FASHION_MNIST_URL="http://127.0.0.1:9/")
+  command = train_command(root, root / "nodata", f"--config.data.dir={root / 'absent'}")
+  hide_debian = ("import sys; from octflax.data import download; download.FASHION_MNIST_DIR = sys.argv.pop(1); "
+                 "from experiments import train; train.run()")
+  result = run([command[0], "-c", hide_debian, str(root / "no-debian"), *command[3:]], env)
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
   error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
