@@ -193,10 +193,14 @@ def test_unanswered_name_lookup_fails_within_the_timeout(monkeypatch):
   assert time.monotonic() - start < 1
 
 
-def test_progress_bar_goes_to_stderr(cache, capfd):
+def test_progress_goes_to_stderr_one_line_per_file_in_a_log(cache, server, capfd):
   data.fashion_mnist(None, "test")
   captured = capfd.readouterr()
-  assert "t10k-images-idx3-ubyte.gz" in captured.err and captured.out == ""
+  assert captured.out == "" and "\r" not in captured.err
+  size = len(server.files["t10k-images-idx3-ubyte.gz"])
+  assert f"downloading {server.url}t10k-images-idx3-ubyte.gz ({size:,} bytes) to {cache}" in captured.err.splitlines()
+  assert len(captured.err.splitlines()) == 4
+  assert oct((cache / "t10k-images-idx3-ubyte.gz").stat().st_mode & 0o777) == oct(0o644)
 
 
 def test_data_dir_relative_absolute_and_home(cache, files, server, tmp_path, monkeypatch):
