@@ -108,5 +108,6 @@ oct_i3d_tiny = _variant("oct_i3d_tiny", VideoResNet, stage_sizes=(1, 1, 1), bloc
 
 __all__ = [
     "BasicBlock", "Bottleneck", "MobileNetV1", "MobileNetV2", "OctSqueezeExcite", "PreActBlock",
-    "ResNet", "VideoResNet", "WideResNet", "backbone_features", "get_model", "list_models", "register", "resplit", "stage_alphas",
+    "ResNet", "VideoResNet", "WideResNet", "backbone_features", "get_model", "list_models",
+    "register", "resplit", "stage_alphas",
 ] + list_models()

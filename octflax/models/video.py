@@ -123,7 +123,8 @@ class VideoResNet(nn.Module):
                        f"{tuple(self.stage_sizes)}, got {tuple(map(tuple, self.time_kernels))}.")
     kernels = [self.stem_time_kernel, *(k for stage in self.time_kernels for k in stage)]
     if any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
-      raise ValueError(f"time kernels (stem_time_kernel, time_kernels) must be odd positive ints, got {kernels}.")
+      raise ValueError(
+          f"time kernels (stem_time_kernel, time_kernels) must be odd positive ints, got {kernels}.")
     axes = tuple(self.octave_axes)
     if not axes or len(set(axes)) != len(axes) or not set(axes) <= {0, 1, 2}:
       raise ValueError(f"octave_axes must be distinct axes among 0 (time), 1, 2, got {self.octave_axes!r}.")
