@@ -639,3 +639,17 @@ def test_augmentation_follows_the_position_not_the_batching():
   # The crops differ between examples (the numbers are per position, not per batch).
   raw = loader(src, batch_size=12, train=True, seed=2, epoch=1)[0]["image"]
   assert (np.abs(by_12[:12] - raw).reshape(12, -1).sum(1) > 0).sum() >= 10
+
+
+def test_readers_take_relative_and_home_paths(tmp_path, monkeypatch):
+  for folder in ("c10", "fm"):
+    (tmp_path / folder).mkdir()
+  make_cifar(tmp_path / "c10", 10)
+  make_image_tree(tmp_path / "tree" / "train")
+  make_fashion(tmp_path / "fm")
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.chdir(tmp_path)
+  for prefix in ("", "~/", f"{tmp_path}/"):
+    assert len(data.cifar(prefix + "c10", 10, "test")) == 4
+    assert len(data.image_folder(prefix + "tree", "train")) == 6
+    assert len(data.fashion_mnist(prefix + "fm", "test")) == 5

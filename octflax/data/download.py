@@ -164,7 +164,8 @@ def fetch(url: str, destination: Path, sha256: str, *, progress: bool = True,
     url: an ``http(s)://`` (or ``file://``) URL.
     destination: the final path; its folder must exist.
     sha256: the expected SHA-256 of the content, hex.
-    progress: a byte-count progress bar (tqdm) on stderr.
+    progress: report on stderr: a byte-count bar (tqdm) on a terminal, else
+      one line.
     timeout: seconds for the name lookup, the connection and each read.
 
   Returns:
@@ -185,8 +186,13 @@ def fetch(url: str, destination: Path, sha256: str, *, progress: bool = True,
     with os.fdopen(descriptor, "wb") as out, _open(url, timeout) as response:
       length = response.headers.get("Content-Length")
       expected = int(length) if length and length.isdigit() else None
+      # A bar redrawn in place on a terminal; in a log, one line per file instead of carriage returns.
+      interactive = progress and sys.stderr.isatty()
+      if progress and not interactive:
+        size = f" ({expected:,} bytes)" if expected is not None else ""
+        print(f"downloading {url}{size} to {destination.parent}", file=sys.stderr, flush=True)
       with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name,
-                file=sys.stderr, disable=not progress, leave=False) as bar:
+                file=sys.stderr, disable=not interactive, leave=False) as bar:
         while True:
           try:
             chunk = response.read(_CHUNK)
@@ -206,6 +212,7 @@ def fetch(url: str, destination: Path, sha256: str, *, progress: bool = True,
       raise DataError(f"{url} has SHA-256 {digest.hexdigest()}, expected {sha256.lower()} (a corrupt or "
                       f"different file of {received} bytes); nothing was kept, the next run retries. "
                       + FIX_FASHION_MNIST)
+    os.chmod(partial, 0o644)  # mkstemp's 0600 would keep a shared cache from other users.
     os.replace(partial, destination)
   finally:
     with contextlib.suppress(FileNotFoundError):
