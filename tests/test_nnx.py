@@ -262,3 +262,66 @@ def test_pytorch_port_weights_move_into_the_nnx_model():
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   want = convert.model_for("oct_resnet26", 0.5, "port", num_classes=10).apply(variables, x, train=False)
   np.testing.assert_allclose(model(x), want, rtol=1e-6, atol=1e-6 * float(jnp.abs(want).max()))
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def test_trainer_model_has_linens_calling_convention():
+  model = onnx.trainer_model("oct_resnet8", alpha=0.25, num_classes=10)
+  linen = linen_models.get_model("oct_resnet8", alpha=0.25, num_classes=10)
+  x = jax.random.normal(jax.random.key(1), (4, 12, 12, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  assert set(variables) == {"params", "batch_stats"}
+  assert _shapes(variables) == _shapes(jax.eval_shape(functools.partial(linen.init, train=False),
+                                                      jax.random.key(0), x))
+  variables = _perturbed(variables)
+  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
+  want_logits, want_updates = linen.apply(variables, x, train=True, mutable=["batch_stats"])
+  _assert_trees_close(logits, want_logits, rtol=1e-6, atol=1e-6 * float(jnp.abs(want_logits).max()))
+  _assert_trees_close(updates, want_updates)
+  want = linen.apply(variables, x, train=False)
+  _assert_trees_close(model.apply(variables, x, train=False), want, rtol=1e-6, atol=1e-6 * float(jnp.abs(want).max()))
+  # What octflax.training and octflax.cost ask of a model.
+  assert model.axis_name is None and model.clone(axis_name="data").axis_name == "data"
+  assert model.clone(dtype=jnp.bfloat16).dtype == jnp.bfloat16
+  assert model.clone(axis_name="data").overrides == {"axis_name": "data"}
+  with pytest.raises(ValueError, match="Oct-ResNet family"):
+    onnx.trainer_model("oct_mobilenet_v1")
+  with pytest.raises(ValueError, match="unknown argument"):
+    onnx.trainer_model("oct_resnet8", depth=3)
+
+
+def test_cost_counts_the_nnx_model_like_the_linen_one():
+  from octflax import cost
+
+  nnx_report = cost.analyze(onnx.trainer_model("oct_resnet20", alpha=0.5, num_classes=10), (1, 28, 28, 1))
+  linen_report = cost.analyze(linen_models.get_model("oct_resnet20", alpha=0.5, num_classes=10), (1, 28, 28, 1))
+  assert (nnx_report.macs, nnx_report.params) == (linen_report.macs, linen_report.params)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["jit", "pmap"])
+def test_train_steps_of_the_nnx_model_match_linen(parallel):
+  from octflax.training import DataParallel
+  from octflax.training.state import create_train_state
+
+  runner = DataParallel(parallel)
+  nnx_model = runner.prepare_model(onnx.trainer_model("oct_resnet8", alpha=0.25, num_classes=10))
+  linen = runner.prepare_model(linen_models.get_model("oct_resnet8", alpha=0.25, num_classes=10))
+  tx = optax.sgd(0.05, momentum=0.9)
+  start = create_train_state(nnx_model, tx, seed=0, input_shape=(1, 12, 12, 1))
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.standard_normal((16, 12, 12, 1)).astype(np.float32),
+              "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(3)]
+  losses, params = [], []
+  for apply_fn in (nnx_model.apply, linen.apply):
+    state = runner.put_state(start.replace(apply_fn=apply_fn))
+    curve = []
+    for batch in batches:
+      state, metrics = runner.train_step(state, runner.put_batch(batch))
+      curve.append(float(runner.get_metrics([metrics])[0]["loss"]))
+    losses.append(curve)
+    params.append(jax.device_get(state.params))
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  _assert_trees_close(params[0], params[1], rtol=1e-4, atol=1e-6)

@@ -292,6 +292,15 @@ def get_model(name: str, *, rngs: nnx.Rngs, in_features: int = 3, **kwargs: Any)
     >>> model(jnp.zeros((2, 28, 28, 1))).shape
     (2, 10)
   """
+  return from_linen_module(linen_description(name, **kwargs), in_features=in_features, rngs=rngs)
+
+
+def linen_description(name: str, **kwargs: Any) -> nn.Module:
+  """The Linen zoo module ``name`` with ``kwargs`` (``alpha``, ``num_classes``, attributes).
+
+  Raises:
+    ValueError: an unknown name, or an argument the module has no attribute for.
+  """
   settings = {k: kwargs.pop(k) for k in ("alpha", "num_classes") if k in kwargs}
   module = linen_models.get_model(name, **settings)
   if kwargs:
@@ -300,9 +309,9 @@ def get_model(name: str, *, rngs: nnx.Rngs, in_features: int = 3, **kwargs: Any)
     except TypeError:
       fields = sorted(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
       raise ValueError(f"{name}: unknown argument(s) {', '.join(sorted(kwargs))}; "
-                       f"allowed are alpha, num_classes, in_features, rngs, {', '.join(fields)}.") from None
-  return from_linen_module(module, in_features=in_features, rngs=rngs)
+                       f"allowed are alpha, num_classes, {', '.join(fields)}.") from None
+  return module
 
 
 __all__ = ["BasicBlock", "Bottleneck", "Classifier", "OctSqueezeExcite", "ResNet", "from_linen_module",
-           "get_model", "list_models"]
+           "get_model", "linen_description", "list_models"]

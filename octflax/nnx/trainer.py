@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from octflax import models as linen_models
 from octflax.nnx import convert
 from octflax.nnx import models as nnx_models
 
@@ -54,11 +53,8 @@ class TrainerModel:
     return self.overrides.get("axis_name")
 
   def _linen_description(self):
-    try:
-      return linen_models.get_model(self.name, alpha=self.alpha, num_classes=self.num_classes, dtype=self.dtype,
-                                    **self.overrides)
-    except TypeError as e:
-      raise ValueError(f"model {self.name!r}: {e}") from None
+    return nnx_models.linen_description(self.name, alpha=self.alpha, num_classes=self.num_classes,
+                                        dtype=self.dtype, **self.overrides)
 
   def build(self, in_features: int, rngs: nnx.Rngs) -> nnx_models.ResNet:
     """The NNX network for inputs of ``in_features`` channels."""
@@ -105,7 +101,8 @@ class TrainerModel:
     """
     del rngs
     graphdef, state = self._graph(x.shape[-1])
-    model = convert.from_linen(variables, nnx.merge(graphdef, state))
+    # Fresh Variables in the current trace: the cached ones belong to the trace that built them.
+    model = convert.from_linen(variables, nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf, state)))
     if train:
       model.train()
     else:
