@@ -325,3 +325,19 @@ def test_train_steps_of_the_nnx_model_match_linen(parallel):
     params.append(jax.device_get(state.params))
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
   _assert_trees_close(params[0], params[1], rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def test_the_nnx_page_runs_as_written():
+  """docs/nnx.md: the Linen and NNX models agree; the nnx.Optimizer / nnx.jit loop trains."""
+  blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "nnx.md").read_text(), flags=re.S)
+  assert len(blocks) == 4
+  namespace = {}
+  for block in blocks:
+    exec(compile(block, "docs/nnx.md", "exec"), namespace)  # pylint: disable=exec-used
+  losses = namespace["losses"]
+  assert len(losses) == 5 and losses[-1] < losses[0], losses
+  chex.assert_shape(namespace["nnx_logits"], (8, 10))
+  assert 0.0 <= namespace["accuracy"] <= 1.0
