@@ -99,7 +99,7 @@ def _variable_shapes(arch: str, alpha: float, source: str, num_classes: int) -> 
   from octflax.models.resnet import ResNet
 
   model = model_for(arch, alpha, source, num_classes=num_classes)
-  if not isinstance(model, ResNet) or model.stem != "imagenet" or model.squeeze_excite:
+  if not isinstance(model, ResNet) or model.stem != "imagenet":
     raise ValueError(
         f"arch {arch!r} has no PyTorch layout here; supported are the ImageNet Oct-ResNets and "
         "Oct-ResNeXts (oct_resnet18/26/34/50/101/152/200, oct_resnext50_32x4d, "

@@ -126,19 +126,28 @@ def test_fashion_mnist_round_trip(tmp_path, compress):
   np.testing.assert_array_equal(data.fashion_mnist(tmp_path, max_examples=5)[4]["image"][..., 0], arrays["train"][0][4])
 
 
-def test_fashion_mnist_missing(tmp_path):
+def test_fashion_mnist_missing(tmp_path, monkeypatch):
+  # Nowhere to be found: Debian's folder hidden, an empty cache, no server.
+  from octflax.data import download
+
+  monkeypatch.setattr(download, "FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
+  monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
+  monkeypatch.setenv(download.URL_ENV, "http://127.0.0.1:9/")  # The discard port: refused at once.
   for directory in (tmp_path / "nowhere", tmp_path):
     with pytest.raises(data.MissingDataError) as info:
       data.fashion_mnist(directory)
     message = str(info.value)
-    assert "train-images-idx3-ubyte.gz" in message
+    assert "train files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz)" in message
+    assert f"none of {directory}, {tmp_path / 'no-debian'}, {tmp_path / 'cache' / 'fashion_mnist'}" in message
+    assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz failed" in message
     assert "apt-get install -y dataset-fashion-mnist" in message
     assert "--config.data.dir=DIR" in message
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, data.DataError)
   make_fashion(tmp_path)
   os.remove(tmp_path / "t10k-labels-idx1-ubyte.gz")
-  with pytest.raises(data.MissingDataError, match="t10k-labels-idx1-ubyte.gz"):
+  with pytest.raises(data.MissingDataError, match="test files .*t10k-labels-idx1-ubyte.gz"):
     data.fashion_mnist(tmp_path, split="test")
+  assert len(data.fashion_mnist(tmp_path, split="train")) == 12
 
 
 def test_fashion_mnist_wrong_magic(tmp_path):
@@ -514,3 +523,133 @@ def test_steps_per_epoch_and_default_processes():
   src = indexed_source(10)
   it = data.make_loader(src, batch_size=5, train=True)  # jax.process_index()/process_count().
   assert len(it) == 2 and it.global_batch_size == 5
+
+
+# ----------------------------------------------------------------------------
+# Subsets, the validation split and the input shape
+
+
+class GatherCountingSource(CountingSource):
+  """A source with a batched gather that counts batched and one-by-one reads."""
+
+  def __init__(self, inner):
+    super().__init__(inner)
+    self.num_classes = inner.num_classes
+    self.gathers = 0
+
+  def _gather(self, indices):
+    self.gathers += 1
+    return self.inner._gather(indices)
+
+
+def test_subset_is_a_window_with_the_source_attributes():
+  src = indexed_source(20)
+  sub = data.Subset(src, 3, 9)
+  assert len(sub) == 6
+  assert [int(sub[i]["label"]) for i in range(6)] == [3, 4, 5, 6, 7, 8]
+  assert int(sub[-1]["label"]) == 8
+  np.testing.assert_array_equal(sub[2]["image"], src.images[5])
+  for attr in ("num_classes", "image_shape", "mean", "std"):
+    assert getattr(sub, attr) == getattr(src, attr)
+  with pytest.raises(IndexError):
+    sub[6]
+  with pytest.raises(IndexError):
+    sub[-7]
+  assert len(data.Subset(src, 15, 100)) == 5 and len(data.Subset(src, 25, 30)) == 0
+  assert repr(sub) == f"examples 3:9 of {src!r}"
+  with pytest.raises(data.DataError, match="has no 'num_classes'"):
+    data.Subset(CountingSource(src), 0, 2)
+
+
+def test_subset_batches_come_from_the_source_gather():
+  src = indexed_source(30)
+  counting = GatherCountingSource(src)
+  sub = data.Subset(counting, 10, 30)
+  batches = loader(sub, batch_size=8, train=True, seed=3, augment="crop_flip")
+  assert counting.reads == 0 and counting.gathers == 2  # One batched read per batch.
+  labels = np.concatenate([b["label"] for b in batches])
+  assert len(set(labels.tolist())) == 16 and labels.min() >= 10
+  # The same batches as a source holding just those examples.
+  copy = data.ArraySource(src.images[10:], np.arange(10, 30), num_classes=30, mean=src.mean, std=src.std)
+  for a, b in zip(batches, loader(copy, batch_size=8, train=True, seed=3, augment="crop_flip")):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  # A source without a batched gather is still read one example at a time.
+  plain = CountingSource(src)
+  plain.num_classes = src.num_classes
+  evaluation = loader(data.Subset(plain, 25, 30), batch_size=4, train=False)
+  assert plain.reads == 5
+  assert evaluation[1]["label"].tolist() == [29, 0, 0, 0] and evaluation[1]["mask"].tolist() == [1, 0, 0, 0]
+
+
+def test_split_validation_holds_out_the_last_examples():
+  src = indexed_source(64)
+  train, validation = data.split_validation(src, 16)
+  assert (len(train), len(validation)) == (48, 16)
+  assert [int(validation[i]["label"]) for i in range(16)] == list(range(48, 64))
+  assert int(train[-1]["label"]) == 47
+  assert data.split_validation(src, 0) == (src, None)
+  with pytest.raises(data.DataError, match=r"data\.validation_examples = 64 holds out the whole training split \(64"):
+    data.split_validation(src, 64)
+  with pytest.raises(data.DataError, match=r"data\.validation_examples must be an integer >= 0; got -1"):
+    data.split_validation(src, -1)
+
+
+def test_input_shape_default_and_loader_agree(tmp_path):
+  src = indexed_source(8, shape=(6, 6, 3))
+  assert data.input_shape(src) == data.input_shape(src, "crop_flip", 0) == (6, 6, 3)
+  assert data.input_shape(src, "imagenet") == data.input_shape(src, "imagenet", 0) == (224, 224, 3)
+  assert data.input_shape(src, "imagenet", 32) == data.input_shape(src, "none", 32) == (32, 32, 3)
+  for augment, size in (("none", None), ("none", 0), ("none", 10), ("crop", None), ("imagenet", 16)):
+    batch = loader(src, batch_size=4, train=True, augment=augment, image_size=size)[0]
+    assert batch["image"].shape == (4,) + data.input_shape(src, augment, size)
+  make_image_tree(tmp_path / "tree")
+  folder = data.image_folder(tmp_path / "tree")
+  assert folder.image_shape is None
+  assert data.input_shape(folder, "imagenet") == (224, 224, 3)
+  assert data.input_shape(folder, "none", 12) == (12, 12, 3)
+  with pytest.raises(data.DataError, match="variable image sizes: pass image_size"):
+    data.input_shape(folder, "none")
+  with pytest.raises(data.DataError, match="augment must be one of"):
+    data.input_shape(src, "mixup")
+  with pytest.raises(data.DataError, match="image_size must be an integer >= 0; got -2"):
+    data.input_shape(src, "none", -2)
+
+
+def test_order_is_grains_shuffle_with_the_epoch_seed():
+  import grain
+
+  src = indexed_source(30)
+  shuffle_seed, _ = data.pipeline.epoch_seeds(4, 2)
+  expected = [grain.MapDataset.range(30).shuffle(seed=shuffle_seed)[i] for i in range(30)]
+  np.testing.assert_array_equal(train_order(src, batch_size=5, seed=4, epoch=2), expected)
+  # Seeds are hashed with the epoch: seed 1 at epoch 0 does not repeat seed 0 at epoch 1.
+  assert not np.array_equal(train_order(src, batch_size=5, seed=1, epoch=0),
+                            train_order(src, batch_size=5, seed=0, epoch=1))
+
+
+def test_augmentation_follows_the_position_not_the_batching():
+  src = indexed_source(48, shape=(8, 8, 1))
+  kwargs = dict(train=True, seed=2, epoch=1, augment="crop_flip")
+  images = lambda batches: np.concatenate([b["image"] for b in batches])
+  by_12 = images(loader(src, batch_size=12, **kwargs))
+  np.testing.assert_array_equal(by_12, images(loader(src, batch_size=4, **kwargs)))
+  three = [loader(src, batch_size=4, process_index=p, process_count=3, **kwargs) for p in range(3)]
+  np.testing.assert_array_equal(by_12, np.concatenate([images([s[k] for s in three]) for k in range(4)]))
+  # The crops differ between examples (the numbers are per position, not per batch).
+  raw = loader(src, batch_size=12, train=True, seed=2, epoch=1)[0]["image"]
+  assert (np.abs(by_12[:12] - raw).reshape(12, -1).sum(1) > 0).sum() >= 10
+
+
+def test_readers_take_relative_and_home_paths(tmp_path, monkeypatch):
+  for folder in ("c10", "fm"):
+    (tmp_path / folder).mkdir()
+  make_cifar(tmp_path / "c10", 10)
+  make_image_tree(tmp_path / "tree" / "train")
+  make_fashion(tmp_path / "fm")
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.chdir(tmp_path)
+  for prefix in ("", "~/", f"{tmp_path}/"):
+    assert len(data.cifar(prefix + "c10", 10, "test")) == 4
+    assert len(data.image_folder(prefix + "tree", "train")) == 6
+    assert len(data.fashion_mnist(prefix + "fm", "test")) == 5

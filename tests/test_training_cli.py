@@ -96,6 +96,7 @@ def final_state(workdir: Path) -> dict:
   return jax.tree.map(np.asarray, state)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_uninterrupted_parameters(setup):
   root, env = setup
   reference = run(train_command(root, root / "uninterrupted"), env)
@@ -145,6 +146,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_devices(setup):
   root, env = setup
   flags = ("--config.num_epochs=1", "--config.checkpoint_every_steps=100")
@@ -185,7 +187,12 @@ def test_unknown_config_field_on_the_command_line(setup):
 
 def test_missing_data_says_how_to_fix_it(setup):
   root, env = setup
-  result = run(train_command(root, root / "nodata", f"--config.data.dir={root / 'absent'}"), env)
+  # Nowhere to find or fetch the data: Debian's folder hidden (in the child), an empty cache, no server.
+  env = dict(env, OCTFLAX_DATA_DIR=str(root / "empty_cache"), OCTFLAX_FASHION_MNIST_URL="http://127.0.0.1:9/")
+  command = train_command(root, root / "nodata", f"--config.data.dir={root / 'absent'}")
+  hide_debian = ("import sys; from octflax.data import download; download.FASHION_MNIST_DIR = sys.argv.pop(1); "
+                 "from experiments import train; train.run()")
+  result = run([command[0], "-c", hide_debian, str(root / "no-debian"), *command[3:]], env)
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
   error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -202,6 +209,7 @@ def test_batch_size_not_divisible_on_the_command_line(setup):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_with_a_message_and_keeps_the_last_good_checkpoint(setup):
   root, env = setup
   workdir = root / "diverged"
@@ -225,6 +233,7 @@ def test_diverging_run_stops_with_a_message_and_keeps_the_last_good_checkpoint(s
   assert not (workdir / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_sweep_writes_results_and_plot_and_reuses_finished_runs(setup, tmp_path):
   root, env = setup
   results = tmp_path / "sweep.json"

@@ -30,15 +30,9 @@ def get_config():
   config.data.num_threads = 2
 
   config.num_epochs = 180
-  config.batch_size = 128
   config.learning_rate = 0.2  # Per 256 images: 0.1 at batch 128.
   config.warmup_epochs = 1.0
   config.weight_decay = 1e-4
-  config.label_smoothing = 0.0
-  config.mixup_alpha = 0.0
-  config.seed = 0
-  config.parallel = "jit"
-  config.half_precision = False
 
   config.checkpoint_every_steps = 2000
   config.keep_checkpoints = 3

@@ -23,23 +23,12 @@ from octflax.training import default_config
 def get_config():
   config = default_config()
   config.model.name = "oct_resnet8"
-  config.model.alpha = 0.25
-
-  config.data.name = "fashion_mnist"
-  config.data.augment = "none"
 
   config.num_epochs = 3
-  config.batch_size = 128
   config.learning_rate = 0.2  # Per 256 images: 0.1 at batch 128.
   config.warmup_epochs = 0.2
   config.weight_decay = 5e-4
-  config.label_smoothing = 0.0
-  config.mixup_alpha = 0.0
-  config.seed = 0
-  config.parallel = "jit"
-  config.half_precision = False
 
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
-  config.log_every_steps = 50
   return config

@@ -35,7 +35,6 @@ def get_config():
 
   config.data.name = "image_folder"
   config.data.dir = "/data/imagenet"
-  config.data.train_split = "train"
   config.data.test_split = "val"
   config.data.augment = "imagenet"
   config.data.image_size = 224
@@ -44,21 +43,10 @@ def get_config():
   config.num_epochs = 120  # The PyTorch port's schedule; the official MXNet runs use 90.
   config.batch_size = 1024
   config.eval_batch_size = 1024
-  config.learning_rate = 0.1  # Per 256 images.
   config.warmup_epochs = 5.0
-  config.momentum = 0.9
-  config.nesterov = True
-  config.weight_decay = 1e-4
-  config.label_smoothing = 0.0
-  config.mixup_alpha = 0.0
-  config.grad_clip_norm = 0.0
-  config.seed = 0
-  config.parallel = "jit"
   config.half_precision = True
 
   config.checkpoint_every_steps = 2500
   config.keep_checkpoints = 3
   config.log_every_steps = 100
-  config.eval_every_epochs = 1
-  config.progress_bar = True
   return config

@@ -23,17 +23,13 @@ from octflax.training import default_config
 
 def get_config():
   config = default_config()
-  config.model.name = "oct_resnet20"
   config.model.alpha = 0.0  # set per run by experiments.sweep
-  config.data.name = "fashion_mnist"
   config.data.augment = "crop_flip"
   config.data.validation_examples = 5000  # The last 5,000 training images: 55,000 train.
   config.num_epochs = 6
-  config.batch_size = 128
   config.learning_rate = 0.2  # per 256 images: 0.1 at batch 128
   config.warmup_epochs = 0.3
   config.weight_decay = 5e-4
-  config.seed = 0
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
   config.log_every_steps = 100

@@ -22,7 +22,6 @@ def get_config():
   config = default_config()
   config.model.name = "oct_wrn_16_4"
   config.model.alpha = 0.0  # set per run by experiments.sweep
-  config.data.name = "fashion_mnist"
   config.data.augment = "crop_flip"
   config.data.num_threads = 4
   config.data.validation_examples = 5000  # The last 5,000 training images: 55,000 train.

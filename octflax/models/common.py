@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -69,5 +70,61 @@ def check_num_classes(num_classes: int) -> None:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
 
 
-Activation = Callable[[Array], Array]
-StageSpec = Sequence[int]
+
+class FeatureStrides(Mapping):
+  """Feature name -> per-axis stride: a read-only mapping that is static under `jax.jit`.
+
+  It is a pytree with no leaves (the strides are its static data), so the strides a
+  jitted function returns are still Python ints, usable for shapes.
+  """
+
+  def __init__(self, items: Iterable[tuple[str, Sequence[int]]]):
+    self._items = tuple((str(name), tuple(int(s) for s in stride)) for name, stride in items)
+
+  def __getitem__(self, name: str) -> tuple[int, ...]:
+    return dict(self._items)[name]
+
+  def __iter__(self) -> Iterator[str]:
+    return (name for name, _ in self._items)
+
+  def __len__(self) -> int:
+    return len(self._items)
+
+  def __eq__(self, other: Any) -> bool:
+    return isinstance(other, Mapping) and dict(self._items) == dict(other.items())
+
+  def __hash__(self) -> int:
+    return hash(self._items)
+
+  def __repr__(self) -> str:
+    return f"FeatureStrides({dict(self._items)})"
+
+
+jax.tree_util.register_pytree_node(
+    FeatureStrides, lambda strides: ((), strides._items), lambda items, _: FeatureStrides(items))
+
+
+def backbone_features(maps: dict[str, Any], strides: dict[str, Sequence[int]]) -> dict[str, Any]:
+  """The backbone convention of every zoo model: feature maps and their strides.
+
+  A model called with ``return_features=True`` returns, instead of logits::
+
+    {'stem': OctTensor, 'stage1': OctTensor, ..., 'strides': {'stem': (2, 2), ...}}
+
+  Each map is an `OctTensor` (a vanilla map is ``OctTensor(high=x, low=None)``; its
+  ``merge()`` gives one array); its stride is that of the high part relative to the
+  input, per spatial axis (the low part has twice that stride on every octave axis).
+  ``strides`` is a `FeatureStrides`: Python ints inside and outside `jax.jit`.
+
+  Args:
+    maps: name -> feature map (an OctTensor or an array), in network order.
+    strides: name -> per-axis stride of the high part; the same keys as ``maps``.
+
+  Returns:
+    ``{**maps as OctTensors, 'strides': FeatureStrides}``.
+  """
+  if set(maps) != set(strides):
+    raise ValueError(f"maps {sorted(maps)} and strides {sorted(strides)} name different features.")
+  out: dict[str, Any] = {name: as_oct(value) for name, value in maps.items()}
+  out["strides"] = FeatureStrides((name, strides[name]) for name in maps)
+  return out

@@ -1,4 +1,4 @@
-"""Test set-up: float64 for the NumPy references and 8 simulated CPU devices for parallel code."""
+"""Test set-up for tests/ and the doctests of octflax/: 8 simulated CPU devices for parallel code."""
 import os
 
 # Must be set before jax is imported anywhere in the test session.
