@@ -341,3 +341,30 @@ def test_the_nnx_page_runs_as_written():
   assert len(losses) == 5 and losses[-1] < losses[0], losses
   chex.assert_shape(namespace["nnx_logits"], (8, 10))
   assert 0.0 <= namespace["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_trainer_with_the_nnx_api_follows_the_linen_loss_curve(tmp_path):
+  import json
+
+  from octflax import training
+  from octflax.training.checkpoint import write_checkpoint
+
+  # Both runs start from the same weights: a checkpoint of the Linen model's initial variables.
+  linen = linen_models.get_model("oct_resnet8", alpha=0.25, num_classes=10)
+  variables = jax.jit(functools.partial(linen.init, train=False))(jax.random.key(3), jnp.zeros((1, 12, 12, 3)))
+  start = write_checkpoint(tmp_path / "start", dict(variables), {"identity": {"num_classes": 10}})
+  curves, summaries = {}, {}
+  for api in ("linen", "nnx"):
+    config = training.default_config()
+    config.model.name, config.model.alpha, config.model.api = "oct_resnet8", 0.25, api
+    config.data.name, config.data.image_size, config.data.num_classes = "synthetic", 12, 10
+    config.data.max_train_examples, config.data.max_test_examples = 96, 32
+    config.batch_size, config.log_every_steps, config.progress_bar = 16, 1, False
+    config.init_from = start
+    summaries[api] = training.train_and_evaluate(config, str(tmp_path / api))
+    records = [json.loads(line) for line in (tmp_path / api / "metrics.jsonl").read_text().splitlines()]
+    curves[api] = [r["train_loss"] for r in records if r.get("kind") == "train"]
+  assert len(curves["nnx"]) == 6
+  np.testing.assert_allclose(curves["nnx"], curves["linen"], rtol=1e-5)
+  assert summaries["nnx"]["params"] == summaries["linen"]["params"]
