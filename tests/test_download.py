@@ -273,3 +273,22 @@ def test_trainer_without_data_or_network_stops_with_one_line(tmp_path):
   assert "apt-get install -y dataset-fashion-mnist" in error_lines[0] and "failed" in error_lines[0]
   assert elapsed < 60  # Mostly interpreter and jax start-up; the network part fails at once.
   assert not (tmp_path / "cache" / "fashion_mnist").exists() or not os.listdir(tmp_path / "cache" / "fashion_mnist")
+
+
+@pytest.mark.slow
+def test_trainer_downloads_verifies_and_trains(cache, server, tmp_path):
+  from octflax import training
+
+  config = training.default_config()
+  config.model.name, config.model.alpha = "oct_resnet20", 0.5
+  config.model.overrides.stage_sizes = (1, 1)
+  config.model.overrides.widths = (4, 8)
+  config.model.overrides.stem_features = 4
+  config.data.dir = str(tmp_path / "absent")
+  config.batch_size = 8  # 12 training examples: one step on the 8 simulated devices.
+  config.num_epochs = 1
+  config.progress_bar = False
+  summary = training.train_and_evaluate(config, str(tmp_path / "run"))
+  assert (summary["steps"], summary["train_examples"]) == (1, 12)
+  assert 0 <= summary["test_accuracy"] <= 1
+  assert sorted(server.requests) == cache_listing(cache) == sorted(download.FASHION_MNIST_SHA256)
