@@ -38,7 +38,7 @@ import optax
 from flax import linen as nn
 
 from octflax import cost, models
-from octflax import functional as F
+from octflax import execution
 from octflax.compiler import inference_compiler_options, init_compiler_options, train_compiler_options
 
 
@@ -96,7 +96,7 @@ def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
 # Variants selected with a suffix of the model name, e.g. 'oct_resnet50:nofuse'.
 VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}, "fuse": {"fuse": True}}
 # Variants of the execution rather than the model: ':nopad' leaves CPU convolution channels unpadded.
-EXECUTION_VARIANTS = {"nopad": lambda: F.cpu_channel_multiple(1)}
+EXECUTION_VARIANTS = {"nopad": lambda: execution.use_conv(execution.xla_cpu_conv_unpadded)}
 # Variants of the compilation: XLA options that replace the default ones for that configuration
 # (inference compiles with `octflax.inference_compiler_options()`, a train step with
 # `octflax.train_compiler_options()`). ':xladefault' is XLA's own defaults; ':ynndot' hands dots
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
   parser.add_argument("--models", default="oct_resnet50",
                       help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs, "
                            "'NAME:fuse' / 'NAME:nofuse' run paths with a shared output size as one conv or separately; "
-                           "'NAME:nopad' leaves CPU convolution channels unpadded (functional.cpu_channel_multiple); "
+                           "'NAME:nopad' leaves CPU convolution channels unpadded (execution.xla_cpu_conv_unpadded); "
                            "inference compiles with octflax.inference_compiler_options(), a train step with "
                            "octflax.train_compiler_options(); 'NAME:xladefault' compiles with XLA's defaults, "
                            "'NAME:ynndot' with "

@@ -1,7 +1,7 @@
 """Where the time goes: OctConv's convolutions against everything else, measured in context.
 
-Each network is compiled twice: as it is, and with every convolution that
-`octflax.functional.conv2d` runs (all OctConv paths, 1x1 and 3x3; not the vanilla 7x7 stem of
+Each network is compiled twice: as it is, and with every convolution that an OctConv path
+runs (`octflax.execution.use_conv`; all OctConv paths, 1x1 and 3x3; not the vanilla 7x7 stem of
 ImageNet ResNets, which is `nn.Conv`) replaced by a stand-in: a dot over at most 8 input
 channels, which keeps the output's shape, its dependence on the input and the kernel, and the
 form XLA fuses BatchNorm and adds into, for few MACs. Both forms are timed round-robin in one run. The stand-in form's time is everything but the convolutions
@@ -20,12 +20,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,33 +35,27 @@ from jax import lax
 
 from experiments import benchmark
 from octflax import cost
-from octflax import functional as F
+from octflax import execution
 
 
-def _stand_in(x, kernel, feature_group_count=1, precision=None):
+def _stand_in(x, kernel, feature_group_count=1, precision=None, kernel_dilation=None):
   """A dot over (at most) 8 input channels: the convolution's output shape and form, few MACs."""
-  del feature_group_count
+  del feature_group_count, kernel_dilation
   dtype = jnp.result_type(x, kernel)
   k = min(8, x.shape[-1], kernel.shape[2])
-  return lax.dot_general(x[..., :k].astype(dtype), kernel[0, 0, :k].astype(dtype),
+  return lax.dot_general(x[..., :k].astype(dtype), kernel[(0,) * (kernel.ndim - 2)][:k].astype(dtype),
                          (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
-def _no_macs(x, kernel, feature_group_count=1, precision=None):
+def _no_macs(x, kernel, feature_group_count=1, precision=None, kernel_dilation=None):
   """The output shape with no dot at all (to count the MACs outside the convolutions)."""
-  del feature_group_count, precision
+  del feature_group_count, precision, kernel_dilation
   return jnp.broadcast_to(x[..., :1], x.shape[:-1] + kernel.shape[-1:]).astype(jnp.result_type(x, kernel))
 
 
-@contextlib.contextmanager
-def convolutions_replaced(stand_in: Callable[..., jax.Array] = _stand_in) -> Iterator[None]:
-  """Replaces `functional.conv2d` (what every OctConv path calls) with ``stand_in``, while tracing inside."""
-  real = F.conv2d
-  F.conv2d = stand_in
-  try:
-    yield
-  finally:
-    F.conv2d = real
+def convolutions_replaced(stand_in: Callable[..., jax.Array] = _stand_in):
+  """Every OctConv path traced inside runs ``stand_in`` instead of its convolution."""
+  return execution.use_conv(stand_in)
 
 
 def run(model: str, alphas: list[float], batch: int, mode: str, image_size: int, num_classes: int,

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from octflax.resample import avg_pool2, low_spatial_size, resolve_octave_axes, upsample2
+
 Array = jax.Array
 
 
@@ -49,17 +51,14 @@ def split_channels(channels: int, alpha: float) -> tuple[int, int]:
   return channels - low, low
 
 
-def low_spatial_size(height: int, width: int) -> tuple[int, int]:
-  """Spatial size of the low part for a high part of size H x W: ceil(H/2) x ceil(W/2)."""
-  return -(-height // 2), -(-width // 2)
-
-
 @struct.dataclass
 class OctTensor:
-  """A feature map split into a high- and a low-frequency part (NHWC).
+  """A feature map split into a high- and a low-frequency part (channels last).
 
-  ``high`` is ``[N, H, W, C_h]`` at full resolution and ``low`` is
-  ``[N, ceil(H/2), ceil(W/2), C_l]``. Either may be ``None`` (alpha = 0 gives
+  In 2-D ``high`` is ``[N, H, W, C_h]`` at full resolution and ``low`` is
+  ``[N, ceil(H/2), ceil(W/2), C_l]``; with other ranks (``[N, L, C]``, ``[N, T, H, W, C]``)
+  the low part has ceil(n/2) of the high part's size n on the octave axes and the same size
+  on the others (`low_spatial_size`). Either may be ``None`` (alpha = 0 gives
   ``low=None``, alpha = 1 gives ``high=None``), never both. It is a pytree, so it
   passes through ``jax.jit``, ``jax.grad``, ``jax.vmap`` and ``jax.tree.map``.
 
@@ -77,20 +76,24 @@ class OctTensor:
       raise ValueError("OctTensor needs a high or a low part (or both); got high=None and low=None.")
 
   @classmethod
-  def from_array(cls, x: Array, alpha: float = 0.0) -> "OctTensor":
-    """Splits a full-resolution map ``[N, H, W, C]`` into an OctTensor at ratio alpha.
+  def from_array(cls, x: Array, alpha: float = 0.0, octave_axes: tuple[int, ...] | None = None) -> "OctTensor":
+    """Splits a full-resolution map ``[N, *spatial, C]`` into an OctTensor at ratio alpha.
 
-    The first ``C_h`` channels stay at full resolution; the last ``C_l`` are 2x2
-    average-pooled (ceil mode) to form the low part.
+    The first ``C_h`` channels stay at full resolution; the last ``C_l`` are average-pooled
+    by 2 (ceil mode) on the octave axes to form the low part.
+
+    Args:
+      x: ``[N, *spatial, C]`` with at least one spatial axis.
+      alpha: share of low-frequency channels (`split_channels`).
+      octave_axes: spatial axes (0-based) that the low part halves; None = all.
     """
-    # Imported here: functional depends on this module.
-    from octflax.functional import avg_pool2
-
-    if x.ndim != 4:
-      raise ValueError(f"expected an NHWC array of rank 4, got shape {x.shape}.")
+    if x.ndim < 3:
+      raise ValueError(f"from_array: expected an array [N, *spatial, C] of rank >= 3, got shape {tuple(x.shape)}.")
+    spatial_dims = x.ndim - 2
+    axes = resolve_octave_axes(octave_axes, spatial_dims)
     c_high, c_low = split_channels(x.shape[-1], alpha)
     high = x[..., :c_high] if c_high else None
-    low = avg_pool2(x[..., c_high:]) if c_low else None
+    low = avg_pool2(x[..., c_high:], axes, spatial_dims=spatial_dims) if c_low else None
     return cls(high=high, low=low)
 
   @property
@@ -130,18 +133,21 @@ class OctTensor:
         low=None if self.low is None else fn(self.low),
     )
 
-  def merge(self) -> Array:
+  def merge(self, octave_axes: tuple[int, ...] | None = None) -> Array:
     """One full-resolution map: nearest-upsample ``low`` to the high size, concatenate channels.
 
-    With no high part, the low part is upsampled to twice its size.
-    """
-    from octflax.functional import upsample2
+    With no high part, the low part is upsampled to twice its size on the octave axes.
 
+    Args:
+      octave_axes: spatial axes (0-based) on which the low part has half the size; None = all.
+    """
     if self.low is None:
       return self.high
+    spatial_dims = self.low.ndim - 2
+    axes = resolve_octave_axes(octave_axes, spatial_dims)
     if self.high is None:
-      return upsample2(self.low)
-    low = upsample2(self.low, self.high.shape[-3:-1]).astype(self.high.dtype)
+      return upsample2(self.low, None, axes, spatial_dims=spatial_dims)
+    low = upsample2(self.low, self.high.shape[1:-1], axes).astype(self.high.dtype)
     return jnp.concatenate([self.high, low], axis=-1)
 
 

@@ -110,13 +110,14 @@ def test_profile_ops_finds_the_convolutions(capsys):
 
 def test_decompose_splits_the_time_and_leaves_no_convolution_macs(capsys):
   from experiments import decompose  # pylint: disable=g-import-not-at-top
-  from octflax import functional as F  # pylint: disable=g-import-not-at-top
+  from octflax import execution  # pylint: disable=g-import-not-at-top
 
-  real = F.conv2d
+  real = execution.current_conv()
   x, k = benchmark.jnp.ones((2, 5, 5, 3)), benchmark.jnp.ones((3, 3, 3, 4))
   with decompose.convolutions_replaced():
-    assert F.conv2d is not real and F.conv2d(x, k).shape == (2, 5, 5, 4)
-  assert F.conv2d is real  # restored
+    assert execution.current_conv() is decompose._stand_in
+    assert execution.current_conv()(x, k).shape == (2, 5, 5, 4)
+  assert execution.current_conv() is real  # restored
 
   rows = decompose.run("oct_resnet20", [0.5], 2, "inference", 8, 10, 1, repeats=2, warmup=1)
   assert [r["alpha"] for r in rows] == [0.0, 0.5]

@@ -20,7 +20,7 @@ import pytest
 from flax import linen as nn
 
 import numpy_reference as ref
-from octflax import OctConv, OctTensor, functional as F
+from octflax import OctConv, OctTensor, execution, functional as F
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -309,28 +309,37 @@ def test_functional_oct_conv_accepts_plain_array():
 # ------------------------------------------------------- alpha = 0 is flax.linen.Conv
 
 
-@pytest.mark.parametrize("k", [1, 3, 5])
-@pytest.mark.parametrize("use_bias", [True, False])
-@pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
-def test_alpha_zero_equals_flax_conv_bit_for_bit(k, use_bias, hw):
+def _alpha_zero_and_flax_conv(k, use_bias, hw):
   x = make_input(k, 2, hw, 5, 0.0).high
   conv = OctConv(7, k, 0.0, 0.0, use_bias=use_bias)
   variables = init_variables(conv, x)
   assert set(variables["params"]) == {"h2h"}
-  y = conv.apply(variables, x)
-  assert y.low is None
   flax_conv = nn.Conv(7, (k, k), padding="SAME", use_bias=use_bias)
   # The parameter layout of the h2h path is flax.linen.Conv's.
   chex.assert_trees_all_equal_shapes_and_dtypes(
       variables["params"]["h2h"], jax.eval_shape(flax_conv.init, jax.random.key(0), x)["params"])
   expected = flax_conv.apply({"params": variables["params"]["h2h"]}, x)
+  return conv, variables, x, expected
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
+def test_alpha_zero_equals_flax_conv_bit_for_bit_with_cpu_choices_off(k, use_bias, hw):
+  conv, variables, x, expected = _alpha_zero_and_flax_conv(k, use_bias, hw)
+  with execution.use_conv(F.conv):
+    y = conv.apply(variables, x)
+  assert y.low is None
   chex.assert_shape(y.high, (2, *hw, 7))
-  if k == 1:
-    # octflax runs a 1x1 convolution as a dot over channels (faster on XLA:CPU): the same
-    # products, summed in another order, so equal to float32 rounding rather than bit for bit.
-    np.testing.assert_allclose(np.asarray(y.high), np.asarray(expected), rtol=1e-6, atol=1e-6)
-  else:
-    np.testing.assert_array_equal(np.asarray(y.high), np.asarray(expected))
+  np.testing.assert_array_equal(np.asarray(y.high), np.asarray(expected))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_alpha_zero_equals_flax_conv_to_float32_rounding_with_default_execution(k):
+  # On CPU a 1x1 convolution runs as a dot over channels (octflax.execution): the same
+  # products, summed in another order.
+  conv, variables, x, expected = _alpha_zero_and_flax_conv(k, True, (5, 7))
+  np.testing.assert_allclose(np.asarray(conv.apply(variables, x).high), np.asarray(expected), rtol=1e-6, atol=1e-6)
 
 
 def test_alpha_zero_grouped_equals_flax_conv_bit_for_bit():
@@ -387,7 +396,7 @@ def conv_macs(eqn) -> int:
 
 def traced_layer(module, x):
   variables = jax.eval_shape(module.init, jax.random.key(0), x)
-  with F.cpu_channel_multiple(1):  # The layer's own convolutions, without the CPU execution's padding.
+  with execution.use_conv(F.conv):  # The layer's own convolutions, not the CPU execution's form.
     jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x))(variables, x)
   out = jax.eval_shape(module.apply, variables, x)
   return variables, conv_eqns(jaxpr.jaxpr), out
@@ -528,7 +537,7 @@ def test_alpha_outside_unit_interval_fails_at_construction(bad, name):
     OctConv(8, 3, **kwargs)
 
 
-@pytest.mark.parametrize("strides", [3, (1, 2), 0, (2, 2, 2)])
+@pytest.mark.parametrize("strides", [3, (1, 3), 0, (2, 2, 2)])
 def test_stride_not_1_or_2_fails(strides):
   with pytest.raises(ValueError, match="strides"):
     OctConv(8, 3, 0.5, 0.5, strides=strides)

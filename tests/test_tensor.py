@@ -158,8 +158,8 @@ def test_from_array_at_alpha_0_and_1_leaves_a_part_out():
 
 
 def test_from_array_rejects_bad_input():
-  with pytest.raises(ValueError, match="rank 4"):
-    OctTensor.from_array(jnp.zeros((4, 4, 3)), 0.5)
+  with pytest.raises(ValueError, match="rank >= 3"):
+    OctTensor.from_array(jnp.zeros((4, 3)), 0.5)
   with pytest.raises(ValueError, match="alpha"):
     OctTensor.from_array(jnp.zeros((1, 4, 4, 3)), 1.5)
 
