@@ -66,3 +66,6 @@ __all__ = [
     "steps_per_epoch",
     "synthetic",
 ]
+
+from octflax.data.clips import MovingGarments, moving_fashion_mnist  # noqa: E402  (clip data set)
+__all__ += ["MovingGarments", "moving_fashion_mnist"]
