@@ -351,3 +351,12 @@ def test_nd_avg_pool2_and_upsample2_refuse_sizes_they_cannot_produce():
     avg_pool2(jnp.ones((4, 4, 2)), spatial_dims=3)
   with pytest.raises(ValueError, match="octave_axes"):
     OctTensor.from_array(jnp.ones((1, 4, 4, 2)), 0.5, octave_axes=(0, 2))
+
+
+def test_tree_map_to_none_leaves_rebuilds_without_the_constructor_check():
+  x = OctTensor(jnp.ones((1, 4, 4, 2)), jnp.ones((1, 2, 2, 2)))
+  empty = jax.tree.map(lambda _: None, x)  # the placeholder trees JAX and Flax NNX build
+  assert isinstance(empty, OctTensor) and empty.high is None and empty.low is None
+  assert [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(x)] == [".high", ".low"]
+  with pytest.raises(ValueError, match="needs a high or a low part"):
+    OctTensor(None, None)  # constructing one by hand is still refused
