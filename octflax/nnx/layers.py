@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
+from octflax import execution
 from octflax import functional as F
 from octflax import layers as linen_layers
 from octflax.tensor import OctTensor, as_oct, split_channels
@@ -37,27 +38,30 @@ class _PathWeights(nnx.Module):
 
 
 class OctConv(nnx.Module):
-  """Octave convolution (Chen et al., 2019) as a Flax NNX module.
+  """Octave convolution (Chen et al., 2019) as a Flax NNX module, in 1-D, 2-D or 3-D.
 
   The same layer as `octflax.OctConv` (Linen), constructed eagerly::
 
     Y^H = f(X^H; W^hh) + U(f(X^L; W^lh)),   Y^L = f(X^L; W^ll) + f(P(X^H); W^hl)
 
-  (P: 2x2 average pool, U: 2x nearest upsample; stride 2 average-pools the input first).
+  (P: average pool by 2, U: nearest upsample by 2, on the octave axes; stride 2
+  average-pools the input first; `octflax.functional.oct_conv` has the general equations).
   Its state holds the sub-modules ``h2h``, ``h2l``, ``l2h``, ``l2l`` (those present), each
-  with a ``kernel`` in HWIO layout and a ``bias`` where the Linen layer has one: the same
-  names, shapes and initial distribution as the Linen layer.
+  with a ``kernel`` ``[*kernel_size, in / groups, out]`` and a ``bias`` where the Linen layer
+  has one (`octflax.functional.oct_conv_param_shapes`), drawn from the vanilla kernel's
+  distribution (`octflax.functional.path_kernel_init`): the Linen layer's names, shapes and
+  initialisation.
 
   Args:
     in_features: input channels C_in (both parts together).
     out_features: output channels C_out (both parts together).
-    kernel_size: odd int or pair of odd ints.
+    kernel_size: odd int (2-D) or a tuple of odd ints, one per spatial axis.
     alpha_in: share of low-frequency input channels, in [0, 1].
     alpha_out: share of low-frequency output channels, in [0, 1].
-    strides: 1 or 2.
+    strides: 1 or 2, or one of them per spatial axis.
     padding, feature_group_count, use_bias, dtype, param_dtype, precision, kernel_init,
-      bias_init, fuse, pool_stride: as in `octflax.OctConv`.
-    rngs: the ``params`` stream initialises the kernels.
+      bias_init, fuse, pool_stride, octave_axes, kernel_dilation: as in `octflax.OctConv`.
+    rngs: the ``params`` stream initialises the kernels and biases.
 
   Examples:
     >>> conv = OctConv(8, 32, 3, alpha_in=0.0, alpha_out=0.5, rngs=nnx.Rngs(0))
@@ -85,27 +89,36 @@ class OctConv(nnx.Module):
       bias_init: Initializer = nn.initializers.zeros_init(),
       fuse: bool = False,
       pool_stride: bool = True,
+      octave_axes: Sequence[int] | None = None,
+      kernel_dilation: int | Sequence[int] = 1,
       rngs: nnx.Rngs,
   ):
-    # The Linen layer's description validates the arguments and owns the parameter
-    # layout; it is never called on data.
-    spec = linen_layers.OctConv(
+    # The Linen layer's attribute checks, so that both front ends accept the same arguments.
+    linen_layers.OctConv(
         out_features, kernel_size, alpha_in, alpha_out, strides=strides, padding=padding,
-        feature_group_count=feature_group_count, use_bias=use_bias, dtype=dtype,
-        param_dtype=param_dtype, precision=precision, kernel_init=kernel_init,
-        bias_init=bias_init, fuse=fuse, pool_stride=pool_stride)
-    if not isinstance(in_features, int) or in_features < 1:
+        feature_group_count=feature_group_count, use_bias=use_bias, fuse=fuse, pool_stride=pool_stride,
+        octave_axes=None if octave_axes is None else tuple(octave_axes), kernel_dilation=kernel_dilation)
+    if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features < 1:
       raise ValueError(f"in_features must be a positive int, got {in_features!r}.")
     self.in_features = in_features
     self.out_features = out_features
     self.alpha_in = float(alpha_in)
     self.alpha_out = float(alpha_out)
-    self.strides = linen_layers._pair(strides, "strides")[0]
+    self.strides = strides if isinstance(strides, int) else tuple(strides)
+    self.octave_axes = None if octave_axes is None else tuple(octave_axes)
+    self.kernel_dilation = kernel_dilation if isinstance(kernel_dilation, int) else tuple(kernel_dilation)
     self.dtype = dtype
     self.precision = precision
     self.fuse = fuse
     self.pool_stride = pool_stride
-    for path, (kernel, bias) in _initial_path_weights(spec, in_features, rngs.params()).items():
+    kernel_size = F.kernel_size_tuple(kernel_size)
+    vanilla = F.vanilla_kernel_shape(kernel_size, in_features, out_features, feature_group_count)
+    path_init = F.path_kernel_init(kernel_init, vanilla)
+    shapes = F.oct_conv_param_shapes(kernel_size, in_features, out_features, alpha_in, alpha_out,
+                                     feature_group_count, use_bias)
+    for path, path_shapes in shapes.items():
+      kernel = path_init(rngs.params(), path_shapes.kernel, param_dtype)
+      bias = None if path_shapes.bias is None else bias_init(rngs.params(), path_shapes.bias, param_dtype)
       setattr(self, path, _PathWeights(kernel, bias))
 
   def _paths(self) -> dict[str, _PathWeights]:
@@ -126,19 +139,9 @@ class OctConv(nnx.Module):
     x = x.map(lambda p: p.astype(dtype))
     kernels = {p: k.astype(dtype) for p, k in kernels.items()}
     biases = {p: b.astype(dtype) for p, b in biases.items()}
-    return F.oct_conv(x, kernels, biases, strides=self.strides, precision=self.precision, fuse=self.fuse,
-                      pool_stride=self.pool_stride)
-
-
-def _initial_path_weights(spec: linen_layers.OctConv, in_features: int,
-                          key: Array) -> dict[str, tuple[Array, Array | None]]:
-  """Kernel and bias of each path as the Linen layer ``spec`` initialises them from ``key``."""
-  in_high, in_low = split_channels(in_features, spec.alpha_in)
-  # Any spatial size works: only the parameters are created, nothing is computed.
-  high = None if not in_high else jax.ShapeDtypeStruct((1, 2, 2, in_high), spec.param_dtype)
-  low = None if not in_low else jax.ShapeDtypeStruct((1, 1, 1, in_low), spec.param_dtype)
-  params = spec.lazy_init(key, OctTensor(high, low))["params"]
-  return {p: (params[p]["kernel"], params[p].get("bias")) for p in F.PATHS if p in params}
+    return F.oct_conv(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
+                      kernel_dilation=self.kernel_dilation, precision=self.precision, fuse=self.fuse,
+                      pool_stride=self.pool_stride, conv_fn=execution.current_conv())
 
 
 class OctBatchNorm(nnx.Module):
