@@ -69,6 +69,24 @@ def test_octconv_state_and_output_match_linen(alpha_in, alpha_out, strides, grou
   _assert_trees_close(conv(x), linen.apply(variables, x))
 
 
+@pytest.mark.parametrize("kernel_size,shape,octave_axes,strides,dilation", [
+    ((3,), (2, 9, 8), None, 2, 1),
+    ((3, 3, 3), (1, 4, 7, 7, 8), (1, 2), (1, 2, 2), 1),
+    ((3, 3), (2, 9, 9, 8), None, 1, 2),
+])
+def test_nd_octconv_and_octconvbn_match_linen(kernel_size, shape, octave_axes, strides, dilation):
+  x = OctTensor.from_array(jax.random.normal(jax.random.key(1), shape), 0.5, octave_axes=octave_axes)
+  kwargs = dict(octave_axes=octave_axes, kernel_dilation=dilation)
+  linen = octflax.OctConvBN(8, kernel_size, 0.5, 0.25, strides=strides, activation=jax.nn.relu, **kwargs)
+  variables = _perturbed(linen.init(jax.random.key(0), x, train=False))
+  unit = onnx.OctConvBN(8, 8, kernel_size, 0.5, 0.25, strides, activation=jax.nn.relu, rngs=nnx.Rngs(0), **kwargs)
+  assert _shapes(onnx.to_linen(unit)) == _shapes(variables)
+  onnx.from_linen(variables, unit)
+  y, updates = linen.apply(variables, x, train=True, mutable=["batch_stats"])
+  _assert_trees_close(unit(x), y)
+  _assert_trees_close(onnx.to_linen(unit)["batch_stats"], updates["batch_stats"])
+
+
 def test_depthwise_octconv_has_only_intra_paths_as_in_linen():
   x = _oct_input((2, 8, 8, 16), 0.5)
   linen = octflax.OctConv(16, 3, 0.5, 0.5, feature_group_count=16)

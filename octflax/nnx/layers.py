@@ -212,7 +212,8 @@ class OctConvBN(nnx.Module):
     activation: applied to each part after normalisation (None: no activation).
     momentum, epsilon, axis_name: of the BatchNorm (momentum 0.9 is PyTorch's 0.1).
     bn_scale_init: initialiser of the BatchNorm scale (zeros for a residual block's last unit).
-    dtype, param_dtype, precision, kernel_init, fuse, pool_stride: as in `octflax.OctConvBN`.
+    dtype, param_dtype, precision, kernel_init, fuse, pool_stride, octave_axes,
+      kernel_dilation: as in `octflax.OctConvBN` (``kernel_size`` gives the rank).
     use_running_average: the BatchNorm's initial mode (``model.eval()`` sets it).
     rngs: initialises the kernels.
   """
@@ -238,6 +239,8 @@ class OctConvBN(nnx.Module):
       kernel_init: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
       fuse: bool = False,
       pool_stride: bool = True,
+      octave_axes: Sequence[int] | None = None,
+      kernel_dilation: int | Sequence[int] = 1,
       use_running_average: bool = False,
       rngs: nnx.Rngs,
   ):
@@ -246,7 +249,7 @@ class OctConvBN(nnx.Module):
         in_features, out_features, kernel_size, alpha_in, alpha_out, strides,
         feature_group_count=feature_group_count, use_bias=False, dtype=dtype, param_dtype=param_dtype,
         precision=precision, kernel_init=kernel_init, fuse=fuse, pool_stride=pool_stride or not vanilla,
-        rngs=rngs)
+        octave_axes=octave_axes, kernel_dilation=kernel_dilation, rngs=rngs)
     self.bn = OctBatchNorm(
         out_features, alpha_out, use_running_average=use_running_average, momentum=momentum,
         epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, scale_init=bn_scale_init,
