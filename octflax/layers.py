@@ -19,6 +19,11 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+  """A 2-D int pair (octflax.nnx.layers reads its strides with it)."""
+  return tuple(F.as_tuple(value, 2, name))
+
+
 class _PathWeights(nn.Module):
   """The kernel and optional bias of one OctConv path (`functional.oct_conv_param_shapes`)."""
 
@@ -209,6 +214,7 @@ class OctConvBN(nn.Module):
     bn_scale_init: initialiser of the BatchNorm scale (zeros for a residual block's last unit).
     dtype, param_dtype, precision, kernel_init, fuse: as in `OctConv`.
     pool_stride: as in `OctConv`; False is used only where the unit is vanilla.
+    octave_axes, kernel_dilation: as in `OctConv` (``kernel_size`` gives the rank).
   """
 
   features: int
@@ -228,6 +234,8 @@ class OctConvBN(nn.Module):
   kernel_init: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
   fuse: bool = False
   pool_stride: bool = True
+  octave_axes: tuple[int, ...] | None = None
+  kernel_dilation: int | Sequence[int] = 1
 
   @nn.compact
   def __call__(self, x: OctTensor | Array, train: bool = False) -> OctTensor:
@@ -236,7 +244,8 @@ class OctConvBN(nn.Module):
         self.features, self.kernel_size, self.alpha_in, self.alpha_out, strides=self.strides,
         feature_group_count=self.feature_group_count, use_bias=False, dtype=self.dtype,
         param_dtype=self.param_dtype, precision=self.precision, kernel_init=self.kernel_init,
-        fuse=self.fuse, pool_stride=self.pool_stride or not vanilla, name="conv")(x)
+        fuse=self.fuse, pool_stride=self.pool_stride or not vanilla, octave_axes=self.octave_axes,
+        kernel_dilation=self.kernel_dilation, name="conv")(x)
     y = OctBatchNorm(
         use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
         dtype=self.dtype, param_dtype=self.param_dtype, scale_init=self.bn_scale_init,

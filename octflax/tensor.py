@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+from flax import serialization
 
 from octflax.resample import avg_pool2, low_spatial_size, resolve_octave_axes, upsample2
 
@@ -51,7 +52,7 @@ def split_channels(channels: int, alpha: float) -> tuple[int, int]:
   return channels - low, low
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class OctTensor:
   """A feature map split into a high- and a low-frequency part (channels last).
 
@@ -126,6 +127,10 @@ class OctTensor:
     part = self.high if self.high is not None else self.low
     return tuple(part.shape[:-3])
 
+  def replace(self, **updates: Any) -> "OctTensor":
+    """A copy with the given fields (``high``, ``low``) replaced."""
+    return dataclasses.replace(self, **updates)
+
   def map(self, fn: Callable[[Array], Array]) -> "OctTensor":
     """Applies ``fn`` to each present part: ``OctTensor(fn(high), fn(low))``."""
     return OctTensor(
@@ -149,6 +154,28 @@ class OctTensor:
       return upsample2(self.low, None, axes, spatial_dims=spatial_dims)
     low = upsample2(self.low, self.high.shape[1:-1], axes).astype(self.high.dtype)
     return jnp.concatenate([self.high, low], axis=-1)
+
+
+def _flatten_with_keys(x: OctTensor):
+  return ((jax.tree_util.GetAttrKey("high"), x.high), (jax.tree_util.GetAttrKey("low"), x.low)), None
+
+
+def _unflatten(_, children) -> OctTensor:
+  # Bypasses __init__ (and its check): JAX and Flax rebuild pytrees with placeholder or None
+  # leaves (jax.tree.map(lambda _: None, x), NNX's graph handling), which must not fail.
+  x = object.__new__(OctTensor)
+  object.__setattr__(x, "high", children[0])
+  object.__setattr__(x, "low", children[1])
+  return x
+
+
+jax.tree_util.register_pytree_with_keys(
+    OctTensor, _flatten_with_keys, _unflatten, lambda x: ((x.high, x.low), None))
+serialization.register_serialization_state(
+    OctTensor,
+    lambda x: {"high": serialization.to_state_dict(x.high), "low": serialization.to_state_dict(x.low)},
+    lambda x, state: _unflatten(None, (serialization.from_state_dict(x.high, state["high"]),
+                                       serialization.from_state_dict(x.low, state["low"]))))
 
 
 def as_oct(x: Any) -> OctTensor:

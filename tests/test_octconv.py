@@ -20,7 +20,7 @@ import pytest
 from flax import linen as nn
 
 import numpy_reference as ref
-from octflax import OctConv, OctTensor, execution, functional as F
+from octflax import OctConv, OctConvBN, OctTensor, execution, functional as F
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -600,3 +600,191 @@ def test_functional_errors_name_the_argument():
     F.oct_conv(x, {"h2h": jnp.ones((3, 3, 2, 2)), "l2h": jnp.ones((3, 3, 2, 3))})
   with pytest.raises(ValueError, match="low part"):
     F.oct_conv(OctTensor(jnp.ones((1, 6, 6, 2)), jnp.ones((1, 2, 2, 2))), k)
+
+
+# --------------------------------------------- any number of spatial axes: 1-D, 3-D, octave_axes, dilation
+
+
+def _low_size(spatial, octave):
+  return tuple(math.ceil(s / 2) if i in octave else s for i, s in enumerate(spatial))
+
+
+def make_input_nd(seed, n, spatial, channels, alpha, octave_axes=None):
+  """Random OctTensor [N, *spatial, C] split at alpha, the low part halved on the octave axes."""
+  octave = range(len(spatial)) if octave_axes is None else octave_axes
+  ch, cl = ref.split(channels, alpha)
+  rng = np.random.default_rng(seed)
+  high = jnp.asarray(rng.standard_normal((n, *spatial, ch)).astype(np.float32)) if ch else None
+  low = jnp.asarray(rng.standard_normal((n, *_low_size(spatial, octave), cl)).astype(np.float32)) if cl else None
+  return OctTensor(high, low)
+
+
+def expected_nd_spatial(spatial, strides, octave, has_high):
+  """(high, low) output spatial sizes per DESIGN.md's per-axis rule."""
+  if has_high:
+    high = tuple(math.ceil(n / s) for n, s in zip(spatial, strides))
+  else:  # from the low part alone: l2h upsamples on octave axes of stride 1, pools on others of stride 2
+    low_in = _low_size(spatial, octave)
+    high = tuple((l if s == 2 else 2 * l) if i in octave else math.ceil(l / s)
+                 for i, (l, s) in enumerate(zip(low_in, strides)))
+  return high, _low_size(high, octave)
+
+
+def assert_relative_close(actual, expected, rtol=1e-5):
+  """max |actual - expected| <= rtol * max |expected| (the issue's "1e-5 relative")."""
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  scale = max(np.max(np.abs(expected)), 1e-30)
+  assert np.max(np.abs(actual - expected)) <= rtol * scale, np.max(np.abs(actual - expected)) / scale
+
+
+def run_nd_case(*, spatial, k, c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, strides=1, octave_axes=None,
+                dilation=1, groups=1, depthwise=False, seed=0, n=2):
+  rank = len(spatial)
+  conv = OctConv(c_out, k, alpha_in, alpha_out, strides=strides, feature_group_count=groups,
+                 octave_axes=octave_axes, kernel_dilation=dilation, bias_init=BIAS_INIT)
+  x = make_input_nd(seed, n, spatial, c_in, alpha_in, octave_axes)
+  variables = init_variables(conv, x, seed)
+  y = fast_jit(conv.apply)(variables, x)
+  params = variables["params"]
+  paths = ref.path_channels(c_in, c_out, alpha_in, alpha_out)
+  if depthwise:
+    paths = {p: io for p, io in paths.items() if p in ("h2h", "l2l")}
+  assert set(params) == set(paths)
+  path_groups = {p: (io[0] if depthwise else groups) for p, io in paths.items()}
+  for p, (ci, co) in paths.items():
+    chex.assert_shape(params[p]["kernel"], (*k, ci // path_groups[p], co))
+  kernels = {p: np.asarray(v["kernel"]) for p, v in params.items()}
+  biases = {p: np.asarray(v["bias"]) for p, v in params.items() if "bias" in v}
+  stride_t = (strides,) * rank if isinstance(strides, int) else strides
+  dilation_t = (dilation,) * rank if isinstance(dilation, int) else dilation
+  yh, yl = ref.oct_conv_nd(np_part(x.high), np_part(x.low), kernels, biases, stride_t, path_groups,
+                           octave_axes, dilation_t)
+  octave = tuple(range(rank)) if octave_axes is None else octave_axes
+  high_size, low_size = expected_nd_spatial(spatial, stride_t, octave, x.high is not None)
+  _, out_low = ref.split(c_out, alpha_out)
+  out_high = c_out - out_low
+  assert (y.high is None) == (out_high == 0) and (y.low is None) == (out_low == 0)
+  if out_high:
+    chex.assert_shape(y.high, (n, *high_size, out_high))
+    assert_relative_close(y.high, yh)
+  if out_low:
+    chex.assert_shape(y.low, (n, *low_size, out_low))
+    assert_relative_close(y.low, yl)
+  return y
+
+
+ND_CASES = {
+    # name: keyword arguments of run_nd_case
+    "1d_odd_stride1": dict(spatial=(9,), k=(3,)),
+    "1d_even_stride2": dict(spatial=(8,), k=(3,), strides=2),
+    "1d_odd_stride2_k5": dict(spatial=(11,), k=(5,), strides=2),
+    "1d_alpha_0_to_half": dict(spatial=(9,), k=(3,), alpha_in=0.0, strides=2),
+    "1d_alpha_half_to_0": dict(spatial=(7,), k=(3,), alpha_out=0.0),
+    "1d_alpha_1_to_half": dict(spatial=(7,), k=(3,), alpha_in=1.0, strides=2),
+    "1d_alpha_half_to_1": dict(spatial=(7,), k=(3,), alpha_out=1.0),
+    "1d_alpha_1_to_1_stride1": dict(spatial=(7,), k=(3,), alpha_in=1.0, alpha_out=1.0),
+    "1d_mixed_quarter_to_three_quarters": dict(spatial=(10,), k=(3,), alpha_in=0.25, alpha_out=0.75),
+    "1d_groups": dict(spatial=(9,), k=(3,), groups=2),
+    "1d_depthwise_stride2": dict(spatial=(9,), k=(3,), groups=8, depthwise=True, strides=2),
+    "1d_dilation": dict(spatial=(11,), k=(3,), dilation=2),
+    "1d_dilation_stride2": dict(spatial=(13,), k=(3,), dilation=3, strides=2, alpha_in=0.25, alpha_out=0.75),
+    "2d_per_axis_strides": dict(spatial=(7, 6), k=(3, 3), strides=(2, 1)),
+    "2d_one_octave_axis_stride2": dict(spatial=(7, 6), k=(3, 5), strides=2, octave_axes=(1,), alpha_in=0.25),
+    "3d_even_stride1": dict(spatial=(4, 6, 6), k=(3, 3, 3)),
+    "3d_odd_stride2": dict(spatial=(5, 7, 5), k=(3, 3, 3), strides=2),
+    "3d_video_octave_hw_stride_hw": dict(spatial=(3, 5, 6), k=(3, 3, 3), strides=(1, 2, 2), octave_axes=(1, 2)),
+    "3d_all_octave_stride_hw": dict(spatial=(4, 5, 7), k=(3, 3, 3), strides=(1, 2, 2)),
+    "3d_stride_on_non_octave_axis": dict(spatial=(5, 6, 7), k=(3, 3, 3), strides=(2, 1, 1), octave_axes=(1, 2)),
+    "3d_alpha_0_to_half_octave_hw": dict(spatial=(4, 5, 5), k=(1, 3, 3), alpha_in=0.0, octave_axes=(1, 2)),
+    "3d_alpha_half_to_0_stride2": dict(spatial=(4, 5, 5), k=(3, 1, 1), alpha_out=0.0, strides=2),
+    "3d_alpha_1_to_half_octave_t": dict(spatial=(5, 4, 3), k=(3, 3, 3), alpha_in=1.0, octave_axes=(0,),
+                                        strides=(2, 2, 1)),
+    "3d_alpha_half_to_1": dict(spatial=(3, 5, 5), k=(3, 3, 3), alpha_out=1.0, octave_axes=(1, 2)),
+    "3d_groups": dict(spatial=(3, 4, 5), k=(3, 3, 3), groups=2, strides=(1, 2, 2), octave_axes=(1, 2)),
+    "3d_depthwise": dict(spatial=(3, 5, 4), k=(3, 3, 3), groups=8, depthwise=True, octave_axes=(2, 1)),
+    "3d_dilation": dict(spatial=(5, 7, 7), k=(3, 3, 3), dilation=(1, 2, 2), octave_axes=(1, 2)),
+    "3d_dilation_stride2": dict(spatial=(4, 9, 8), k=(3, 3, 3), dilation=(2, 2, 1), strides=(1, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ND_CASES))
+def test_nd_octconv_matches_the_float64_reference(case):
+  run_nd_case(**ND_CASES[case])
+
+
+@pytest.mark.parametrize("rank,k,dilation", [(1, 1, 1), (1, 3, 2), (3, 1, 1), (3, 3, (1, 2, 2)), (3, (3, 1, 1), 1)])
+def test_nd_alpha_zero_equals_flax_conv_bit_for_bit_with_cpu_choices_off(rank, k, dilation):
+  spatial = (7,) if rank == 1 else (3, 5, 6)
+  kernel_size = (k,) * rank if isinstance(k, int) else k
+  x = make_input_nd(rank, 2, spatial, 5, 0.0).high
+  conv = OctConv(6, kernel_size, 0.0, 0.0, kernel_dilation=dilation, bias_init=BIAS_INIT)
+  variables = init_variables(conv, x)
+  flax_conv = nn.Conv(6, kernel_size, kernel_dilation=dilation, padding="SAME")
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      variables["params"]["h2h"], jax.eval_shape(flax_conv.init, jax.random.key(0), x)["params"])
+  with execution.use_conv(F.conv):
+    y = conv.apply(variables, x)
+  assert y.low is None
+  np.testing.assert_array_equal(np.asarray(y.high), np.asarray(flax_conv.apply({"params": variables["params"]["h2h"]}, x)))
+
+
+def test_nd_alpha_zero_strided_conv_equals_flax_conv_with_symmetric_padding():
+  x = make_input_nd(0, 2, (4, 7, 6), 3, 0.0).high
+  conv = OctConv(4, (3, 3, 3), 0.0, 0.0, strides=(1, 2, 2), pool_stride=False, kernel_dilation=(1, 1, 2))
+  variables = init_variables(conv, x)
+  flax_conv = nn.Conv(4, (3, 3, 3), strides=(1, 2, 2), kernel_dilation=(1, 1, 2), padding=[(1, 1), (1, 1), (2, 2)])
+  np.testing.assert_array_equal(np.asarray(conv.apply(variables, x).high),
+                                np.asarray(flax_conv.apply({"params": variables["params"]["h2h"]}, x)))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 1.0])
+def test_nd_param_count_equals_flax_conv(alpha):
+  x = make_input_nd(0, 1, (3, 4, 4), 16, alpha, (1, 2))
+  conv = OctConv(16, (3, 3, 3), alpha, alpha, octave_axes=(1, 2))
+  assert _param_count(jax.eval_shape(conv.init, jax.random.key(0), x)) == 27 * 16 * 16 + 16
+
+
+def test_nd_octconvbn_runs_with_octave_axes_and_dilation():
+  x = make_input_nd(0, 2, (3, 5, 5), 8, 0.5, (1, 2))
+  unit = OctConvBN(8, (3, 3, 3), 0.5, 0.5, strides=(1, 2, 2), octave_axes=(1, 2), kernel_dilation=(1, 2, 2),
+                   activation=jax.nn.relu)
+  variables = jax.eval_shape(unit.init, jax.random.key(0), x)
+  y = jax.eval_shape(unit.apply, variables, x)
+  chex.assert_shape(y.high, (2, 3, 3, 3, 4))
+  chex.assert_shape(y.low, (2, 3, 2, 2, 4))
+
+
+@pytest.mark.parametrize("kwargs,input_spatial,match", [
+    (dict(kernel_size=(3,)), (6, 6), r"kernel_size .*rank 3"),          # a 1-D kernel on NHWC
+    (dict(kernel_size=(3, 3, 3)), (6, 6), r"kernel_size .*rank 5"),     # a 3-D kernel on NHWC
+])
+def test_input_rank_that_does_not_match_kernel_size_fails(kwargs, input_spatial, match):
+  conv = OctConv(8, alpha_in=0.5, alpha_out=0.5, **kwargs)
+  x = make_input_nd(0, 1, input_spatial, 8, 0.5)
+  with pytest.raises(ValueError, match=match):
+    jax.eval_shape(conv.init, jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kernel_size=(3, 3), octave_axes=(2,)), r"octave_axes=\(2,\) has \[2\] outside the 2 spatial axes; allowed are 0..1"),
+    (dict(kernel_size=(3, 3, 3), octave_axes=(-1,)), r"octave_axes.*allowed are 0..2"),
+    (dict(kernel_size=(3, 3, 3), octave_axes=(1, 1)), r"octave_axes=\(1, 1\) repeats an axis"),
+    (dict(kernel_size=(3, 3, 3), octave_axes="hw"), r"octave_axes must be None or a tuple of ints, got 'hw'"),
+    (dict(kernel_size=(3, 3, 3), strides=(1, 3, 1)), r"strides=\(1, 3, 1\): stride 3 on an octave axis \(spatial axis 1\); allowed are 1 and 2"),
+    (dict(kernel_size=(3, 3, 3), strides=(4, 1, 1), octave_axes=(1, 2)), r"stride 4 on a spatial axis \(spatial axis 0\)"),
+    (dict(kernel_size=(3, 3, 3), strides=(2, 2)), r"strides must be an int or 3 ints"),
+    (dict(kernel_size=(3,), kernel_dilation=0), r"kernel_dilation must be positive ints, got 0"),
+    (dict(kernel_size=(3, 3), kernel_dilation=(1, 2, 2)), r"kernel_dilation must be an int or 2 ints"),
+    (dict(kernel_size=(3, 2, 3)), r"kernel_size must be odd"),
+])
+def test_nd_bad_arguments_fail_at_construction_naming_the_argument(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    OctConv(8, alpha_in=0.5, alpha_out=0.5, **kwargs)
+
+
+def test_nd_low_part_not_halved_on_the_octave_axes_fails():
+  x = OctTensor(jnp.ones((1, 4, 6, 6, 4)), jnp.ones((1, 2, 3, 3, 4)))  # time halved, but octave_axes=(1, 2)
+  conv = OctConv(8, (3, 3, 3), 0.5, 0.5, octave_axes=(1, 2))
+  with pytest.raises(ValueError, match=r"low part must have spatial size 4x3x3"):
+    jax.eval_shape(conv.init, jax.random.key(0), x)

@@ -21,7 +21,10 @@ split over any number of processes with identical batches.
 Kept by hand, since grain has no equivalent: the per-epoch seeds (below), the
 padded and masked last batch of an evaluation (the same number of batches on
 every process), and ``build``, which reads a whole batch with one NumPy gather
-and crops it vectorised, instead of one Python call per example.
+and crops it vectorised (grain's ``batch`` reads its parent one element at a
+time: a Python call per example). The shuffle, batch and ``random_map`` still
+cost a few grain calls per example; they hold the GIL, so ``num_threads`` does
+not speed them up.
 """
 
 from __future__ import annotations
