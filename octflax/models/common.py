@@ -75,7 +75,7 @@ class Classifier(nn.Module):
   def __call__(self, x: OctTensor | Array) -> Array:
     x = as_oct(x)
     spatial_dims = (x.high if x.high is not None else x.low).ndim - 2
-    features = global_avg_pool(x, spatial_dims) if spatial_dims != 2 else global_avg_pool(x)
+    features = global_avg_pool(x, spatial_dims)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(features)
     return logits.astype(jnp.float32)
 
