@@ -237,6 +237,18 @@ def test_imagenet_stem_and_bottleneck_with_squeeze_excite_match_linen():
                      stem_features=8)
 
 
+def test_backbone_features_match_linen():
+  x = jax.random.normal(jax.random.key(1), (2, 12, 12, 1))
+  linen = linen_models.get_model("oct_resnet8", alpha=0.5)
+  model = onnx.models.get_model("oct_resnet8", alpha=0.5, in_features=1, rngs=nnx.Rngs(0))
+  model.eval()
+  got = model(x, return_features=True)
+  want = linen.apply(onnx.to_linen(model), x, train=False, return_features=True)
+  assert got["strides"] == want["strides"] == {"stem": (1, 1), "stage1": (1, 1), "stage2": (2, 2), "stage3": (4, 4)}
+  _assert_trees_close({k: v for k, v in got.items() if k != "strides"},
+                      {k: v for k, v in want.items() if k != "strides"}, rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,image_shape", [("oct_resnet20", (4, 32, 32, 3)), ("oct_resnet50", (2, 32, 32, 3))])
 @pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5])
