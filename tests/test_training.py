@@ -451,3 +451,18 @@ def test_init_from_in_the_config_starts_a_run_and_resuming_ignores_it(tmp_path, 
   summary = training.train_and_evaluate(tuned, str(tmp_path / "tuned"))
   assert summary["resumed_from_step"] == 2
   assert "re-initialised" not in capsys.readouterr().out
+
+
+def test_model_api_nnx_trains_through_the_same_loop_and_unknown_apis_are_refused(tmp_path):
+  write_fashion_mnist(tmp_path / "data", n_train=32, n_test=8)
+  config = tiny_config(tmp_path / "data", **{"model.name": "oct_resnet20", "model.alpha": 0.5, "model.api": "nnx"})
+  config.model.overrides.stage_sizes = (1, 1)
+  config.model.overrides.widths = (4, 8)
+  config.model.overrides.stem_features = 4
+  summary = training.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["steps"] == 4 and 0 <= summary["test_accuracy"] <= 1
+  variables, meta = training.read_checkpoint(str(tmp_path / "run"))
+  assert meta["config"]["model"]["api"] == "nnx" and "params" in variables
+  config.model.api = "haiku"
+  with pytest.raises(training.ConfigError, match=r"config.model.api must be 'linen' or 'nnx'; got 'haiku'"):
+    training.train_and_evaluate(config, str(tmp_path / "other"))
