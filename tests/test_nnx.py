@@ -87,6 +87,21 @@ def test_nd_octconv_and_octconvbn_match_linen(kernel_size, shape, octave_axes, s
   _assert_trees_close(onnx.to_linen(unit)["batch_stats"], updates["batch_stats"])
 
 
+@pytest.mark.parametrize("alpha_in,alpha_out,strides,size,output_size", [
+    (0.5, 0.5, 2, 4, (7, 7)),
+    (0.0, 0.5, 1, 5, None),
+    (0.25, 0.0, 2, 4, None),
+])
+def test_octconv_transpose_matches_linen(alpha_in, alpha_out, strides, size, output_size):
+  x = _oct_input((2, size, size, 8), alpha_in)
+  linen = octflax.OctConvTranspose(12, 3, alpha_in, alpha_out, strides=strides)
+  variables = _perturbed(linen.init(jax.random.key(0), x, output_size=output_size))
+  up = onnx.OctConvTranspose(8, 12, 3, alpha_in, alpha_out, strides, rngs=nnx.Rngs(0))
+  assert _shapes(onnx.to_linen(up)) == _shapes(variables)
+  onnx.from_linen(variables, up)
+  _assert_trees_close(up(x, output_size=output_size), linen.apply(variables, x, output_size=output_size))
+
+
 def test_depthwise_octconv_has_only_intra_paths_as_in_linen():
   x = _oct_input((2, 8, 8, 16), 0.5)
   linen = octflax.OctConv(16, 3, 0.5, 0.5, feature_group_count=16)
