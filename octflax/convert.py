@@ -490,3 +490,7 @@ __all__ = [
     "load_checkpoint", "load_torch_checkpoint", "model_for", "save_checkpoint",
     "to_torch_state_dict", "unwrap_state_dict",
 ]
+
+from octflax._inflate import inflate  # noqa: E402  (2-D -> 3-D variables, I3D inflation)
+
+__all__ += ["inflate"]

@@ -168,6 +168,100 @@ class OctConv(nn.Module):
                       pool_stride=self.pool_stride, conv_fn=execution.current_conv())
 
 
+class OctConvTranspose(nn.Module):
+  """Transposed octave convolution: the octave counterpart of `flax.linen.ConvTranspose`.
+
+  The four paths (`functional.oct_conv_transpose`; T: SAME transposed conv of stride s,
+  P / U: average pool / nearest upsample by 2 on the octave axes, C: crop to the output
+  part's size)::
+
+    Y^H = C(T(X^H; W^hh)) + C(U(T(X^L; W^lh)))
+    Y^L = C(T(X^L; W^ll)) + C(T(P(X^H); W^hl))
+
+  At stride 2 the high output is twice the input's high size and the low output half of that
+  (ceil) on the octave axes; ``output_size`` (a call argument) gives the high output's size
+  instead, so that a decoder restores an encoder's odd sizes. Parameters ``h2h``, ``h2l``,
+  ``l2h``, ``l2l`` (those present), each a ``kernel`` ``[*kernel_size, in, out]`` and a bias on
+  the path that carries its output part's bias: the same total as `flax.linen.ConvTranspose`
+  of the same shape. With ``alpha_in = alpha_out = 0`` it computes what
+  `flax.linen.ConvTranspose` (``padding='SAME'``) computes.
+
+  Attributes:
+    features: output channels (both parts together).
+    kernel_size: odd int (2-D) or a tuple of odd ints, one per spatial axis.
+    alpha_in, alpha_out: shares of low-frequency input and output channels.
+    strides: 1 or 2, or one per spatial axis.
+    use_bias: add a bias per output channel.
+    dtype, param_dtype, precision, kernel_init, bias_init: as in `flax.linen.ConvTranspose`
+      (the kernel initialiser sees the vanilla kernel's shape).
+    octave_axes: spatial axes (0-based) on which the low part has half the size; None = all.
+    kernel_dilation: an int or one per spatial axis.
+
+  Examples:
+    >>> up = OctConvTranspose(features=8, kernel_size=3, alpha_in=0.5, alpha_out=0.5, strides=2)
+    >>> x = OctTensor(jnp.ones((1, 4, 4, 8)), jnp.ones((1, 2, 2, 8)))
+    >>> y, _ = up.init_with_output(jax.random.key(0), x, output_size=(7, 7))
+    >>> y.high.shape, y.low.shape
+    ((1, 7, 7, 4), (1, 4, 4, 4))
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  alpha_in: float
+  alpha_out: float
+  strides: int | Sequence[int] = 1
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+  octave_axes: tuple[int, ...] | None = None
+  kernel_dilation: int | Sequence[int] = 1
+
+  def __post_init__(self):
+    check_alpha(self.alpha_in, "alpha_in")
+    check_alpha(self.alpha_out, "alpha_out")
+    kernel_size = F.kernel_size_tuple(self.kernel_size)
+    octave_axes = resolve_octave_axes(self.octave_axes, len(kernel_size))
+    F.stride_tuple(self.strides, len(kernel_size), octave_axes)
+    dilation = F.as_tuple(self.kernel_dilation, len(kernel_size), "kernel_dilation")
+    if any(d < 1 for d in dilation):
+      raise ValueError(f"kernel_dilation must be positive ints, got {self.kernel_dilation!r}.")
+    if not isinstance(self.features, numbers.Integral) or self.features < 1:
+      raise ValueError(f"features must be a positive int, got {self.features!r}.")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: OctTensor | Array, output_size: Sequence[int] | None = None) -> OctTensor:
+    """Applies the layer; ``output_size`` is the high output's spatial size (default ``s * n``)."""
+    x = as_oct(x)
+    in_channels = x.channels
+    expected = split_channels(in_channels, self.alpha_in)
+    if (x.high_channels, x.low_channels) != expected:
+      raise ValueError(
+          f"the input has {x.high_channels} high and {x.low_channels} low channels, but alpha_in="
+          f"{self.alpha_in} splits {in_channels} channels into {expected[0]} high and {expected[1]} low.")
+    kernel_size = F.kernel_size_tuple(self.kernel_size)
+    shapes = F.oct_conv_param_shapes(kernel_size, in_channels, self.features, self.alpha_in, self.alpha_out,
+                                     1, self.use_bias)
+    vanilla = F.vanilla_kernel_shape(kernel_size, in_channels, self.features)
+    kernels, biases = {}, {}
+    for path, path_shapes in shapes.items():
+      kernel, bias = _PathWeights(path_shapes, vanilla, self.kernel_init, self.bias_init, self.param_dtype,
+                                  name=path)()
+      kernels[path] = kernel
+      if bias is not None:
+        biases[path] = bias
+    dtype = self.dtype or jnp.result_type(*(p for p in (x.high, x.low) if p is not None), *kernels.values())
+    x = x.map(lambda p: p.astype(dtype))
+    kernels = {p: k.astype(dtype) for p, k in kernels.items()}
+    biases = {p: b.astype(dtype) for p, b in biases.items()}
+    return F.oct_conv_transpose(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
+                                kernel_dilation=self.kernel_dilation, output_size=output_size,
+                                precision=self.precision)
+
+
 class OctBatchNorm(nn.Module):
   """Batch normalisation of each part with its own statistics and affine parameters.
 

@@ -156,13 +156,16 @@ def test_list_models_is_sorted_and_complete():
   assert names == sorted(names)
   for expected in ("oct_resnet18", "oct_resnet26", "oct_resnet50", "oct_resnet101", "oct_resnet152",
                    "oct_resnet200", "oct_resnext50_32x4d", "oct_se_resnet50", "oct_resnet20",
-                   "oct_wrn_16_4", "oct_wrn_28_10", "oct_mobilenet_v1", "oct_mobilenet_v2"):
+                   "oct_wrn_16_4", "oct_wrn_28_10", "oct_mobilenet_v1", "oct_mobilenet_v2",
+                   "oct_i3d_resnet50", "oct_c2d_resnet50", "oct_i3d_tiny"):
     assert expected in names
 
 
 @pytest.mark.parametrize("name", models.list_models())
 def test_registry_builds_every_model(name):
-  logits, variables = _abstract(name, 0.5, num_classes=10)
+  video = isinstance(models.get_model(name), models.VideoResNet)
+  logits, variables = _abstract(name, 0.5, shape=(2, 4, 32, 32, 3) if video else (2, 32, 32, 3),
+                                num_classes=10)
   chex.assert_shape(logits, (2, 10))
   assert logits.dtype == jnp.float32
   assert _num_params(variables) > 0

@@ -10,6 +10,9 @@ Calling convention of Flax's examples::
   variables = model.init(rng, x, train=False)
   logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
 
+Video models (``oct_i3d_resnet50``, ``oct_c2d_resnet50``, ``oct_i3d_tiny``) take clips
+``[N, T, H, W, C]``; see `octflax.models.video`.
+
 Every model is also a backbone: ``model.apply(variables, x, train=False,
 return_features=True)`` returns ``{'stem': OctTensor, 'stage1': ..., 'strides': {...}}``
 (see `backbone_features`); ``features['stage2'].merge()`` gives one array per stage.
@@ -26,6 +29,7 @@ from octflax.models.common import backbone_features, resplit, stage_alphas
 from octflax.models.mobilenet import MobileNetV1, MobileNetV2
 from octflax.models.resnet import (
     BasicBlock, Bottleneck, OctSqueezeExcite, PreActBlock, ResNet, WideResNet)
+from octflax.models.video import C2D_TIME_KERNELS, I3D_TIME_KERNELS, VideoResNet
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -92,7 +96,18 @@ oct_wrn_28_10 = _variant("oct_wrn_28_10", WideResNet, depth=28, widen_factor=10,
 oct_mobilenet_v1 = _variant("oct_mobilenet_v1", MobileNetV1)
 oct_mobilenet_v2 = _variant("oct_mobilenet_v2", MobileNetV2)
 
+# Video (clips [N, T, H, W, C]): the paper's Kinetics backbones, and a small Oct-I3D for
+# 8 x 32 x 32 clips (basic blocks of 16/32/64 channels, every conv 3-D).
+oct_i3d_resnet50 = _variant("oct_i3d_resnet50", VideoResNet, stage_sizes=_R50, block_cls=Bottleneck,
+                            time_kernels=I3D_TIME_KERNELS, stem_time_kernel=5)
+oct_c2d_resnet50 = _variant("oct_c2d_resnet50", VideoResNet, stage_sizes=_R50, block_cls=Bottleneck,
+                            time_kernels=C2D_TIME_KERNELS, stem_time_kernel=1)
+oct_i3d_tiny = _variant("oct_i3d_tiny", VideoResNet, stage_sizes=(1, 1, 1), block_cls=BasicBlock,
+                        time_kernels=((3,), (3,), (3,)), stem_time_kernel=3, widths=(16, 32, 64),
+                        stem_features=16, num_classes=8)
+
 __all__ = [
     "BasicBlock", "Bottleneck", "MobileNetV1", "MobileNetV2", "OctSqueezeExcite", "PreActBlock",
-    "ResNet", "WideResNet", "backbone_features", "get_model", "list_models", "register", "resplit", "stage_alphas",
+    "ResNet", "VideoResNet", "WideResNet", "backbone_features", "get_model", "list_models",
+    "register", "resplit", "stage_alphas",
 ] + list_models()

@@ -34,7 +34,7 @@ def stage_alphas(alpha: float, num_stages: int) -> list[float]:
   return [alpha] * (num_stages - 1) + [0.0]
 
 
-def resplit(x: OctTensor, alpha: float) -> OctTensor:
+def resplit(x: OctTensor, alpha: float, octave_axes: tuple[int, ...] | None = None) -> OctTensor:
   """Re-splits ``x`` at a new ratio without parameters (merge, then split again).
 
   Used by identity shortcuts whose block changes alpha but not the channel count.
@@ -42,14 +42,27 @@ def resplit(x: OctTensor, alpha: float) -> OctTensor:
   x = as_oct(x)
   if x.alpha == alpha:
     return x
-  return OctTensor.from_array(x.merge(), alpha)
+  if octave_axes is None:
+    return OctTensor.from_array(x.merge(), alpha)
+  return OctTensor.from_array(x.merge(octave_axes), alpha, octave_axes)
 
 
 def unit_factory(dtype: Any, momentum: float, epsilon: float, axis_name: str | None, fuse: bool,
-                 pool_stride: bool = True) -> ModuleDef:
+                 pool_stride: bool = True, octave_axes: tuple[int, ...] | None = None) -> ModuleDef:
   """The conv-BN unit a network is built from, with its shared settings bound."""
+  kwargs = {} if octave_axes is None else {"octave_axes": tuple(octave_axes)}
   return functools.partial(OctConvBN, dtype=dtype, momentum=momentum, epsilon=epsilon,
-                           axis_name=axis_name, fuse=fuse, pool_stride=pool_stride)
+                           axis_name=axis_name, fuse=fuse, pool_stride=pool_stride, **kwargs)
+
+
+def block_kernel(size: int, time_kernel: int | None) -> int | tuple[int, int, int]:
+  """A block's kernel: ``size`` (2-D images) or ``(time_kernel, size, size)`` (3-D clips)."""
+  return size if time_kernel is None else (time_kernel, size, size)
+
+
+def block_strides(strides: int, time_kernel: int | None) -> int | tuple[int, int, int]:
+  """A block's spatial stride: ``strides`` (2-D) or ``(1, strides, strides)`` (3-D; time keeps its rate)."""
+  return strides if time_kernel is None else (1, strides, strides)
 
 
 class Classifier(nn.Module):
@@ -60,7 +73,9 @@ class Classifier(nn.Module):
 
   @nn.compact
   def __call__(self, x: OctTensor | Array) -> Array:
-    features = global_avg_pool(x)
+    x = as_oct(x)
+    spatial_dims = (x.high if x.high is not None else x.low).ndim - 2
+    features = global_avg_pool(x, spatial_dims)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(features)
     return logits.astype(jnp.float32)
 

@@ -16,8 +16,8 @@ from flax import linen as nn
 from octflax.functional import global_avg_pool, oct_add, oct_max_pool
 from octflax.layers import OctBatchNorm, OctConv
 from octflax.models.common import (
-    Classifier, ModuleDef, backbone_features, check_num_classes, resplit, stage_alphas,
-    unit_factory)
+    Classifier, ModuleDef, backbone_features, block_kernel, block_strides, check_num_classes,
+    resplit, stage_alphas, unit_factory)
 from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
@@ -55,15 +55,29 @@ class OctSqueezeExcite(nn.Module):
 
 
 def _shortcut(unit: ModuleDef, x: OctTensor, features: int, alpha_in: float, alpha_out: float,
-              strides: int, train: bool) -> OctTensor:
+              strides: int, train: bool, time_kernel: int | None = None,
+              octave_axes: tuple[int, ...] | None = None) -> OctTensor:
   """Projection (1x1 conv-BN, the only place a block's shape changes) or identity."""
   if strides != 1 or x.channels != features:
-    return unit(features, 1, alpha_in, alpha_out, strides=strides, name="shortcut")(x, train)
-  return resplit(x, alpha_out)
+    flat = None if time_kernel is None else 1
+    return unit(features, block_kernel(1, flat), alpha_in, alpha_out,
+                strides=block_strides(strides, time_kernel), name="shortcut")(x, train)
+  return resplit(x, alpha_out, octave_axes)
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 conv-BN units (post-activation); the first converts alpha_in -> alpha_out."""
+  """Two 3x3 conv-BN units (post-activation); the first converts alpha_in -> alpha_out.
+
+  Attributes:
+    features, alpha_in, alpha_out, strides: the block's output channels, alphas and
+      spatial stride (1 or 2).
+    unit: the conv-BN unit (`OctConvBN` with the network's settings bound).
+    zero_init_residual: zero-init the last BN scale.
+    time_kernel: None for images; for clips [N, T, H, W, C] the time extent of the first
+      conv (``(t, 3, 3)``; the second is ``(1, 3, 3)``).
+    octave_axes: the unit's octave axes (for the parameter-free re-split of an identity
+      shortcut); None = all.
+  """
 
   features: int
   alpha_in: float
@@ -71,22 +85,35 @@ class BasicBlock(nn.Module):
   unit: ModuleDef
   strides: int = 1
   zero_init_residual: bool = False
+  time_kernel: int | None = None
+  octave_axes: tuple[int, ...] | None = None
   expansion = 1
 
   @nn.compact
   def __call__(self, x: OctTensor, train: bool) -> OctTensor:
     last_scale = nn.initializers.zeros_init() if self.zero_init_residual else nn.initializers.ones_init()
-    y = self.unit(self.features, 3, self.alpha_in, self.alpha_out, strides=self.strides,
-                  activation=relu, name="conv1")(x, train)
-    y = self.unit(self.features, 3, self.alpha_out, self.alpha_out, bn_scale_init=last_scale,
-                  name="conv2")(y, train)
+    t = self.time_kernel
+    flat = None if t is None else 1  # the convs with no time extent in 3-D
+    y = self.unit(self.features, block_kernel(3, t), self.alpha_in, self.alpha_out,
+                  strides=block_strides(self.strides, t), activation=relu, name="conv1")(x, train)
+    y = self.unit(self.features, block_kernel(3, flat), self.alpha_out, self.alpha_out,
+                  bn_scale_init=last_scale, name="conv2")(y, train)
     shortcut = _shortcut(self.unit, as_oct(x), self.features, self.alpha_in, self.alpha_out,
-                         self.strides, train)
+                         self.strides, train, t, self.octave_axes)
     return oct_add(y, shortcut).map(relu)
 
 
 class Bottleneck(nn.Module):
-  """ResNet v1.5 bottleneck: 1x1 -> 3x3 (carries the stride, grouped for ResNeXt) -> 1x1 (x4)."""
+  """ResNet v1.5 bottleneck: 1x1 -> 3x3 (carries the stride, grouped for ResNeXt) -> 1x1 (x4).
+
+  Attributes:
+    features, alpha_in, alpha_out, unit, strides, zero_init_residual, octave_axes: as in
+      `BasicBlock` (``features`` is the width of the 3x3; the block outputs 4x).
+    time_kernel: None for images; for clips the time extent of the first 1x1 conv
+      (``(t, 1, 1)``, I3D's inflated 3x1x1 is t = 3); the others are ``(1, k, k)``.
+    groups, base_width: ResNeXt cardinality and width per group.
+    squeeze_excite: an `OctSqueezeExcite` on the residual branch.
+  """
 
   features: int
   alpha_in: float
@@ -94,6 +121,8 @@ class Bottleneck(nn.Module):
   unit: ModuleDef
   strides: int = 1
   zero_init_residual: bool = False
+  time_kernel: int | None = None
+  octave_axes: tuple[int, ...] | None = None
   groups: int = 1
   base_width: int = 64
   squeeze_excite: bool = False
@@ -103,15 +132,19 @@ class Bottleneck(nn.Module):
   def __call__(self, x: OctTensor, train: bool) -> OctTensor:
     width = int(self.features * self.base_width / 64) * self.groups
     last_scale = nn.initializers.zeros_init() if self.zero_init_residual else nn.initializers.ones_init()
-    y = self.unit(width, 1, self.alpha_in, self.alpha_out, activation=relu, name="conv1")(x, train)
-    y = self.unit(width, 3, self.alpha_out, self.alpha_out, strides=self.strides,
-                  feature_group_count=self.groups, activation=relu, name="conv2")(y, train)
-    y = self.unit(self.features * 4, 1, self.alpha_out, self.alpha_out, bn_scale_init=last_scale,
-                  name="conv3")(y, train)
+    t = self.time_kernel
+    flat = None if t is None else 1  # the convs with no time extent in 3-D
+    y = self.unit(width, block_kernel(1, t), self.alpha_in, self.alpha_out, activation=relu,
+                  name="conv1")(x, train)
+    y = self.unit(width, block_kernel(3, flat), self.alpha_out, self.alpha_out,
+                  strides=block_strides(self.strides, t), feature_group_count=self.groups,
+                  activation=relu, name="conv2")(y, train)
+    y = self.unit(self.features * 4, block_kernel(1, flat), self.alpha_out, self.alpha_out,
+                  bn_scale_init=last_scale, name="conv3")(y, train)
     if self.squeeze_excite:
       y = OctSqueezeExcite(name="se")(y)
     shortcut = _shortcut(self.unit, as_oct(x), self.features * 4, self.alpha_in, self.alpha_out,
-                         self.strides, train)
+                         self.strides, train, t, self.octave_axes)
     return oct_add(y, shortcut).map(relu)
 
 

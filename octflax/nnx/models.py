@@ -29,7 +29,7 @@ from flax import nnx
 
 from octflax import models as linen_models
 from octflax.functional import global_avg_pool, oct_add, oct_max_pool
-from octflax.models.common import resplit, stage_alphas
+from octflax.models.common import backbone_features, resplit, stage_alphas
 from octflax.nnx.layers import OctConvBN
 from octflax.tensor import OctTensor, as_oct
 
@@ -63,6 +63,7 @@ class _Block(nnx.Module):
   def _make_shortcut(self, unit, in_features: int, features: int, alpha_in: float, alpha_out: float,
                      strides: int) -> None:
     self.alpha_out = alpha_out
+    self.strides = strides
     projection = strides != 1 or in_features != features
     self.shortcut = unit(in_features, features, 1, alpha_in, alpha_out, strides) if projection else None
 
@@ -132,7 +133,9 @@ class ResNet(nnx.Module):
   """Oct-ResNet (post-activation v1.5 for ImageNet, or CIFAR-style for small images) in NNX.
 
   The NNX form of `octflax.models.ResNet`, with the same sub-modules (``stem`` or
-  ``stem_conv``/``stem_bn``, ``stage{s}_block{b}``, ``head``) and the same math.
+  ``stem_conv``/``stem_bn``, ``stage{s}_block{b}``, ``head``) and the same math. The
+  Linen zoo binds ResNeXt's ``groups``/``base_width`` and SE into its ``block_cls``
+  partial; here they are arguments of the network, which passes them to `Bottleneck`.
 
   Args:
     stage_sizes, num_classes, alpha, widths, stem, stem_features, groups, base_width,
@@ -188,30 +191,48 @@ class ResNet(nnx.Module):
     if block_cls is Bottleneck:
       block_kwargs = dict(groups=groups, base_width=base_width, squeeze_excite=squeeze_excite,
                           dtype=dtype, rngs=rngs)
-    names = []
+    stage_blocks = []
     channels, alpha_in = stem_features, 0.0
     for stage, (num_blocks, width, stage_alpha) in enumerate(
         zip(stage_sizes, widths, stage_alphas(alpha, len(stage_sizes)))):
-      for block in range(num_blocks):
-        name = f"stage{stage + 1}_block{block}"
+      names = tuple(f"stage{stage + 1}_block{block}" for block in range(num_blocks))
+      for block, name in enumerate(names):
         setattr(self, name, block_cls(
             channels, width, alpha_in, stage_alpha, unit=unit, strides=2 if stage > 0 and block == 0 else 1,
             zero_init_residual=zero_init_residual, **block_kwargs))
-        names.append(name)
         channels, alpha_in = width * block_cls.expansion, stage_alpha
-    self.block_names = tuple(names)
+      stage_blocks.append(names)
+    self.stage_blocks = tuple(stage_blocks)
     self.head = Classifier(channels, num_classes, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, return_features: bool = False) -> Array | dict:
+    """Logits ``[N, num_classes]`` (float32), or with ``return_features`` the backbone's maps.
+
+    Args:
+      x: images ``[N, H, W, C]``.
+      return_features: return `octflax.models.backbone_features` instead of logits, as the
+        Linen model does: ``stem`` (before the ImageNet stem's max-pool), ``stage1``, ...
+        and their ``strides``; the classifier is not run.
+    """
     if x.ndim != 4:
       raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
     x = x.astype(self.dtype)
     if self.stem_kind == "imagenet":
-      x = oct_max_pool(relu(self.stem_bn(self.stem_conv(x))), 3, 2, ((1, 1), (1, 1)))
+      x = relu(self.stem_bn(self.stem_conv(x)))
+      maps, strides = {"stem": x}, {"stem": (2, 2)}
+      x, stride = oct_max_pool(x, 3, 2, ((1, 1), (1, 1))), 4
     else:
       x = self.stem(x)
-    for name in self.block_names:
-      x = getattr(self, name)(x)
+      maps, strides = {"stem": x}, {"stem": (1, 1)}
+      stride = 1
+    for stage, names in enumerate(self.stage_blocks):
+      for name in names:
+        block = getattr(self, name)
+        x = block(x)
+        stride *= block.strides
+      maps[f"stage{stage + 1}"], strides[f"stage{stage + 1}"] = x, (stride, stride)
+    if return_features:
+      return backbone_features(maps, strides)
     return self.head(x)
 
 

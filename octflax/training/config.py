@@ -16,7 +16,7 @@ from octflax.data import FASHION_MNIST_DIR
 from octflax.training.errors import ConfigError
 from octflax.training.parallel import PARALLEL_MODES
 
-DATA_SETS = ("fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic")
+DATA_SETS = ("fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic", "moving_fashion_mnist")
 MODEL_APIS = ("linen", "nnx")
 
 # Sub-trees whose keys are free (module attributes), not fields of the trainer.
@@ -34,7 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
     model.overrides: attributes of the model module to replace, e.g.
       ``{'stage_sizes': (1, 1, 1)}`` (applied with ``module.clone(**overrides)``).
     data.name: one of 'fashion_mnist', 'cifar10', 'cifar100', 'image_folder',
-      'synthetic'.
+      'synthetic', 'moving_fashion_mnist' (clips, `octflax.data.clips`).
     data.dir: the data set's directory (image_folder: the folder holding the
       split folders).
     data.train_split, data.test_split: split names ('train'/'test';

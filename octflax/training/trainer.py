@@ -47,6 +47,9 @@ def build_datasets(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   if d.name == "fashion_mnist":
     return (data_lib.fashion_mnist(directory, d.train_split, d.max_train_examples),
             data_lib.fashion_mnist(directory, d.test_split, d.max_test_examples))
+  if d.name == "moving_fashion_mnist":  # clips [T, H, W, 1] (octflax.data.clips)
+    return (data_lib.moving_fashion_mnist(directory, d.train_split, d.max_train_examples),
+            data_lib.moving_fashion_mnist(directory, d.test_split, d.max_test_examples))
   if d.name in ("cifar10", "cifar100"):
     classes = 10 if d.name == "cifar10" else 100
     return (data_lib.cifar(directory, classes, d.train_split, d.max_train_examples),
