@@ -211,6 +211,17 @@ def test_batch_size_not_divisible_on_the_command_line(setup):
   assert "Traceback" not in result.stderr
 
 
+def test_workdir_that_is_a_file_on_the_command_line(setup):
+  root, env = setup
+  (root / "a_file").write_text("not a directory")
+  result = run(train_command(root, root / "a_file"), env)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert [line for line in result.stderr.splitlines() if line.strip()] == [
+      f"error: --workdir '{root / 'a_file'}' ({root / 'a_file'}) is a file, not a directory; give a directory "
+      "(it is created if missing)."]
+
+
 @pytest.mark.slow
 def test_diverging_run_stops_with_a_message_and_keeps_the_last_good_checkpoint(setup):
   root, env = setup

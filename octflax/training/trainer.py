@@ -11,6 +11,7 @@ parameters as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Any
@@ -356,6 +357,20 @@ class Checkpointing:
 # ----------------------------------------------------------------------------- the loop
 
 
+def with_resolved_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose paths (``data.dir``, ``init_from``) are absolute (see `resolve_path`).
+
+  The run's checkpoints store this config, so that a later ``experiments.evaluate
+  --workdir`` finds the data from any directory.
+  """
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for node, field in ((config.data, "dir"), (config, "init_from")):
+      if node[field]:
+        node[field] = resolve_path(node[field])
+  return config
+
+
 def _train_loader(config: ml_collections.ConfigDict, data: Data, epoch: int, start_batch: int) -> Any:
   """This process's batches of training epoch ``epoch`` from batch ``start_batch`` on (a context manager)."""
   return data_lib.make_loader(data.train, batch_size=data.local_batch, train=True, seed=config.seed, epoch=epoch,
@@ -391,6 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     RunStopped: a SIGTERM or SIGINT; the step in flight was checkpointed.
   """
   check_config(config)
+  config = with_resolved_paths(config)
   is_chief = jax.process_index() == 0
   parallel = DataParallel(config.parallel, label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha)
   data = build_data(config, parallel)
