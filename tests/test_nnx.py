@@ -332,7 +332,7 @@ def test_trainer_model_has_linens_calling_convention():
   assert model.clone(axis_name="data").overrides == {"axis_name": "data"}
   with pytest.raises(ValueError, match="Oct-ResNet family"):
     onnx.trainer_model("oct_mobilenet_v1")
-  with pytest.raises(ValueError, match="unknown argument"):
+  with pytest.raises(ValueError, match=r"unknown argument\(s\) depth; allowed are alpha, axis_name, block_cls"):
     onnx.trainer_model("oct_resnet8", depth=3)
 
 

@@ -324,14 +324,11 @@ def linen_description(name: str, **kwargs: Any) -> nn.Module:
   """
   settings = {k: kwargs.pop(k) for k in ("alpha", "num_classes") if k in kwargs}
   module = linen_models.get_model(name, **settings)
-  if kwargs:
-    try:
-      module = module.clone(**kwargs)
-    except TypeError:
-      fields = sorted(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
-      raise ValueError(f"{name}: unknown argument(s) {', '.join(sorted(kwargs))}; "
-                       f"allowed are alpha, num_classes, {', '.join(fields)}.") from None
-  return module
+  fields = sorted(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ValueError(f"{name}: unknown argument(s) {', '.join(unknown)}; allowed are {', '.join(fields)}.")
+  return module.clone(**kwargs) if kwargs else module
 
 
 __all__ = ["BasicBlock", "Bottleneck", "Classifier", "OctSqueezeExcite", "ResNet", "from_linen_module",
