@@ -247,6 +247,7 @@ def test_cifar_oct_resnet_matches_linen():
   _compare_zoo_model("oct_resnet8", 0.25, (8, 28, 28, 1))
 
 
+@pytest.mark.slow
 def test_imagenet_stem_and_bottleneck_with_squeeze_excite_match_linen():
   _compare_zoo_model("oct_se_resnet50", 0.5, (2, 16, 16, 3), stage_sizes=(1, 1), widths=(4, 8),
                      stem_features=8)
