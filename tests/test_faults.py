@@ -259,3 +259,12 @@ def test_sigterm_checkpoints_the_step_in_flight_and_the_resumed_run_matches(tmp_
   got, _ = training.read_checkpoint(str(workdir))
   want, _ = training.read_checkpoint(str(reference))
   chex.assert_trees_all_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_the_stored_config_names_the_data_by_absolute_path(monkeypatch, tmp_path, data_dir):
+  monkeypatch.chdir(data_dir.parent)
+  config = small_config(Path(data_dir.name))
+  training.train_and_evaluate(config, str(tmp_path / "run"))
+  assert config.data.dir == data_dir.name  # The caller's config is left as it was.
+  _, meta = training.read_checkpoint(str(tmp_path / "run"))
+  assert meta["config"]["data"]["dir"] == str(data_dir)
