@@ -242,10 +242,11 @@ _BLOCKS = {linen_models.BasicBlock: BasicBlock, linen_models.Bottleneck: Bottlen
 
 def list_models() -> list[str]:
   """The names `get_model` builds natively: the Linen zoo's Oct-ResNet family."""
-  return [name for name in linen_models.list_models() if _is_resnet(linen_models.get_model(name))]
+  return [name for name in linen_models.list_models() if is_oct_resnet(linen_models.get_model(name))]
 
 
-def _is_resnet(module: nn.Module) -> bool:
+def is_oct_resnet(module: nn.Module) -> bool:
+  """Whether the Linen zoo module ``module`` is of the family this module builds natively."""
   return isinstance(module, linen_models.ResNet) and _block_of(module.block_cls)[0] in _BLOCKS
 
 
@@ -267,7 +268,7 @@ def from_linen_module(module: nn.Module, *, in_features: int = 3, rngs: nnx.Rngs
   Raises:
     ValueError: ``module`` is not an Oct-ResNet, or sets an attribute the NNX network lacks.
   """
-  if not _is_resnet(module):
+  if not is_oct_resnet(module):
     raise ValueError(
         f"octflax.nnx.models builds the Oct-ResNet family natively ({', '.join(list_models())}); "
         f"got a Linen {type(module).__name__}.")
@@ -324,15 +325,13 @@ def linen_description(name: str, **kwargs: Any) -> nn.Module:
   """
   settings = {k: kwargs.pop(k) for k in ("alpha", "num_classes") if k in kwargs}
   module = linen_models.get_model(name, **settings)
-  if kwargs:
-    try:
-      module = module.clone(**kwargs)
-    except TypeError:
-      fields = sorted(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
-      raise ValueError(f"{name}: unknown argument(s) {', '.join(sorted(kwargs))}; "
-                       f"allowed are alpha, num_classes, {', '.join(fields)}.") from None
-  return module
+  fields = sorted(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ValueError(f"{name}: unknown argument(s) {', '.join(unknown)}; allowed are {', '.join(fields)}.")
+  return module.clone(**kwargs) if kwargs else module
 
 
 __all__ = ["BasicBlock", "Bottleneck", "Classifier", "OctSqueezeExcite", "ResNet", "from_linen_module",
-           "get_model", "linen_description", "list_models"]
+           "get_model", "is_oct_resnet", "linen_description",
+           "list_models"]
