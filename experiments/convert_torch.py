@@ -2,9 +2,10 @@
 
 Reads the ``.pth`` with torch (CPU, ``weights_only=True``): a raw state_dict or a dict
 with a ``state_dict`` entry, a ``module.`` prefix (DataParallel) stripped. Writes
-``OUT/variables/`` (an Orbax `StandardCheckpointer` checkpoint of ``{'params',
-'batch_stats'}``) and ``OUT/model.json`` (arch, alpha, source, num_classes,
-pool_stride), which ``experiments.evaluate`` and `octflax.convert.load_checkpoint` read.
+``OUT`` as an octflax checkpoint, the trainer's format (`octflax.convert.save_checkpoint`):
+``python -m experiments.evaluate --checkpoint OUT`` evaluates it and
+``python -m experiments.train --config.init_from=OUT`` fine-tunes from it. Paths may be
+relative, absolute or start with ``~``.
 
 Examples:
   python -m experiments.convert_torch oct_resnet50_0.5.pth --arch oct_resnet50 --alpha 0.5 \\
@@ -20,13 +21,11 @@ import os
 import shutil
 import sys
 
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import jax
 import numpy as np
 
 from octflax import convert
+from octflax.training.paths import resolve_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   try:
-    state_dict = convert.load_torch_checkpoint(args.checkpoint)
+    state_dict = convert.load_torch_checkpoint(resolve_path(args.checkpoint))
   except ImportError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -64,14 +63,20 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  target = os.path.join(os.path.abspath(args.out), convert.CHECKPOINT_VARIABLES)
-  if os.path.exists(target):
-    if not args.force:
-      print(f"error: {target} exists; pass --force to replace it.", file=sys.stderr)
+  out = resolve_path(args.out)
+  if os.path.exists(out) and os.listdir(out):
+    if not os.path.isdir(os.path.join(out, "meta")):
+      print(f"error: --out {args.out!r} ({out}) exists and is not an octflax checkpoint; give a new "
+            "directory.", file=sys.stderr)
       return 1
-    shutil.rmtree(target)
-  out = convert.save_checkpoint(args.out, variables, arch=args.arch, alpha=args.alpha,
-                                source=source, converted_from=os.path.abspath(args.checkpoint))
+    if not args.force:
+      print(f"error: {out} holds a checkpoint; pass --force to replace it.", file=sys.stderr)
+      return 1
+    shutil.rmtree(out)
+  elif os.path.exists(out):
+    os.rmdir(out)
+  out = convert.save_checkpoint(out, variables, arch=args.arch, alpha=args.alpha, source=source,
+                                converted_from=resolve_path(args.checkpoint))
   count = sum(int(np.size(v)) for v in jax.tree.leaves(variables["params"]))
   print(f"wrote {out}: {args.arch} alpha={args.alpha} source={source} "
         f"({count:,} parameters, {len(state_dict)} PyTorch entries)")

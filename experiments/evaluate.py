@@ -1,226 +1,152 @@
-"""Top-1 / top-5 accuracy of an octflax checkpoint on an ImageNet-style validation folder.
+"""Top-1 / top-5 accuracy of an octflax checkpoint, with the data pipeline's evaluation transform.
 
-The folder has one sub-folder per class (class index = position in the sorted folder
-names) holding JPEGs (or PNGs). Preprocessing is the PyTorch port's (torchvision's
-ImageNet evaluation): resize the shorter side to 256 (bilinear, PIL), centre-crop
-224 x 224, scale to [0, 1], normalise with mean (0.485, 0.456, 0.406) and std
-(0.229, 0.224, 0.225). ``--image-size`` changes the crop; the resize then defaults to
-``round(image_size * 256 / 224)``.
+  python -m experiments.evaluate --workdir DIR [--data DIR] [--split NAME]
+  python -m experiments.evaluate --checkpoint DIR --data DIR [--split NAME] [--image-size N]
 
-The checkpoint is a directory written by ``experiments.convert_torch`` (or
-`octflax.convert.save_checkpoint`): ``model.json`` gives arch, alpha and layout, so
-``--arch`` / ``--alpha`` are optional and, when given, must agree with it.
+``--workdir`` evaluates a trained run's newest checkpoint on the test split of
+the data set it was trained on (its config is stored in the checkpoint;
+``--data`` and ``--split`` point elsewhere). ``--checkpoint`` evaluates one
+checkpoint directory: one the trainer wrote, or one ``experiments.convert_torch``
+imported, which is evaluated on a class-per-folder image tree (``--data``; with
+``--split`` the classes are in ``DATA/SPLIT``), ImageNet style: shorter side
+resized to ``image_size * 256 / 224``, the centre ``image_size`` square cropped
+(`octflax.data.make_loader`, ``augment='imagenet'``). Classes are the sorted
+folder names. Paths may be relative, absolute or start with ``~``.
 
 Examples:
-  python -m experiments.evaluate --arch oct_resnet50 --alpha 0.5 \\
-      --checkpoint checkpoints/oct_resnet50_0.5 --data /data/imagenet/val --json result.json
-  python -m experiments.evaluate --checkpoint checkpoints/resnet50_tv --data /data/imagenet/val \\
-      --max-examples 5000 --batch-size 128
+  python -m experiments.evaluate --workdir runs/fashion_mnist
+  python -m experiments.evaluate --checkpoint checkpoints/oct_resnet50_0.5 --data /data/imagenet/val
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import concurrent.futures
 import json
-import os
 import sys
 import time
-from typing import Iterator, Sequence
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from typing import Any
 
 import numpy as np
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
-
-
-def list_image_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
-  """``(paths, labels, class_names)`` of a class-per-folder tree, classes sorted by name."""
-  if not os.path.isdir(root):
-    raise ValueError(f"--data {root!r} is not a directory.")
-  classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-  if not classes:
-    raise ValueError(f"{root!r} has no class sub-folders (expected one folder of images per class).")
-  paths, labels = [], []
-  for label, name in enumerate(classes):
-    for dirpath, _, files in sorted(os.walk(os.path.join(root, name))):
-      for file in sorted(files):
-        if file.lower().endswith(IMAGE_EXTENSIONS):
-          paths.append(os.path.join(dirpath, file))
-          labels.append(label)
-  if not paths:
-    raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}.")
-  return paths, np.asarray(labels, np.int32), classes
-
-
-def load_image(path: str, image_size: int = 224, resize_size: int = 256) -> np.ndarray:
-  """One preprocessed image, float32 [image_size, image_size, 3] (HWC, normalised)."""
-  from PIL import Image
-
-  with Image.open(path) as image:
-    image = image.convert("RGB")
-    width, height = image.size
-    # torchvision's Resize(int): the shorter side becomes resize_size, the longer is truncated.
-    if width <= height:
-      size = (resize_size, int(resize_size * height / width))
-    else:
-      size = (int(resize_size * width / height), resize_size)
-    image = image.resize(size, Image.BILINEAR)
-  width, height = image.size
-  if width < image_size or height < image_size:
-    raise ValueError(f"{path}: resized to {width}x{height}, smaller than the {image_size} crop; "
-                     "use --resize-size >= --image-size.")
-  top = int(round((height - image_size) / 2.0))
-  left = int(round((width - image_size) / 2.0))
-  image = image.crop((left, top, left + image_size, top + image_size))
-  array = np.asarray(image, np.float32) / 255.0
-  return (array - MEAN) / STD
-
-
-def _batches(paths: Sequence[str], labels: np.ndarray, batch_size: int, image_size: int,
-             resize_size: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Batches decoded by a thread pool, two batches ahead of the consumer."""
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    pending = collections.deque()
-    starts = iter(range(0, len(paths), batch_size))
-
-    def submit():
-      start = next(starts, None)
-      if start is not None:
-        chunk = paths[start:start + batch_size]
-        pending.append(([pool.submit(load_image, p, image_size, resize_size) for p in chunk],
-                        labels[start:start + batch_size]))
-
-    for _ in range(3):
-      submit()
-    while pending:
-      futures, batch_labels = pending.popleft()
-      submit()
-      yield np.stack([f.result() for f in futures]), batch_labels
-
-
-def evaluate(model, variables, paths: Sequence[str], labels: np.ndarray, *, batch_size: int = 64,
-             image_size: int = 224, resize_size: int = 256, workers: int = 4,
-             progress: bool = True) -> dict:
-  """Top-1 / top-5 accuracy (in %) of ``model`` with ``variables`` on the images ``paths``."""
-  import jax
-  import jax.numpy as jnp
-  from tqdm import tqdm
-
-  variables = jax.device_put(variables)
-
-  @jax.jit
-  def correct(variables, images, labels, valid):
-    logits = model.apply(variables, images, train=False)
-    k = min(5, logits.shape[-1])
-    _, top = jax.lax.top_k(logits, k)
-    hits = top == labels[:, None]
-    top1 = jnp.sum(hits[:, 0] & valid)
-    top5 = jnp.sum(jnp.any(hits, axis=-1) & valid)
-    return top1, top5
-
-  top1 = top5 = seen = 0
-  start = time.perf_counter()
-  with tqdm(total=len(paths), unit="img", desc="evaluate", disable=not progress) as bar:
-    for images, batch_labels in _batches(paths, labels, batch_size, image_size, resize_size, workers):
-      count = len(batch_labels)
-      valid = np.arange(batch_size) < count
-      if count < batch_size:  # pad the last batch: one compiled shape for the whole run
-        images = np.concatenate([images, np.zeros((batch_size - count,) + images.shape[1:], images.dtype)])
-        batch_labels = np.concatenate([batch_labels, np.zeros(batch_size - count, batch_labels.dtype)])
-      hit1, hit5 = correct(variables, images, batch_labels, valid)
-      top1 += int(hit1)
-      top5 += int(hit5)
-      seen += count
-      bar.update(count)
-      bar.set_postfix(top1=f"{100.0 * top1 / seen:.2f}", top5=f"{100.0 * top5 / seen:.2f}")
-  seconds = time.perf_counter() - start
-  return {
-      "examples": seen,
-      "top1": 100.0 * top1 / seen,
-      "top5": 100.0 * top5 / seen,
-      "seconds": seconds,
-      "images_per_second": seen / seconds if seconds else None,
-  }
+EXIT_FAILED = 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m experiments.evaluate",
-      description="Top-1/top-5 accuracy of an octflax checkpoint on a class-per-folder image tree.")
-  parser.add_argument("--checkpoint", required=True, help="directory written by experiments.convert_torch")
-  parser.add_argument("--data", required=True, help="validation folder: one sub-folder per class")
-  parser.add_argument("--arch", default=None, help="model name (default: the checkpoint's)")
-  parser.add_argument("--alpha", type=float, default=None, help="alpha (default: the checkpoint's)")
-  parser.add_argument("--source", default=None, choices=("port", "torchvision"),
-                      help="layout the weights came from (default: the checkpoint's, else port); "
-                           "torchvision builds the model with pool_stride=False")
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--max-examples", type=int, default=None,
-                      help="evaluate on N images spread evenly over the sorted list")
-  parser.add_argument("--image-size", type=int, default=224, help="centre crop (default 224)")
-  parser.add_argument("--resize-size", type=int, default=None,
-                      help="shorter side before the crop (default: round(image_size * 256 / 224))")
-  parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                      help="threads decoding images")
+      description="Top-1/top-5 accuracy of an octflax checkpoint (a trained run's or an imported one).")
+  which = parser.add_mutually_exclusive_group(required=True)
+  which.add_argument("--workdir", help="a training run's working directory: its newest checkpoint")
+  which.add_argument("--checkpoint", help="one checkpoint directory (e.g. experiments.convert_torch's --out)")
+  parser.add_argument("--data", default=None,
+                      help="data folder (default: the run's config.data.dir); for an imported checkpoint, "
+                           "a folder with one sub-folder of images per class")
+  parser.add_argument("--split", default=None,
+                      help="split to evaluate (default: the run's test split; imported: --data itself)")
+  parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the run's, or 64)")
+  parser.add_argument("--image-size", type=int, default=None,
+                      help="imported checkpoints: side of the centre crop (default: the checkpoint's, 224)")
   parser.add_argument("--json", default=None, help="also write the result to this JSON file")
-  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   return parser.parse_args(argv)
+
+
+def _config_for(meta: dict[str, Any], args: argparse.Namespace):
+  """The training config that describes the checkpoint's model and the data to evaluate on."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from octflax.training import default_config  # pylint: disable=g-import-not-at-top
+
+  config = default_config()
+  identity = meta.get("identity", {})
+  if meta.get("config"):  # Written by the trainer: its config, as it was.
+    config = ml_collections.ConfigDict(meta["config"])
+    config.model.overrides = ml_collections.ConfigDict(meta["config"]["model"].get("overrides") or {})
+  else:  # Imported: an ImageNet-style model, evaluated on an image folder.
+    config.model.name = identity.get("model.name", meta.get("arch"))
+    config.model.alpha = float(identity.get("model.alpha", meta.get("alpha", 0.0)))
+    config.model.overrides = ml_collections.ConfigDict(identity.get("model.overrides", {}))
+    config.data.name = "image_folder"
+    config.data.augment = "imagenet"
+    shape = identity.get("image_shape") or [224, 224, 3]
+    config.data.image_size = int(shape[0])
+    config.data.dir = ""
+    config.eval_batch_size = 64
+  if args.image_size:
+    config.data.image_size = args.image_size
+  if args.data:
+    config.data.dir = args.data
+  if args.batch_size:
+    config.eval_batch_size = args.batch_size
+  config.data.num_threads = max(int(config.data.get("num_threads", 0)), 4)
+  return config
+
+
+def _test_source(config, args: argparse.Namespace, imported: bool):
+  from octflax import data  # pylint: disable=g-import-not-at-top
+  from octflax.training import build_datasets, resolve_path  # pylint: disable=g-import-not-at-top
+
+  if config.data.name == "image_folder":
+    if not config.data.dir:
+      raise data.DataError("an imported checkpoint needs --data: a folder with one sub-folder of images "
+                           "per class.")
+    split = args.split if args.split is not None else (None if imported else config.data.test_split)
+    return data.image_folder(resolve_path(config.data.dir), split)
+  if args.split is not None:
+    config.data.test_split = args.split
+  return build_datasets(config)[1]
+
+
+def evaluate_checkpoint(path: str, args: argparse.Namespace) -> dict[str, Any]:
+  """Reads the checkpoint at ``path``, builds its model and data and returns the accuracies."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from octflax import data, training  # pylint: disable=g-import-not-at-top
+
+  directory = training.find_checkpoint(path)
+  variables, meta = training.read_checkpoint(directory)
+  imported = not meta.get("config")
+  config = _config_for(meta, args)
+  num_classes = int(meta.get("identity", {}).get("num_classes") or meta.get("num_classes"))
+  source = _test_source(config, args, imported)
+  if source.num_classes > num_classes:
+    raise training.ConfigError(f"the data has {source.num_classes} classes but the model has {num_classes} "
+                               "outputs.")
+  model = training.build_model(config, num_classes)
+  parallel = training.DataParallel("jit")
+  state = training.TrainState(step=np.zeros((), np.int32), params=variables["params"],
+                              batch_stats=variables["batch_stats"], opt_state={}, rng=np.zeros(2, np.uint32),
+                              apply_fn=model.apply, tx=None)
+  start = time.perf_counter()
+  batch = parallel.local_batch_size(config.eval_batch_size or config.batch_size, "batch-size")
+  result = training.evaluate(parallel, parallel.put_state(state), source, batch_size=batch, config=config)
+  seconds = time.perf_counter() - start
+  step = meta.get("step")
+  return {"checkpoint": directory, "step": step, "model": config.model.name, "alpha": float(config.model.alpha),
+          "data": config.data.name, "examples": len(source), "num_classes": num_classes,
+          "image_shape": list(data.input_shape(source, config.data.augment, config.data.image_size)),
+          "top1": 100.0 * result["test_accuracy"],
+          "top5": 100.0 * result["test_top5_accuracy"] if "test_top5_accuracy" in result else None,
+          "loss": result["test_loss"], "seconds": seconds, "devices": jax.device_count()}
 
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
-  from octflax import convert
+  from octflax.data import DataError  # pylint: disable=g-import-not-at-top
+  from octflax.training import TrainingError  # pylint: disable=g-import-not-at-top
 
   try:
-    variables, meta = convert.load_checkpoint(args.checkpoint)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  settings = {}
-  for name, given in (("arch", args.arch), ("alpha", args.alpha), ("source", args.source)):
-    stored = meta.get(name)
-    if given is not None and stored is not None and given != stored:
-      print(f"error: --{name} {given!r} disagrees with the checkpoint's {name} {stored!r} "
-            f"({os.path.join(args.checkpoint, convert.CHECKPOINT_META)}).", file=sys.stderr)
-      return 1
-    settings[name] = given if given is not None else stored
-  if settings["arch"] is None or settings["alpha"] is None:
-    print("error: the checkpoint has no model.json; pass --arch and --alpha.", file=sys.stderr)
-    return 1
-  source = settings["source"] or "port"
-  num_classes = int(np.shape(variables["params"]["head"]["fc"]["kernel"])[1])
-  try:
-    model = convert.model_for(settings["arch"], settings["alpha"], source, num_classes=num_classes)
-    paths, labels, classes = list_image_folder(args.data)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  if len(classes) > num_classes:
-    print(f"error: {args.data} has {len(classes)} class folders but the model has {num_classes} "
-          "outputs.", file=sys.stderr)
-    return 1
-  if args.max_examples is not None and args.max_examples < len(paths):
-    keep = np.unique(np.linspace(0, len(paths) - 1, max(args.max_examples, 1)).round().astype(int))
-    paths, labels = [paths[i] for i in keep], labels[keep]
-  resize_size = args.resize_size or int(round(args.image_size * 256 / 224))
-  result = evaluate(model, variables, paths, labels, batch_size=args.batch_size,
-                    image_size=args.image_size, resize_size=resize_size, workers=args.workers,
-                    progress=not args.no_progress)
-  result = {"arch": settings["arch"], "alpha": settings["alpha"], "source": source,
-            "checkpoint": os.path.abspath(args.checkpoint), "data": os.path.abspath(args.data),
-            "classes": len(classes), "image_size": args.image_size, "resize_size": resize_size,
-            **result}
-  print(f"{result['arch']} alpha={result['alpha']} ({source}): top-1 {result['top1']:.2f}% "
-        f"top-5 {result['top5']:.2f}% on {result['examples']} images "
-        f"({result['images_per_second']:.1f} img/s)")
+    result = evaluate_checkpoint(args.workdir or args.checkpoint, args)
+  except (DataError, TrainingError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return EXIT_FAILED
+  top5 = f" top-5 {result['top5']:.2f}%" if result["top5"] is not None else ""
+  at = f" (step {result['step']})" if result["step"] is not None else ""
+  print(f"{result['model']} a={result['alpha']:g}{at}: top-1 {result['top1']:.2f}%{top5} on "
+        f"{result['examples']} images; {result['checkpoint']}", flush=True)
   if args.json:
-    with open(args.json, "w") as f:
+    from octflax.training import resolve_path  # pylint: disable=g-import-not-at-top
+
+    with open(resolve_path(args.json), "w") as f:
       json.dump(result, f, indent=2)
       f.write("\n")
   return 0

@@ -4,7 +4,8 @@ r"""Trains an octflax model: the entry point of every training run.
 
 The config defaults to experiments/configs/fashion_mnist.py (the main job: an
 Oct-ResNet on Fashion-MNIST in minutes on a CPU). A run resumes from the newest
-checkpoint in DIR. It writes DIR/metrics.jsonl while it runs and
+good checkpoint in DIR (a damaged one is moved aside to STEP.damaged). DIR may be
+relative, absolute, start with ~, or be a gs:// URL. It writes DIR/metrics.jsonl while it runs and
 DIR/summary.json and DIR/curves.png at the end; see octflax.training.
 
 Multi-host (Cloud TPU pod slices, multi-node GPU): run the same command on every
@@ -31,7 +32,9 @@ from absl import app, flags, logging
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "fashion_mnist.py")
 EXIT_USAGE = 2  # A bad command line or config value: nothing ran.
-EXIT_FAILED = 1  # Missing data, a refused working directory, or a diverged run.
+EXIT_FAILED = 1  # Missing data, an unusable working directory or checkpoints, or a diverged run.
+# Also: 75 (octflax.training.EXIT_STOPPED) after a SIGTERM or the first Ctrl-C: the step in flight
+# was checkpointed and the same command resumes; 130 after a second Ctrl-C (stopped at once).
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Working directory: checkpoints, metrics.jsonl, summary.json, curves.png.")
@@ -111,16 +114,24 @@ def main(argv: Sequence[str]) -> int:
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
   from octflax.data import DataError  # pylint: disable=g-import-not-at-top
-  from octflax.training import ConfigError, TrainingError, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from octflax.training import (  # pylint: disable=g-import-not-at-top
+      EXIT_INTERRUPTED, EXIT_STOPPED, ConfigError, RunStopped, TrainingError, train_and_evaluate)
 
   try:
     summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return EXIT_USAGE
+  except RunStopped as e:
+    print(str(e), file=sys.stderr, flush=True)
+    return EXIT_STOPPED
   except (DataError, TrainingError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return EXIT_FAILED
+  except KeyboardInterrupt:
+    print("interrupted: stopped at once; the next run resumes from the last checkpoint.", file=sys.stderr,
+          flush=True)
+    return EXIT_INTERRUPTED
   import jax  # pylint: disable=g-import-not-at-top
 
   if jax.process_index() == 0:

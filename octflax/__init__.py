@@ -6,20 +6,23 @@ The front door of the library::
   y = octflax.OctConv(64, 3, alpha_in=0.5, alpha_out=0.5)  # a Flax module over OctTensor
 """
 
-from octflax import functional
+from octflax import execution, functional
 from octflax.compiler import inference_compiler_options, train_compiler_options
+from octflax.execution import use_conv
 from octflax.functional import (
-    avg_pool2,
     global_avg_pool,
     oct_add,
     oct_conv,
+    oct_conv_param_shapes,
+    oct_conv_transpose,
     oct_map,
     oct_max_pool,
     oct_relu,
-    upsample2,
+    path_kernel_init,
 )
-from octflax.layers import OctBatchNorm, OctConv, OctConvBN
-from octflax.tensor import OctTensor, as_oct, low_spatial_size, split_channels
+from octflax.layers import OctBatchNorm, OctConv, OctConvBN, OctConvTranspose
+from octflax.resample import avg_pool2, low_spatial_size, upsample2
+from octflax.tensor import OctTensor, as_oct, split_channels
 
 __version__ = "0.1.0"
 
@@ -27,19 +30,25 @@ __all__ = [
     "OctBatchNorm",
     "OctConv",
     "OctConvBN",
+    "OctConvTranspose",
     "OctTensor",
     "as_oct",
     "avg_pool2",
+    "execution",
     "functional",
     "global_avg_pool",
     "inference_compiler_options",
     "low_spatial_size",
     "oct_add",
     "oct_conv",
+    "oct_conv_param_shapes",
+    "oct_conv_transpose",
     "oct_map",
     "oct_max_pool",
     "oct_relu",
+    "path_kernel_init",
     "split_channels",
     "train_compiler_options",
     "upsample2",
+    "use_conv",
 ]

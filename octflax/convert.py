@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import re
 from typing import Any, Iterable, Mapping
@@ -50,9 +49,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 SOURCES = ("port", "torchvision")
-CHECKPOINT_META = "model.json"
-CHECKPOINT_VARIABLES = "variables"
-CHECKPOINT_FORMAT = "octflax-variables/1"
+CHECKPOINT_FORMAT = "octflax-checkpoint/2"  # The trainer's format (octflax.training.checkpoint).
 
 _PATH_ORDER = ("l2l", "l2h", "h2l", "h2h")  # the port's registration order of the four convs
 _UNITS = ("conv1", "conv2", "conv3", "shortcut")
@@ -99,7 +96,7 @@ def _variable_shapes(arch: str, alpha: float, source: str, num_classes: int) -> 
   from octflax.models.resnet import ResNet
 
   model = model_for(arch, alpha, source, num_classes=num_classes)
-  if not isinstance(model, ResNet) or model.stem != "imagenet" or model.squeeze_excite:
+  if not isinstance(model, ResNet) or model.stem != "imagenet":
     raise ValueError(
         f"arch {arch!r} has no PyTorch layout here; supported are the ImageNet Oct-ResNets and "
         "Oct-ResNeXts (oct_resnet18/26/34/50/101/152/200, oct_resnext50_32x4d, "
@@ -442,72 +439,50 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_checkpoint(directory: str | os.PathLike, variables: Mapping[str, Any], *, arch: str,
-                    alpha: float, source: str = "port", **meta: Any) -> str:
-  """Writes ``variables`` as an octflax checkpoint directory and returns its absolute path.
+                    alpha: float, source: str = "port", image_size: int = 224, **meta: Any) -> str:
+  """Writes ``variables`` as an octflax checkpoint and returns its absolute path.
 
-  Layout: ``DIR/variables/`` is an Orbax `StandardCheckpointer` checkpoint of
-  ``{'params', 'batch_stats'}``; ``DIR/model.json`` holds ``format``, ``arch``,
-  ``alpha``, ``source``, ``num_classes``, ``pool_stride`` and any ``meta``.
-  `load_checkpoint` reads it back. ``DIR/variables`` must not exist yet.
+  The format is the trainer's (`octflax.training.write_checkpoint`): ``DIR/state``
+  holds ``{'params', 'batch_stats'}``, ``DIR/meta`` the identity that rebuilds the
+  model (``model.name``, ``model.alpha``, ``model.overrides`` -- ``pool_stride``
+  False for torchvision's layout -- ``num_classes``, ``image_shape``) and
+  ``format``, ``arch``, ``alpha``, ``source``, ``num_classes``, ``pool_stride`` and
+  any ``meta``. ``experiments.evaluate --checkpoint DIR`` evaluates it and
+  ``--config.init_from=DIR`` fine-tunes from it. ``DIR`` must not exist yet.
   """
-  import jax
-  import jax.numpy as jnp
-  import orbax.checkpoint as ocp
+  from octflax.training.checkpoint import write_checkpoint  # pylint: disable=g-import-not-at-top
 
   _check_source(source)
-  directory = os.path.abspath(os.fspath(directory))
-  os.makedirs(directory, exist_ok=True)
   tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  tree = jax.tree.map(jnp.asarray, tree)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, CHECKPOINT_VARIABLES), tree)
-  checkpointer.wait_until_finished()
-  checkpointer.close()
-  info = {
-      "format": CHECKPOINT_FORMAT,
-      "arch": arch,
-      "alpha": float(alpha),
-      "source": source,
-      "num_classes": int(np.shape(tree["params"]["head"]["fc"]["kernel"])[1]),
-      "pool_stride": source == "port",
-      **meta,
+  num_classes = int(np.shape(tree["params"]["head"]["fc"]["kernel"])[1])
+  identity = {
+      "model.name": arch, "model.alpha": float(alpha),
+      "model.overrides": {} if source == "port" else {"pool_stride": False},
+      "data.name": "image_folder", "num_classes": num_classes, "image_shape": [image_size, image_size, 3],
   }
-  with open(os.path.join(directory, CHECKPOINT_META), "w") as f:
-    json.dump(info, f, indent=2)
-    f.write("\n")
-  return directory
+  info = {"format": CHECKPOINT_FORMAT, "identity": identity, "arch": arch, "alpha": float(alpha),
+          "source": source, "num_classes": num_classes, "pool_stride": source == "port", **meta}
+  return write_checkpoint(directory, tree, info)
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict]:
-  """Reads a directory written by `save_checkpoint`: ``(variables, meta)``.
+  """Reads an octflax checkpoint: ``(variables, meta)``.
 
-  ``model_for(meta['arch'], meta['alpha'], meta['source'], num_classes=meta['num_classes'])``
-  is the model the variables belong to. A directory without ``model.json`` is read as a
-  plain Orbax checkpoint whose tree has ``params`` and ``batch_stats`` at its top
-  (``meta`` is then empty).
+  ``directory`` is one written by `save_checkpoint` or by the trainer (a run's
+  working directory gives its newest checkpoint; see
+  `octflax.training.read_checkpoint`). ``variables`` is ``{'params',
+  'batch_stats'}`` as NumPy arrays; ``meta['identity']`` names the model.
+
+  Raises:
+    ValueError: no checkpoint there, or one that cannot be read.
   """
-  import orbax.checkpoint as ocp
+  from octflax.training.checkpoint import read_checkpoint  # pylint: disable=g-import-not-at-top
+  from octflax.training.errors import CheckpointError  # pylint: disable=g-import-not-at-top
 
-  directory = os.path.abspath(os.fspath(directory))
-  meta_path = os.path.join(directory, CHECKPOINT_META)
-  meta: dict = {}
-  path = directory
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-    path = os.path.join(directory, CHECKPOINT_VARIABLES)
-  if not os.path.isdir(path):
-    raise ValueError(f"no checkpoint at {path}.")
-  checkpointer = ocp.StandardCheckpointer()
   try:
-    restored = checkpointer.restore(path)
-  finally:
-    checkpointer.close()
-  if not isinstance(restored, Mapping) or "params" not in restored:
-    raise ValueError(f"the checkpoint at {path} has no 'params' entry at its top; found "
-                     f"{sorted(restored) if isinstance(restored, Mapping) else type(restored).__name__}.")
-  variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
-  return variables, meta
+    return read_checkpoint(os.fspath(directory))
+  except CheckpointError as e:
+    raise ValueError(str(e)) from None
 
 
 __all__ = [
@@ -515,3 +490,7 @@ __all__ = [
     "load_checkpoint", "load_torch_checkpoint", "model_for", "save_checkpoint",
     "to_torch_state_dict", "unwrap_state_dict",
 ]
+
+from octflax._inflate import inflate  # noqa: E402  (2-D -> 3-D variables, I3D inflation)
+
+__all__ += ["inflate"]

@@ -3,14 +3,28 @@
 The counter traces the model once (`jax.make_jaxpr`, no FLOPs are spent) and counts
 what the traced program actually computes:
 
-* MACs of every convolution: ``output elements * kh * kw * in_channels / groups``
-  (every tap, padded ones included: the paper's convention);
+* MACs of every convolution: ``output elements * prod(kernel_size) * in_channels / groups``
+  in any number of spatial axes (every tap, padded ones included: the paper's convention);
 * MACs of every matrix product (dense layers): ``output elements * contracted size``;
 * activation memory: the output elements of every convolution-like layer
   (`OctConv`, `flax.linen.Conv`, `flax.linen.Dense`), both parts of an OctTensor;
 * parameters: the size of the ``params`` collection.
 
 Pooling, normalisation and activations are not counted, as in the paper's tables.
+
+An OctConv layer (`octflax.OctConv`, any rank) costs the sum over its present paths of
+``positions * prod(kernel_size) * c_in / groups * c_out``, where ``positions`` is the number
+of spatial positions at which the path's convolution runs: the high output's P^H for h2h, the
+low output's P^L for h2l and l2l, and for l2h the low input's positions after the stride
+pooling (P^L at stride 1, where the upsample follows the conv). With channel splits
+``(c_in^H, c_in^L)``, ``(c_out^H, c_out^L)`` at stride 1::
+
+  MACs = prod(k) / groups * [P^H c_in^H c_out^H + P^L (c_in^L c_out^H + c_in^L c_out^L + c_in^H c_out^L)]
+
+With ``d`` octave axes of even size, ``P^L = 2^-d P^H``, and for ``alpha_in = alpha_out = a``
+the ratio to the vanilla conv's ``prod(k) / groups * P^H C_in C_out`` is
+``1 - (1 - 2^-d)(2a - a^2)``: ``1 - 3/4 (2a - a^2)`` in 2-D (the paper's Table 1),
+``1 - 1/2 (2a - a^2)`` in 1-D, ``1 - 7/8 (2a - a^2)`` in 3-D with every axis an octave axis.
 `xla_flops` is the cross-check: XLA counts 2 FLOPs per MAC and skips padded taps.
 """
 
@@ -25,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from octflax import functional
+from octflax import execution, functional
 from octflax.layers import OctConv
 
 
@@ -159,7 +173,8 @@ def analyze(model: nn.Module, input_shape: Sequence[int], *, dtype: Any = jnp.fl
     with nn.intercept_methods(record):
       return model.apply(v, inp, **call_kwargs)
 
-  with functional.cpu_channel_multiple(1):  # The layers' own shapes, not the execution's padding.
+  # The layers' own convolutions, not the form a backend runs them in (unless one is chosen).
+  with execution.use_conv(execution.chosen_conv() or functional.conv):
     macs_by_scope = count_macs(jax.make_jaxpr(forward)(variables, x))
   # Name stacks start with the top module's class name; module paths do not.
   top = type(model).__name__

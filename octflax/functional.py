@@ -1,90 +1,33 @@
-"""Pure functions on octave feature maps: pooling, upsampling, per-part ops and OctConv itself.
+"""The OctConv equations as pure functions: per-part ops, the octave convolution and its parameters.
 
-Every function takes arrays in NHWC layout (any number of leading batch dimensions for
-the pooling helpers) or `OctTensor`s, and is a pure function usable under `jax.jit`,
-`jax.grad` and `jax.vmap`.
+Arrays are channels-last with any number of spatial axes (``[N, L, C]``, NHWC,
+``[N, T, H, W, C]``); the number of spatial axes of a convolution comes from its kernel
+(``[*kernel_size, in / groups, out]``). Every function is pure and usable under `jax.jit`,
+`jax.grad` and `jax.vmap`. How a convolution is executed on a given backend is not decided
+here: `oct_conv` takes the convolution as an argument (`conv` by default, exactly what
+`flax.linen.Conv` computes), and `octflax.execution` holds the faster XLA:CPU choices the
+Linen modules use.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Any, Callable, Iterator, Mapping, Sequence
+import numbers
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from flax import linen as nn
 from jax import lax
 
-from octflax.tensor import OctTensor, as_oct, low_spatial_size
+from octflax.resample import avg_pool2, low_spatial_size, resolve_octave_axes, upsample2
+from octflax.tensor import OctTensor, as_oct, check_alpha, split_channels
 
 Array = jax.Array
+Initializer = Callable[..., Array]
+# ``conv(x, kernel, feature_group_count, precision, kernel_dilation) -> y``: a stride-1 SAME
+# convolution; `conv` below, or one of `octflax.execution`'s.
+ConvFn = Callable[..., Array]
 PATHS = ("h2h", "h2l", "l2h", "l2l")
-
-
-def avg_pool2(x: Array) -> Array:
-  """2x2 average pooling, stride 2, ceil mode, averaging only pixels inside the map.
-
-  ``y[i, j] = mean(x[2i:2i+2, 2j:2j+2])`` over the pixels that exist, so an H x W map
-  becomes ceil(H/2) x ceil(W/2); at odd sizes the last row/column averages 2 (or 1)
-  pixels instead of reading padding. For even sizes this is exactly the official
-  2x2 average pool.
-
-  Args:
-    x: ``[..., H, W, C]``.
-
-  Returns:
-    ``[..., ceil(H/2), ceil(W/2), C]``, same dtype (float32 for integer input).
-
-  Examples:
-    >>> avg_pool2(jnp.arange(9.).reshape(1, 3, 3, 1))[0, ..., 0]
-    Array([[2. , 3.5],
-           [6.5, 8. ]], dtype=float32)
-  """
-  if not jnp.issubdtype(x.dtype, jnp.inexact):
-    x = x.astype(jnp.float32)  # an average of integers is not an integer
-  *batch, height, width, channels = x.shape
-  out_h, out_w = low_spatial_size(height, width)
-  pad_h, pad_w = 2 * out_h - height, 2 * out_w - width
-  if pad_h or pad_w:
-    x = jnp.pad(x, [(0, 0)] * len(batch) + [(0, pad_h), (0, pad_w), (0, 0)])
-  # A reshape and a sum, which XLA fuses into one loop, rather than a generic window op.
-  total = x.reshape(*batch, out_h, 2, out_w, 2, channels).sum(axis=(-4, -2))
-  if not (pad_h or pad_w):
-    return total * jnp.asarray(0.25, x.dtype)
-  rows = np.full(out_h, 2.0)
-  cols = np.full(out_w, 2.0)
-  rows[-1] -= pad_h
-  cols[-1] -= pad_w
-  inverse_count = (1.0 / np.outer(rows, cols))[:, :, None]
-  return total * jnp.asarray(inverse_count, x.dtype)
-
-
-def upsample2(x: Array, size: Sequence[int] | None = None) -> Array:
-  """2x nearest-neighbour upsampling, cropped to ``size`` (H, W) when given.
-
-  ``y[i, j] = x[i // 2, j // 2]``. Cropping makes odd high-part sizes work: a
-  ceil(H/2) map upsamples to H x W.
-
-  Args:
-    x: ``[..., h, w, C]``.
-    size: target ``(H, W)`` with ``2h - 1 <= H <= 2h`` (likewise W); default ``(2h, 2w)``.
-
-  Returns:
-    ``[..., H, W, C]``.
-  """
-  *batch, height, width, channels = x.shape
-  target = (2 * height, 2 * width) if size is None else tuple(int(s) for s in size)
-  if not (2 * height - 1 <= target[0] <= 2 * height and 2 * width - 1 <= target[1] <= 2 * width):
-    raise ValueError(
-        f"upsample2: cannot upsample a {height}x{width} map to {target[0]}x{target[1]}; "
-        f"allowed target sizes are {2 * height - 1}..{2 * height} x {2 * width - 1}..{2 * width}.")
-  # Broadcast + reshape: no gather, no resize kernel; XLA fuses it into the consumer.
-  y = jnp.broadcast_to(x[..., :, None, :, None, :], (*batch, height, 2, width, 2, channels))
-  y = y.reshape(*batch, 2 * height, 2 * width, channels)
-  if target != (2 * height, 2 * width):
-    y = y[..., : target[0], : target[1], :]
-  return y
 
 
 def oct_map(fn: Callable[[Array], Array], x: Any) -> OctTensor:
@@ -111,88 +54,207 @@ def oct_add(x: Any, y: Any) -> OctTensor:
 
 
 def oct_max_pool(x: Any, window: int = 3, strides: int = 2, padding: str = "SAME") -> OctTensor:
-  """Max pooling on each part with the same window, stride and padding.
+  """Max pooling on each part with the same window, stride and padding (2-D, NHWC).
 
   With SAME padding and stride 2 the low part of the result stays at ceil(H'/2) of the
   high part's H', so the octave layout is preserved at any size.
   """
-  from flax import linen as nn
-
   return oct_map(lambda p: nn.max_pool(p, (window, window), (strides, strides), padding), x)
 
 
-def global_avg_pool(x: Any) -> Array:
+def global_avg_pool(x: Any, spatial_dims: int = 2) -> Array:
   """Spatial mean of each part, concatenated along channels: ``[N, C_h + C_l]``."""
   parts = [p for p in (as_oct(x).high, as_oct(x).low) if p is not None]
-  return jnp.concatenate([jnp.mean(p, axis=(-3, -2)) for p in parts], axis=-1)
+  axes = tuple(range(-1 - spatial_dims, -1))
+  return jnp.concatenate([jnp.mean(p, axis=axes) for p in parts], axis=-1)
 
 
-# Channel counts XLA:CPU's convolutions are padded to (see `conv2d`); 1 turns padding off.
-_CPU_CHANNEL_MULTIPLE = contextvars.ContextVar("octflax_cpu_channel_multiple", default=8)
+def dimension_numbers(spatial_dims: int) -> lax.ConvDimensionNumbers:
+  """Channels-last input and output, ``[*kernel_size, in, out]`` kernel (Flax's layout)."""
+  lhs = (0, spatial_dims + 1) + tuple(range(1, spatial_dims + 1))
+  rhs = (spatial_dims + 1, spatial_dims) + tuple(range(spatial_dims))
+  return lax.ConvDimensionNumbers(lhs, rhs, lhs)
 
 
-@contextlib.contextmanager
-def cpu_channel_multiple(multiple: int) -> Iterator[None]:
-  """Sets the channel multiple `conv2d` pads to on the CPU backend, while tracing inside.
+def same_padding(kernel_size: Sequence[int], kernel_dilation: Sequence[int]) -> list[tuple[int, int]]:
+  """Symmetric SAME padding ``d (k - 1) / 2`` on each side of each axis (odd kernels)."""
+  return [((k - 1) * d // 2,) * 2 for k, d in zip(kernel_size, kernel_dilation)]
 
-  The padding changes the shapes XLA sees, never the result. ``octflax.cost`` traces with
-  ``cpu_channel_multiple(1)`` so that it counts each layer's own MACs; benchmarks use it to
-  time both forms in one run. It applies to functions traced inside the block (a function
-  jitted before keeps its compiled form).
+
+def conv(x: Array, kernel: Array, feature_group_count: int = 1, precision: Any = None,
+         kernel_dilation: Sequence[int] | None = None) -> Array:
+  """Stride-1 SAME convolution, channels-last: exactly what `flax.linen.Conv` computes.
+
+  ``y[n, p, o] = sum_{t, i} x[n, p + d * (t - (k - 1) / 2), g(o) * I + i] * kernel[t, i, o]``
+  over the kernel taps t (per axis), with zero padding, I = in / groups input channels of
+  the group g(o) of output channel o, and dilation d.
 
   Args:
-    multiple: a positive integer; 1 means no padding.
+    x: ``[N, *spatial, C_in]``.
+    kernel: ``[*kernel_size, C_in / groups, C_out]`` with odd kernel sizes.
+    feature_group_count: groups.
+    precision: passed to `lax.conv_general_dilated`.
+    kernel_dilation: per spatial axis (default 1).
+
+  Returns:
+    ``[N, *spatial, C_out]`` in the promoted dtype of ``x`` and ``kernel``.
   """
-  if not isinstance(multiple, (int, np.integer)) or multiple < 1:
-    raise ValueError(f"cpu_channel_multiple: multiple must be a positive integer, got {multiple!r}.")
-  token = _CPU_CHANNEL_MULTIPLE.set(int(multiple))
-  try:
-    yield
-  finally:
-    _CPU_CHANNEL_MULTIPLE.reset(token)
-
-
-def _padded_channels(channels: int, multiple: int) -> int:
-  """``channels`` rounded up to ``multiple``; counts up to ``multiple`` stay (padding them measured slower)."""
-  return channels if channels <= multiple else -(-channels // multiple) * multiple
-
-
-def conv2d(x: Array, kernel: Array, feature_group_count: int = 1, precision: Any = None) -> Array:
-  """Stride-1 SAME convolution, NHWC input, HWIO kernel: what `flax.linen.Conv` computes."""
+  spatial_dims = kernel.ndim - 2
+  dilation = (1,) * spatial_dims if kernel_dilation is None else tuple(kernel_dilation)
   dtype = jnp.result_type(x, kernel)
-  if kernel.shape[:2] == (1, 1) and feature_group_count == 1:
-    # A 1x1 convolution is a matrix product over the channel axis. XLA:CPU runs it as a
-    # dot much faster than as a convolution: 0.37-0.83x the time for ResNet-50's 1x1
-    # shapes at batch 8, 0.58-0.91x at batch 1 (experiments/conv1x1_dot.py); Oct-ResNet-50 at
-    # alpha 0 went from 448 to 351 ms (batch 8) and from 75 to 52 ms (batch 1) between two
-    # idle runs (docs/benchmarks.md). NHWC keeps it transpose-free.
-    return lax.dot_general(x.astype(dtype), kernel[0, 0].astype(dtype),
-                           (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
-  c_in, c_out = kernel.shape[2:]
-  pad_in = pad_out = 0
-  if feature_group_count == 1 and jax.default_backend() == "cpu":
-    # XLA:CPU's convolution kernels take a slow path when a channel count is not a multiple
-    # of 8: a 3x3 14->14 train step took 1.5-2x the time of 16->16, 28->28 1.5x that of
-    # 32->32. Zero channels up to the multiple cost less than they save: CIFAR Oct-ResNet-20
-    # at alpha .125 (14/2, 28/4 and 56/8 channels), train step at batch 128, 0.75x the time;
-    # no change at the other alphas (experiments/results/cpu/, docs/benchmarks.md).
-    multiple = _CPU_CHANNEL_MULTIPLE.get()
-    pad_in, pad_out = _padded_channels(c_in, multiple) - c_in, _padded_channels(c_out, multiple) - c_out
-  if pad_in:
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad_in)])
-  if pad_in or pad_out:
-    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, pad_in), (0, pad_out)))
-  y = lax.conv_general_dilated(
-      x.astype(dtype), kernel.astype(dtype), window_strides=(1, 1), padding="SAME",
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  return lax.conv_general_dilated(
+      x.astype(dtype), kernel.astype(dtype), window_strides=(1,) * spatial_dims,
+      padding=same_padding(kernel.shape[:-2], dilation), rhs_dilation=dilation,
+      dimension_numbers=dimension_numbers(spatial_dims),
       feature_group_count=feature_group_count, precision=precision)
-  return y[..., :c_out] if pad_out else y
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def as_tuple(value: int | Sequence[int], rank: int, name: str) -> tuple[int, ...]:
+  """``value`` repeated ``rank`` times (an int) or checked to have ``rank`` ints (a sequence)."""
+  if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    return (int(value),) * rank
+  try:
+    values = tuple(value)
+  except TypeError:
+    values = ()
+  if len(values) != rank or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+    raise ValueError(
+        f"{name} must be an int or {rank} ints (one per spatial axis of kernel_size), got {value!r}.")
+  return tuple(int(v) for v in values)
+
+
+def kernel_size_tuple(kernel_size: int | Sequence[int], spatial_dims: int = 2) -> tuple[int, ...]:
+  """The kernel size per spatial axis; an int means ``spatial_dims`` (2) equal sizes.
+
+  A sequence gives the rank: ``(k,)`` is 1-D, ``(k, k)`` 2-D, ``(k, k, k)`` 3-D. Sizes must be
+  odd (SAME padding is (k-1)/2 on each side).
+  """
+  if isinstance(kernel_size, numbers.Integral):
+    sizes = (int(kernel_size),) * spatial_dims
+  else:
+    sizes = as_tuple(kernel_size, len(tuple(kernel_size)), "kernel_size")
+  if not sizes or any(k < 1 or k % 2 == 0 for k in sizes):
+    raise ValueError(f"kernel_size must be odd (SAME padding is (k-1)/2 each side), got {kernel_size!r}.")
+  return sizes
+
+
+def is_depthwise(in_channels: int, features: int, feature_group_count: int) -> bool:
+  """Depthwise: one group per channel, as many output as input channels (more than one)."""
+  return feature_group_count == in_channels == features > 1
+
+
+class PathParamShapes(NamedTuple):
+  """Shapes of one path's parameters: ``kernel`` ``[*kernel_size, in / groups, out]``, ``bias`` or None."""
+
+  kernel: tuple[int, ...]
+  bias: tuple[int] | None
+
+
+def oct_conv_param_shapes(
+    kernel_size: Sequence[int],
+    in_channels: int,
+    features: int,
+    alpha_in: float,
+    alpha_out: float,
+    feature_group_count: int = 1,
+    use_bias: bool = True,
+) -> dict[str, PathParamShapes]:
+  """The parameters of an OctConv: which paths exist and the shapes of their kernels and biases.
+
+  Path ``a2b`` reads the ``a`` input part (``C_in`` split at ``alpha_in`` by `split_channels`)
+  and writes the ``b`` output part (``features`` split at ``alpha_out``); it exists when both
+  have channels. Its kernel is ``[*kernel_size, c_a / groups, c_b]``. Depthwise
+  (`is_depthwise`, ``alpha_in == alpha_out``) keeps only ``h2h`` and ``l2l``, each depthwise on
+  its own part (``[*kernel_size, 1, c]``). Each output part carries one bias, on its direct path
+  (``h2h`` / ``l2l``) or on the cross path when the direct one is absent. The kernel and bias
+  sizes sum to the vanilla conv's for every alpha.
+
+  Args:
+    kernel_size: per spatial axis.
+    in_channels: C_in, both input parts together.
+    features: C_out, both output parts together.
+    alpha_in, alpha_out: shares of low-frequency input and output channels.
+    feature_group_count: groups, the same on every path.
+    use_bias: whether the output parts carry a bias.
+
+  Returns:
+    ``{path: PathParamShapes}`` for the present paths, in the order h2h, h2l, l2h, l2l.
+
+  Examples:
+    >>> shapes = oct_conv_param_shapes((3, 3), 8, 16, 0.5, 0.5)
+    >>> shapes["h2l"]
+    PathParamShapes(kernel=(3, 3, 4, 8), bias=None)
+    >>> shapes["l2l"].bias
+    (8,)
+  """
+  kernel_size = tuple(kernel_size)
+  in_high, in_low = split_channels(in_channels, alpha_in)
+  out_high, out_low = split_channels(features, alpha_out)
+  groups = feature_group_count
+  if is_depthwise(in_channels, features, groups):
+    if alpha_in != alpha_out:
+      raise ValueError(
+          "depthwise OctConv (feature_group_count == in channels == features) needs "
+          f"alpha_in == alpha_out, got {alpha_in} and {alpha_out}.")
+    kernels = {"h2h": (*kernel_size, 1, out_high), "l2l": (*kernel_size, 1, out_low)}
+    kernels = {p: s for p, s in kernels.items() if s[-1]}
+  else:
+    kernels = {}
+    for path, c_in, c_out in (("h2h", in_high, out_high), ("h2l", in_high, out_low),
+                              ("l2h", in_low, out_high), ("l2l", in_low, out_low)):
+      if c_in and c_out:
+        if c_in % groups or c_out % groups:
+          raise ValueError(
+              f"feature_group_count={groups} must divide the channels of every path; path {path} "
+              f"has {c_in} input and {c_out} output channels (alpha_in={alpha_in}, "
+              f"alpha_out={alpha_out}, {in_channels} -> {features} channels).")
+        kernels[path] = (*kernel_size, c_in // groups, c_out)
+  bias_paths = set()
+  if use_bias:
+    bias_paths = {next((p for p in ("h2h", "l2h") if p in kernels), None),
+                  next((p for p in ("l2l", "h2l") if p in kernels), None)} - {None}
+  return {p: PathParamShapes(s, (s[-1],) if p in bias_paths else None) for p, s in kernels.items()}
+
+
+def vanilla_kernel_shape(kernel_size: Sequence[int], in_channels: int, features: int,
+                         feature_group_count: int = 1) -> tuple[int, ...]:
+  """The kernel shape of the vanilla conv an OctConv replaces: ``[*kernel_size, C_in / groups, C_out]``."""
+  return (*tuple(kernel_size), in_channels // feature_group_count, features)
+
+
+def path_kernel_init(kernel_init: Initializer, vanilla_shape: Sequence[int]) -> Initializer:
+  """An initialiser for one path's kernel: draw the vanilla kernel, keep this path's block.
+
+  Fan-in/fan-out based initialisers (LeCun, He, Glorot) then see the conv's true fans, so
+  every path is drawn from the vanilla conv's distribution:
+  ``init(key, shape, dtype) = kernel_init(key, vanilla_shape, dtype)[..., :shape[-2], :shape[-1]]``.
+
+  Args:
+    kernel_init: an initialiser ``(key, shape, dtype) -> Array``.
+    vanilla_shape: `vanilla_kernel_shape` of the layer.
+
+  Returns:
+    An initialiser with the same signature for a path's (smaller) kernel shape.
+  """
+  vanilla_shape = tuple(vanilla_shape)
+
+  def init(key, shape, dtype=jnp.float32):
+    return kernel_init(key, vanilla_shape, dtype)[..., : shape[-2], : shape[-1]]
+
+  return init
+
+
+# ----------------------------------------------------------------------------- OctConv
 
 
 def _groups(path: str, in_channels: int, kernel: Array) -> int:
-  kh, kw, kernel_in, kernel_out = kernel.shape
-  if kh % 2 == 0 or kw % 2 == 0:
-    raise ValueError(f"{path}: kernel_size must be odd (SAME padding is (k-1)/2 each side), got {kh}x{kw}.")
+  kernel_size, kernel_in, kernel_out = kernel.shape[:-2], kernel.shape[-2], kernel.shape[-1]
+  if any(k % 2 == 0 for k in kernel_size):
+    raise ValueError(
+        f"{path}: kernel_size must be odd (SAME padding is (k-1)/2 each side), got {tuple(kernel_size)}.")
   if kernel_in < 1 or in_channels % kernel_in:
     raise ValueError(
         f"{path}: the kernel reads {kernel_in} channels per group but the input part has "
@@ -203,20 +265,62 @@ def _groups(path: str, in_channels: int, kernel: Array) -> int:
   return groups
 
 
+def check_octave_input(x: OctTensor, spatial_dims: int, octave_axes: tuple[int, ...], fn: str) -> None:
+  """Raises ValueError unless both parts are ``[N, *spatial, C]`` with the low part at the low size."""
+  for name, part in (("high", x.high), ("low", x.low)):
+    if part is not None and part.ndim != spatial_dims + 2:
+      raise ValueError(
+          f"{fn}: the input's {name} part has shape {tuple(part.shape)} (rank {part.ndim}), but the kernel "
+          f"has {spatial_dims} spatial axes (kernel_size of length {spatial_dims}): expected rank "
+          f"{spatial_dims + 2}, [N, {spatial_dims} spatial axes, C].")
+  if x.high is not None and x.low is not None:
+    expected = low_spatial_size(*x.high.shape[1:-1], octave_axes=octave_axes)
+    if tuple(x.low.shape[1:-1]) != expected:
+      raise ValueError(
+          f"{fn}: the low part must have spatial size {'x'.join(map(str, expected))} (ceil(n/2) on octave "
+          f"axes {octave_axes}) for the {'x'.join(map(str, x.high.shape[1:-1]))} high part, got "
+          f"{'x'.join(map(str, x.low.shape[1:-1]))}.")
+
+
+def stride_tuple(strides: int | Sequence[int], spatial_dims: int, octave_axes: tuple[int, ...]) -> tuple[int, ...]:
+  """The stride per spatial axis, each 1 or 2 (checked, naming the axis and whether it is an octave axis)."""
+  values = as_tuple(strides, spatial_dims, "strides")
+  for i, s in enumerate(values):
+    if s not in (1, 2):
+      where = "an octave axis" if i in octave_axes else "a spatial axis"
+      raise ValueError(
+          f"strides={strides!r}: stride {s} on {where} (spatial axis {i}); allowed are 1 and 2 (stride 2 "
+          "is an average pool by 2 before a stride-1 conv).")
+  return values
+
+
+def _pool_on(x: Array | None, axes: Sequence[int], spatial_dims: int) -> Array | None:
+  return x if x is None or not axes else avg_pool2(x, tuple(axes), spatial_dims=spatial_dims)
+
+
 def oct_conv(
     x: Any,
     kernels: Mapping[str, Array],
     biases: Mapping[str, Array] | None = None,
     *,
-    strides: int = 1,
+    strides: int | Sequence[int] = 1,
+    octave_axes: Sequence[int] | None = None,
+    kernel_dilation: int | Sequence[int] = 1,
     precision: Any = None,
     fuse: bool = False,
     pool_stride: bool = True,
+    conv_fn: ConvFn = conv,
 ) -> OctTensor:
-  """Octave convolution of ``x`` with the path kernels ``kernels``.
+  """Octave convolution of ``x`` with the path kernels ``kernels``, in any number of spatial axes.
 
-  With P = 2x2 average pool (`avg_pool2`), U = 2x nearest upsample (`upsample2`) and f a
-  stride-1 SAME convolution::
+  With P_A = average pool by 2 on the axes A (`avg_pool2`), U_A = nearest upsample by 2 on
+  the axes A, cropped to the high size (`upsample2`), f a stride-1 SAME convolution, O the
+  octave axes and S the axes with stride 2::
+
+    Y^H = f(P_S(X^H); W^hh) + U_{O-S}(f(P_{S-O}(X^L); W^lh))
+    Y^L = f(P_S(X^L); W^ll) + f(P_O(P_S(X^H)); W^hl)
+
+  In 2-D with every axis an octave axis this is the paper's OctConv::
 
     stride 1:  Y^H = f(X^H; W^hh) + U(f(X^L; W^lh))
                Y^L = f(X^L; W^ll) + f(P(X^H); W^hl)
@@ -227,42 +331,50 @@ def oct_conv(
   input channels divided by its kernel's input dimension.
 
   Args:
-    x: an OctTensor (or a plain array, meaning ``OctTensor(x, None)``).
-    kernels: ``{'h2h', 'h2l', 'l2h', 'l2l'} -> [kh, kw, in / groups, out]`` (HWIO).
+    x: an OctTensor (or a plain array, meaning ``OctTensor(x, None)``) of parts
+      ``[N, *spatial, C]``.
+    kernels: ``{'h2h', 'h2l', 'l2h', 'l2l'} -> [*kernel_size, in / groups, out]``; the number
+      of spatial axes is ``kernel.ndim - 2``.
     biases: optional ``path -> [out]``, added to that path's output part.
-    strides: 1 or 2.
-    precision: passed to `lax.conv_general_dilated`.
+    strides: 1 or 2, or one of them per spatial axis.
+    octave_axes: the spatial axes (0-based) on which the low part has half the size; None = all.
+    kernel_dilation: per spatial axis (or one int), on every path, as in `flax.linen.Conv`.
+    precision: passed to the convolutions.
     fuse: execute paths that share an output resolution as one convolution over
-      concatenated inputs (same result, fewer and larger kernels). Off by default:
-      on XLA:CPU the concatenation costs more than the saved kernel launch
-      (Oct-ResNet-50, batch 8, alpha .5: 0.70 of alpha 0's time fused, 0.60 unfused,
-      experiments/results/cpu/).
+      concatenated inputs (same result, fewer and larger kernels; see docs/benchmarks.md
+      for when that is faster).
     pool_stride: True (the OctConv semantics): stride 2 average-pools, then convolves
       at stride 1. False runs a strided convolution with symmetric padding instead, as
       vanilla networks such as torchvision's ResNets do; only for a vanilla layer (the
       ``h2h`` path alone).
+    conv_fn: the stride-1 convolution every path runs (`conv` by default, what
+      `flax.linen.Conv` computes); `octflax.execution` has backend-specific ones.
 
   Returns:
     The OctTensor ``(Y^H, Y^L)``; a part is None when no path produces it.
   """
   x = as_oct(x)
-  if strides not in (1, 2):
-    raise ValueError(f"strides must be 1 or 2 (stride 2 is a 2x2 average pool before a stride-1 conv), got {strides!r}.")
   unknown = set(kernels) - set(PATHS)
   if unknown:
     raise ValueError(f"kernels: unknown path names {sorted(unknown)}; allowed are {list(PATHS)}.")
+  if not kernels:
+    raise ValueError("kernels: at least one path kernel is needed.")
+  ranks = {k.ndim for k in kernels.values()}
+  if len(ranks) != 1:
+    raise ValueError(f"kernels: every path kernel needs the same rank, got shapes {[k.shape for k in kernels.values()]}.")
+  spatial_dims = ranks.pop() - 2
+  axes = resolve_octave_axes(octave_axes, spatial_dims)
+  stride = stride_tuple(strides, spatial_dims, axes)
+  dilation = as_tuple(kernel_dilation, spatial_dims, "kernel_dilation")
+  if any(d < 1 for d in dilation):
+    raise ValueError(f"kernel_dilation must be positive, got {kernel_dilation!r}.")
   for path in kernels:
-    source = x.high if path[0] == "h" else x.low
-    if source is None:
+    if (x.high if path[0] == "h" else x.low) is None:
       raise ValueError(f"kernels has path '{path}' but the input has no {'high' if path[0] == 'h' else 'low'} part.")
-  if x.high is not None and x.low is not None:
-    expected = low_spatial_size(*x.high.shape[-3:-1])
-    if tuple(x.low.shape[-3:-1]) != expected:
-      raise ValueError(
-          f"the low part must be ceil(H/2) x ceil(W/2) = {expected[0]}x{expected[1]} of the "
-          f"{x.high.shape[-3]}x{x.high.shape[-2]} high part, got {x.low.shape[-3]}x{x.low.shape[-2]}.")
+  check_octave_input(x, spatial_dims, axes, "oct_conv")
   biases = dict(biases or {})
-  if strides == 2 and not pool_stride:
+  stride2 = tuple(i for i, s in enumerate(stride) if s == 2)
+  if stride2 and not pool_stride:
     if set(kernels) != {"h2h"}:
       raise ValueError(
           "pool_stride=False (a strided conv) is only defined for a vanilla layer "
@@ -270,27 +382,33 @@ def oct_conv(
     kernel = kernels["h2h"]
     dtype = jnp.result_type(x.high, kernel)
     y = lax.conv_general_dilated(
-        x.high.astype(dtype), kernel.astype(dtype), window_strides=(2, 2),
-        padding=[((k - 1) // 2, (k - 1) // 2) for k in kernel.shape[:2]],
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        x.high.astype(dtype), kernel.astype(dtype), window_strides=stride,
+        padding=same_padding(kernel.shape[:-2], dilation), rhs_dilation=dilation,
+        dimension_numbers=dimension_numbers(spatial_dims),
         feature_group_count=_groups("h2h", x.high.shape[-1], kernel), precision=precision)
     return OctTensor(high=y + biases["h2h"] if "h2h" in biases else y, low=None)
 
-  high, low = x.high, x.low
-  # Inputs of each path, already at the resolution of the path's output.
-  if strides == 2:
-    high = None if high is None else avg_pool2(high)
-    inputs = {"h2h": high, "l2h": low, "l2l": None if low is None else avg_pool2(low)}
-  else:
-    inputs = {"h2h": high, "l2h": low, "l2l": low}
+  # Inputs of each path, already at the resolution of the path's output (except l2h on
+  # octave axes with stride 1, upsampled after its conv).
+  high = _pool_on(x.high, stride2, spatial_dims)
+  inputs = {"h2h": high, "l2l": _pool_on(x.low, stride2, spatial_dims)}
+  inputs["l2h"] = _pool_on(x.low, [i for i in stride2 if i not in axes], spatial_dims)
   if "h2l" in kernels:
-    inputs["h2l"] = avg_pool2(high)
+    inputs["h2l"] = _pool_on(high, axes, spatial_dims)
+  upsample_axes = tuple(i for i in axes if i not in stride2)
+  high_size = None if high is None else tuple(high.shape[1:-1])
 
   groups = {p: _groups(p, inputs[p].shape[-1], k) for p, k in kernels.items()}
   outs = {p: k.shape[-1] for p, k in kernels.items()}
   for a, b in (("h2h", "l2h"), ("l2l", "h2l")):
     if a in outs and b in outs and outs[a] != outs[b]:
       raise ValueError(f"paths {a} and {b} write the same output part but have {outs[a]} and {outs[b]} output channels.")
+
+  def run(path: str, inp: Array, kernel: Array, groups: int) -> Array:
+    y = conv_fn(inp, kernel, groups, precision, dilation)
+    if path == "l2h" and upsample_axes:
+      y = upsample2(y, high_size, upsample_axes, spatial_dims=spatial_dims)
+    return y
 
   def part(direct: str, cross: str) -> Array | None:
     """Sum of the two paths writing one output part (direct: same input resolution)."""
@@ -299,24 +417,170 @@ def oct_conv(
       return None
     # Paths whose inputs have the same size reduce to one conv over the concatenated
     # input channels: one larger op instead of two small ones and an add (opt-in, see `fuse`).
-    same_size = len(present) == 2 and inputs[direct].shape[-3:-1] == inputs[cross].shape[-3:-1]
+    same_size = len(present) == 2 and inputs[direct].shape[1:-1] == inputs[cross].shape[1:-1]
     if fuse and same_size and groups[direct] == groups[cross] == 1:
-      y = conv2d(jnp.concatenate([inputs[p] for p in present], axis=-1),
-                 jnp.concatenate([kernels[p] for p in present], axis=2), 1, precision)
+      y = run(present[-1], jnp.concatenate([inputs[p] for p in present], axis=-1),
+              jnp.concatenate([kernels[p] for p in present], axis=-2), 1)
     else:
       y = None
       for p in present:
-        term = conv2d(inputs[p], kernels[p], groups[p], precision)
-        if y is not None and term.shape[-3:-1] != y.shape[-3:-1]:
-          term = upsample2(term, y.shape[-3:-1])
+        term = run(p, inputs[p], kernels[p], groups[p])
         y = term if y is None else y + term
     for p in present:
       if p in biases:
         y = y + biases[p]
     return y
 
-  y_high = part("h2h", "l2h")
-  if y_high is not None and "h2h" not in kernels and strides == 1:
-    # Only L->H: the output has the input's high size, or twice the low size without one.
-    y_high = upsample2(y_high, None if x.high is None else x.high.shape[-3:-1])
-  return OctTensor(high=y_high, low=part("l2l", "h2l"))
+  return OctTensor(high=part("h2h", "l2h"), low=part("l2l", "h2l"))
+
+
+# ----------------------------------------------------------------------------- OctConvTranspose
+
+
+def conv_transpose(x: Array, kernel: Array, strides: Sequence[int], precision: Any = None,
+                   kernel_dilation: Sequence[int] | None = None) -> Array:
+  """SAME transposed convolution, channels-last: exactly what `flax.linen.ConvTranspose` computes.
+
+  ``lax.conv_transpose`` with SAME padding: the output has ``strides[i] * n_i`` positions on
+  axis i (zeros inserted between the inputs, then a SAME convolution with the kernel).
+
+  Args:
+    x: ``[N, *spatial, C_in]``.
+    kernel: ``[*kernel_size, C_in, C_out]``.
+    strides: per spatial axis.
+    precision: passed to `lax.conv_transpose`.
+    kernel_dilation: per spatial axis (default 1).
+
+  Returns:
+    ``[N, *(s * n), C_out]`` in the promoted dtype of ``x`` and ``kernel``.
+  """
+  spatial_dims = kernel.ndim - 2
+  dilation = (1,) * spatial_dims if kernel_dilation is None else tuple(kernel_dilation)
+  dtype = jnp.result_type(x, kernel)
+  return lax.conv_transpose(x.astype(dtype), kernel.astype(dtype), tuple(strides), "SAME",
+                            rhs_dilation=dilation, precision=precision)
+
+
+def _crop(x: Array, size: Sequence[int]) -> Array:
+  """The first ``size[i]`` positions of each spatial axis."""
+  if tuple(x.shape[1:-1]) == tuple(size):
+    return x
+  return x[(slice(None), *(slice(0, n) for n in size), slice(None))]
+
+
+def oct_conv_transpose(
+    x: Any,
+    kernels: Mapping[str, Array],
+    biases: Mapping[str, Array] | None = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    octave_axes: Sequence[int] | None = None,
+    kernel_dilation: int | Sequence[int] = 1,
+    output_size: Sequence[int] | None = None,
+    precision: Any = None,
+) -> OctTensor:
+  """Transposed octave convolution (DESIGN.md's suggested definition), any number of spatial axes.
+
+  With T a SAME transposed convolution of stride s (`conv_transpose`, ``s * n`` outputs per
+  input size n), P = average pool by 2 and U = nearest upsample by 2 on the octave axes, and
+  C_A = cropping to the size of output part A::
+
+    Y^H = C_H(T(X^H; W^hh)) + C_H(U(T(X^L; W^lh)))
+    Y^L = C_L(T(X^L; W^ll)) + C_L(T(P(X^H); W^hl))
+
+  Each path is the transposed conv of its input part with the pooling (h2l) and upsampling
+  (l2h) of an OctConv at stride 1. The high output has ``s * n`` positions per axis of input
+  high size n (``output_size`` when given, ``s * n - s + 1 <= output_size <= s * n``), and the
+  low output ``ceil`` of half of that on the octave axes (the high size elsewhere): at stride 2
+  the high part is twice the input's and the low part half of that. Without a high input, n is
+  twice the low input's size on the octave axes. An encoder's stride-2 OctConv on an odd size
+  n and a decoder's stride-2 transposed one with ``output_size`` n restore n exactly.
+
+  Args:
+    x: an OctTensor (or a plain array) of parts ``[N, *spatial, C]``.
+    kernels: ``{'h2h', 'h2l', 'l2h', 'l2l'} -> [*kernel_size, in, out]`` (no groups, as
+      `flax.linen.ConvTranspose`).
+    biases: optional ``path -> [out]``, added to that path's output part.
+    strides: 1 or 2, or one per spatial axis.
+    octave_axes: the spatial axes on which the low part has half the size; None = all.
+    kernel_dilation: per spatial axis (or one int), as in `flax.linen.ConvTranspose`.
+    output_size: the high output's spatial size (every axis), default ``s * n``.
+    precision: passed to `lax.conv_transpose`.
+
+  Returns:
+    The OctTensor ``(Y^H, Y^L)``.
+  """
+  x = as_oct(x)
+  unknown = set(kernels) - set(PATHS)
+  if unknown or not kernels:
+    raise ValueError(f"kernels: path names must be among {list(PATHS)} (at least one), got {sorted(kernels)}.")
+  ranks = {k.ndim for k in kernels.values()}
+  if len(ranks) != 1:
+    raise ValueError(f"kernels: every path kernel needs the same rank, got shapes {[k.shape for k in kernels.values()]}.")
+  spatial_dims = ranks.pop() - 2
+  axes = resolve_octave_axes(octave_axes, spatial_dims)
+  stride = stride_tuple(strides, spatial_dims, axes)
+  dilation = as_tuple(kernel_dilation, spatial_dims, "kernel_dilation")
+  if any(d < 1 for d in dilation):
+    raise ValueError(f"kernel_dilation must be positive, got {kernel_dilation!r}.")
+  for path, kernel in kernels.items():
+    source = x.high if path[0] == "h" else x.low
+    if source is None:
+      raise ValueError(f"kernels has path '{path}' but the input has no {'high' if path[0] == 'h' else 'low'} part.")
+    if any(k % 2 == 0 for k in kernel.shape[:-2]):
+      raise ValueError(f"{path}: kernel_size must be odd, got {tuple(kernel.shape[:-2])}.")
+    if kernel.shape[-2] != source.shape[-1]:
+      raise ValueError(
+          f"{path}: the kernel reads {kernel.shape[-2]} channels but the input part has {source.shape[-1]} "
+          "(in_channels must equal the kernel's input dim: transposed convs have no groups).")
+  check_octave_input(x, spatial_dims, axes, "oct_conv_transpose")
+  if x.high is not None:
+    in_high = tuple(x.high.shape[1:-1])
+  else:
+    in_high = tuple(2 * n if i in axes else n for i, n in enumerate(x.low.shape[1:-1]))
+  full = tuple(s * n for s, n in zip(stride, in_high))
+  if output_size is None:
+    high_size = full
+  else:
+    high_size = as_tuple(output_size, spatial_dims, "output_size")
+    if not all(f - s + 1 <= t <= f for t, f, s in zip(high_size, full, stride)):
+      allowed = " x ".join(f"{f - s + 1}..{f}" if s > 1 else str(f) for f, s in zip(full, stride))
+      raise ValueError(
+          f"output_size={tuple(output_size)!r}: a stride-{stride} transposed OctConv of a "
+          f"{'x'.join(map(str, in_high))} high part gives {allowed}.")
+  low_size = low_spatial_size(*high_size, octave_axes=axes)
+  biases = dict(biases or {})
+  for a, b in (("h2h", "l2h"), ("l2l", "h2l")):
+    if a in kernels and b in kernels and kernels[a].shape[-1] != kernels[b].shape[-1]:
+      raise ValueError(f"paths {a} and {b} write the same output part but have different output channels.")
+
+  def t(inp: Array, path: str) -> Array:
+    return conv_transpose(inp, kernels[path], stride, precision, dilation)
+
+  terms_high, terms_low = [], []
+  if "h2h" in kernels:
+    terms_high.append(_crop(t(x.high, "h2h"), high_size))
+  if "l2h" in kernels:
+    terms_high.append(_crop(upsample2(t(x.low, "l2h"), None, axes, spatial_dims=spatial_dims), high_size))
+  if "l2l" in kernels:
+    terms_low.append(_crop(t(x.low, "l2l"), low_size))
+  if "h2l" in kernels:
+    terms_low.append(_crop(t(avg_pool2(x.high, axes, spatial_dims=spatial_dims), "h2l"), low_size))
+
+  def total(terms: list[Array], paths: tuple[str, str]) -> Array | None:
+    if not terms:
+      return None
+    y = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+    for p in paths:
+      if p in biases:
+        y = y + biases[p]
+    return y
+
+  return OctTensor(high=total(terms_high, ("h2h", "l2h")), low=total(terms_low, ("l2l", "h2l")))
+
+
+__all__ = [
+    "PATHS", "PathParamShapes", "avg_pool2", "conv", "conv_transpose", "global_avg_pool", "is_depthwise", "low_spatial_size",
+    "oct_add", "oct_conv", "oct_conv_param_shapes", "oct_conv_transpose", "oct_map", "oct_max_pool", "oct_relu", "path_kernel_init",
+    "upsample2", "vanilla_kernel_shape",
+]

@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from octflax import execution
 from octflax import functional as F
+from octflax.resample import resolve_octave_axes
 from octflax.tensor import OctTensor, as_oct, check_alpha, split_channels
 
 Array = jax.Array
@@ -18,56 +20,47 @@ Initializer = Callable[..., Array]
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-  if isinstance(value, numbers.Integral):
-    return int(value), int(value)
-  try:
-    pair = tuple(value)
-  except TypeError:
-    pair = ()
-  if len(pair) != 2 or not all(isinstance(v, numbers.Integral) for v in pair):
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}.")
-  return int(pair[0]), int(pair[1])
+  """A 2-D int pair (octflax.nnx.layers reads its strides with it)."""
+  return tuple(F.as_tuple(value, 2, name))
 
 
 class _PathWeights(nn.Module):
-  """The kernel (HWIO) and optional bias of one OctConv path."""
+  """The kernel and optional bias of one OctConv path (`functional.oct_conv_param_shapes`)."""
 
-  kernel_shape: tuple[int, int, int, int]
-  full_kernel_shape: tuple[int, int, int, int]
-  use_bias: bool
+  shapes: F.PathParamShapes
+  vanilla_kernel_shape: tuple[int, ...]
   kernel_init: Initializer
   bias_init: Initializer
   param_dtype: Any
 
   @nn.compact
   def __call__(self) -> tuple[Array, Array | None]:
-    shape = self.kernel_shape
-
-    def init(key, _shape, dtype):
-      # Draw from the distribution of the whole (vanilla) kernel so that fan-in based
-      # initialisers see the conv's true fan-in, then keep this path's block.
-      full = self.kernel_init(key, self.full_kernel_shape, dtype)
-      return full[:, :, : shape[2], : shape[3]]
-
-    kernel = self.param("kernel", init, shape, self.param_dtype)
-    bias = self.param("bias", self.bias_init, (shape[3],), self.param_dtype) if self.use_bias else None
+    init = F.path_kernel_init(self.kernel_init, self.vanilla_kernel_shape)
+    kernel = self.param("kernel", init, self.shapes.kernel, self.param_dtype)
+    bias = None if self.shapes.bias is None else self.param("bias", self.bias_init, self.shapes.bias, self.param_dtype)
     return kernel, bias
 
 
 class OctConv(nn.Module):
-  """Octave convolution (Chen et al., 2019) with the official implementation's semantics.
+  """Octave convolution (Chen et al., 2019) with the official implementation's semantics, in 1-D, 2-D, 3-D.
 
   Input and output are split at ``alpha_in`` / ``alpha_out`` (`split_channels`) into a
-  full-resolution high part and a half-resolution low part; the four paths are::
+  full-resolution high part and a low part with half the size on the octave axes; the four
+  paths are (`functional.oct_conv` has the general equations)::
 
     Y^H = f(X^H; W^hh) + U(f(X^L; W^lh)),   Y^L = f(X^L; W^ll) + f(P(X^H); W^hl)
 
-  (P: 2x2 average pool, U: 2x nearest upsample; stride 2 average-pools the input
-  first and never runs a strided conv). Parameters are the sub-collections ``h2h``,
-  ``h2l``, ``l2h``, ``l2l`` (those present), each a ``kernel`` in HWIO layout plus a
-  ``bias`` for the path that carries the output part's bias. Their total equals the
-  parameter count of the vanilla conv for every alpha. With
-  ``alpha_in = alpha_out = 0`` it computes exactly what `flax.linen.Conv` computes.
+  (P: average pool by 2, U: nearest upsample by 2, on the octave axes; stride 2
+  average-pools the input first and never runs a strided conv). The number of spatial axes
+  comes from ``kernel_size`` as in `flax.linen.Conv`: ``(k,)`` on ``[N, L, C]``, ``(k, k)``
+  (or an int) on NHWC, ``(k, k, k)`` on ``[N, T, H, W, C]``. Parameters are the
+  sub-collections ``h2h``, ``h2l``, ``l2h``, ``l2l`` (those present), each a ``kernel``
+  ``[*kernel_size, in / groups, out]`` plus a ``bias`` for the path that carries the output
+  part's bias (`functional.oct_conv_param_shapes`). Their total equals the parameter count of
+  the vanilla conv for every alpha. With ``alpha_in = alpha_out = 0`` it computes what
+  `flax.linen.Conv` computes (bit for bit under
+  ``octflax.execution.use_conv(octflax.functional.conv)``; by default on CPU the paths run
+  through `octflax.execution.xla_cpu_conv`, equal to float32 rounding).
 
   Depthwise (``feature_group_count == in channels == features``, ``alpha_in ==
   alpha_out``): only H->H and L->L exist, each depthwise on its own part. Otherwise
@@ -75,23 +68,26 @@ class OctConv(nn.Module):
 
   Attributes:
     features: output channels C_out (both parts together).
-    kernel_size: odd int or pair of odd ints.
+    kernel_size: odd int (2-D) or a tuple of odd ints, one per spatial axis.
     alpha_in: share of low-frequency input channels, in [0, 1].
     alpha_out: share of low-frequency output channels, in [0, 1].
-    strides: 1 or 2.
-    padding: 'SAME' (symmetric, (k-1)/2 on each side).
+    strides: 1 or 2, or one of them per spatial axis.
+    padding: 'SAME' (symmetric, d (k-1)/2 on each side).
     feature_group_count: groups, the same for every path.
     use_bias: add a bias per output channel.
     dtype: compute dtype (None: inferred from inputs and params).
     param_dtype: parameter dtype.
     precision: `jax.lax.Precision` for the convolutions.
     kernel_init, bias_init: initialisers; the kernel initialiser sees the vanilla
-      kernel's shape.
+      kernel's shape (`functional.path_kernel_init`).
     fuse: execute paths that share an output resolution as one convolution.
-    pool_stride: True (default, the OctConv semantics) runs stride 2 as a 2x2 average
+    pool_stride: True (default, the OctConv semantics) runs stride 2 as an average
       pool and a stride-1 conv. False runs a strided conv (symmetric padding) and is
       allowed only for ``alpha_in = alpha_out = 0``: it makes a vanilla layer compute
       what torchvision's strided convs compute.
+    octave_axes: the spatial axes (0-based) on which the low part has half the size;
+      None (default) = all.
+    kernel_dilation: an int or one per spatial axis, on every path, as in `flax.linen.Conv`.
 
   Examples:
     >>> conv = OctConv(features=32, kernel_size=3, alpha_in=0.0, alpha_out=0.5)
@@ -116,6 +112,8 @@ class OctConv(nn.Module):
   bias_init: Initializer = nn.initializers.zeros_init()
   fuse: bool = False
   pool_stride: bool = True
+  octave_axes: tuple[int, ...] | None = None
+  kernel_dilation: int | Sequence[int] = 1
 
   def __post_init__(self):
     check_alpha(self.alpha_in, "alpha_in")
@@ -124,12 +122,12 @@ class OctConv(nn.Module):
       raise ValueError(
           "pool_stride=False (strided conv) needs alpha_in = alpha_out = 0; got "
           f"alpha_in={self.alpha_in}, alpha_out={self.alpha_out}.")
-    strides = _pair(self.strides, "strides")
-    if strides[0] != strides[1] or strides[0] not in (1, 2):
-      raise ValueError(f"strides must be 1 or 2 (the same on both axes), got {self.strides!r}.")
-    kh, kw = _pair(self.kernel_size, "kernel_size")
-    if kh % 2 == 0 or kw % 2 == 0 or kh < 1 or kw < 1:
-      raise ValueError(f"kernel_size must be odd (SAME padding is (k-1)/2 each side), got {self.kernel_size!r}.")
+    kernel_size = F.kernel_size_tuple(self.kernel_size)
+    octave_axes = resolve_octave_axes(self.octave_axes, len(kernel_size))
+    F.stride_tuple(self.strides, len(kernel_size), octave_axes)
+    dilation = F.as_tuple(self.kernel_dilation, len(kernel_size), "kernel_dilation")
+    if any(d < 1 for d in dilation):
+      raise ValueError(f"kernel_dilation must be positive ints, got {self.kernel_dilation!r}.")
     if not isinstance(self.padding, str) or self.padding.upper() != "SAME":
       raise ValueError(f"padding must be 'SAME' (the only padding that keeps the octave sizes), got {self.padding!r}.")
     if not isinstance(self.features, numbers.Integral) or self.features < 1:
@@ -137,34 +135,6 @@ class OctConv(nn.Module):
     if not isinstance(self.feature_group_count, numbers.Integral) or self.feature_group_count < 1:
       raise ValueError(f"feature_group_count must be a positive int, got {self.feature_group_count!r}.")
     super().__post_init__()
-
-  def _depthwise(self, in_channels: int) -> bool:
-    return self.feature_group_count == in_channels == self.features > 1
-
-  def path_shapes(self, in_channels: int) -> dict[str, tuple[int, int, int, int]]:
-    """HWIO kernel shape of every present path for an input of ``in_channels`` channels."""
-    kh, kw = _pair(self.kernel_size, "kernel_size")
-    in_high, in_low = split_channels(in_channels, self.alpha_in)
-    out_high, out_low = split_channels(self.features, self.alpha_out)
-    groups = self.feature_group_count
-    if self._depthwise(in_channels):
-      if self.alpha_in != self.alpha_out:
-        raise ValueError(
-            "depthwise OctConv (feature_group_count == in channels == features) needs "
-            f"alpha_in == alpha_out, got {self.alpha_in} and {self.alpha_out}.")
-      shapes = {"h2h": (kh, kw, 1, out_high), "l2l": (kh, kw, 1, out_low)}
-      return {p: s for p, s in shapes.items() if s[3]}
-    shapes = {}
-    for path, c_in, c_out in (("h2h", in_high, out_high), ("h2l", in_high, out_low),
-                              ("l2h", in_low, out_high), ("l2l", in_low, out_low)):
-      if c_in and c_out:
-        if c_in % groups or c_out % groups:
-          raise ValueError(
-              f"feature_group_count={groups} must divide the channels of every path; path {path} "
-              f"has {c_in} input and {c_out} output channels (alpha_in={self.alpha_in}, "
-              f"alpha_out={self.alpha_out}, {in_channels} -> {self.features} channels).")
-        shapes[path] = (kh, kw, c_in // groups, c_out)
-    return shapes
 
   @nn.compact
   def __call__(self, x: OctTensor | Array) -> OctTensor:
@@ -177,19 +147,14 @@ class OctConv(nn.Module):
           f"{self.alpha_in} splits {in_channels} channels into {expected_high} high and "
           f"{expected_low} low (C_l = int(alpha_in * C)); pass an input split at alpha_in "
           "(OctTensor.from_array(x, alpha_in)) or change alpha_in.")
-    shapes = self.path_shapes(in_channels)
-    kh, kw = _pair(self.kernel_size, "kernel_size")
-    full_shape = (kh, kw, 1 if self._depthwise(in_channels) else in_channels // self.feature_group_count,
-                  self.features)
-    # The output part's bias lives on its direct path (h2h / l2l), or on the cross path
-    # when the direct path does not exist.
-    bias_paths = {next((p for p in ("h2h", "l2h") if p in shapes), None),
-                  next((p for p in ("l2l", "h2l") if p in shapes), None)} - {None}
+    kernel_size = F.kernel_size_tuple(self.kernel_size)
+    shapes = F.oct_conv_param_shapes(kernel_size, in_channels, self.features, self.alpha_in, self.alpha_out,
+                                     self.feature_group_count, self.use_bias)
+    vanilla = F.vanilla_kernel_shape(kernel_size, in_channels, self.features, self.feature_group_count)
     kernels, biases = {}, {}
-    for path, shape in shapes.items():
-      kernel, bias = _PathWeights(
-          shape, full_shape, self.use_bias and path in bias_paths, self.kernel_init,
-          self.bias_init, self.param_dtype, name=path)()
+    for path, path_shapes in shapes.items():
+      kernel, bias = _PathWeights(path_shapes, vanilla, self.kernel_init, self.bias_init, self.param_dtype,
+                                  name=path)()
       kernels[path] = kernel
       if bias is not None:
         biases[path] = bias
@@ -198,9 +163,103 @@ class OctConv(nn.Module):
     x = x.map(lambda p: p.astype(dtype))
     kernels = {p: k.astype(dtype) for p, k in kernels.items()}
     biases = {p: b.astype(dtype) for p, b in biases.items()}
-    strides = _pair(self.strides, "strides")[0]
-    return F.oct_conv(x, kernels, biases, strides=strides, precision=self.precision, fuse=self.fuse,
-                      pool_stride=self.pool_stride)
+    return F.oct_conv(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
+                      kernel_dilation=self.kernel_dilation, precision=self.precision, fuse=self.fuse,
+                      pool_stride=self.pool_stride, conv_fn=execution.current_conv())
+
+
+class OctConvTranspose(nn.Module):
+  """Transposed octave convolution: the octave counterpart of `flax.linen.ConvTranspose`.
+
+  The four paths (`functional.oct_conv_transpose`; T: SAME transposed conv of stride s,
+  P / U: average pool / nearest upsample by 2 on the octave axes, C: crop to the output
+  part's size)::
+
+    Y^H = C(T(X^H; W^hh)) + C(U(T(X^L; W^lh)))
+    Y^L = C(T(X^L; W^ll)) + C(T(P(X^H); W^hl))
+
+  At stride 2 the high output is twice the input's high size and the low output half of that
+  (ceil) on the octave axes; ``output_size`` (a call argument) gives the high output's size
+  instead, so that a decoder restores an encoder's odd sizes. Parameters ``h2h``, ``h2l``,
+  ``l2h``, ``l2l`` (those present), each a ``kernel`` ``[*kernel_size, in, out]`` and a bias on
+  the path that carries its output part's bias: the same total as `flax.linen.ConvTranspose`
+  of the same shape. With ``alpha_in = alpha_out = 0`` it computes what
+  `flax.linen.ConvTranspose` (``padding='SAME'``) computes.
+
+  Attributes:
+    features: output channels (both parts together).
+    kernel_size: odd int (2-D) or a tuple of odd ints, one per spatial axis.
+    alpha_in, alpha_out: shares of low-frequency input and output channels.
+    strides: 1 or 2, or one per spatial axis.
+    use_bias: add a bias per output channel.
+    dtype, param_dtype, precision, kernel_init, bias_init: as in `flax.linen.ConvTranspose`
+      (the kernel initialiser sees the vanilla kernel's shape).
+    octave_axes: spatial axes (0-based) on which the low part has half the size; None = all.
+    kernel_dilation: an int or one per spatial axis.
+
+  Examples:
+    >>> up = OctConvTranspose(features=8, kernel_size=3, alpha_in=0.5, alpha_out=0.5, strides=2)
+    >>> x = OctTensor(jnp.ones((1, 4, 4, 8)), jnp.ones((1, 2, 2, 8)))
+    >>> y, _ = up.init_with_output(jax.random.key(0), x, output_size=(7, 7))
+    >>> y.high.shape, y.low.shape
+    ((1, 7, 7, 4), (1, 4, 4, 4))
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  alpha_in: float
+  alpha_out: float
+  strides: int | Sequence[int] = 1
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+  octave_axes: tuple[int, ...] | None = None
+  kernel_dilation: int | Sequence[int] = 1
+
+  def __post_init__(self):
+    check_alpha(self.alpha_in, "alpha_in")
+    check_alpha(self.alpha_out, "alpha_out")
+    kernel_size = F.kernel_size_tuple(self.kernel_size)
+    octave_axes = resolve_octave_axes(self.octave_axes, len(kernel_size))
+    F.stride_tuple(self.strides, len(kernel_size), octave_axes)
+    dilation = F.as_tuple(self.kernel_dilation, len(kernel_size), "kernel_dilation")
+    if any(d < 1 for d in dilation):
+      raise ValueError(f"kernel_dilation must be positive ints, got {self.kernel_dilation!r}.")
+    if not isinstance(self.features, numbers.Integral) or self.features < 1:
+      raise ValueError(f"features must be a positive int, got {self.features!r}.")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: OctTensor | Array, output_size: Sequence[int] | None = None) -> OctTensor:
+    """Applies the layer; ``output_size`` is the high output's spatial size (default ``s * n``)."""
+    x = as_oct(x)
+    in_channels = x.channels
+    expected = split_channels(in_channels, self.alpha_in)
+    if (x.high_channels, x.low_channels) != expected:
+      raise ValueError(
+          f"the input has {x.high_channels} high and {x.low_channels} low channels, but alpha_in="
+          f"{self.alpha_in} splits {in_channels} channels into {expected[0]} high and {expected[1]} low.")
+    kernel_size = F.kernel_size_tuple(self.kernel_size)
+    shapes = F.oct_conv_param_shapes(kernel_size, in_channels, self.features, self.alpha_in, self.alpha_out,
+                                     1, self.use_bias)
+    vanilla = F.vanilla_kernel_shape(kernel_size, in_channels, self.features)
+    kernels, biases = {}, {}
+    for path, path_shapes in shapes.items():
+      kernel, bias = _PathWeights(path_shapes, vanilla, self.kernel_init, self.bias_init, self.param_dtype,
+                                  name=path)()
+      kernels[path] = kernel
+      if bias is not None:
+        biases[path] = bias
+    dtype = self.dtype or jnp.result_type(*(p for p in (x.high, x.low) if p is not None), *kernels.values())
+    x = x.map(lambda p: p.astype(dtype))
+    kernels = {p: k.astype(dtype) for p, k in kernels.items()}
+    biases = {p: b.astype(dtype) for p, b in biases.items()}
+    return F.oct_conv_transpose(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
+                                kernel_dilation=self.kernel_dilation, output_size=output_size,
+                                precision=self.precision)
 
 
 class OctBatchNorm(nn.Module):
@@ -249,6 +308,7 @@ class OctConvBN(nn.Module):
     bn_scale_init: initialiser of the BatchNorm scale (zeros for a residual block's last unit).
     dtype, param_dtype, precision, kernel_init, fuse: as in `OctConv`.
     pool_stride: as in `OctConv`; False is used only where the unit is vanilla.
+    octave_axes, kernel_dilation: as in `OctConv` (``kernel_size`` gives the rank).
   """
 
   features: int
@@ -268,6 +328,8 @@ class OctConvBN(nn.Module):
   kernel_init: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
   fuse: bool = False
   pool_stride: bool = True
+  octave_axes: tuple[int, ...] | None = None
+  kernel_dilation: int | Sequence[int] = 1
 
   @nn.compact
   def __call__(self, x: OctTensor | Array, train: bool = False) -> OctTensor:
@@ -276,7 +338,8 @@ class OctConvBN(nn.Module):
         self.features, self.kernel_size, self.alpha_in, self.alpha_out, strides=self.strides,
         feature_group_count=self.feature_group_count, use_bias=False, dtype=self.dtype,
         param_dtype=self.param_dtype, precision=self.precision, kernel_init=self.kernel_init,
-        fuse=self.fuse, pool_stride=self.pool_stride or not vanilla, name="conv")(x)
+        fuse=self.fuse, pool_stride=self.pool_stride or not vanilla, octave_axes=self.octave_axes,
+        kernel_dilation=self.kernel_dilation, name="conv")(x)
     y = OctBatchNorm(
         use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
         dtype=self.dtype, param_dtype=self.param_dtype, scale_init=self.bn_scale_init,

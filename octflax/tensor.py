@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+from flax import serialization
+
+from octflax.resample import avg_pool2, low_spatial_size, resolve_octave_axes, upsample2
 
 Array = jax.Array
 
@@ -49,17 +52,14 @@ def split_channels(channels: int, alpha: float) -> tuple[int, int]:
   return channels - low, low
 
 
-def low_spatial_size(height: int, width: int) -> tuple[int, int]:
-  """Spatial size of the low part for a high part of size H x W: ceil(H/2) x ceil(W/2)."""
-  return -(-height // 2), -(-width // 2)
-
-
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class OctTensor:
-  """A feature map split into a high- and a low-frequency part (NHWC).
+  """A feature map split into a high- and a low-frequency part (channels last).
 
-  ``high`` is ``[N, H, W, C_h]`` at full resolution and ``low`` is
-  ``[N, ceil(H/2), ceil(W/2), C_l]``. Either may be ``None`` (alpha = 0 gives
+  In 2-D ``high`` is ``[N, H, W, C_h]`` at full resolution and ``low`` is
+  ``[N, ceil(H/2), ceil(W/2), C_l]``; with other ranks (``[N, L, C]``, ``[N, T, H, W, C]``)
+  the low part has ceil(n/2) of the high part's size n on the octave axes and the same size
+  on the others (`low_spatial_size`). Either may be ``None`` (alpha = 0 gives
   ``low=None``, alpha = 1 gives ``high=None``), never both. It is a pytree, so it
   passes through ``jax.jit``, ``jax.grad``, ``jax.vmap`` and ``jax.tree.map``.
 
@@ -77,20 +77,24 @@ class OctTensor:
       raise ValueError("OctTensor needs a high or a low part (or both); got high=None and low=None.")
 
   @classmethod
-  def from_array(cls, x: Array, alpha: float = 0.0) -> "OctTensor":
-    """Splits a full-resolution map ``[N, H, W, C]`` into an OctTensor at ratio alpha.
+  def from_array(cls, x: Array, alpha: float = 0.0, octave_axes: tuple[int, ...] | None = None) -> "OctTensor":
+    """Splits a full-resolution map ``[N, *spatial, C]`` into an OctTensor at ratio alpha.
 
-    The first ``C_h`` channels stay at full resolution; the last ``C_l`` are 2x2
-    average-pooled (ceil mode) to form the low part.
+    The first ``C_h`` channels stay at full resolution; the last ``C_l`` are average-pooled
+    by 2 (ceil mode) on the octave axes to form the low part.
+
+    Args:
+      x: ``[N, *spatial, C]`` with at least one spatial axis.
+      alpha: share of low-frequency channels (`split_channels`).
+      octave_axes: spatial axes (0-based) that the low part halves; None = all.
     """
-    # Imported here: functional depends on this module.
-    from octflax.functional import avg_pool2
-
-    if x.ndim != 4:
-      raise ValueError(f"expected an NHWC array of rank 4, got shape {x.shape}.")
+    if x.ndim < 3:
+      raise ValueError(f"from_array: expected an array [N, *spatial, C] of rank >= 3, got shape {tuple(x.shape)}.")
+    spatial_dims = x.ndim - 2
+    axes = resolve_octave_axes(octave_axes, spatial_dims)
     c_high, c_low = split_channels(x.shape[-1], alpha)
     high = x[..., :c_high] if c_high else None
-    low = avg_pool2(x[..., c_high:]) if c_low else None
+    low = avg_pool2(x[..., c_high:], axes, spatial_dims=spatial_dims) if c_low else None
     return cls(high=high, low=low)
 
   @property
@@ -123,6 +127,10 @@ class OctTensor:
     part = self.high if self.high is not None else self.low
     return tuple(part.shape[:-3])
 
+  def replace(self, **updates: Any) -> "OctTensor":
+    """A copy with the given fields (``high``, ``low``) replaced."""
+    return dataclasses.replace(self, **updates)
+
   def map(self, fn: Callable[[Array], Array]) -> "OctTensor":
     """Applies ``fn`` to each present part: ``OctTensor(fn(high), fn(low))``."""
     return OctTensor(
@@ -130,19 +138,44 @@ class OctTensor:
         low=None if self.low is None else fn(self.low),
     )
 
-  def merge(self) -> Array:
+  def merge(self, octave_axes: tuple[int, ...] | None = None) -> Array:
     """One full-resolution map: nearest-upsample ``low`` to the high size, concatenate channels.
 
-    With no high part, the low part is upsampled to twice its size.
-    """
-    from octflax.functional import upsample2
+    With no high part, the low part is upsampled to twice its size on the octave axes.
 
+    Args:
+      octave_axes: spatial axes (0-based) on which the low part has half the size; None = all.
+    """
     if self.low is None:
       return self.high
+    spatial_dims = self.low.ndim - 2
+    axes = resolve_octave_axes(octave_axes, spatial_dims)
     if self.high is None:
-      return upsample2(self.low)
-    low = upsample2(self.low, self.high.shape[-3:-1]).astype(self.high.dtype)
+      return upsample2(self.low, None, axes, spatial_dims=spatial_dims)
+    low = upsample2(self.low, self.high.shape[1:-1], axes).astype(self.high.dtype)
     return jnp.concatenate([self.high, low], axis=-1)
+
+
+def _flatten_with_keys(x: OctTensor):
+  return ((jax.tree_util.GetAttrKey("high"), x.high), (jax.tree_util.GetAttrKey("low"), x.low)), None
+
+
+def _unflatten(_, children) -> OctTensor:
+  # Bypasses __init__ (and its check): JAX and Flax rebuild pytrees with placeholder or None
+  # leaves (jax.tree.map(lambda _: None, x), NNX's graph handling), which must not fail.
+  x = object.__new__(OctTensor)
+  object.__setattr__(x, "high", children[0])
+  object.__setattr__(x, "low", children[1])
+  return x
+
+
+jax.tree_util.register_pytree_with_keys(
+    OctTensor, _flatten_with_keys, _unflatten, lambda x: ((x.high, x.low), None))
+serialization.register_serialization_state(
+    OctTensor,
+    lambda x: {"high": serialization.to_state_dict(x.high), "low": serialization.to_state_dict(x.low)},
+    lambda x, state: _unflatten(None, (serialization.from_state_dict(x.high, state["high"]),
+                                       serialization.from_state_dict(x.low, state["low"]))))
 
 
 def as_oct(x: Any) -> OctTensor:

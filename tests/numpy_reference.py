@@ -152,3 +152,164 @@ def path_channels(c_in: int, c_out: int, alpha_in: float, alpha_out: float):
   oh, ol = split(c_out, alpha_out)
   paths = {"h2h": (ih, oh), "h2l": (ih, ol), "l2h": (il, oh), "l2l": (il, ol)}
   return {p: io for p, io in paths.items() if io[0] and io[1]}
+
+
+# ----------------------------------------------------------------------------- any number of spatial axes
+#
+# DESIGN.md "Any number of spatial dimensions": the low part has ceil(n/2) of the high part's
+# size on the octave axes O and the same size on the others. With S the axes of stride 2:
+#   h2h: conv(pool_S(X^H))             h2l: conv(pool_O(pool_S(X^H)))
+#   l2l: conv(pool_S(X^L))             l2h: up_{O-S}(conv(pool_{S-O}(X^L))), cropped to Y^H's size
+
+
+def conv_nd(x, w, groups: int = 1, dilation=None, stride=None):
+  """Cross-correlation of x [N, *spatial, Cin] with w [*k, Cin/groups, Cout], float64.
+
+  Zero padding d (k-1)/2 on each side of each axis (odd k), dilation d; with ``stride`` the
+  stride-1 result is subsampled on each axis (a strided conv with symmetric padding).
+  """
+  x = np.asarray(x, np.float64)
+  w = np.asarray(w, np.float64)
+  rank = w.ndim - 2
+  dilation = tuple(dilation or (1,) * rank)
+  spatial = x.shape[1:-1]
+  assert len(spatial) == rank, (x.shape, w.shape)
+  cin, cin_g, cout = x.shape[-1], w.shape[-2], w.shape[-1]
+  assert all(k % 2 == 1 for k in w.shape[:rank]), "odd kernels only"
+  assert cin == cin_g * groups and cout % groups == 0, (cin, cin_g, cout, groups)
+  pads = [d * (k - 1) // 2 for k, d in zip(w.shape[:rank], dilation)]
+  xp = np.pad(x, [(0, 0)] + [(p, p) for p in pads] + [(0, 0)])
+  cout_g = cout // groups
+  out = np.zeros((x.shape[0], *spatial, cout))
+  for g in range(groups):
+    for tap in np.ndindex(*w.shape[:rank]):
+      window = tuple(slice(t * d, t * d + n) for t, d, n in zip(tap, dilation, spatial))
+      xs = xp[(slice(None), *window, slice(g * cin_g, (g + 1) * cin_g))]
+      out[..., g * cout_g:(g + 1) * cout_g] += xs @ w[tap][:, g * cout_g:(g + 1) * cout_g]
+  if stride is not None:
+    out = out[(slice(None), *(slice(None, None, s) for s in stride))]
+  return out
+
+
+def pool_axes(x, axes):
+  """Average pool by 2 (ceil mode, in-map elements only) on the spatial ``axes`` of [N, *spatial, C]."""
+  x = np.asarray(x, np.float64)
+  for a in axes:
+    axis = 1 + a
+    n = x.shape[axis]
+    # The mean over an in-map box is the product of per-axis means: pool one axis at a time.
+    x = np.stack([np.take(x, range(2 * i, min(2 * i + 2, n)), axis=axis).mean(axis=axis)
+                  for i in range(math.ceil(n / 2))], axis=axis)
+  return x
+
+
+def upsample_axes(x, axes, size=None):
+  """Nearest upsample by 2 on the spatial ``axes``, cropped to the spatial ``size`` when given."""
+  x = np.asarray(x, np.float64)
+  for a in axes:
+    x = np.repeat(x, 2, axis=1 + a)
+  if size is not None:
+    x = x[(slice(None), *(slice(0, s) for s in size))]
+  return x
+
+
+def oct_conv_nd(xh, xl, kernels, biases=None, strides=None, groups=1, octave_axes=None, dilation=None):
+  """N-D OctConv of (xh, xl) (either may be None) with path kernels; returns (yh, yl)."""
+  rank = next(iter(kernels.values())).ndim - 2
+  octave = tuple(range(rank)) if octave_axes is None else tuple(octave_axes)
+  strides = tuple(strides or (1,) * rank)
+  s2 = [i for i in range(rank) if strides[i] == 2]
+  if isinstance(groups, int):
+    groups = {p: groups for p in ("h2h", "h2l", "l2h", "l2l")}
+  biases = dict(biases or {})
+  xh_s = None if xh is None else pool_axes(xh, s2)
+
+  def add(acc, term):
+    return term if acc is None else acc + term
+
+  yh = yl = None
+  if "h2h" in kernels:
+    yh = add(yh, conv_nd(xh_s, kernels["h2h"], groups["h2h"], dilation))
+  if "l2h" in kernels:
+    t = conv_nd(pool_axes(xl, [i for i in s2 if i not in octave]), kernels["l2h"], groups["l2h"], dilation)
+    t = upsample_axes(t, [i for i in octave if i not in s2], None if xh_s is None else xh_s.shape[1:-1])
+    yh = add(yh, t)
+  if "l2l" in kernels:
+    yl = add(yl, conv_nd(pool_axes(xl, s2), kernels["l2l"], groups["l2l"], dilation))
+  if "h2l" in kernels:
+    yl = add(yl, conv_nd(pool_axes(xh_s, octave), kernels["h2l"], groups["h2l"], dilation))
+  for path, b in biases.items():
+    if path in ("h2h", "l2h"):
+      yh = yh + np.asarray(b, np.float64)
+    else:
+      yl = yl + np.asarray(b, np.float64)
+  return yh, yl
+
+
+# ----------------------------------------------------------------------------- transposed OctConv
+#
+# DESIGN.md's suggested definition: each path is the transposed conv of its input part with
+# the pooling (h2l) and upsampling (l2h) of OctConv at stride 1; here the high output has
+# s * n positions (or a given size), the low one ceil(half) of that on the octave axes.
+
+
+def conv_transpose_nd(x, w, stride, dilation=None):
+  """What flax.linen.ConvTranspose(padding='SAME') computes, float64, from its definition.
+
+  On each axis: s - 1 zeros between the inputs, zero padding (a, b) with k' = d (k - 1) + 1,
+  a = k' - 1 if s > k' - 1 else ceil((k' + s - 2) / 2), b = k' + s - 2 - a (lax.conv_transpose's
+  SAME rule), then a stride-1 cross-correlation with the dilated kernel: s * n outputs.
+  """
+  x = np.asarray(x, np.float64)
+  w = np.asarray(w, np.float64)
+  rank = w.ndim - 2
+  dilation = tuple(dilation or (1,) * rank)
+  spatial = x.shape[1:-1]
+  zeros_between = np.zeros((x.shape[0], *(s * (n - 1) + 1 for s, n in zip(stride, spatial)), x.shape[-1]))
+  zeros_between[(slice(None), *(slice(None, None, s) for s in stride))] = x
+  pads = []
+  for k, s, d in zip(w.shape[:rank], stride, dilation):
+    k_eff = d * (k - 1) + 1
+    a = k_eff - 1 if s > k_eff - 1 else math.ceil((k_eff + s - 2) / 2)
+    pads.append((a, k_eff + s - 2 - a))
+  xp = np.pad(zeros_between, [(0, 0)] + pads + [(0, 0)])
+  out_size = tuple(s * n for s, n in zip(stride, spatial))
+  out = np.zeros((x.shape[0], *out_size, w.shape[-1]))
+  for tap in np.ndindex(*w.shape[:rank]):
+    window = tuple(slice(t * d, t * d + n) for t, d, n in zip(tap, dilation, out_size))
+    out += xp[(slice(None), *window, slice(None))] @ w[tap]
+  return out
+
+
+def oct_conv_transpose_nd(xh, xl, kernels, biases=None, strides=None, octave_axes=None, dilation=None,
+                          output_size=None):
+  """Transposed OctConv of (xh, xl); returns (yh, yl)."""
+  rank = next(iter(kernels.values())).ndim - 2
+  octave = tuple(range(rank)) if octave_axes is None else tuple(octave_axes)
+  strides = tuple(strides or (1,) * rank)
+  in_high = xh.shape[1:-1] if xh is not None else tuple(2 * n if i in octave else n
+                                                          for i, n in enumerate(xl.shape[1:-1]))
+  high_size = tuple(output_size or (s * n for s, n in zip(strides, in_high)))
+  low_size = tuple(math.ceil(n / 2) if i in octave else n for i, n in enumerate(high_size))
+
+  def crop(y, size):
+    return y[(slice(None), *(slice(0, n) for n in size))]
+
+  biases = dict(biases or {})
+  yh = yl = None
+  if "h2h" in kernels:
+    yh = crop(conv_transpose_nd(xh, kernels["h2h"], strides, dilation), high_size)
+  if "l2h" in kernels:
+    t = upsample_axes(conv_transpose_nd(xl, kernels["l2h"], strides, dilation), octave)
+    yh = crop(t, high_size) if yh is None else yh + crop(t, high_size)
+  if "l2l" in kernels:
+    yl = crop(conv_transpose_nd(xl, kernels["l2l"], strides, dilation), low_size)
+  if "h2l" in kernels:
+    t = crop(conv_transpose_nd(pool_axes(xh, octave), kernels["h2l"], strides, dilation), low_size)
+    yl = t if yl is None else yl + t
+  for path, b in biases.items():
+    if path in ("h2h", "l2h"):
+      yh = yh + np.asarray(b, np.float64)
+    else:
+      yl = yl + np.asarray(b, np.float64)
+  return yh, yl

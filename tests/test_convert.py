@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -20,15 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from octflax import convert
+from octflax import convert, training
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the commands live in the repository's `experiments` folder
-  sys.path.insert(0, str(ROOT))
-
-REFERENCE = ROOT.parent / "shared" / "reference" / "pytorch_port_oct_resnet50_state_dict.txt"
-if not REFERENCE.exists():
-  REFERENCE = Path("/work/shared/reference/pytorch_port_oct_resnet50_state_dict.txt")
+# The PyTorch port's published Oct-ResNet-50 (alpha 0.5) state_dict listing: key and shape a line.
+REFERENCE = Path(__file__).resolve().parent / "data" / "pytorch_port_oct_resnet50_state_dict.txt"
 
 from experiments import torch_reference as ref  # noqa: E402
 
@@ -126,7 +120,6 @@ def read_reference() -> dict:
 # ----------------------------------------------------------------------------- listings
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason="the reference listing is not in this checkout")
 def test_port_listing_equals_the_published_oct_resnet50():
   reference = read_reference()
   assert len(reference) == 654
@@ -327,6 +320,17 @@ def test_checkpoint_round_trip(tmp_path):
   assert meta["arch"] == "oct_resnet18" and meta["alpha"] == 0.5 and meta["source"] == "port"
   assert meta["num_classes"] == 10 and meta["pool_stride"] is True
   assert meta["format"] == convert.CHECKPOINT_FORMAT
+  # The trainer's format: what experiments.evaluate and --config.init_from read.
+  assert meta["identity"] == {"model.name": "oct_resnet18", "model.alpha": 0.5, "model.overrides": {},
+                              "data.name": "image_folder", "num_classes": 10, "image_shape": [224, 224, 3]}
+  variables, same = training.read_checkpoint(out)
+  assert same == meta
+  tv = convert.save_checkpoint(tmp_path / "tv", convert.from_torch_state_dict(
+      random_state_dict(torchvision_shapes("oct_resnet18", 10)), arch="oct_resnet18", source="torchvision"),
+      arch="oct_resnet18", alpha=0.0, source="torchvision")
+  assert training.read_checkpoint(tv)[1]["identity"]["model.overrides"] == {"pool_stride": False}
+  with pytest.raises(ValueError, match="holds no octflax checkpoint"):
+    convert.load_checkpoint(tmp_path / "nothing")
 
 
 def _write_image_folder(root: Path, per_class: int = 3) -> None:
@@ -340,31 +344,7 @@ def _write_image_folder(root: Path, per_class: int = 3) -> None:
       Image.fromarray(pixels).save(root / name / f"img{i}.JPEG", quality=90)
 
 
-def test_load_image_preprocessing(tmp_path):
-  from PIL import Image
-
-  from experiments.evaluate import load_image
-
-  colour = (200, 100, 50)
-  Image.new("RGB", (40, 30), colour).save(tmp_path / "flat.png")
-  image = load_image(str(tmp_path / "flat.png"), image_size=32, resize_size=37)
-  assert image.shape == (32, 32, 3) and image.dtype == np.float32
-  want = (np.array(colour, np.float32) / 255 - np.array([0.485, 0.456, 0.406], np.float32)) / \
-      np.array([0.229, 0.224, 0.225], np.float32)
-  np.testing.assert_allclose(image, np.broadcast_to(want, image.shape), atol=1e-6)
-  # Shorter side to 37 (40x30 -> 49x37), then the centre 32 columns from x = round(8.5) = 8:
-  # the bright column x = 20 (centre 20.5) maps to centre 20.5 * 49 / 40 = 25.1, column 24-25.
-  pixels = np.zeros((30, 40, 3), np.uint8)
-  pixels[:, 20] = 255
-  Image.fromarray(pixels).save(tmp_path / "line.png")
-  image = load_image(str(tmp_path / "line.png"), image_size=32, resize_size=37)
-  column = image[16, :, 0]
-  assert np.argmax(column) + 8 in (24, 25)
-  with pytest.raises(ValueError, match="smaller than"):
-    load_image(str(tmp_path / "line.png"), image_size=32, resize_size=20)
-
-
-def test_evaluate_command(tmp_path, capsys):
+def test_evaluate_command_on_an_imported_checkpoint(tmp_path, capsys, monkeypatch):
   from experiments import evaluate
 
   variables = _small_variables()
@@ -373,32 +353,22 @@ def test_evaluate_command(tmp_path, capsys):
   # (folder n00_a) is top-1 and class 1 (n01_b) outside the top 5: top-1 = top-5 = 50%.
   bias = np.array([9, -9, 7, 6, 5, 4, 3, 2, 1, 0], np.float32)
   variables["params"]["head"]["fc"] = {"kernel": np.zeros_like(fc["kernel"]), "bias": bias}
-  ckpt = convert.save_checkpoint(tmp_path / "ckpt", variables, arch="oct_resnet18", alpha=0.5,
-                                 source="port")
+  convert.save_checkpoint(tmp_path / "ckpt", variables, arch="oct_resnet18", alpha=0.5, source="port")
   _write_image_folder(tmp_path / "val")
-  result_path = tmp_path / "result.json"
-  argv = ["--checkpoint", ckpt, "--data", str(tmp_path / "val"), "--batch-size", "4",
-          "--image-size", "32", "--workers", "2", "--json", str(result_path)]
-  assert evaluate.main(argv + ["--arch", "oct_resnet18", "--alpha", "0.5"]) == 0
+  monkeypatch.chdir(tmp_path)  # Relative paths, as a user types them.
+  argv = ["--checkpoint", "ckpt", "--data", "val", "--batch-size", "8", "--image-size", "32",
+          "--json", "result.json"]
+  assert evaluate.main(argv) == 0
   line = capsys.readouterr().out.strip().splitlines()[-1]
-  assert line.startswith("oct_resnet18 alpha=0.5 (port): top-1 50.00% top-5 50.00% on 6 images")
-  result = json.loads(result_path.read_text())
+  assert line.startswith("oct_resnet18 a=0.5: top-1 50.00% top-5 50.00% on 6 images; ")
+  result = json.loads((tmp_path / "result.json").read_text())
   assert result["examples"] == 6 and result["top1"] == 50.0 and result["top5"] == 50.0
-  assert result["classes"] == 2 and result["image_size"] == 32 and result["resize_size"] == 37
-  # A mismatching --alpha is refused; a missing folder is reported.
-  assert evaluate.main(argv + ["--alpha", "0.25"]) == 1
-  assert "disagrees" in capsys.readouterr().err
-  assert evaluate.main(["--checkpoint", ckpt, "--data", str(tmp_path / "nothing")]) == 1
-
-
-def test_evaluate_subset_and_listing(tmp_path):
-  from experiments.evaluate import list_image_folder
-
-  _write_image_folder(tmp_path / "val", per_class=2)
-  paths, labels, classes = list_image_folder(str(tmp_path / "val"))
-  assert classes == ["n00_a", "n01_b"]
-  assert labels.tolist() == [0, 0, 1, 1]
-  assert [Path(p).parent.name for p in paths] == ["n00_a", "n00_a", "n01_b", "n01_b"]
+  assert result["image_shape"] == [32, 32, 3] and result["num_classes"] == 10
+  # A missing folder and a missing checkpoint: one line each, status 1.
+  assert evaluate.main(["--checkpoint", "ckpt", "--data", "nothing"]) == 1
+  assert capsys.readouterr().err.count("\n") == 1
+  assert evaluate.main(["--checkpoint", "nothing", "--data", "val"]) == 1
+  assert "holds no octflax checkpoint" in capsys.readouterr().err
 
 
 def _randomise(model, seed):
@@ -441,12 +411,12 @@ def _compare_logits(torch_model, arch, alpha, source, size=(65, 57), seed=0):
   return difference
 
 
+@pytest.mark.slow
 @needs_torch
 def test_port_oct_resnet50_logits_match_pytorch():
   torch_model = _randomise(ref.OctResNet("oct_resnet50", 0.5), seed=0)
-  if REFERENCE.exists():
-    listing = {k: tuple(v.shape) for k, v in torch_model.state_dict().items()}
-    assert list(listing.items()) == list(read_reference().items())
+  listing = {k: tuple(v.shape) for k, v in torch_model.state_dict().items()}
+  assert list(listing.items()) == list(read_reference().items())
   _compare_logits(torch_model, "oct_resnet50", 0.5, "port")
   # The reverse conversion loads into the PyTorch model with strict key checking.
   variables = convert.from_torch_state_dict(torch_model.state_dict(), arch="oct_resnet50", alpha=0.5)
@@ -458,6 +428,7 @@ def test_port_oct_resnet50_logits_match_pytorch():
       assert torch.equal(fresh.state_dict()[key], value), key
 
 
+@pytest.mark.slow
 @needs_torch
 def test_torchvision_resnet50_logits_match_pytorch():
   torch_model = _randomise(ref.TVResNet("oct_resnet50"), seed=1)
@@ -485,12 +456,46 @@ def test_convert_torch_command(tmp_path, capsys):
   assert meta["num_classes"] == 10 and meta["converted_from"] == str(path)
   _assert_trees_equal(variables, convert.from_torch_state_dict(sd, arch="oct_resnet18", alpha=0.5))
   assert variables["params"]["stage1_block0"]["conv1"]["bn"]["high"]["scale"].dtype == np.float32
-  assert json.loads((out / "model.json").read_text())["pool_stride"] is True
+  assert meta["pool_stride"] is True
   # An existing checkpoint is kept unless --force; a wrong alpha is one error listing.
   assert convert_torch.main(argv) == 1
   assert "--force" in capsys.readouterr().err
+  (tmp_path / "not_a_checkpoint").mkdir()
+  (tmp_path / "not_a_checkpoint" / "notes.txt").write_text("mine")
+  assert convert_torch.main(argv[:-1] + [str(tmp_path / "not_a_checkpoint"), "--force"]) == 1
+  assert (tmp_path / "not_a_checkpoint" / "notes.txt").exists()
   assert convert_torch.main(argv + ["--force"]) == 0
   assert convert_torch.main([str(path), "--arch", "oct_resnet18", "--alpha", "0.25",
                              "--out", str(tmp_path / "other")]) == 1
   assert "wrong shape: " in capsys.readouterr().err
   assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.slow
+def test_fine_tune_an_imported_oct_resnet50_on_an_image_folder_with_other_classes(tmp_path, capsys):
+  from test_training import write_image_folder
+
+  sd = random_state_dict(port_shapes("oct_resnet50", 0.5, num_classes=10), seed=5)
+  variables = convert.from_torch_state_dict(sd, arch="oct_resnet50", alpha=0.5, source="port")
+  imported = convert.save_checkpoint(tmp_path / "imported", variables, arch="oct_resnet50", alpha=0.5)
+  write_image_folder(tmp_path / "images", per_class=6)  # 3 classes (ant, bee, cat), train and val.
+
+  config = training.default_config()
+  config.model.name, config.model.alpha = "oct_resnet50", 0.5
+  config.data.name, config.data.dir = "image_folder", str(tmp_path / "images")
+  config.data.train_split, config.data.test_split = "train", "val"
+  config.data.augment, config.data.image_size = "imagenet", 32
+  config.batch_size, config.num_epochs, config.learning_rate = 8, 1, 1e-3
+  config.progress_bar = False
+  config.init_from = imported
+  summary = training.train_and_evaluate(config, str(tmp_path / "run"))
+  out = capsys.readouterr().out
+  assert "init_from: the checkpoint has 10 classes, this run 3: params/head/fc/bias, params/head/fc/kernel " \
+         "re-initialised." in out
+  assert summary["steps"] == 18 // 8 and 0 <= summary["test_accuracy"] <= 1
+  tuned, _ = training.read_checkpoint(str(tmp_path / "run"))
+  assert tuned["params"]["head"]["fc"]["kernel"].shape == (2048, 3)
+  # Two small steps from the imported weights: the stem moved, but little.
+  stem, start = tuned["params"]["stem_conv"], variables["params"]["stem_conv"]
+  difference = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), stem, start)
+  assert 0 < max(jax.tree.leaves(difference)) < 0.1

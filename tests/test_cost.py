@@ -141,6 +141,8 @@ def _grid():
       if not FULL_GRID and alpha not in TRACED_BY_DEFAULT[depth]:
         marks = pytest.mark.skip(reason="trace of a deep net; set OCTFLAX_FULL_COST_TABLE=1 or run "
                                         "experiments/flops_table.py for the full grid")
+      elif depth > 50 and not FULL_GRID:
+        marks = pytest.mark.slow  # seconds per trace; ResNet-50's row stays in the default run
       yield pytest.param(depth, alpha, marks=marks, id=f"R{depth}-a{alpha}")
 
 
@@ -194,6 +196,32 @@ def test_single_octconv_matches_table1(alpha):
   assert _half_up(100 * mac_ratio) == published_macs
   # Memory: the closed form rounds to the table except at .875 (34.4% vs the printed 35%).
   assert abs(100 * mem_ratio - published_mem) < 1.0
+
+
+class _SplitThenOctConvND(nn.Module):
+  alpha: float
+  kernel_size: tuple[int, ...]
+  octave_axes: tuple[int, ...] | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    x = OctTensor.from_array(x, self.alpha, octave_axes=self.octave_axes)
+    return OctConv(16, self.kernel_size, self.alpha, self.alpha, use_bias=False, octave_axes=self.octave_axes)(x)
+
+
+@pytest.mark.parametrize("kernel_size,octave_axes,d", [
+    ((3,), None, 1), ((3, 3), None, 2), ((3, 3, 3), None, 3), ((3, 3, 3), (1, 2), 2), ((1, 3, 3), (0,), 1)])
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.75, 1.0])
+def test_nd_octconv_macs_are_the_closed_form_of_d_octave_axes(kernel_size, octave_axes, d, alpha):
+  """1 - (1 - 2^-d)(2a - a^2) of the vanilla layer, exactly (16 a channels, even sizes)."""
+  from fractions import Fraction  # pylint: disable=g-import-not-at-top
+  shape = (1, *(4,) * len(kernel_size), 16)
+  vanilla = analyze(_SplitThenOctConvND(0.0, kernel_size, octave_axes), shape)
+  octave = analyze(_SplitThenOctConvND(alpha, kernel_size, octave_axes), shape)
+  assert vanilla.macs == 4 ** len(kernel_size) * math.prod(kernel_size) * 16 * 16
+  a = Fraction(alpha)
+  assert Fraction(octave.macs, vanilla.macs) == 1 - (1 - Fraction(1, 2 ** d)) * (2 * a - a * a)
+  assert octave.params == vanilla.params == math.prod(kernel_size) * 16 * 16
 
 
 @pytest.mark.parametrize("alpha", [0.125, 0.25, 0.5, 0.75])

@@ -126,19 +126,28 @@ def test_fashion_mnist_round_trip(tmp_path, compress):
   np.testing.assert_array_equal(data.fashion_mnist(tmp_path, max_examples=5)[4]["image"][..., 0], arrays["train"][0][4])
 
 
-def test_fashion_mnist_missing(tmp_path):
+def test_fashion_mnist_missing(tmp_path, monkeypatch):
+  # Nowhere to be found: Debian's folder hidden, an empty cache, no server.
+  from octflax.data import download
+
+  monkeypatch.setattr(download, "FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
+  monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
+  monkeypatch.setenv(download.URL_ENV, "http://127.0.0.1:9/")  # The discard port: refused at once.
   for directory in (tmp_path / "nowhere", tmp_path):
     with pytest.raises(data.MissingDataError) as info:
       data.fashion_mnist(directory)
     message = str(info.value)
-    assert "train-images-idx3-ubyte.gz" in message
+    assert "train files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz)" in message
+    assert f"none of {directory}, {tmp_path / 'no-debian'}, {tmp_path / 'cache' / 'fashion_mnist'}" in message
+    assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz failed" in message
     assert "apt-get install -y dataset-fashion-mnist" in message
     assert "--config.data.dir=DIR" in message
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, data.DataError)
   make_fashion(tmp_path)
   os.remove(tmp_path / "t10k-labels-idx1-ubyte.gz")
-  with pytest.raises(data.MissingDataError, match="t10k-labels-idx1-ubyte.gz"):
+  with pytest.raises(data.MissingDataError, match="test files .*t10k-labels-idx1-ubyte.gz"):
     data.fashion_mnist(tmp_path, split="test")
+  assert len(data.fashion_mnist(tmp_path, split="train")) == 12
 
 
 def test_fashion_mnist_wrong_magic(tmp_path):
@@ -192,9 +201,13 @@ def test_fashion_mnist_installed():
   assert (len(train), len(test)) == (60000, 10000)
   np.testing.assert_array_equal(np.bincount(train.labels, minlength=10), [6000] * 10)
   np.testing.assert_array_equal(np.bincount(test.labels, minlength=10), [1000] * 10)
-  pixels = train.images.astype(np.float64)
-  assert abs(pixels.mean() - data.FASHION_MNIST_MEAN[0]) < 1e-3
-  assert abs(pixels.std() - data.FASHION_MNIST_STD[0]) < 1e-3
+  # Mean and population standard deviation of all pixels from exact integer sums (a float64
+  # copy of the 47 million pixels takes seconds).
+  count = train.images.size
+  mean = int(train.images.sum(dtype=np.uint64)) / count
+  std = (int(np.square(train.images, dtype=np.uint32).sum(dtype=np.uint64)) / count - mean**2) ** 0.5
+  assert abs(mean - data.FASHION_MNIST_MEAN[0]) < 1e-3
+  assert abs(std - data.FASHION_MNIST_STD[0]) < 1e-3
   batch = next(iter(data.make_loader(train, batch_size=256, train=True, augment="crop_flip",
                                      process_index=0, process_count=1)))
   assert batch["image"].shape == (256, 28, 28, 1) and batch["image"].dtype == np.float32
@@ -605,3 +618,42 @@ def test_input_shape_default_and_loader_agree(tmp_path):
     data.input_shape(src, "mixup")
   with pytest.raises(data.DataError, match="image_size must be an integer >= 0; got -2"):
     data.input_shape(src, "none", -2)
+
+
+def test_order_is_grains_shuffle_with_the_epoch_seed():
+  import grain
+
+  src = indexed_source(30)
+  shuffle_seed, _ = data.pipeline.epoch_seeds(4, 2)
+  expected = [grain.MapDataset.range(30).shuffle(seed=shuffle_seed)[i] for i in range(30)]
+  np.testing.assert_array_equal(train_order(src, batch_size=5, seed=4, epoch=2), expected)
+  # Seeds are hashed with the epoch: seed 1 at epoch 0 does not repeat seed 0 at epoch 1.
+  assert not np.array_equal(train_order(src, batch_size=5, seed=1, epoch=0),
+                            train_order(src, batch_size=5, seed=0, epoch=1))
+
+
+def test_augmentation_follows_the_position_not_the_batching():
+  src = indexed_source(48, shape=(8, 8, 1))
+  kwargs = dict(train=True, seed=2, epoch=1, augment="crop_flip")
+  images = lambda batches: np.concatenate([b["image"] for b in batches])
+  by_12 = images(loader(src, batch_size=12, **kwargs))
+  np.testing.assert_array_equal(by_12, images(loader(src, batch_size=4, **kwargs)))
+  three = [loader(src, batch_size=4, process_index=p, process_count=3, **kwargs) for p in range(3)]
+  np.testing.assert_array_equal(by_12, np.concatenate([images([s[k] for s in three]) for k in range(4)]))
+  # The crops differ between examples (the numbers are per position, not per batch).
+  raw = loader(src, batch_size=12, train=True, seed=2, epoch=1)[0]["image"]
+  assert (np.abs(by_12[:12] - raw).reshape(12, -1).sum(1) > 0).sum() >= 10
+
+
+def test_readers_take_relative_and_home_paths(tmp_path, monkeypatch):
+  for folder in ("c10", "fm"):
+    (tmp_path / folder).mkdir()
+  make_cifar(tmp_path / "c10", 10)
+  make_image_tree(tmp_path / "tree" / "train")
+  make_fashion(tmp_path / "fm")
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.chdir(tmp_path)
+  for prefix in ("", "~/", f"{tmp_path}/"):
+    assert len(data.cifar(prefix + "c10", 10, "test")) == 4
+    assert len(data.image_folder(prefix + "tree", "train")) == 6
+    assert len(data.fashion_mnist(prefix + "fm", "test")) == 5

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import numpy_reference as ref
-from octflax import OctTensor
-from octflax.functional import (avg_pool2, conv2d, cpu_channel_multiple, global_avg_pool, oct_add, oct_map,
-                                oct_max_pool, oct_relu, upsample2)
+from octflax import OctConv, OctTensor, execution
+from octflax.functional import conv, global_avg_pool, oct_add, oct_map, oct_max_pool, oct_relu
+from octflax.resample import avg_pool2, upsample2
 
 TOL = dict(rtol=1e-6, atol=1e-6)
 
@@ -213,7 +213,7 @@ def test_pool_and_upsample_gradients_at_odd_sizes():
                              rtol=1e-5, atol=1e-5)
 
 
-# ----------------------------------------------------------------------------- CPU channel padding
+# ----------------------------------------------------------------------------- XLA:CPU execution
 
 
 def _conv_channel_shapes(fn, *args):
@@ -223,33 +223,48 @@ def _conv_channel_shapes(fn, *args):
           for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the padding applies on the CPU backend")
 @pytest.mark.parametrize("c_in,c_out,expected", [(14, 14, (16, 16)), (28, 12, (32, 16)), (2, 14, (2, 16)),
                                                  (16, 24, (16, 24)), (6, 4, (6, 4))])
-def test_cpu_convolutions_run_with_channels_padded_to_8_and_give_the_same_numbers(c_in, c_out, expected):
+def test_xla_cpu_conv_pads_channels_to_8_and_gives_the_same_numbers(c_in, c_out, expected):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 5, 6, c_in), dtype=np.float32))
   kernel = jnp.asarray(rng.standard_normal((3, 3, c_in, c_out), dtype=np.float32))
-  assert _conv_channel_shapes(conv2d, x, kernel) == [expected]
-  with cpu_channel_multiple(1):
-    assert _conv_channel_shapes(conv2d, x, kernel) == [(c_in, c_out)]
-    plain = jax.jit(lambda x, k: conv2d(x, k))(x, kernel)
-    plain_grads = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv2d(x, k))), (0, 1))(x, kernel)
-  padded = jax.jit(lambda x, k: conv2d(x, k))(x, kernel)
+  assert _conv_channel_shapes(execution.xla_cpu_conv, x, kernel) == [expected]
+  assert _conv_channel_shapes(execution.xla_cpu_conv_unpadded, x, kernel) == [(c_in, c_out)]
+  assert _conv_channel_shapes(conv, x, kernel) == [(c_in, c_out)]
+  plain = jax.jit(conv)(x, kernel)
+  plain_grads = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), (0, 1))(x, kernel)
+  padded = jax.jit(execution.xla_cpu_conv)(x, kernel)
   chex.assert_shape(padded, (2, 5, 6, c_out))
   np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(padded, ref.conv2d(np.asarray(x, np.float64), np.asarray(kernel, np.float64)),
                              rtol=1e-4, atol=1e-4)
-  grads = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv2d(x, k))), (0, 1))(x, kernel)
+  grads = jax.grad(lambda x, k: jnp.sum(jnp.sin(execution.xla_cpu_conv(x, k))), (0, 1))(x, kernel)
   chex.assert_trees_all_equal_shapes(grads, (x, kernel))
   chex.assert_trees_all_close(grads, plain_grads, rtol=1e-4, atol=1e-4)
+
+
+def test_xla_cpu_conv_runs_1x1_as_a_dot_and_use_conv_switches_the_layers():
+  x, kernel = rand(1, (2, 4, 5, 6)), rand(2, (1, 1, 6, 3))
+  eqns = [e.primitive.name for e in jax.make_jaxpr(execution.xla_cpu_conv)(x, kernel).jaxpr.eqns]
+  assert "dot_general" in eqns and "conv_general_dilated" not in eqns
+  np.testing.assert_allclose(execution.xla_cpu_conv(x, kernel), conv(x, kernel), rtol=1e-6, atol=1e-6)
+  layer = OctConv(3, 1, 0.0, 0.0)
+  variables = layer.init(jax.random.key(0), x)
+  kinds = lambda: {e.primitive.name for e in jax.make_jaxpr(layer.apply)(variables, x).jaxpr.eqns}
+  expected_default = "dot_general" if jax.default_backend() == "cpu" else "conv_general_dilated"
+  assert expected_default in kinds()
+  with execution.use_conv(conv):
+    assert execution.current_conv() is conv
+    assert "conv_general_dilated" in kinds() and "dot_general" not in kinds()
+  assert execution.current_conv() is execution.default_conv()
 
 
 def test_cost_counts_the_layers_own_macs_not_the_padding():
   from octflax import cost, models  # pylint: disable=g-import-not-at-top
   model = models.get_model("oct_resnet20", alpha=0.125, num_classes=10)  # 14/2, 28/4, 56/8 channels
   report = cost.analyze(model, (1, 32, 32, 3))
-  with cpu_channel_multiple(1):
+  with execution.use_conv(conv):
     assert cost.analyze(model, (1, 32, 32, 3)).macs == report.macs
   # Stage 1 (32 x 32, 16 channels at alpha .125: 14 high, 2 low) holds its unpadded MACs.
   layer = next(l for l in report.layers if l.name == "stage1_block1/conv1/conv")
@@ -258,7 +273,12 @@ def test_cost_counts_the_layers_own_macs_not_the_padding():
 
 
 @pytest.mark.parametrize("bad", [0, -8, 2.5, "8"])
-def test_cpu_channel_multiple_refuses_what_is_not_a_positive_integer(bad):
-  with pytest.raises(ValueError, match="positive integer"):
-    with cpu_channel_multiple(bad):
+def test_xla_cpu_conv_refuses_a_channel_multiple_that_is_not_a_positive_integer(bad):
+  with pytest.raises(ValueError, match="channel_multiple must be a positive integer"):
+    execution.xla_cpu_conv(rand(0, (1, 3, 3, 2)), rand(1, (3, 3, 2, 2)), channel_multiple=bad)
+
+
+def test_use_conv_refuses_what_is_not_a_function():
+  with pytest.raises(ValueError, match="conv_fn"):
+    with execution.use_conv("fast"):
       pass

@@ -156,13 +156,16 @@ def test_list_models_is_sorted_and_complete():
   assert names == sorted(names)
   for expected in ("oct_resnet18", "oct_resnet26", "oct_resnet50", "oct_resnet101", "oct_resnet152",
                    "oct_resnet200", "oct_resnext50_32x4d", "oct_se_resnet50", "oct_resnet20",
-                   "oct_wrn_16_4", "oct_wrn_28_10", "oct_mobilenet_v1", "oct_mobilenet_v2"):
+                   "oct_wrn_16_4", "oct_wrn_28_10", "oct_mobilenet_v1", "oct_mobilenet_v2",
+                   "oct_i3d_resnet50", "oct_c2d_resnet50", "oct_i3d_tiny"):
     assert expected in names
 
 
 @pytest.mark.parametrize("name", models.list_models())
 def test_registry_builds_every_model(name):
-  logits, variables = _abstract(name, 0.5, num_classes=10)
+  video = isinstance(models.get_model(name), models.VideoResNet)
+  logits, variables = _abstract(name, 0.5, shape=(2, 4, 32, 32, 3) if video else (2, 32, 32, 3),
+                                num_classes=10)
   chex.assert_shape(logits, (2, 10))
   assert logits.dtype == jnp.float32
   assert _num_params(variables) > 0
@@ -500,3 +503,102 @@ def test_zero_init_residual_zeroes_the_last_bn_scale(block_cls, last, zero):
         expected = 0.0 if (zero and unit == last) else 1.0
         assert np.all(scale == expected), (block, unit, part)
   assert set(params["stage1_block0"][last]["bn"]) == {"high", "low"}  # both parts zeroed at alpha .5
+
+
+# ----------------------------------------------------------------------------- injected parts
+
+
+def test_block_partial_keeps_groups_and_squeeze_excite():
+  # A partial of Bottleneck is a block like any other: the network passes the same keywords
+  # to every block, so what the partial binds (groups, SE) reaches the block.
+  block = functools.partial(models.Bottleneck, groups=4, base_width=16, squeeze_excite=True)
+  model = models.ResNet(stage_sizes=(1, 1), block_cls=block, widths=(8, 16), stem="cifar",
+                        stem_features=8, alpha=0.5, num_classes=3)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                             jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
+  params = variables["params"]["stage1_block0"]
+  width = int(8 * 16 / 64) * 4  # 8 channels, 4 groups of 2
+  c_l = _n_low(width, 0.5)
+  assert _conv_paths(params)["conv2/conv"] == {
+      "h2h": (3, 3, (width - c_l) // 4, width - c_l), "h2l": (3, 3, (width - c_l) // 4, c_l),
+      "l2h": (3, 3, c_l // 4, width - c_l), "l2l": (3, 3, c_l // 4, c_l)}
+  chex.assert_shape([params["se"]["reduce"]["kernel"], params["se"]["expand"]["kernel"]],
+                    [(32, 2), (2, 32)])
+
+
+def test_block_options_live_only_in_the_block():
+  # groups and SE are a block's attributes, bound into block_cls; the network has no copy
+  # of them that a partial could silently bypass.
+  with pytest.raises(TypeError, match="groups"):
+    models.ResNet(stage_sizes=(1,), widths=(8,), block_cls=models.Bottleneck, groups=32)
+
+
+def test_zoo_variants_are_partials_of_one_network():
+  assert models.oct_resnext50_32x4d.func is models.ResNet
+  assert models.oct_resnext50_32x4d.keywords["block_cls"].keywords == {"groups": 32, "base_width": 4}
+  assert models.oct_se_resnet50.keywords["block_cls"].keywords == {"squeeze_excite": True}
+  # Any attribute of the network can be overridden, the partial's own included.
+  model = models.get_model("oct_resnet20", alpha=0.25, num_classes=7, stage_sizes=(1, 1, 1))
+  assert (model.alpha, model.num_classes, tuple(model.stage_sizes)) == (0.25, 7, (1, 1, 1))
+
+
+# ----------------------------------------------------------------------------- backbone features
+
+
+_IMAGENET_STRIDES = {"stem": 2, "stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32}
+_CIFAR_STRIDES = {"stem": 1, "stage1": 1, "stage2": 2, "stage3": 4}
+# One model per network definition and block kind (the deeper ones run the same code).
+_FEATURE_STRIDES = {
+    "oct_resnet18": _IMAGENET_STRIDES, "oct_resnet50": _IMAGENET_STRIDES,
+    "oct_se_resnet50": _IMAGENET_STRIDES, "oct_resnext50_32x4d": _IMAGENET_STRIDES,
+    "oct_resnet20": _CIFAR_STRIDES, "oct_wrn_16_4": _CIFAR_STRIDES,
+    "oct_mobilenet_v1": _IMAGENET_STRIDES, "oct_mobilenet_v2": _IMAGENET_STRIDES,
+}
+
+
+@pytest.mark.parametrize("name", list(_FEATURE_STRIDES))
+def test_features_have_their_strides_and_octave_layout(name):
+  shape = (2, 32, 32, 3)
+  model = models.get_model(name, alpha=0.5, num_classes=10)
+  variables = _abstract(name, 0.5, num_classes=10)[1]
+  features = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, return_features=True),
+                            variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+  strides = features.pop("strides")
+  assert strides == {key: (s, s) for key, s in _FEATURE_STRIDES[name].items()}
+  assert set(features) == set(strides)
+  assert list(strides) == list(_FEATURE_STRIDES[name])  # network order (jax sorts dict keys)
+  last = list(strides)[-1]
+  for key, feature in features.items():
+    assert isinstance(feature, OctTensor), key
+    size = 32 // strides[key][0]
+    chex.assert_shape(feature.high, (2, size, size, None))
+    if feature.low is not None:
+      chex.assert_shape(feature.low, (2, _ceil_half(size), _ceil_half(size), None))
+  assert features[last].low is None  # the last stage is vanilla
+  if name == "oct_resnet50":
+    assert [features[k].channels for k in strides] == [64, 256, 512, 1024, 2048]
+    assert [features[k].low_channels for k in strides] == [0, 128, 256, 512, 0]
+
+
+def test_features_are_the_blocks_outputs_and_feed_the_classifier():
+  shape = (2, 15, 17, 3)  # odd sizes: the low parts are ceil(n / 2)
+  model = models.oct_resnet8(alpha=0.5)
+  variables = _filled(_abstract("oct_resnet8", 0.5, shape=shape, num_classes=10)[1])
+  x = jnp.asarray(np.random.default_rng(4).standard_normal(shape, dtype=np.float32))
+
+  def forward(v, x):
+    logits, state = model.apply(v, x, train=False, mutable=["intermediates"],
+                                capture_intermediates=lambda mdl, method: mdl.name == "stage2_block0")
+    return logits, state["intermediates"]["stage2_block0"]["__call__"][0], model.apply(
+        v, x, train=False, return_features=True)
+
+  logits, block_out, features = jax.jit(forward)(variables, x)
+  chex.assert_trees_all_equal(features["stage2"], block_out)
+  chex.assert_shape([features["stage2"].high, features["stage2"].low], [(2, 8, 9, 16), (2, 4, 5, 16)])
+  head = models.resnet.Classifier(10, name="head")
+  np.testing.assert_allclose(head.apply({"params": variables["params"]["head"]}, features["stage3"]),
+                             logits, rtol=1e-6, atol=1e-6)
+  # One array per stage for necks that expect plain maps.
+  merged = features["stage1"].merge()
+  chex.assert_shape(merged, (2, 15, 17, 16))
+  np.testing.assert_array_equal(merged[:, ::2, ::2, 8:], features["stage1"].low)

@@ -8,6 +8,7 @@ the paper counted from the traced computation, bf16 compute and the argument err
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from fractions import Fraction
@@ -20,7 +21,7 @@ import pytest
 from flax import linen as nn
 
 import numpy_reference as ref
-from octflax import OctConv, OctTensor, functional as F
+from octflax import OctConv, OctConvBN, OctConvTranspose, OctTensor, execution, functional as F
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -309,28 +310,37 @@ def test_functional_oct_conv_accepts_plain_array():
 # ------------------------------------------------------- alpha = 0 is flax.linen.Conv
 
 
-@pytest.mark.parametrize("k", [1, 3, 5])
-@pytest.mark.parametrize("use_bias", [True, False])
-@pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
-def test_alpha_zero_equals_flax_conv_bit_for_bit(k, use_bias, hw):
+def _alpha_zero_and_flax_conv(k, use_bias, hw):
   x = make_input(k, 2, hw, 5, 0.0).high
   conv = OctConv(7, k, 0.0, 0.0, use_bias=use_bias)
   variables = init_variables(conv, x)
   assert set(variables["params"]) == {"h2h"}
-  y = conv.apply(variables, x)
-  assert y.low is None
   flax_conv = nn.Conv(7, (k, k), padding="SAME", use_bias=use_bias)
   # The parameter layout of the h2h path is flax.linen.Conv's.
   chex.assert_trees_all_equal_shapes_and_dtypes(
       variables["params"]["h2h"], jax.eval_shape(flax_conv.init, jax.random.key(0), x)["params"])
   expected = flax_conv.apply({"params": variables["params"]["h2h"]}, x)
+  return conv, variables, x, expected
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
+def test_alpha_zero_equals_flax_conv_bit_for_bit_with_cpu_choices_off(k, use_bias, hw):
+  conv, variables, x, expected = _alpha_zero_and_flax_conv(k, use_bias, hw)
+  with execution.use_conv(F.conv):
+    y = conv.apply(variables, x)
+  assert y.low is None
   chex.assert_shape(y.high, (2, *hw, 7))
-  if k == 1:
-    # octflax runs a 1x1 convolution as a dot over channels (faster on XLA:CPU): the same
-    # products, summed in another order, so equal to float32 rounding rather than bit for bit.
-    np.testing.assert_allclose(np.asarray(y.high), np.asarray(expected), rtol=1e-6, atol=1e-6)
-  else:
-    np.testing.assert_array_equal(np.asarray(y.high), np.asarray(expected))
+  np.testing.assert_array_equal(np.asarray(y.high), np.asarray(expected))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_alpha_zero_equals_flax_conv_to_float32_rounding_with_default_execution(k):
+  # On CPU a 1x1 convolution runs as a dot over channels (octflax.execution): the same
+  # products, summed in another order.
+  conv, variables, x, expected = _alpha_zero_and_flax_conv(k, True, (5, 7))
+  np.testing.assert_allclose(np.asarray(conv.apply(variables, x).high), np.asarray(expected), rtol=1e-6, atol=1e-6)
 
 
 def test_alpha_zero_grouped_equals_flax_conv_bit_for_bit():
@@ -387,7 +397,7 @@ def conv_macs(eqn) -> int:
 
 def traced_layer(module, x):
   variables = jax.eval_shape(module.init, jax.random.key(0), x)
-  with F.cpu_channel_multiple(1):  # The layer's own convolutions, without the CPU execution's padding.
+  with execution.use_conv(F.conv):  # The layer's own convolutions, not the CPU execution's form.
     jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x))(variables, x)
   out = jax.eval_shape(module.apply, variables, x)
   return variables, conv_eqns(jaxpr.jaxpr), out
@@ -528,7 +538,7 @@ def test_alpha_outside_unit_interval_fails_at_construction(bad, name):
     OctConv(8, 3, **kwargs)
 
 
-@pytest.mark.parametrize("strides", [3, (1, 2), 0, (2, 2, 2)])
+@pytest.mark.parametrize("strides", [3, (1, 3), 0, (2, 2, 2)])
 def test_stride_not_1_or_2_fails(strides):
   with pytest.raises(ValueError, match="strides"):
     OctConv(8, 3, 0.5, 0.5, strides=strides)
@@ -591,3 +601,310 @@ def test_functional_errors_name_the_argument():
     F.oct_conv(x, {"h2h": jnp.ones((3, 3, 2, 2)), "l2h": jnp.ones((3, 3, 2, 3))})
   with pytest.raises(ValueError, match="low part"):
     F.oct_conv(OctTensor(jnp.ones((1, 6, 6, 2)), jnp.ones((1, 2, 2, 2))), k)
+
+
+# --------------------------------------------- any number of spatial axes: 1-D, 3-D, octave_axes, dilation
+
+
+def _low_size(spatial, octave):
+  return tuple(math.ceil(s / 2) if i in octave else s for i, s in enumerate(spatial))
+
+
+def make_input_nd(seed, n, spatial, channels, alpha, octave_axes=None):
+  """Random OctTensor [N, *spatial, C] split at alpha, the low part halved on the octave axes."""
+  octave = range(len(spatial)) if octave_axes is None else octave_axes
+  ch, cl = ref.split(channels, alpha)
+  rng = np.random.default_rng(seed)
+  high = jnp.asarray(rng.standard_normal((n, *spatial, ch)).astype(np.float32)) if ch else None
+  low = jnp.asarray(rng.standard_normal((n, *_low_size(spatial, octave), cl)).astype(np.float32)) if cl else None
+  return OctTensor(high, low)
+
+
+def expected_nd_spatial(spatial, strides, octave, has_high):
+  """(high, low) output spatial sizes per DESIGN.md's per-axis rule."""
+  if has_high:
+    high = tuple(math.ceil(n / s) for n, s in zip(spatial, strides))
+  else:  # from the low part alone: l2h upsamples on octave axes of stride 1, pools on others of stride 2
+    low_in = _low_size(spatial, octave)
+    high = tuple((l if s == 2 else 2 * l) if i in octave else math.ceil(l / s)
+                 for i, (l, s) in enumerate(zip(low_in, strides)))
+  return high, _low_size(high, octave)
+
+
+def assert_relative_close(actual, expected, rtol=1e-5):
+  """max |actual - expected| <= rtol * max |expected| (the issue's "1e-5 relative")."""
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  scale = max(np.max(np.abs(expected)), 1e-30)
+  assert np.max(np.abs(actual - expected)) <= rtol * scale, np.max(np.abs(actual - expected)) / scale
+
+
+def run_nd_case(*, spatial, k, c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, strides=1, octave_axes=None,
+                dilation=1, groups=1, depthwise=False, seed=0, n=2):
+  rank = len(spatial)
+  conv = OctConv(c_out, k, alpha_in, alpha_out, strides=strides, feature_group_count=groups,
+                 octave_axes=octave_axes, kernel_dilation=dilation, bias_init=BIAS_INIT)
+  x = make_input_nd(seed, n, spatial, c_in, alpha_in, octave_axes)
+  variables = init_variables(conv, x, seed)
+  y = fast_jit(conv.apply)(variables, x)
+  params = variables["params"]
+  paths = ref.path_channels(c_in, c_out, alpha_in, alpha_out)
+  if depthwise:
+    paths = {p: io for p, io in paths.items() if p in ("h2h", "l2l")}
+  assert set(params) == set(paths)
+  path_groups = {p: (io[0] if depthwise else groups) for p, io in paths.items()}
+  for p, (ci, co) in paths.items():
+    chex.assert_shape(params[p]["kernel"], (*k, ci // path_groups[p], co))
+  kernels = {p: np.asarray(v["kernel"]) for p, v in params.items()}
+  biases = {p: np.asarray(v["bias"]) for p, v in params.items() if "bias" in v}
+  stride_t = (strides,) * rank if isinstance(strides, int) else strides
+  dilation_t = (dilation,) * rank if isinstance(dilation, int) else dilation
+  yh, yl = ref.oct_conv_nd(np_part(x.high), np_part(x.low), kernels, biases, stride_t, path_groups,
+                           octave_axes, dilation_t)
+  octave = tuple(range(rank)) if octave_axes is None else octave_axes
+  high_size, low_size = expected_nd_spatial(spatial, stride_t, octave, x.high is not None)
+  _, out_low = ref.split(c_out, alpha_out)
+  out_high = c_out - out_low
+  assert (y.high is None) == (out_high == 0) and (y.low is None) == (out_low == 0)
+  if out_high:
+    chex.assert_shape(y.high, (n, *high_size, out_high))
+    assert_relative_close(y.high, yh)
+  if out_low:
+    chex.assert_shape(y.low, (n, *low_size, out_low))
+    assert_relative_close(y.low, yl)
+  return y
+
+
+ND_CASES = {
+    # name: keyword arguments of run_nd_case
+    "1d_odd_stride1": dict(spatial=(9,), k=(3,)),
+    "1d_even_stride2": dict(spatial=(8,), k=(3,), strides=2),
+    "1d_odd_stride2_k5": dict(spatial=(11,), k=(5,), strides=2),
+    "1d_alpha_0_to_half": dict(spatial=(9,), k=(3,), alpha_in=0.0, strides=2),
+    "1d_alpha_half_to_0": dict(spatial=(7,), k=(3,), alpha_out=0.0),
+    "1d_alpha_1_to_half": dict(spatial=(7,), k=(3,), alpha_in=1.0, strides=2),
+    "1d_alpha_half_to_1": dict(spatial=(7,), k=(3,), alpha_out=1.0),
+    "1d_alpha_1_to_1_stride1": dict(spatial=(7,), k=(3,), alpha_in=1.0, alpha_out=1.0),
+    "1d_mixed_quarter_to_three_quarters": dict(spatial=(10,), k=(3,), alpha_in=0.25, alpha_out=0.75),
+    "1d_groups": dict(spatial=(9,), k=(3,), groups=2),
+    "1d_depthwise_stride2": dict(spatial=(9,), k=(3,), groups=8, depthwise=True, strides=2),
+    "1d_dilation": dict(spatial=(11,), k=(3,), dilation=2),
+    "1d_dilation_stride2": dict(spatial=(13,), k=(3,), dilation=3, strides=2, alpha_in=0.25, alpha_out=0.75),
+    "2d_per_axis_strides": dict(spatial=(7, 6), k=(3, 3), strides=(2, 1)),
+    "2d_one_octave_axis_stride2": dict(spatial=(7, 6), k=(3, 5), strides=2, octave_axes=(1,), alpha_in=0.25),
+    "3d_even_stride1": dict(spatial=(4, 6, 6), k=(3, 3, 3)),
+    "3d_odd_stride2": dict(spatial=(5, 7, 5), k=(3, 3, 3), strides=2),
+    "3d_video_octave_hw_stride_hw": dict(spatial=(3, 5, 6), k=(3, 3, 3), strides=(1, 2, 2), octave_axes=(1, 2)),
+    "3d_all_octave_stride_hw": dict(spatial=(4, 5, 7), k=(3, 3, 3), strides=(1, 2, 2)),
+    "3d_stride_on_non_octave_axis": dict(spatial=(5, 6, 7), k=(3, 3, 3), strides=(2, 1, 1), octave_axes=(1, 2)),
+    "3d_alpha_0_to_half_octave_hw": dict(spatial=(4, 5, 5), k=(1, 3, 3), alpha_in=0.0, octave_axes=(1, 2)),
+    "3d_alpha_half_to_0_stride2": dict(spatial=(4, 5, 5), k=(3, 1, 1), alpha_out=0.0, strides=2),
+    "3d_alpha_1_to_half_octave_t": dict(spatial=(5, 4, 3), k=(3, 3, 3), alpha_in=1.0, octave_axes=(0,),
+                                        strides=(2, 2, 1)),
+    "3d_alpha_half_to_1": dict(spatial=(3, 5, 5), k=(3, 3, 3), alpha_out=1.0, octave_axes=(1, 2)),
+    "3d_groups": dict(spatial=(3, 4, 5), k=(3, 3, 3), groups=2, strides=(1, 2, 2), octave_axes=(1, 2)),
+    "3d_depthwise": dict(spatial=(3, 5, 4), k=(3, 3, 3), groups=8, depthwise=True, octave_axes=(2, 1)),
+    "3d_dilation": dict(spatial=(5, 7, 7), k=(3, 3, 3), dilation=(1, 2, 2), octave_axes=(1, 2)),
+    "3d_dilation_stride2": dict(spatial=(4, 9, 8), k=(3, 3, 3), dilation=(2, 2, 1), strides=(1, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ND_CASES))
+def test_nd_octconv_matches_the_float64_reference(case):
+  run_nd_case(**ND_CASES[case])
+
+
+@pytest.mark.parametrize("rank,k,dilation", [(1, 1, 1), (1, 3, 2), (3, 1, 1), (3, 3, (1, 2, 2)), (3, (3, 1, 1), 1)])
+def test_nd_alpha_zero_equals_flax_conv_bit_for_bit_with_cpu_choices_off(rank, k, dilation):
+  spatial = (7,) if rank == 1 else (3, 5, 6)
+  kernel_size = (k,) * rank if isinstance(k, int) else k
+  x = make_input_nd(rank, 2, spatial, 5, 0.0).high
+  conv = OctConv(6, kernel_size, 0.0, 0.0, kernel_dilation=dilation, bias_init=BIAS_INIT)
+  variables = init_variables(conv, x)
+  flax_conv = nn.Conv(6, kernel_size, kernel_dilation=dilation, padding="SAME")
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      variables["params"]["h2h"], jax.eval_shape(flax_conv.init, jax.random.key(0), x)["params"])
+  with execution.use_conv(F.conv):
+    y = conv.apply(variables, x)
+  assert y.low is None
+  np.testing.assert_array_equal(np.asarray(y.high), np.asarray(flax_conv.apply({"params": variables["params"]["h2h"]}, x)))
+
+
+def test_nd_alpha_zero_strided_conv_equals_flax_conv_with_symmetric_padding():
+  x = make_input_nd(0, 2, (4, 7, 6), 3, 0.0).high
+  conv = OctConv(4, (3, 3, 3), 0.0, 0.0, strides=(1, 2, 2), pool_stride=False, kernel_dilation=(1, 1, 2))
+  variables = init_variables(conv, x)
+  flax_conv = nn.Conv(4, (3, 3, 3), strides=(1, 2, 2), kernel_dilation=(1, 1, 2), padding=[(1, 1), (1, 1), (2, 2)])
+  np.testing.assert_array_equal(np.asarray(conv.apply(variables, x).high),
+                                np.asarray(flax_conv.apply({"params": variables["params"]["h2h"]}, x)))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 1.0])
+def test_nd_param_count_equals_flax_conv(alpha):
+  x = make_input_nd(0, 1, (3, 4, 4), 16, alpha, (1, 2))
+  conv = OctConv(16, (3, 3, 3), alpha, alpha, octave_axes=(1, 2))
+  assert _param_count(jax.eval_shape(conv.init, jax.random.key(0), x)) == 27 * 16 * 16 + 16
+
+
+def test_nd_octconvbn_runs_with_octave_axes_and_dilation():
+  x = make_input_nd(0, 2, (3, 5, 5), 8, 0.5, (1, 2))
+  unit = OctConvBN(8, (3, 3, 3), 0.5, 0.5, strides=(1, 2, 2), octave_axes=(1, 2), kernel_dilation=(1, 2, 2),
+                   activation=jax.nn.relu)
+  variables = jax.eval_shape(unit.init, jax.random.key(0), x)
+  y = jax.eval_shape(unit.apply, variables, x)
+  chex.assert_shape(y.high, (2, 3, 3, 3, 4))
+  chex.assert_shape(y.low, (2, 3, 2, 2, 4))
+
+
+@pytest.mark.parametrize("kwargs,input_spatial,match", [
+    (dict(kernel_size=(3,)), (6, 6), r"kernel_size .*rank 3"),          # a 1-D kernel on NHWC
+    (dict(kernel_size=(3, 3, 3)), (6, 6), r"kernel_size .*rank 5"),     # a 3-D kernel on NHWC
+])
+def test_input_rank_that_does_not_match_kernel_size_fails(kwargs, input_spatial, match):
+  conv = OctConv(8, alpha_in=0.5, alpha_out=0.5, **kwargs)
+  x = make_input_nd(0, 1, input_spatial, 8, 0.5)
+  with pytest.raises(ValueError, match=match):
+    jax.eval_shape(conv.init, jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kernel_size=(3, 3), octave_axes=(2,)), r"octave_axes=\(2,\) has \[2\] outside the 2 spatial axes; allowed are 0..1"),
+    (dict(kernel_size=(3, 3, 3), octave_axes=(-1,)), r"octave_axes.*allowed are 0..2"),
+    (dict(kernel_size=(3, 3, 3), octave_axes=(1, 1)), r"octave_axes=\(1, 1\) repeats an axis"),
+    (dict(kernel_size=(3, 3, 3), octave_axes="hw"), r"octave_axes must be None or a tuple of ints, got 'hw'"),
+    (dict(kernel_size=(3, 3, 3), strides=(1, 3, 1)), r"strides=\(1, 3, 1\): stride 3 on an octave axis \(spatial axis 1\); allowed are 1 and 2"),
+    (dict(kernel_size=(3, 3, 3), strides=(4, 1, 1), octave_axes=(1, 2)), r"stride 4 on a spatial axis \(spatial axis 0\)"),
+    (dict(kernel_size=(3, 3, 3), strides=(2, 2)), r"strides must be an int or 3 ints"),
+    (dict(kernel_size=(3,), kernel_dilation=0), r"kernel_dilation must be positive ints, got 0"),
+    (dict(kernel_size=(3, 3), kernel_dilation=(1, 2, 2)), r"kernel_dilation must be an int or 2 ints"),
+    (dict(kernel_size=(3, 2, 3)), r"kernel_size must be odd"),
+])
+def test_nd_bad_arguments_fail_at_construction_naming_the_argument(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    OctConv(8, alpha_in=0.5, alpha_out=0.5, **kwargs)
+
+
+def test_nd_low_part_not_halved_on_the_octave_axes_fails():
+  x = OctTensor(jnp.ones((1, 4, 6, 6, 4)), jnp.ones((1, 2, 3, 3, 4)))  # time halved, but octave_axes=(1, 2)
+  conv = OctConv(8, (3, 3, 3), 0.5, 0.5, octave_axes=(1, 2))
+  with pytest.raises(ValueError, match=r"low part must have spatial size 4x3x3"):
+    jax.eval_shape(conv.init, jax.random.key(0), x)
+
+
+# ----------------------------------------------------------------------------- OctConvTranspose
+
+
+def run_transpose_case(*, spatial, k, c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, strides=1, octave_axes=None,
+                       dilation=1, output_size=None, seed=0, n=2):
+  rank = len(spatial)
+  layer = OctConvTranspose(c_out, k, alpha_in, alpha_out, strides=strides, octave_axes=octave_axes,
+                           kernel_dilation=dilation, bias_init=BIAS_INIT)
+  x = make_input_nd(seed, n, spatial, c_in, alpha_in, octave_axes)
+  variables = init_variables(layer, x, seed)
+  y = fast_jit(layer.apply, static_argnums=2)(variables, x, output_size)
+  params = variables["params"]
+  paths = ref.path_channels(c_in, c_out, alpha_in, alpha_out)
+  assert set(params) == set(paths)
+  for p, (ci, co) in paths.items():
+    chex.assert_shape(params[p]["kernel"], (*k, ci, co))
+  kernels = {p: np.asarray(v["kernel"]) for p, v in params.items()}
+  biases = {p: np.asarray(v["bias"]) for p, v in params.items() if "bias" in v}
+  stride_t = (strides,) * rank if isinstance(strides, int) else strides
+  dilation_t = (dilation,) * rank if isinstance(dilation, int) else dilation
+  yh, yl = ref.oct_conv_transpose_nd(np_part(x.high), np_part(x.low), kernels, biases, stride_t, octave_axes,
+                                     dilation_t, output_size)
+  octave = tuple(range(rank)) if octave_axes is None else octave_axes
+  in_high = spatial if x.high is not None else tuple(2 * n if i in octave else n
+                                                      for i, n in enumerate(_low_size(spatial, octave)))
+  high_size = output_size or tuple(s * m for s, m in zip(stride_t, in_high))
+  _, out_low = ref.split(c_out, alpha_out)
+  if c_out - out_low:
+    chex.assert_shape(y.high, (n, *high_size, c_out - out_low))
+    assert_relative_close(y.high, yh)
+  else:
+    assert y.high is None
+  if out_low:
+    chex.assert_shape(y.low, (n, *_low_size(high_size, octave), out_low))
+    assert_relative_close(y.low, yl)
+  else:
+    assert y.low is None
+  return y
+
+
+TRANSPOSE_CASES = {
+    "1d_stride1": dict(spatial=(9,), k=(3,)),
+    "1d_stride2_odd": dict(spatial=(7,), k=(3,), strides=2),
+    "1d_stride2_output_size": dict(spatial=(4,), k=(5,), strides=2, output_size=(7,)),
+    "1d_alpha_0_to_half": dict(spatial=(6,), k=(3,), alpha_in=0.0, strides=2),
+    "1d_alpha_half_to_0": dict(spatial=(5,), k=(3,), alpha_out=0.0, strides=2),
+    "1d_alpha_1_to_half": dict(spatial=(5,), k=(3,), alpha_in=1.0, strides=2),
+    "1d_alpha_half_to_1": dict(spatial=(5,), k=(3,), alpha_out=1.0),
+    "1d_dilation_stride2": dict(spatial=(6,), k=(3,), dilation=2, strides=2, alpha_in=0.25, alpha_out=0.75),
+    "2d_stride2_even": dict(spatial=(4, 6), k=(3, 3), strides=2),
+    "2d_stride2_odd_output_size": dict(spatial=(4, 3), k=(3, 3), strides=2, output_size=(7, 5)),
+    "2d_per_axis_strides_one_octave_axis": dict(spatial=(5, 4), k=(3, 1), strides=(2, 1), octave_axes=(0,)),
+    "2d_kernel_1": dict(spatial=(5, 5), k=(1, 1), strides=2),
+    "3d_video_octave_hw": dict(spatial=(3, 4, 5), k=(3, 3, 3), strides=(1, 2, 2), octave_axes=(1, 2)),
+    "3d_all_octave_stride2": dict(spatial=(3, 3, 4), k=(3, 3, 3), strides=2),
+    "3d_dilation": dict(spatial=(3, 5, 5), k=(3, 3, 3), dilation=(1, 2, 2), octave_axes=(1, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRANSPOSE_CASES))
+def test_octconv_transpose_matches_the_float64_reference(case):
+  run_transpose_case(**TRANSPOSE_CASES[case])
+
+
+@pytest.mark.parametrize("k,strides,dilation,spatial", [
+    ((3, 3), 2, 1, (5, 4)), ((1, 1), 2, 1, (3, 3)), ((3, 3), 1, 2, (5, 6)), ((5,), 2, 1, (7,)),
+    ((3, 3, 3), (1, 2, 2), 1, (3, 4, 5))])
+def test_alpha_zero_octconv_transpose_equals_flax_conv_transpose_bit_for_bit(k, strides, dilation, spatial):
+  x = make_input_nd(1, 2, spatial, 5, 0.0).high
+  layer = OctConvTranspose(6, k, 0.0, 0.0, strides=strides, kernel_dilation=dilation, bias_init=BIAS_INIT)
+  variables = init_variables(layer, x)
+  flax_layer = nn.ConvTranspose(6, k, strides=(strides,) * len(k) if isinstance(strides, int) else strides,
+                                kernel_dilation=(dilation,) * len(k), padding="SAME")
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      variables["params"]["h2h"], jax.eval_shape(flax_layer.init, jax.random.key(0), x)["params"])
+  y = layer.apply(variables, x)
+  assert y.low is None
+  np.testing.assert_array_equal(np.asarray(y.high),
+                                np.asarray(flax_layer.apply({"params": variables["params"]["h2h"]}, x)))
+
+
+@pytest.mark.parametrize("alpha_in,alpha_out", [(0.0, 0.0), (0.5, 0.5), (0.0, 0.5), (0.25, 0.75), (1.0, 0.0)])
+def test_octconv_transpose_params_equal_flax_conv_transpose(alpha_in, alpha_out):
+  x = make_input_nd(0, 1, (4, 4), 16, alpha_in)
+  layer = OctConvTranspose(24, 3, alpha_in, alpha_out, strides=2)
+  assert _param_count(jax.eval_shape(layer.init, jax.random.key(0), x)) == 9 * 16 * 24 + 24
+
+
+@pytest.mark.parametrize("spatial", [(7, 5), (6, 9), (1, 3)])
+def test_stride2_octconv_then_octconv_transpose_restore_odd_sizes(spatial):
+  x = make_input_nd(0, 1, spatial, 8, 0.5)
+  down = OctConv(8, 3, 0.5, 0.5, strides=2)
+  up = OctConvTranspose(8, 3, 0.5, 0.5, strides=2)
+  h = jax.eval_shape(down.apply, jax.eval_shape(down.init, jax.random.key(0), x), x)
+  variables = jax.eval_shape(up.init, jax.random.key(0), h)
+  restored = jax.eval_shape(functools.partial(up.apply, output_size=spatial), variables, h)
+  chex.assert_trees_all_equal_shapes(restored, x)
+  # Without a target size: twice the high size, and half of that for the low part.
+  doubled = jax.eval_shape(up.apply, variables, h)
+  chex.assert_shape(doubled.high, (1, *(2 * n for n in h.high.shape[1:3]), 4))
+  chex.assert_shape(doubled.low, (1, *h.high.shape[1:3], 4))
+
+
+@pytest.mark.parametrize("kwargs,call,match", [
+    (dict(strides=2), dict(output_size=(9, 8)), r"output_size=\(9, 8\): a stride-\(2, 2\) transposed OctConv of a 4x4 high part gives 7..8 x 7..8"),
+    (dict(strides=1), dict(output_size=(3, 4)), r"output_size=\(3, 4\).*gives 4 x 4"),
+    (dict(strides=(2, 3)), {}, r"strides=\(2, 3\): stride 3 on an octave axis \(spatial axis 1\)"),
+    (dict(kernel_size=(3,)), {}, r"kernel_size .*rank 3"),
+    (dict(octave_axes=(0, 0)), {}, r"octave_axes=\(0, 0\) repeats an axis"),
+    (dict(kernel_dilation=(1, 0)), {}, r"kernel_dilation must be positive"),
+])
+def test_octconv_transpose_bad_input_names_the_argument(kwargs, call, match):
+  kwargs = {"kernel_size": 3, **kwargs}
+  x = make_input_nd(0, 1, (4, 4), 8, 0.5)
+  with pytest.raises(ValueError, match=match):
+    layer = OctConvTranspose(8, alpha_in=0.5, alpha_out=0.5, **kwargs)
+    jax.eval_shape(functools.partial(layer.init, **call), jax.random.key(0), x)

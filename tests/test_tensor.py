@@ -158,8 +158,8 @@ def test_from_array_at_alpha_0_and_1_leaves_a_part_out():
 
 
 def test_from_array_rejects_bad_input():
-  with pytest.raises(ValueError, match="rank 4"):
-    OctTensor.from_array(jnp.zeros((4, 4, 3)), 0.5)
+  with pytest.raises(ValueError, match="rank >= 3"):
+    OctTensor.from_array(jnp.zeros((4, 3)), 0.5)
   with pytest.raises(ValueError, match="alpha"):
     OctTensor.from_array(jnp.zeros((1, 4, 4, 3)), 1.5)
 
@@ -318,3 +318,56 @@ def test_vmap_over_leading_axis_equals_loop(alpha_in):
   apply = fast_jit(conv.apply)
   looped = jax.tree.map(lambda *a: jnp.stack(a), *[apply(variables, x) for x in xs])
   chex.assert_trees_all_close(batched, looped, **TOL)
+
+
+# ----------------------------------------------------------------------------- 1-D and 3-D, octave_axes
+
+
+@pytest.mark.parametrize("spatial,octave_axes", [((7,), None), ((8,), None), ((3, 5, 6), None), ((3, 5, 6), (1, 2)),
+                                                 ((5, 4, 3), (0,)), ((4, 5), (1,)), ((3, 4), ())])
+def test_nd_from_array_pools_the_octave_axes_and_merge_restores_the_size(spatial, octave_axes):
+  x = rand(len(spatial), (2, *spatial, 4))
+  t = OctTensor.from_array(x, 0.5, octave_axes=octave_axes)
+  axes = tuple(range(len(spatial))) if octave_axes is None else octave_axes
+  low_size = tuple(math.ceil(n / 2) if i in axes else n for i, n in enumerate(spatial))
+  assert low_spatial_size(*spatial, octave_axes=octave_axes) == low_size
+  chex.assert_shape(t.high, (2, *spatial, 2))
+  chex.assert_shape(t.low, (2, *low_size, 2))
+  np.testing.assert_allclose(np.asarray(t.low), ref.pool_axes(np.asarray(x)[..., 2:], axes), **TOL)
+  merged = t.merge(octave_axes=octave_axes)
+  chex.assert_shape(merged, (2, *spatial, 4))
+  np.testing.assert_array_equal(np.asarray(merged[..., :2]), np.asarray(x[..., :2]))
+  np.testing.assert_allclose(np.asarray(merged[..., 2:]), ref.upsample_axes(np.asarray(t.low), axes, spatial), **TOL)
+  # Without a high part the low part is doubled on the octave axes.
+  alone = OctTensor(None, t.low).merge(octave_axes=octave_axes)
+  chex.assert_shape(alone, (2, *(2 * n if i in axes else n for i, n in enumerate(low_size)), 2))
+
+
+def test_nd_avg_pool2_and_upsample2_refuse_sizes_they_cannot_produce():
+  from octflax import avg_pool2, upsample2  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"upsample2: cannot upsample a 3x4 map \(octave axes \(1,\)\) to size \(4, 7\); allowed sizes are 3 x 7..8"):
+    upsample2(jnp.ones((1, 3, 4, 2)), (4, 7), (1,))
+  with pytest.raises(ValueError, match=r"avg_pool2: expected an array \[..., 3 spatial axes, C\] of rank >= 4"):
+    avg_pool2(jnp.ones((4, 4, 2)), spatial_dims=3)
+  with pytest.raises(ValueError, match="octave_axes"):
+    OctTensor.from_array(jnp.ones((1, 4, 4, 2)), 0.5, octave_axes=(0, 2))
+
+
+def test_tree_map_to_none_leaves_rebuilds_without_the_constructor_check():
+  x = OctTensor(jnp.ones((1, 4, 4, 2)), jnp.ones((1, 2, 2, 2)))
+  empty = jax.tree.map(lambda _: None, x)  # the placeholder trees JAX and Flax NNX build
+  assert isinstance(empty, OctTensor) and empty.high is None and empty.low is None
+  assert [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(x)] == [".high", ".low"]
+  with pytest.raises(ValueError, match="needs a high or a low part"):
+    OctTensor(None, None)  # constructing one by hand is still refused
+
+
+def test_the_code_blocks_of_docs_nd_octconv_run():
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "nd_octconv.md").read_text()
+  blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+  assert len(blocks) == 4
+  namespace = {}
+  for block in blocks:  # one namespace, in page order, as a reader runs them
+    exec(compile(block, "docs/nd_octconv.md", "exec"), namespace)  # pylint: disable=exec-used

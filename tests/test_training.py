@@ -297,12 +297,9 @@ def test_workdir_with_another_models_checkpoint_is_refused_untouched(tmp_path):
 
 
 def _restore_params(workdir: Path, config) -> dict:
-  store = training.CheckpointStore(str(workdir / "checkpoints"), identity={})
-  tx = training.make_optimizer(training.learning_rate_schedule(1.0, total_steps=10, warmup_steps=1))
-  target = training.create_train_state(TinyCNN(), tx, seed=0, input_shape=(1, 28, 28, 1))
-  state = store.restore(target)
-  store.close()
-  return jax.device_get(state.params)
+  del config
+  variables, _ = training.read_checkpoint(str(workdir))  # The newest checkpoint of the run.
+  return variables["params"]
 
 
 def test_trainer_gives_the_same_run_under_jit_and_pmap(tmp_path):
@@ -374,19 +371,6 @@ def test_mixup_loss_is_the_mixture_of_the_two_labels_losses():
 
 def test_validation_split_is_held_out_and_the_test_split_is_read_once_at_the_end(tmp_path):
   write_fashion_mnist(tmp_path / "data", n_train=64, n_test=20)
-  full, _ = training.build_datasets(tiny_config(tmp_path / "data"))
-  train, validation = training.split_validation(full, 16)
-  assert (len(train), len(validation)) == (48, 16)
-  # The last 16 examples, in order, and none of them in the training part.
-  for i in range(16):
-    np.testing.assert_array_equal(validation[i]["image"], full[48 + i]["image"])
-  with pytest.raises(IndexError):
-    validation[16]
-  assert train.num_classes == validation.num_classes == 10
-  with pytest.raises(training.ConfigError, match="validation_examples = 64 holds out the whole"):
-    training.split_validation(full, 64)
-  assert training.split_validation(full, 0) == (full, None)
-
   config = tiny_config(tmp_path / "data", batch_size=16, num_epochs=2, checkpoint_every_steps=100,
                        eval_batch_size=8)
   config.data.validation_examples = 16
@@ -398,3 +382,89 @@ def test_validation_split_is_held_out_and_the_test_split_is_read_once_at_the_end
   evals = [r for r in evals if r["kind"] == "eval"]
   assert [("validation_accuracy" in r, "test_accuracy" in r) for r in evals] == [(True, False), (True, True)]
   assert summary["validation_accuracy"] == evals[-1]["validation_accuracy"]
+
+
+def test_evaluate_workdir_prints_the_runs_test_accuracy(tmp_path, capsys):
+  from experiments import evaluate
+
+  write_fashion_mnist(tmp_path / "data", n_train=32, n_test=12)
+  summary = training.train_and_evaluate(tiny_config(tmp_path / "data"), str(tmp_path / "run"))
+  capsys.readouterr()
+  assert evaluate.main(["--workdir", str(tmp_path / "run"), "--batch-size", "8"]) == 0
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert line.startswith(f"{TINY} a=0.25 (step 4): top-1 {100 * summary['test_accuracy']:.2f}% top-5 ")
+  assert "on 12 images" in line
+
+
+def test_init_from_loads_everything_but_a_head_of_another_class_count(tmp_path, capsys):
+  config = tiny_config(tmp_path / "data", **{"data.name": "synthetic", "data.image_size": 8,
+                                              "data.max_train_examples": 16, "data.max_test_examples": 8})
+  training.train_and_evaluate(config, str(tmp_path / "source"))
+  trained, _ = training.read_checkpoint(str(tmp_path / "source"))
+
+  tx = training.make_optimizer(0.1)
+  fresh = training.create_train_state(TinyCNN(num_classes=4), tx, seed=0, input_shape=(1, 8, 8, 3))
+  loaded = training.init_from_checkpoint(fresh, str(tmp_path / "source"))
+  assert "init_from: the checkpoint has 10 classes, this run 4: params/Dense_0/bias, params/Dense_0/kernel " \
+         "re-initialised." in capsys.readouterr().out
+  chex.assert_trees_all_equal(loaded.params["Conv_0"], trained["params"]["Conv_0"])
+  chex.assert_trees_all_equal(loaded.batch_stats, trained["batch_stats"])
+  chex.assert_trees_all_equal(loaded.params["Dense_0"], fresh.params["Dense_0"])
+  assert int(loaded.step) == 0
+
+  class Wider(TinyCNN):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      x = nn.Conv(6, (3, 3))(x)
+      x = nn.BatchNorm(use_running_average=not train)(x)
+      return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+  other = training.create_train_state(Wider(num_classes=10), tx, seed=0, input_shape=(1, 8, 8, 3))
+  with pytest.raises(training.CheckpointMismatchError) as error:
+    training.init_from_checkpoint(other, str(tmp_path / "source"))
+  message = str(error.value)
+  assert "(7 parameters differ)" in message  # conv 2, BatchNorm 4, dense kernel
+  for line in ("params/Conv_0/kernel: checkpoint (3, 3, 3, 4), this model (3, 3, 3, 6)",
+               "params/Conv_0/bias: checkpoint (4,), this model (6,)",
+               "params/Dense_0/kernel: checkpoint (4, 10), this model (6, 10)",
+               "batch_stats/BatchNorm_0/mean: checkpoint (4,), this model (6,)"):
+    assert line in message
+
+
+@pytest.mark.slow
+def test_init_from_in_the_config_starts_a_run_and_resuming_ignores_it(tmp_path, capsys):
+  config = tiny_config(tmp_path / "data", **{"data.name": "synthetic", "data.image_size": 8,
+                                              "data.max_train_examples": 16, "data.max_test_examples": 8})
+  training.train_and_evaluate(config, str(tmp_path / "source"))
+  trained, _ = training.read_checkpoint(str(tmp_path / "source"))
+  tuned = tiny_config(tmp_path / "data", **{"data.name": "synthetic", "data.image_size": 8, "data.num_classes": 3,
+                                             "data.max_train_examples": 16, "data.max_test_examples": 8,
+                                             "learning_rate": 1e-9, "weight_decay": 0.0, "num_epochs": 1,
+                                             "init_from": str(tmp_path / "source")})
+  capsys.readouterr()
+  summary = training.train_and_evaluate(tuned, str(tmp_path / "tuned"))
+  assert "this run 3: params/Dense_0/bias, params/Dense_0/kernel re-initialised" in capsys.readouterr().out
+  got, _ = training.read_checkpoint(str(tmp_path / "tuned"))
+  # A learning rate of 1e-9: the convolution is the source run's, to float32 rounding.
+  chex.assert_trees_all_close(got["params"]["Conv_0"], trained["params"]["Conv_0"], atol=1e-6)
+  assert got["params"]["Dense_0"]["kernel"].shape == (4, 3)
+  tuned.num_epochs = 2
+  summary = training.train_and_evaluate(tuned, str(tmp_path / "tuned"))
+  assert summary["resumed_from_step"] == 2
+  assert "re-initialised" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_model_api_nnx_trains_through_the_same_loop_and_unknown_apis_are_refused(tmp_path):
+  write_fashion_mnist(tmp_path / "data", n_train=32, n_test=8)
+  config = tiny_config(tmp_path / "data", **{"model.name": "oct_resnet20", "model.alpha": 0.5, "model.api": "nnx"})
+  config.model.overrides.stage_sizes = (1, 1)
+  config.model.overrides.widths = (4, 8)
+  config.model.overrides.stem_features = 4
+  summary = training.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["steps"] == 4 and 0 <= summary["test_accuracy"] <= 1
+  variables, meta = training.read_checkpoint(str(tmp_path / "run"))
+  assert meta["config"]["model"]["api"] == "nnx" and "params" in variables
+  config.model.api = "haiku"
+  with pytest.raises(training.ConfigError, match=r"config.model.api must be 'linen' or 'nnx'; got 'haiku'"):
+    training.train_and_evaluate(config, str(tmp_path / "other"))

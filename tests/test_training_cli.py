@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,9 +22,9 @@ from pathlib import Path
 import chex
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from octflax.training.checkpoint import find_checkpoint, read_state
 from test_training import write_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,21 +87,23 @@ def run(command: list[str], env: dict[str, str], devices: int = 8, timeout: floa
 
 
 def final_state(workdir: Path) -> dict:
-  """The newest checkpoint's arrays as NumPy (shapes and dtypes from its metadata)."""
-  with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",),
-                             item_handlers={"state": ocp.StandardCheckpointHandler()},
-                             options=ocp.CheckpointManagerOptions(create=False)) as manager:
-    step = manager.latest_step()
-    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), manager.item_metadata(step)["state"])
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
-  return jax.tree.map(np.asarray, state)
+  """The newest checkpoint's arrays (step, params, batch_stats, opt_state, rng) as NumPy."""
+  return read_state(find_checkpoint(str(workdir)))
 
 
-def test_resume_after_sigkill_gives_the_uninterrupted_parameters(setup):
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+  """The working directory of an uninterrupted run of the tiny config."""
   root, env = setup
   reference = run(train_command(root, root / "uninterrupted"), env)
   assert reference.returncode == 0, reference.stderr[-3000:]
-  summary = json.loads((root / "uninterrupted" / "summary.json").read_text())
+  return root / "uninterrupted"
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_uninterrupted_parameters(setup, uninterrupted):
+  root, env = setup
+  summary = json.loads((uninterrupted / "summary.json").read_text())
   total = summary["steps"]
   assert total == 4 * (128 // 16)
 
@@ -145,6 +148,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_devices(setup):
   root, env = setup
   flags = ("--config.num_epochs=1", "--config.checkpoint_every_steps=100")
@@ -185,7 +189,12 @@ def test_unknown_config_field_on_the_command_line(setup):
 
 def test_missing_data_says_how_to_fix_it(setup):
   root, env = setup
-  result = run(train_command(root, root / "nodata", f"--config.data.dir={root / 'absent'}"), env)
+  # Nowhere to find or fetch the data: Debian's folder hidden (in the child), an empty cache, no server.
+  env = dict(env, OCTFLAX_DATA_DIR=str(root / "empty_cache"), OCTFLAX_FASHION_MNIST_URL="http://127.0.0.1:9/")
+  command = train_command(root, root / "nodata", f"--config.data.dir={root / 'absent'}")
+  hide_debian = ("import sys; from octflax.data import download; download.FASHION_MNIST_DIR = sys.argv.pop(1); "
+                 "from experiments import train; train.run()")
+  result = run([command[0], "-c", hide_debian, str(root / "no-debian"), *command[3:]], env)
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
   error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -202,6 +211,19 @@ def test_batch_size_not_divisible_on_the_command_line(setup):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+def test_workdir_that_is_a_file_on_the_command_line(setup):
+  root, env = setup
+  (root / "a_file").write_text("not a directory")
+  result = run(train_command(root, root / "a_file"), env)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert [line for line in result.stderr.splitlines() if line.strip()] == [
+      f"error: --workdir '{root / 'a_file'}' ({root / 'a_file'}) is a file, not a directory; give a directory "
+      "(it is created if missing)."]
+
+
+@pytest.mark.slow
 def test_diverging_run_stops_with_a_message_and_keeps_the_last_good_checkpoint(setup):
   root, env = setup
   workdir = root / "diverged"
@@ -225,6 +247,7 @@ def test_diverging_run_stops_with_a_message_and_keeps_the_last_good_checkpoint(s
   assert not (workdir / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_sweep_writes_results_and_plot_and_reuses_finished_runs(setup, tmp_path):
   root, env = setup
   results = tmp_path / "sweep.json"
@@ -266,3 +289,83 @@ def test_sweep_writes_results_and_plot_and_reuses_finished_runs(setup, tmp_path)
   other = [c for c in more if not c.startswith("--config.num_epochs")] + ["--config.num_epochs=2"]
   refused = run(other, env)
   assert refused.returncode != 0 and "cannot be merged" in refused.stderr and "overrides" in refused.stderr
+
+
+@pytest.mark.slow
+def test_readme_command_with_relative_paths_checkpoints_and_resumes(setup, tmp_path):
+  root, env = setup
+  shutil.copytree(root / "data", tmp_path / "data")
+  shutil.copy(root / "tiny.py", tmp_path / "tiny.py")
+  # As the README has it: a relative --workdir (and here a relative config and data folder too).
+  command = [sys.executable, "-m", "experiments.train", "--workdir", "runs/fashion_mnist", "--config", "tiny.py",
+             "--config.data.dir=data", "--config.num_epochs=1"]
+  env = dict(env, XLA_FLAGS=xla_flags(8))
+  first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "Traceback" not in first.stderr
+  workdir = tmp_path / "runs" / "fashion_mnist"
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["5", "8"]
+  again = subprocess.run(command[:-1] + ["--config.num_epochs=2"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=240)
+  assert again.returncode == 0, again.stderr[-3000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["resumed_from_step"] == 8 and summary["steps"] == 16
+
+
+def _wait_for(path: Path, processes, timeout: float = 200) -> None:
+  deadline = time.time() + timeout
+  while not path.exists() and all(p.poll() is None for p in processes) and time.time() < deadline:
+    time.sleep(0.005)
+  assert path.exists(), "the run ended before its first checkpoint"
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_checkpoints_that_step_exits_75_and_resumes_exactly(setup, uninterrupted):
+  root, env = setup
+  workdir = root / "terminated"
+  process = subprocess.Popen(train_command(root, workdir), cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=dict(env, XLA_FLAGS=xla_flags(8)))
+  _wait_for(workdir / "checkpoints" / "5", [process])
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 75, err[-3000:]
+  assert "Traceback" not in err
+  match = re.search(r"stopped by SIGTERM at step (\d+) of 32; checkpoint saved in .*\. Run the same command", err)
+  assert match, err[-3000:]
+  stopped_at = int(match.group(1))
+  steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert max(steps) == stopped_at and 5 <= stopped_at < 32
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  logged = [r["step"] for r in records if r["kind"] == "train"]
+  assert logged == list(range(4, stopped_at + 1, 4))  # Every logged step before the stop, flushed.
+
+  resumed = run(train_command(root, workdir), env)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert json.loads((workdir / "summary.json").read_text())["resumed_from_step"] == stopped_at
+  expected, got = final_state(uninterrupted), final_state(workdir)
+  chex.assert_trees_all_close(got["params"], expected["params"], rtol=0, atol=1e-6)
+  chex.assert_trees_all_close(got["batch_stats"], expected["batch_stats"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_receiving_sigterm_save_the_same_step(setup):
+  root, env = setup
+  port = _free_port()
+  workdir = root / "two_terminated"
+  processes = [
+      subprocess.Popen(train_command(root, workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                                     f"--process_id={i}"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, env=dict(env, XLA_FLAGS=xla_flags(2), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"))
+      for i in range(2)]
+  _wait_for(workdir / "checkpoints" / "5", processes)
+  for p in processes:
+    p.send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=120) for p in processes]
+  steps = []
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 75, err[-3000:]
+    steps.append(int(re.search(r"stopped by SIGTERM at step (\d+)", err).group(1)))
+  assert steps[0] == steps[1]
+  saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert max(saved) == steps[0]
+  assert int(final_state(workdir)["step"]) == steps[0]

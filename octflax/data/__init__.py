@@ -15,6 +15,7 @@ Sources follow grain's random-access protocol (``len`` and ``source[i] ->
 """
 
 from octflax.data.augment import AUGMENTATIONS
+from octflax.data.download import FASHION_MNIST_DIR, download_fashion_mnist, find_fashion_mnist
 from octflax.data.errors import DataError, MissingDataError
 from octflax.data.pipeline import EpochLoader, input_shape, make_loader, steps_per_epoch
 from octflax.data.sources import (
@@ -22,7 +23,6 @@ from octflax.data.sources import (
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
-    FASHION_MNIST_DIR,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     IMAGENET_MEAN,
@@ -56,7 +56,9 @@ __all__ = [
     "Subset",
     "SyntheticSource",
     "cifar",
+    "download_fashion_mnist",
     "fashion_mnist",
+    "find_fashion_mnist",
     "image_folder",
     "input_shape",
     "make_loader",
@@ -64,3 +66,6 @@ __all__ = [
     "steps_per_epoch",
     "synthetic",
 ]
+
+from octflax.data.clips import MovingGarments, moving_fashion_mnist  # noqa: E402  (clip data set)
+__all__ += ["MovingGarments", "moving_fashion_mnist"]

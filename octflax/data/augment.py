@@ -1,8 +1,9 @@
 """Image augmentations driven by given uniform numbers.
 
 Each function takes its randomness as an array of uniform numbers in [0, 1)
-(from `octflax.data._hashing.uniform`, keyed by seed, epoch and example index),
-so an augmentation is a pure function of its inputs. Crops of fixed-size
+(drawn by the pipeline's grain ``random_map``, a function of the seed, the
+epoch and the example's position in the epoch), so an augmentation is a pure
+function of its inputs. Crops of fixed-size
 images are vectorised over the batch in NumPy; the ImageNet crops resize each
 image with PIL.
 """

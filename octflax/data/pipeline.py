@@ -1,15 +1,30 @@
 """The input pipeline: shuffled, augmented, normalised batches on grain, sharded by process.
 
-One call of `make_loader` gives one epoch. The global order of an epoch is a
-pure function of ``(seed, epoch)``; global batch ``k`` holds positions
-``k * G .. (k + 1) * G - 1`` of that order (``G`` = per-process batch times the
-number of processes), and process ``p`` takes the ``p``-th slice of it. So the
-union of the processes' batches ``k`` is global batch ``k`` whatever the number
-of processes, and resuming at batch ``k`` needs no work for the batches before.
-Augmentations draw their randomness from ``(seed, epoch, example index)``.
+One call of `make_loader` gives one epoch, as a chain of grain ``MapDataset``
+transformations over example indices::
 
-Elements of the grain pipeline are whole batches, built with vectorised NumPy
-gathers and crops, so the per-example Python cost stays small.
+  MapDataset.range(N).shuffle(seed)          # the epoch's order (training)
+            .random_map(draw, seed)          # each position's augmentation numbers
+            .batch(B)                        # chunks of B positions
+            [p + start * P : nb * P : P]     # this process's chunk of each global batch
+            .map(build)                      # read, augment, normalise: the batch
+
+with ``B`` the per-process batch, ``P`` processes, ``G = B * P`` the global
+batch and ``nb`` the number of global batches. Global batch ``k`` is positions
+``k * G .. (k + 1) * G - 1`` of the order, and process ``p`` takes chunk
+``k * P + p``, the ``p``-th ``B`` of them, so the union of the processes'
+batches ``k`` is global batch ``k`` whatever the number of processes. The
+order and the augmentation numbers are pure functions of ``(seed, epoch,
+position)``: a run can be resumed mid-epoch (``start_batch``) at no cost and
+split over any number of processes with identical batches.
+
+Kept by hand, since grain has no equivalent: the per-epoch seeds (below), the
+padded and masked last batch of an evaluation (the same number of batches on
+every process), and ``build``, which reads a whole batch with one NumPy gather
+and crops it vectorised (grain's ``batch`` reads its parent one element at a
+time: a Python call per example). The shuffle, batch and ``random_map`` still
+cost a few grain calls per example; they hold the GIL, so ``num_threads`` does
+not speed them up.
 """
 
 from __future__ import annotations
@@ -27,7 +42,7 @@ try:
 except (ImportError, AttributeError):  # Older grain releases.
   import grain.python as grain  # type: ignore[no-redef]
 
-from octflax.data import _hashing, augment as aug
+from octflax.data import augment as aug
 from octflax.data.errors import DataError
 from octflax.data.sources import gather
 
@@ -63,76 +78,87 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
   return int(value)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-  """Everything that defines the batches of one epoch on one process."""
+def epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
+  """The seeds of an epoch's shuffle and augmentations, both in ``0 .. 2**32 - 1``.
 
+  A hash of ``(seed, epoch)`` (NumPy's ``SeedSequence``, stable across NumPy
+  versions). grain's own per-epoch reseeding uses ``seed + epoch``, under which
+  seed 1 at epoch 0 would repeat the order of seed 0 at epoch 1; the runs of a
+  sweep over seeds should not share orders.
+
+  >>> epoch_seeds(0, 0) == epoch_seeds(0, 0) != epoch_seeds(0, 1)
+  True
+  """
+  shuffle_seed, augment_seed = np.random.SeedSequence([int(seed) % 2**64, int(epoch)]).generate_state(2)
+  return int(shuffle_seed), int(augment_seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Build:
+  """Turns a chunk of positions into a batch (the grain map at the end of the chain).
+
+  A chunk is an int64 array [B] of example indices, with the uniform numbers
+  [B, draws] of the augmentation when it draws any; in evaluation the indices
+  are positions, those at or past `num_examples` padding.
+  """
+
+  source: Any
   num_examples: int
-  batch_size: int
-  global_batch_size: int
-  process_index: int
-  num_batches: int
   train: bool
-  seed: int
-  epoch: int
   augment: str
   out_shape: tuple[int, int, int]
   resize: bool  # 'none' with a resize to out_shape (centre crop of the shorter side).
-  order: np.ndarray | None  # The epoch's order (train); None means identity.
   mean: np.ndarray
   std: np.ndarray
 
-
-class _BatchFn:
-  """Builds local batch `k` of the epoch (a grain map transform over batch numbers)."""
-
-  def __init__(self, source: Any, plan: _Plan):
-    self._source = source
-    self._plan = plan
-
-  def _transform(self, images: list[np.ndarray] | np.ndarray, indices: np.ndarray) -> np.ndarray:
-    plan = self._plan
-    size = plan.out_shape[0]
-    draws = aug.NUM_DRAWS[plan.augment] if plan.train else 0
-    u = _hashing.uniform(_hashing.TAG_AUGMENT, plan.seed, plan.epoch, indices, draws=draws) if draws else None
-    if plan.augment == "imagenet":
-      if plan.train:
+  def _transform(self, images: list[np.ndarray] | np.ndarray, u: np.ndarray | None) -> np.ndarray:
+    size = self.out_shape[0]
+    if self.augment == "imagenet":
+      if self.train:
         out = [aug.imagenet_train(image, u[i], size) for i, image in enumerate(images)]
       else:
         out = [aug.center_resize(image, size) for image in images]
       return np.stack(out)
-    if plan.resize:
+    if self.resize:
       return np.stack([aug.center_resize(image, size, crop_fraction=1.0) for image in images])
     if not isinstance(images, np.ndarray):
       shapes = {image.shape for image in images}
-      if len(shapes) != 1 or next(iter(shapes)) != plan.out_shape:
+      if len(shapes) != 1 or next(iter(shapes)) != self.out_shape:
         raise DataError(
-            f"{self._source!r}: images of shapes {sorted(shapes)} in one batch; expected all "
-            f"{plan.out_shape}. Pass image_size=... (resizes) or augment='imagenet'."
+            f"{self.source!r}: images of shapes {sorted(shapes)} in one batch; expected all "
+            f"{self.out_shape}. Pass image_size=... (resizes) or augment='imagenet'."
         )
       images = np.stack(images)
-    if plan.train and plan.augment in ("crop", "crop_flip"):
-      return aug.random_crop_flip(images, u, flip=plan.augment == "crop_flip")
+    if self.train and self.augment in ("crop", "crop_flip"):
+      return aug.random_crop_flip(images, u, flip=self.augment == "crop_flip")
     return images
 
-  def __call__(self, k: int) -> Batch:
-    plan = self._plan
-    start = int(k) * plan.global_batch_size + plan.process_index * plan.batch_size
-    positions = np.arange(start, start + plan.batch_size, dtype=np.int64)
-    valid = positions < plan.num_examples
+  def __call__(self, chunk: np.ndarray | tuple[np.ndarray, np.ndarray]) -> Batch:
+    indices, u = chunk if isinstance(chunk, tuple) else (chunk, None)
+    indices = np.asarray(indices, dtype=np.int64)
+    valid = indices < self.num_examples
     count = int(valid.sum())  # Valid positions form a prefix.
-    indices = plan.order[positions] if plan.order is not None else positions[:count]
-    image = np.zeros((plan.batch_size,) + plan.out_shape, dtype=np.float32)
-    label = np.zeros((plan.batch_size,), dtype=np.int32)
+    image = np.zeros((len(indices),) + self.out_shape, dtype=np.float32)
+    label = np.zeros((len(indices),), dtype=np.int32)
     if count:
-      images, labels = gather(self._source, indices)
-      pixels = self._transform(images, indices)
-      np.divide(np.subtract(pixels, plan.mean, dtype=np.float32), plan.std, out=image[:count])
+      images, labels = gather(self.source, indices[:count])
+      pixels = self._transform(images, u)
+      np.divide(np.subtract(pixels, self.mean, dtype=np.float32), self.std, out=image[:count])
       label[:count] = labels
     batch = {"image": image, "label": label}
-    if not plan.train:
+    if not self.train:
       batch["mask"] = valid.astype(np.float32)
     return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class _Draw:
+  """grain random map: position -> (example index, `draws` uniform numbers in [0, 1))."""
+
+  draws: int
+
+  def __call__(self, index: int, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    return index, rng.random(self.draws)
 
 
 class EpochLoader(Iterator[Batch]):
@@ -264,8 +290,8 @@ def make_loader(
 ) -> Iterator[Batch]:
   """Batches of one epoch of `source` for this process, on grain.
 
-  Training (``train=True``): the epoch's order is a shuffle that is a pure
-  function of ``(seed, epoch)``; global batch ``k`` is positions
+  Training (``train=True``): the epoch's order is grain's shuffle with the
+  seed `epoch_seeds` ``(seed, epoch)``; global batch ``k`` is positions
   ``k*G .. k*G + G - 1`` of it (``G = batch_size * process_count``), process
   ``p`` gets the ``p``-th `batch_size` slice, and the last partial global batch
   is dropped. Evaluation (``train=False``): the order is the source's order, the
@@ -273,8 +299,9 @@ def make_loader(
   example appears exactly once across processes and every process yields the
   same number of batches.
 
-  Augmentations (train only, except the resize of ``'imagenet'``) are pure
-  functions of ``(seed, epoch, example index)``:
+  Augmentations (train only, except the resize of ``'imagenet'``) draw their
+  numbers with grain's ``random_map``, a pure function of ``(seed, epoch,
+  position in the epoch)``, the same for any batch size and process count:
 
   - ``'none'``: images as stored (or, with `image_size` different from the
     stored size, the shorter side resized to `image_size` and the centre cropped).
@@ -370,23 +397,16 @@ def make_loader(
   if start_batch > num_batches:
     raise DataError(f"start_batch must be in 0..{num_batches} (batches per epoch); got {start_batch}.")
 
-  order = _hashing.permutation(num_examples, _hashing.TAG_SHUFFLE, int(seed), epoch) if train else None
-  plan = _Plan(
-      num_examples=num_examples,
-      batch_size=batch_size,
-      global_batch_size=global_batch_size,
-      process_index=process_index,
-      num_batches=num_batches,
-      train=bool(train),
-      seed=int(seed),
-      epoch=epoch,
-      augment=augment,
-      out_shape=out_shape,
-      resize=resize,
-      order=order,
-      mean=mean,
-      std=std,
-  )
-  dataset = grain.MapDataset.range(start_batch, num_batches).map(_BatchFn(source, plan))
+  shuffle_seed, augment_seed = epoch_seeds(seed, epoch)
+  draws = aug.NUM_DRAWS[augment] if train else 0
+  if train:
+    positions = grain.MapDataset.range(num_examples).shuffle(seed=shuffle_seed)
+    if draws:
+      positions = positions.random_map(_Draw(draws), seed=augment_seed)
+  else:  # The source's order, padded to whole global batches.
+    positions = grain.MapDataset.range(num_batches * global_batch_size)
+  chunks = positions.batch(batch_size, drop_remainder=train)
+  local = chunks[process_index + start_batch * process_count : num_batches * process_count : process_count]
+  dataset = local.map(_Build(source, num_examples, bool(train), augment, out_shape, resize, mean, std))
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
   return EpochLoader(dataset, read_options, num_batches, start_batch, global_batch_size)

@@ -18,21 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from octflax.data import _hashing
+from octflax.data.download import FASHION_MNIST_DIR, FASHION_MNIST_FILES, FIX_FASHION_MNIST, find_fashion_mnist, find_idx_file
 from octflax.data.errors import DataError, MissingDataError
 
 Example = dict[str, np.ndarray]
-
-# Default location of Debian's `dataset-fashion-mnist` package.
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-_FIX_FASHION_MNIST = (
-    "Install it with `apt-get install -y dataset-fashion-mnist` (Debian package, "
-    "installs to /usr/share/datasets/fashion-mnist/) or pass --config.data.dir=DIR "
-    "naming a directory that holds the four original IDX files "
-    "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)."
-)
 
 # Per-channel statistics on the 0..255 scale.
 # Fashion-MNIST: mean and (population) standard deviation over all pixels of the
@@ -209,28 +198,6 @@ class ArraySource:
 
 _IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions.
 _IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension.
-_FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
-
-def _find_idx_file(data_dir: Path, stem: str) -> Path:
-  for name in (stem + ".gz", stem):
-    path = data_dir / name
-    if path.is_file():
-      return path
-  if not data_dir.is_dir():
-    raise MissingDataError(
-        f"Fashion-MNIST directory {data_dir} does not exist (looked for {stem}.gz there). "
-        + _FIX_FASHION_MNIST
-    )
-  raise MissingDataError(
-      f"Fashion-MNIST file {data_dir / (stem + '.gz')} is missing (nor is the uncompressed "
-      f"{stem} there). " + _FIX_FASHION_MNIST
-  )
-
-
 def _read_maybe_gzip(path: Path) -> tuple[bytes, bool]:
   """Returns (content, complete); `complete` is False for a cut gzip stream."""
   raw = path.read_bytes()
@@ -246,7 +213,7 @@ def _read_maybe_gzip(path: Path) -> tuple[bytes, bool]:
     except zlib.error as e:
       raise DataError(
           f"{path}: not a valid gzip file ({e}); expected the original gzipped IDX file. "
-          + _FIX_FASHION_MNIST
+          + FIX_FASHION_MNIST
       ) from e
     if not decoder.eof:
       complete = False
@@ -284,19 +251,21 @@ def _read_idx(path: Path, magic: int, ndim: int) -> tuple[tuple[int, ...], np.nd
 
 
 def fashion_mnist(
-    data_dir: str | os.PathLike[str] = FASHION_MNIST_DIR,
+    data_dir: str | os.PathLike[str] | None = FASHION_MNIST_DIR,
     split: str = "train",
     max_examples: int = 0,
 ) -> ArraySource:
-  """Reads Fashion-MNIST from its original IDX files.
+  """Reads Fashion-MNIST from its original IDX files, downloading them on first use.
 
-  Looks for ``train-images-idx3-ubyte.gz`` etc. in `data_dir`, falling back to
-  the uncompressed names when a ``.gz`` file is absent, and checks magic
+  Looks for ``train-images-idx3-ubyte.gz`` etc. (or the uncompressed names) in
+  `data_dir`, then in Debian's folder, then in the cache, and downloads them
+  into the cache when they are in none (see `find_fashion_mnist`). Checks magic
   numbers, dimensions, file sizes, counts and labels.
 
   Args:
-    data_dir: directory holding the IDX files (Debian's
-      ``dataset-fashion-mnist`` installs them at the default).
+    data_dir: directory holding the IDX files, relative, absolute or starting
+      with ``~`` (Debian's ``dataset-fashion-mnist`` installs them at the
+      default); None looks only in Debian's folder and the cache.
     split: ``'train'`` (60,000 examples) or ``'test'`` (10,000).
     max_examples: keep only the first this many examples; 0 keeps all.
 
@@ -305,17 +274,15 @@ def fashion_mnist(
     training-set mean and std.
 
   Raises:
-    MissingDataError: a directory or file is missing (the message says how to
-      install the data).
+    MissingDataError: the files are nowhere and cannot be downloaded (the
+      message says how to install the data).
     DataError: a file is malformed (wrong magic number or dimensions, truncated,
       image and label counts differ, labels out of range) or an argument is bad.
   """
   split = _check_split(split, ("train", "test"))
   max_examples = _check_max_examples(max_examples)
-  data_dir = Path(data_dir)
-  images_stem, labels_stem = _FASHION_MNIST_FILES[split]
-  images_path = _find_idx_file(data_dir, images_stem)
-  labels_path = _find_idx_file(data_dir, labels_stem)
+  directory = find_fashion_mnist(data_dir, split)
+  images_path, labels_path = (find_idx_file(directory, stem) for stem in FASHION_MNIST_FILES[split])
 
   dims, pixels = _read_idx(images_path, _IDX_IMAGES_MAGIC, 3)
   count, rows, cols = dims
@@ -468,7 +435,7 @@ def cifar(
   split = _check_split(split, ("train", "test"))
   max_examples = _check_max_examples(max_examples)
   layout = _CIFAR_LAYOUT[num_classes]
-  root = Path(data_dir)
+  root = Path(data_dir).expanduser()
   if not root.is_dir():
     raise MissingDataError(f"CIFAR-{num_classes} directory {root} does not exist. " + _cifar_fix(num_classes))
   if (root / layout["subdir"]).is_dir():
@@ -532,7 +499,7 @@ class ImageFolderSource:
       MissingDataError: the folder does not exist.
       DataError: there are no class folders or no images.
     """
-    folder = Path(root) if split is None else Path(root) / split
+    folder = Path(root).expanduser() if split is None else Path(root).expanduser() / split
     if not folder.is_dir():
       raise MissingDataError(
           f"image folder {folder} does not exist; expected a tree {folder}/<class>/<image>.jpg "
@@ -627,7 +594,8 @@ class SyntheticSource:
   """Deterministic random images and labels, generated on access.
 
   Image ``i`` is uniform noise from a generator seeded with ``(seed, i)`` and
-  its label a hash of ``(seed, i)``, so every access returns the same example.
+  the labels are drawn once from a generator of ``seed``, so every access
+  returns the same example.
 
   Attributes:
     num_classes: number of classes.
@@ -668,8 +636,9 @@ class SyntheticSource:
     self.image_shape: tuple[int, int, int] | None = tuple(int(d) for d in shape)  # type: ignore[assignment]
     self.seed = int(seed)
     self._entropy = self.seed & ((1 << 64) - 1)
-    keys = _hashing.hash_keys(_hashing.TAG_SYNTHETIC_LABEL, self.seed, np.arange(num_examples))
-    self.labels = (keys % np.uint64(self.num_classes)).astype(np.int32)
+    # The labels have a stream of their own (a spawn key), apart from the images' (seed, index) ones.
+    labels = np.random.default_rng(np.random.SeedSequence(self._entropy, spawn_key=(1,)))
+    self.labels = labels.integers(0, self.num_classes, num_examples, dtype=np.int32)
     channels = self.image_shape[-1]
     self.mean = (SYNTHETIC_MEAN,) * channels
     self.std = (SYNTHETIC_STD,) * channels

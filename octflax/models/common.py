@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ def stage_alphas(alpha: float, num_stages: int) -> list[float]:
   return [alpha] * (num_stages - 1) + [0.0]
 
 
-def resplit(x: OctTensor, alpha: float) -> OctTensor:
+def resplit(x: OctTensor, alpha: float, octave_axes: tuple[int, ...] | None = None) -> OctTensor:
   """Re-splits ``x`` at a new ratio without parameters (merge, then split again).
 
   Used by identity shortcuts whose block changes alpha but not the channel count.
@@ -41,14 +42,27 @@ def resplit(x: OctTensor, alpha: float) -> OctTensor:
   x = as_oct(x)
   if x.alpha == alpha:
     return x
-  return OctTensor.from_array(x.merge(), alpha)
+  if octave_axes is None:
+    return OctTensor.from_array(x.merge(), alpha)
+  return OctTensor.from_array(x.merge(octave_axes), alpha, octave_axes)
 
 
 def unit_factory(dtype: Any, momentum: float, epsilon: float, axis_name: str | None, fuse: bool,
-                 pool_stride: bool = True) -> ModuleDef:
+                 pool_stride: bool = True, octave_axes: tuple[int, ...] | None = None) -> ModuleDef:
   """The conv-BN unit a network is built from, with its shared settings bound."""
+  kwargs = {} if octave_axes is None else {"octave_axes": tuple(octave_axes)}
   return functools.partial(OctConvBN, dtype=dtype, momentum=momentum, epsilon=epsilon,
-                           axis_name=axis_name, fuse=fuse, pool_stride=pool_stride)
+                           axis_name=axis_name, fuse=fuse, pool_stride=pool_stride, **kwargs)
+
+
+def block_kernel(size: int, time_kernel: int | None) -> int | tuple[int, int, int]:
+  """A block's kernel: ``size`` (2-D images) or ``(time_kernel, size, size)`` (3-D clips)."""
+  return size if time_kernel is None else (time_kernel, size, size)
+
+
+def block_strides(strides: int, time_kernel: int | None) -> int | tuple[int, int, int]:
+  """A block's spatial stride: ``strides`` (2-D) or ``(1, strides, strides)`` (3-D; time keeps its rate)."""
+  return strides if time_kernel is None else (1, strides, strides)
 
 
 class Classifier(nn.Module):
@@ -59,7 +73,9 @@ class Classifier(nn.Module):
 
   @nn.compact
   def __call__(self, x: OctTensor | Array) -> Array:
-    features = global_avg_pool(x)
+    x = as_oct(x)
+    spatial_dims = (x.high if x.high is not None else x.low).ndim - 2
+    features = global_avg_pool(x, spatial_dims)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(features)
     return logits.astype(jnp.float32)
 
@@ -69,5 +85,61 @@ def check_num_classes(num_classes: int) -> None:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
 
 
-Activation = Callable[[Array], Array]
-StageSpec = Sequence[int]
+
+class FeatureStrides(Mapping):
+  """Feature name -> per-axis stride: a read-only mapping that is static under `jax.jit`.
+
+  It is a pytree with no leaves (the strides are its static data), so the strides a
+  jitted function returns are still Python ints, usable for shapes.
+  """
+
+  def __init__(self, items: Iterable[tuple[str, Sequence[int]]]):
+    self._items = tuple((str(name), tuple(int(s) for s in stride)) for name, stride in items)
+
+  def __getitem__(self, name: str) -> tuple[int, ...]:
+    return dict(self._items)[name]
+
+  def __iter__(self) -> Iterator[str]:
+    return (name for name, _ in self._items)
+
+  def __len__(self) -> int:
+    return len(self._items)
+
+  def __eq__(self, other: Any) -> bool:
+    return isinstance(other, Mapping) and dict(self._items) == dict(other.items())
+
+  def __hash__(self) -> int:
+    return hash(self._items)
+
+  def __repr__(self) -> str:
+    return f"FeatureStrides({dict(self._items)})"
+
+
+jax.tree_util.register_pytree_node(
+    FeatureStrides, lambda strides: ((), strides._items), lambda items, _: FeatureStrides(items))
+
+
+def backbone_features(maps: dict[str, Any], strides: dict[str, Sequence[int]]) -> dict[str, Any]:
+  """The backbone convention of every zoo model: feature maps and their strides.
+
+  A model called with ``return_features=True`` returns, instead of logits::
+
+    {'stem': OctTensor, 'stage1': OctTensor, ..., 'strides': {'stem': (2, 2), ...}}
+
+  Each map is an `OctTensor` (a vanilla map is ``OctTensor(high=x, low=None)``; its
+  ``merge()`` gives one array); its stride is that of the high part relative to the
+  input, per spatial axis (the low part has twice that stride on every octave axis).
+  ``strides`` is a `FeatureStrides`: Python ints inside and outside `jax.jit`.
+
+  Args:
+    maps: name -> feature map (an OctTensor or an array), in network order.
+    strides: name -> per-axis stride of the high part; the same keys as ``maps``.
+
+  Returns:
+    ``{**maps as OctTensors, 'strides': FeatureStrides}``.
+  """
+  if set(maps) != set(strides):
+    raise ValueError(f"maps {sorted(maps)} and strides {sorted(strides)} name different features.")
+  out: dict[str, Any] = {name: as_oct(value) for name, value in maps.items()}
+  out["strides"] = FeatureStrides((name, strides[name]) for name in maps)
+  return out

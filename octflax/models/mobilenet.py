@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from octflax.functional import oct_add
-from octflax.models.common import Classifier, check_num_classes, stage_alphas, unit_factory
+from octflax.models.common import (
+    Classifier, backbone_features, check_num_classes, stage_alphas, unit_factory)
 from octflax.tensor import as_oct
 
 Array = jax.Array
@@ -50,6 +51,29 @@ def _last_stage_starts(strides: list[int]) -> int:
   return max(i for i, s in enumerate(strides) if s == 2)
 
 
+def _feature_ends(strides: list[int]) -> list[int]:
+  """Blocks whose output is a backbone feature: the last block at each resolution."""
+  return [i for i in range(len(strides)) if i == len(strides) - 1 or strides[i + 1] == 2]
+
+
+class _Features:
+  """Collects the last map at each resolution: 'stem' (stride 2), then 'stage1', ... (4, 8, ...)."""
+
+  def __init__(self, stem_stride: int, block_strides: list[int]):
+    self.block_strides, self.stride = block_strides, stem_stride
+    self.ends = set(_feature_ends(block_strides))
+    self.maps, self.strides = {}, {}
+
+  def after_block(self, i: int, x) -> None:
+    self.stride *= self.block_strides[i]
+    if i in self.ends:
+      name = "stem" if not self.maps else f"stage{len(self.maps)}"
+      self.maps[name], self.strides[name] = x, (self.stride, self.stride)
+
+  def result(self) -> dict:
+    return backbone_features(self.maps, self.strides)
+
+
 class _MobileNet(nn.Module):
   """Attributes and checks shared by both MobileNets."""
 
@@ -80,9 +104,18 @@ class MobileNetV1(_MobileNet):
   """
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = True) -> Array:
+  def __call__(self, x: Array, train: bool = True, return_features: bool = False) -> Array | dict:
+    """Logits ``[N, num_classes]``, or with ``return_features`` the backbone's maps.
+
+    Args:
+      x: images ``[N, H, W, C]``.
+      train: batch statistics (True) or running averages (False) in BatchNorm.
+      return_features: return `backbone_features`: the last map at each resolution,
+        ``stem`` (stride 2, after the first block), ``stage1``..``stage4`` (4 to 32).
+    """
     unit = unit_factory(self.dtype, self.momentum, self.epsilon, self.axis_name, self.fuse)
     width = lambda c: max(1, int(c * self.width_multiplier))
+    collected = _Features(2, [s for _, s in _V1_BLOCKS])
     x = _vanilla_stem(width(32), self.dtype, self.momentum, self.epsilon, self.axis_name, train,
                       x.astype(self.dtype), relu)
     # A depthwise conv cannot change alpha, so the pointwise conv just before the last
@@ -98,7 +131,10 @@ class MobileNetV1(_MobileNet):
                activation=relu, name=f"block{i}_depthwise")(x, train)
       x = unit(width(features), 1, alpha_in, alpha_out, activation=relu,
                name=f"block{i}_pointwise")(x, train)
+      collected.after_block(i, x)
       alpha_in = alpha_out
+    if return_features:
+      return collected.result()
     return Classifier(self.num_classes, self.dtype, name="head")(x)
 
 
@@ -137,16 +173,29 @@ class MobileNetV2(_MobileNet):
   """
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = True) -> Array:
+  def __call__(self, x: Array, train: bool = True, return_features: bool = False) -> Array | dict:
+    """Logits ``[N, num_classes]``, or with ``return_features`` the backbone's maps.
+
+    Args:
+      x: images ``[N, H, W, C]``.
+      train: batch statistics (True) or running averages (False) in BatchNorm.
+      return_features: return `backbone_features`: the last block's output at each
+        resolution, ``stem`` (stride 2), ``stage1``..``stage4`` (4 to 32); the last
+        1x1 conv and the classifier are not run.
+    """
     unit = unit_factory(self.dtype, self.momentum, self.epsilon, self.axis_name, self.fuse)
     x = _vanilla_stem(_make_divisible(32 * self.width_multiplier), self.dtype, self.momentum,
                       self.epsilon, self.axis_name, train, x.astype(self.dtype), relu6)
     blocks = [(t, c, s if i == 0 else 1) for t, c, n, s in _V2_BLOCKS for i in range(n)]
     last = _last_stage_starts([s for _, _, s in blocks])
+    collected = _Features(2, [s for _, _, s in blocks])
     for i, (t, c, s) in enumerate(blocks):
       alpha = 0.0 if i >= last else self.alpha
       x = InvertedResidual(_make_divisible(c * self.width_multiplier), t, s, alpha, unit,
                            name=f"block{i}")(x, train)
+      collected.after_block(i, x)
+    if return_features:
+      return collected.result()
     last_features = _make_divisible(1280 * max(1.0, self.width_multiplier))
     x = unit(last_features, 1, 0.0, 0.0, activation=relu6, name="last_conv")(x, train)
     return Classifier(self.num_classes, self.dtype, name="head")(x)

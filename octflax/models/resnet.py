@@ -16,7 +16,8 @@ from flax import linen as nn
 from octflax.functional import global_avg_pool, oct_add, oct_max_pool
 from octflax.layers import OctBatchNorm, OctConv
 from octflax.models.common import (
-    Classifier, ModuleDef, check_num_classes, resplit, stage_alphas, unit_factory)
+    Classifier, ModuleDef, backbone_features, block_kernel, block_strides, check_num_classes,
+    resplit, stage_alphas, unit_factory)
 from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
@@ -24,34 +25,59 @@ relu = jax.nn.relu
 
 
 class OctSqueezeExcite(nn.Module):
-  """Squeeze-and-excitation over both parts: one gate vector, split like the channels."""
+  """Squeeze-and-excitation over both parts: one gate vector, split like the channels.
+
+  ``s = sigmoid(W2 relu(W1 mean(x)))`` over the concatenated channels of both parts;
+  each part is multiplied by its slice of ``s``.
+
+  Attributes:
+    reduction: channels of the hidden layer are ``max(C // reduction, 1)``.
+    dtype: compute dtype of the two dense layers; None uses the input's.
+  """
 
   reduction: int = 16
-  dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: OctTensor) -> OctTensor:
+    x = as_oct(x)
+    dtype = self.dtype or x.dtype
     channels = x.channels
     s = global_avg_pool(x)
-    s = relu(nn.Dense(max(channels // self.reduction, 1), dtype=self.dtype, name="reduce")(s))
-    s = jax.nn.sigmoid(nn.Dense(channels, dtype=self.dtype, name="expand")(s))
-    gate_high, gate_low = s[:, : x.high_channels], s[:, x.high_channels:]
-    return OctTensor(
-        high=None if x.high is None else x.high * gate_high[:, None, None, :].astype(x.high.dtype),
-        low=None if x.low is None else x.low * gate_low[:, None, None, :].astype(x.low.dtype),
-    )
+    s = relu(nn.Dense(max(channels // self.reduction, 1), dtype=dtype, name="reduce")(s))
+    s = jax.nn.sigmoid(nn.Dense(channels, dtype=dtype, name="expand")(s))
+    gates = OctTensor(high=None if x.high is None else s[:, : x.high_channels],
+                      low=None if x.low is None else s[:, x.high_channels:])
+    # [N, C] -> [N, 1, ..., 1, C] for any number of spatial axes.
+    return jax.tree.map(
+        lambda part, gate: part * jnp.expand_dims(gate, tuple(range(1, part.ndim - 1))).astype(part.dtype),
+        x, gates)
 
 
 def _shortcut(unit: ModuleDef, x: OctTensor, features: int, alpha_in: float, alpha_out: float,
-              strides: int, train: bool) -> OctTensor:
+              strides: int, train: bool, time_kernel: int | None = None,
+              octave_axes: tuple[int, ...] | None = None) -> OctTensor:
   """Projection (1x1 conv-BN, the only place a block's shape changes) or identity."""
   if strides != 1 or x.channels != features:
-    return unit(features, 1, alpha_in, alpha_out, strides=strides, name="shortcut")(x, train)
-  return resplit(x, alpha_out)
+    flat = None if time_kernel is None else 1
+    return unit(features, block_kernel(1, flat), alpha_in, alpha_out,
+                strides=block_strides(strides, time_kernel), name="shortcut")(x, train)
+  return resplit(x, alpha_out, octave_axes)
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 conv-BN units (post-activation); the first converts alpha_in -> alpha_out."""
+  """Two 3x3 conv-BN units (post-activation); the first converts alpha_in -> alpha_out.
+
+  Attributes:
+    features, alpha_in, alpha_out, strides: the block's output channels, alphas and
+      spatial stride (1 or 2).
+    unit: the conv-BN unit (`OctConvBN` with the network's settings bound).
+    zero_init_residual: zero-init the last BN scale.
+    time_kernel: None for images; for clips [N, T, H, W, C] the time extent of the first
+      conv (``(t, 3, 3)``; the second is ``(1, 3, 3)``).
+    octave_axes: the unit's octave axes (for the parameter-free re-split of an identity
+      shortcut); None = all.
+  """
 
   features: int
   alpha_in: float
@@ -59,22 +85,35 @@ class BasicBlock(nn.Module):
   unit: ModuleDef
   strides: int = 1
   zero_init_residual: bool = False
+  time_kernel: int | None = None
+  octave_axes: tuple[int, ...] | None = None
   expansion = 1
 
   @nn.compact
   def __call__(self, x: OctTensor, train: bool) -> OctTensor:
     last_scale = nn.initializers.zeros_init() if self.zero_init_residual else nn.initializers.ones_init()
-    y = self.unit(self.features, 3, self.alpha_in, self.alpha_out, strides=self.strides,
-                  activation=relu, name="conv1")(x, train)
-    y = self.unit(self.features, 3, self.alpha_out, self.alpha_out, bn_scale_init=last_scale,
-                  name="conv2")(y, train)
+    t = self.time_kernel
+    flat = None if t is None else 1  # the convs with no time extent in 3-D
+    y = self.unit(self.features, block_kernel(3, t), self.alpha_in, self.alpha_out,
+                  strides=block_strides(self.strides, t), activation=relu, name="conv1")(x, train)
+    y = self.unit(self.features, block_kernel(3, flat), self.alpha_out, self.alpha_out,
+                  bn_scale_init=last_scale, name="conv2")(y, train)
     shortcut = _shortcut(self.unit, as_oct(x), self.features, self.alpha_in, self.alpha_out,
-                         self.strides, train)
+                         self.strides, train, t, self.octave_axes)
     return oct_add(y, shortcut).map(relu)
 
 
 class Bottleneck(nn.Module):
-  """ResNet v1.5 bottleneck: 1x1 -> 3x3 (carries the stride, grouped for ResNeXt) -> 1x1 (x4)."""
+  """ResNet v1.5 bottleneck: 1x1 -> 3x3 (carries the stride, grouped for ResNeXt) -> 1x1 (x4).
+
+  Attributes:
+    features, alpha_in, alpha_out, unit, strides, zero_init_residual, octave_axes: as in
+      `BasicBlock` (``features`` is the width of the 3x3; the block outputs 4x).
+    time_kernel: None for images; for clips the time extent of the first 1x1 conv
+      (``(t, 1, 1)``, I3D's inflated 3x1x1 is t = 3); the others are ``(1, k, k)``.
+    groups, base_width: ResNeXt cardinality and width per group.
+    squeeze_excite: an `OctSqueezeExcite` on the residual branch.
+  """
 
   features: int
   alpha_in: float
@@ -82,41 +121,52 @@ class Bottleneck(nn.Module):
   unit: ModuleDef
   strides: int = 1
   zero_init_residual: bool = False
+  time_kernel: int | None = None
+  octave_axes: tuple[int, ...] | None = None
   groups: int = 1
   base_width: int = 64
   squeeze_excite: bool = False
-  dtype: Any = jnp.float32
   expansion = 4
 
   @nn.compact
   def __call__(self, x: OctTensor, train: bool) -> OctTensor:
     width = int(self.features * self.base_width / 64) * self.groups
     last_scale = nn.initializers.zeros_init() if self.zero_init_residual else nn.initializers.ones_init()
-    y = self.unit(width, 1, self.alpha_in, self.alpha_out, activation=relu, name="conv1")(x, train)
-    y = self.unit(width, 3, self.alpha_out, self.alpha_out, strides=self.strides,
-                  feature_group_count=self.groups, activation=relu, name="conv2")(y, train)
-    y = self.unit(self.features * 4, 1, self.alpha_out, self.alpha_out, bn_scale_init=last_scale,
-                  name="conv3")(y, train)
+    t = self.time_kernel
+    flat = None if t is None else 1  # the convs with no time extent in 3-D
+    y = self.unit(width, block_kernel(1, t), self.alpha_in, self.alpha_out, activation=relu,
+                  name="conv1")(x, train)
+    y = self.unit(width, block_kernel(3, flat), self.alpha_out, self.alpha_out,
+                  strides=block_strides(self.strides, t), feature_group_count=self.groups,
+                  activation=relu, name="conv2")(y, train)
+    y = self.unit(self.features * 4, block_kernel(1, flat), self.alpha_out, self.alpha_out,
+                  bn_scale_init=last_scale, name="conv3")(y, train)
     if self.squeeze_excite:
-      y = OctSqueezeExcite(dtype=self.dtype, name="se")(y)
+      y = OctSqueezeExcite(name="se")(y)
     shortcut = _shortcut(self.unit, as_oct(x), self.features * 4, self.alpha_in, self.alpha_out,
-                         self.strides, train)
+                         self.strides, train, t, self.octave_axes)
     return oct_add(y, shortcut).map(relu)
 
 
 class ResNet(nn.Module):
   """Oct-ResNet (post-activation v1.5 for ImageNet, or CIFAR-style for small images).
 
+  The network builds every block as ``block_cls(features, alpha_in, alpha_out, unit,
+  strides=..., zero_init_residual=..., name=...)`` and never asks which class it is:
+  what distinguishes a variant (ResNeXt groups, SE, ...) is bound into ``block_cls``
+  with `functools.partial`, as in Flax's ``examples/imagenet``::
+
+    ResNet(stage_sizes=(3, 4, 6, 3), block_cls=functools.partial(Bottleneck, groups=32, base_width=4))
+
   Attributes:
     stage_sizes: blocks per stage.
-    block_cls: `BasicBlock` or `Bottleneck` (or a partial of it).
+    block_cls: `BasicBlock`, `Bottleneck` or a partial of either (or any module with
+      that constructor and ``__call__(x, train)``).
     num_classes: classifier outputs.
     alpha: share of low-frequency channels in every stage but the last.
     widths: base channels of each stage (a bottleneck outputs 4x).
     stem: 'imagenet' (7x7/2 conv and 3x3/2 max-pool, vanilla) or 'cifar' (3x3 conv).
     stem_features: channels of the stem.
-    groups, base_width: ResNeXt cardinality and width per group.
-    squeeze_excite: SE module in each bottleneck.
     zero_init_residual: zero-init the last BN scale of every block.
     dtype: compute dtype (parameters stay float32).
     momentum, epsilon: BatchNorm settings (momentum 0.9 = PyTorch's 0.1).
@@ -133,9 +183,6 @@ class ResNet(nn.Module):
   widths: Sequence[int] = (64, 128, 256, 512)
   stem: str = "imagenet"
   stem_features: int = 64
-  groups: int = 1
-  base_width: int = 64
-  squeeze_excite: bool = False
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
   momentum: float = 0.9
@@ -154,12 +201,22 @@ class ResNet(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = True) -> Array:
+  def __call__(self, x: Array, train: bool = True, return_features: bool = False) -> Array | dict:
+    """Logits ``[N, num_classes]`` (float32), or with ``return_features`` the backbone's maps.
+
+    Args:
+      x: images ``[N, H, W, C]``.
+      train: batch statistics (True) or running averages (False) in BatchNorm.
+      return_features: return `backbone_features` instead of logits: ``stem`` (the
+        stem's activation, stride 2 for 'imagenet' before its max-pool, 1 for 'cifar')
+        and ``stage1``... (each stage's last block); the classifier is not run.
+    """
     if x.ndim != 4:
       raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
     unit = unit_factory(self.dtype, self.momentum, self.epsilon, self.axis_name, self.fuse,
                         self.pool_stride)
     x = x.astype(self.dtype)
+    maps, strides = {}, {}
     if self.stem == "imagenet":
       # The vanilla stem of torchvision/Flax ResNets: a strided 7x7 conv is not an OctConv.
       x = nn.Conv(self.stem_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
@@ -167,22 +224,26 @@ class ResNet(nn.Module):
                   name="stem_conv")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
                        dtype=self.dtype, axis_name=self.axis_name, name="stem_bn")(x)
-      x = oct_max_pool(relu(x), 3, 2, ((1, 1), (1, 1)))
+      x = relu(x)
+      maps["stem"], strides["stem"] = x, (2, 2)
+      x, stride = oct_max_pool(x, 3, 2, ((1, 1), (1, 1))), 4
     else:
       x = unit(self.stem_features, 3, 0.0, 0.0, activation=relu, name="stem")(x, train)
+      maps["stem"], strides["stem"] = x, (1, 1)
+      stride = 1
     alpha_in = 0.0
     for stage, (num_blocks, width, alpha) in enumerate(
         zip(self.stage_sizes, self.widths, stage_alphas(self.alpha, len(self.stage_sizes)))):
       for block in range(num_blocks):
-        strides = 2 if stage > 0 and block == 0 else 1
-        kwargs = {}
-        if self.block_cls is Bottleneck:
-          kwargs = dict(groups=self.groups, base_width=self.base_width,
-                        squeeze_excite=self.squeeze_excite, dtype=self.dtype)
-        x = self.block_cls(width, alpha_in, alpha, unit, strides=strides,
+        block_strides = 2 if stage > 0 and block == 0 else 1
+        x = self.block_cls(width, alpha_in, alpha, unit, strides=block_strides,
                            zero_init_residual=self.zero_init_residual,
-                           name=f"stage{stage + 1}_block{block}", **kwargs)(x, train)
+                           name=f"stage{stage + 1}_block{block}")(x, train)
+        stride *= block_strides
         alpha_in = alpha
+      maps[f"stage{stage + 1}"], strides[f"stage{stage + 1}"] = x, (stride, stride)
+    if return_features:
+      return backbone_features(maps, strides)
     return Classifier(self.num_classes, self.dtype, name="head")(x)
 
 
@@ -251,24 +312,40 @@ class WideResNet(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = True) -> Array:
+  def __call__(self, x: Array, train: bool = True, return_features: bool = False) -> Array | dict:
+    """Logits ``[N, num_classes]``, or with ``return_features`` the backbone's maps.
+
+    Args:
+      x: images ``[N, H, W, C]``.
+      train: batch statistics and dropout (True) or running averages (False).
+      return_features: return `backbone_features`: ``stem`` (stride 1) and
+        ``stage1``..``stage3`` (strides 1, 2, 4; pre-activation sums, except
+        ``stage3``, which is after the final BN-ReLU); the classifier is not run.
+    """
     if x.ndim != 4:
       raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
     x = x.astype(self.dtype)
     x = OctConv(16, 3, 0.0, 0.0, use_bias=False, dtype=self.dtype, fuse=self.fuse,
                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), name="stem")(x)
+    maps, strides, stride = {"stem": x}, {"stem": (1, 1)}, 1
     blocks = (self.depth - 4) // 6
     widths = [16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor]
     alpha_in = 0.0
     for stage, (width, alpha) in enumerate(zip(widths, stage_alphas(self.alpha, 3))):
       for block in range(blocks):
-        x = PreActBlock(width, alpha_in, alpha, strides=2 if stage > 0 and block == 0 else 1,
+        block_strides = 2 if stage > 0 and block == 0 else 1
+        x = PreActBlock(width, alpha_in, alpha, strides=block_strides,
                         dtype=self.dtype, momentum=self.momentum, epsilon=self.epsilon,
                         axis_name=self.axis_name, dropout_rate=self.dropout_rate, fuse=self.fuse,
                         name=f"stage{stage + 1}_block{block}")(x, train)
+        stride *= block_strides
         alpha_in = alpha
+      maps[f"stage{stage + 1}"], strides[f"stage{stage + 1}"] = x, (stride, stride)
     x = OctBatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
                      dtype=self.dtype, axis_name=self.axis_name, name="final_bn")(x).map(relu)
+    if return_features:
+      maps["stage3"] = x
+      return backbone_features(maps, strides)
     return Classifier(self.num_classes, self.dtype, name="head")(x)
 
 

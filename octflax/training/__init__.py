@@ -9,27 +9,49 @@ config from `default_config`::
 
   from octflax import training
   config = training.default_config()
-  config.model.name, config.num_epochs = 'oct_resnet20', 1
-  summary = training.train_and_evaluate(config, workdir='/tmp/run')
+  config.model.name, config.num_epochs = 'oct_resnet8', 1
+  summary = training.train_and_evaluate(config, workdir='runs/fashion_mnist')
   summary['test_accuracy']
 """
 
-from octflax.training.checkpoint import CheckpointStore
+from octflax.training.checkpoint import (
+    CHECKPOINT_DIR, CheckpointStore, find_checkpoint, read_checkpoint, write_checkpoint)
 from octflax.training.config import DATA_SETS, check_config, default_config
-from octflax.training.errors import CheckpointMismatchError, ConfigError, DivergenceError, TrainingError
+from octflax.training.errors import (
+    CheckpointError, CheckpointMismatchError, ConfigError, DivergenceError, RunStopped, TrainingError,
+    WorkdirError)
 from octflax.training.optim import (
     learning_rate_schedule, make_optimizer, scaled_learning_rate, weight_decay_mask)
 from octflax.training.parallel import (
     DATA_AXIS, PARALLEL_MODES, DataParallel, all_finite, check_batch_size, describe_devices,
     initialize_distributed, num_params)
+from octflax.training.paths import prepare_workdir, resolve_path
+from octflax.training.preemption import EXIT_INTERRUPTED, EXIT_STOPPED, StopSignals
 from octflax.training.reporting import MetricsWriter, plot_curves
 from octflax.training.state import TrainState, create_train_state
 from octflax.training.steps import cross_entropy_loss, eval_step, mixup_weight, train_step
-from octflax.training.trainer import build_datasets, build_model, split_validation, train_and_evaluate
+from octflax.training.trainer import (
+    build_data, build_datasets, build_model, evaluate, init_from_checkpoint, run_identity, train_and_evaluate)
 
 __all__ = [
+    "CHECKPOINT_DIR",
+    "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointStore",
+    "EXIT_INTERRUPTED",
+    "EXIT_STOPPED",
+    "RunStopped",
+    "StopSignals",
+    "WorkdirError",
+    "build_data",
+    "evaluate",
+    "find_checkpoint",
+    "init_from_checkpoint",
+    "prepare_workdir",
+    "read_checkpoint",
+    "resolve_path",
+    "run_identity",
+    "write_checkpoint",
     "ConfigError",
     "DATA_AXIS",
     "DATA_SETS",
@@ -56,7 +78,6 @@ __all__ = [
     "num_params",
     "plot_curves",
     "scaled_learning_rate",
-    "split_validation",
     "train_and_evaluate",
     "train_step",
     "weight_decay_mask",

@@ -16,7 +16,8 @@ from octflax.data import FASHION_MNIST_DIR
 from octflax.training.errors import ConfigError
 from octflax.training.parallel import PARALLEL_MODES
 
-DATA_SETS = ("fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic")
+DATA_SETS = ("fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic", "moving_fashion_mnist")
+MODEL_APIS = ("linen", "nnx")
 
 # Sub-trees whose keys are free (module attributes), not fields of the trainer.
 _FREE_KEYS = ("model.overrides",)
@@ -28,10 +29,12 @@ def default_config() -> ml_collections.ConfigDict:
   Fields:
     model.name: a name `octflax.models.get_model` accepts (e.g. 'oct_resnet20').
     model.alpha: share of low-frequency channels (0 = the vanilla network).
+    model.api: 'linen' (the Linen modules of `octflax.models`) or 'nnx' (the
+      NNX modules of `octflax.nnx`, driven through the same calling convention).
     model.overrides: attributes of the model module to replace, e.g.
       ``{'stage_sizes': (1, 1, 1)}`` (applied with ``module.clone(**overrides)``).
     data.name: one of 'fashion_mnist', 'cifar10', 'cifar100', 'image_folder',
-      'synthetic'.
+      'synthetic', 'moving_fashion_mnist' (clips, `octflax.data.clips`).
     data.dir: the data set's directory (image_folder: the folder holding the
       split folders).
     data.train_split, data.test_split: split names ('train'/'test';
@@ -67,7 +70,13 @@ def default_config() -> ml_collections.ConfigDict:
     keep_checkpoints: how many checkpoints to keep.
     log_every_steps: write a metrics record every this many steps.
     eval_every_epochs: evaluate (validation split, else test split) every this many epochs (and at the end).
-    progress_bar: show a tqdm progress bar.
+    progress_bar: show progress: a bar on a terminal, else one plain line every
+      ``log_every_steps`` steps.
+    init_from: start from the parameters and BatchNorm statistics of this
+      checkpoint (a run's working directory, its checkpoints folder, one
+      checkpoint, or an imported one; '' = from scratch). A different number of
+      classes re-initialises the classifier; any other difference is an error.
+      A run that has its own checkpoint resumes from it instead.
 
   Returns:
     A ConfigDict (unlocked; `check_config` rejects unknown fields).
@@ -76,6 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "oct_resnet20"
   config.model.alpha = 0.25
+  config.model.api = "linen"
   config.model.overrides = ml_collections.ConfigDict()
 
   config.data = ml_collections.ConfigDict()
@@ -111,6 +121,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.eval_every_epochs = 1
   config.progress_bar = True
+  config.init_from = ""
   return config
 
 
@@ -156,6 +167,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         value = value[part]
       raise ConfigError(f"config.{field} must be {allowed}; got {value!r}.")
 
+  require(config.model.api in MODEL_APIS, "model.api", " or ".join(map(repr, MODEL_APIS)))
   require(config.parallel in PARALLEL_MODES, "parallel", " or ".join(map(repr, PARALLEL_MODES)))
   require(config.data.name in DATA_SETS, "data.name", "one of " + ", ".join(map(repr, DATA_SETS)))
   for field in ("num_epochs", "batch_size", "checkpoint_every_steps", "keep_checkpoints",
@@ -185,5 +197,5 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(config.to_dict(), default=str))
 
 
-__all__ = ["DATA_SETS", "check_config", "default_config", "field_names", "to_json_dict",
+__all__ = ["DATA_SETS", "MODEL_APIS", "check_config", "default_config", "field_names", "to_json_dict",
            "unknown_field_message"]

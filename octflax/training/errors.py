@@ -28,3 +28,27 @@ class DivergenceError(TrainingError, FloatingPointError):
     super().__init__(message)
     self.step = step
     self.last_good_step = last_good_step
+
+
+class WorkdirError(TrainingError, OSError):
+  """The working directory is a file, cannot be created, or cannot be written."""
+
+
+class CheckpointError(TrainingError):
+  """The run's checkpoints exist but none of them can be restored (nothing was changed)."""
+
+
+class RunStopped(TrainingError):
+  """The run was stopped by a signal (SIGTERM, SIGINT) after checkpointing the step it was on.
+
+  Not a failure: the same command resumes from ``step``.
+
+  Attributes:
+    step: the step of the checkpoint written on the way out.
+    signal_name: ``'SIGTERM'`` or ``'SIGINT'``.
+  """
+
+  def __init__(self, message: str, step: int, signal_name: str):
+    super().__init__(message)
+    self.step = step
+    self.signal_name = signal_name

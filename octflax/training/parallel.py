@@ -169,9 +169,13 @@ class DataParallel:
       return model.clone(axis_name=DATA_AXIS)
     return model
 
-  def local_batch_size(self, global_batch_size: int) -> int:
-    """This process's share of a global batch; checks divisibility by the device count."""
-    check_batch_size(global_batch_size, self.num_devices)
+  def local_batch_size(self, global_batch_size: int, name: str = "batch_size") -> int:
+    """This process's share of a global batch (what its loader yields).
+
+    ``local = global * local_devices / devices``; raises `ConfigError` (naming
+    the config field ``name``) unless the global batch splits evenly over the devices.
+    """
+    check_batch_size(global_batch_size, self.num_devices, name)
     return global_batch_size * len(self.local_devices) // self.num_devices
 
   # Placement -------------------------------------------------------------------
@@ -180,6 +184,8 @@ class DataParallel:
     """Places a (host) state for this mode: replicated over the mesh, or one copy per device."""
     if self.mode == "jit":
       def put(x):
+        if isinstance(x, jax.Array) and x.sharding == self._replicated:
+          return x  # Restored from a checkpoint into `abstract_state`: already in place.
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, self._replicated, lambda index: x[index])
     else:
@@ -196,7 +202,11 @@ class DataParallel:
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), state)
 
   def abstract_state(self, host_state: TrainState) -> TrainState:
-    """The restore target for a checkpoint: shapes, dtypes and placement of this mode."""
+    """The restore target for a checkpoint: shapes, dtypes and placement of this mode.
+
+    What a checkpoint restores into it goes through `put_state` like a fresh
+    state (a no-op under jit, where it is restored in place).
+    """
     if self.mode == "jit":
       return jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=self._replicated),

@@ -1,15 +1,18 @@
 """The training loop: config -> data, model, optimizer, parallel steps, checkpoints, reports.
 
-`train_and_evaluate` is the whole run. It resumes from the newest checkpoint in
-the working directory: the data order is a function of ``(seed, epoch)`` and the
+`train_and_evaluate` is the whole run, as a short loop over steps; the pieces
+it calls are the functions and small objects below (`build_data`,
+`build_model`, `initial_state`, `Evaluations`, `Checkpointing`) and
+`reporting.StepReporter`. It resumes from the newest good checkpoint in the
+working directory: the data order is a function of ``(seed, epoch)`` and the
 loader starts mid-epoch, so an interrupted and resumed run ends with the same
 parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import math
 import time
 from typing import Any
 
@@ -21,58 +24,14 @@ from etils import epath
 
 from octflax import data as data_lib
 from octflax.training import reporting
-from octflax.training.checkpoint import CheckpointStore
+from octflax.training.checkpoint import CHECKPOINT_DIR, CheckpointStore, read_checkpoint
 from octflax.training.config import check_config, to_json_dict
-from octflax.training.errors import ConfigError, DivergenceError
+from octflax.training.errors import CheckpointMismatchError, ConfigError, DivergenceError, RunStopped
 from octflax.training.optim import learning_rate_schedule, make_optimizer, scaled_learning_rate
-from octflax.training.parallel import DataParallel, all_finite, check_batch_size, describe_devices, num_params
-from octflax.training.state import create_train_state
-
-CHECKPOINT_DIR = "checkpoints"
-
-
-class _Slice:
-  """Examples ``start`` to ``stop`` of a random-access source, with its attributes."""
-
-  def __init__(self, source: Any, start: int, stop: int):
-    self._source = source
-    self._start = max(0, min(start, len(source)))
-    self._count = max(0, min(stop, len(source)) - self._start)
-    for attr in ("num_classes", "image_shape", "mean", "std"):
-      setattr(self, attr, getattr(source, attr))
-
-  def __len__(self) -> int:
-    return self._count
-
-  def __getitem__(self, index: int) -> Any:
-    if not -self._count <= int(index) < self._count:
-      raise IndexError(f"index {index} out of range for {self._count} examples.")
-    return self._source[self._start + int(index) % self._count]
-
-  def __repr__(self) -> str:
-    return f"examples {self._start}:{self._start + self._count} of {self._source!r}"
-
-
-def split_validation(source: Any, count: int) -> tuple[Any, Any | None]:
-  """Holds out the last ``count`` examples of a training source for validation.
-
-  The split is a fixed function of the source (no randomness), so every run of a
-  sweep, every seed and every resumed run sees the same held-out examples.
-
-  Returns:
-    ``(train, validation)``; ``validation`` is None when ``count`` is 0.
-
-  Raises:
-    ConfigError: ``count`` leaves no training example.
-  """
-  if not count:
-    return source, None
-  if count >= len(source):
-    raise ConfigError(
-        f"data.validation_examples = {count} holds out the whole training split ({len(source)} "
-        "examples); use fewer (e.g. a tenth of it) or 0 for no validation split.")
-  cut = len(source) - count
-  return _Slice(source, 0, cut), _Slice(source, cut, len(source))
+from octflax.training.parallel import DataParallel, all_finite, describe_devices, num_params
+from octflax.training.paths import prepare_workdir, resolve_path
+from octflax.training.preemption import StopSignals
+from octflax.training.state import TrainState, create_train_state
 
 
 def build_datasets(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
@@ -85,18 +44,22 @@ def build_datasets(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
     octflax.data.DataError: missing or malformed data (the message says how to fix it).
   """
   d = config.data
+  directory = resolve_path(d.dir) if d.dir else d.dir
   if d.name == "fashion_mnist":
-    return (data_lib.fashion_mnist(d.dir, d.train_split, d.max_train_examples),
-            data_lib.fashion_mnist(d.dir, d.test_split, d.max_test_examples))
+    return (data_lib.fashion_mnist(directory, d.train_split, d.max_train_examples),
+            data_lib.fashion_mnist(directory, d.test_split, d.max_test_examples))
+  if d.name == "moving_fashion_mnist":  # clips [T, H, W, 1] (octflax.data.clips)
+    return (data_lib.moving_fashion_mnist(directory, d.train_split, d.max_train_examples),
+            data_lib.moving_fashion_mnist(directory, d.test_split, d.max_test_examples))
   if d.name in ("cifar10", "cifar100"):
     classes = 10 if d.name == "cifar10" else 100
-    return (data_lib.cifar(d.dir, classes, d.train_split, d.max_train_examples),
-            data_lib.cifar(d.dir, classes, d.test_split, d.max_test_examples))
+    return (data_lib.cifar(directory, classes, d.train_split, d.max_train_examples),
+            data_lib.cifar(directory, classes, d.test_split, d.max_test_examples))
   if d.name == "image_folder":
     sources = []
     for split, count in ((d.train_split, d.max_train_examples), (d.test_split, d.max_test_examples)):
-      source = data_lib.image_folder(d.dir, split)
-      sources.append(_Slice(source, 0, count) if count else source)
+      source = data_lib.image_folder(directory, split)
+      sources.append(data_lib.Subset(source, 0, count) if count else source)
     if sources[0].num_classes != sources[1].num_classes:
       raise data_lib.DataError(
           f"{d.dir}: split {d.train_split!r} has {sources[0].num_classes} class folders but "
@@ -104,29 +67,83 @@ def build_datasets(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
     return sources[0], sources[1]
   size = d.image_size or 32
   shape, classes = (size, size, 3), d.num_classes or 10
-  return (data_lib.synthetic(d.max_train_examples or 1024, shape, classes, seed=_synthetic_seed(config, 0)),
-          data_lib.synthetic(d.max_test_examples or 256, shape, classes, seed=_synthetic_seed(config, 1)))
+  return (data_lib.synthetic(d.max_train_examples or 1024, shape, classes, seed=2 * int(config.seed)),
+          data_lib.synthetic(d.max_test_examples or 256, shape, classes, seed=2 * int(config.seed) + 1))
 
 
-def _synthetic_seed(config: ml_collections.ConfigDict, split: int) -> int:
-  """Seed of a synthetic split: different for train and test, fixed by the run's seed."""
-  return 2 * int(config.seed) + split
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """The splits of a run and the batch arithmetic of its devices and processes.
+
+  Attributes:
+    train, validation, test: random-access sources (``validation`` may be None).
+    num_classes: classes of the training split.
+    image_shape: ``(H, W, C)`` of the model's input.
+    global_batch, local_batch: images per step over all processes / of this process.
+    local_eval_batch: this process's share of an evaluation batch.
+    steps_per_epoch, total_steps: of the whole run.
+  """
+
+  train: Any
+  validation: Any | None
+  test: Any
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  global_batch: int
+  local_batch: int
+  local_eval_batch: int
+  steps_per_epoch: int
+  total_steps: int
+
+
+def build_data(config: ml_collections.ConfigDict, parallel: DataParallel) -> Data:
+  """The run's splits and batch sizes.
+
+  Raises:
+    ConfigError: a batch size that does not split over the devices or exceeds the data.
+    octflax.data.DataError: missing or malformed data.
+  """
+  train, test = build_datasets(config)
+  train, validation = data_lib.split_validation(train, config.data.validation_examples)
+  local_batch = parallel.local_batch_size(config.batch_size)
+  local_eval_batch = parallel.local_batch_size(config.eval_batch_size or config.batch_size, "eval_batch_size")
+  steps = data_lib.steps_per_epoch(len(train), config.batch_size)
+  if steps == 0:
+    raise ConfigError(
+        f"batch_size {config.batch_size} is larger than the {len(train)} training examples; an epoch "
+        "would have no step. Use a smaller --config.batch_size.")
+  return Data(train=train, validation=validation, test=test, num_classes=train.num_classes,
+              image_shape=data_lib.input_shape(train, config.data.augment, config.data.image_size),
+              global_batch=config.batch_size,
+              local_batch=local_batch, local_eval_batch=local_eval_batch, steps_per_epoch=steps,
+              total_steps=config.num_epochs * steps)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
   """The model named by ``config.model``, with the compute dtype of ``config.half_precision``.
 
+  ``config.model.api`` chooses the Linen zoo (`octflax.models.get_model`) or
+  the NNX one (`octflax.nnx.trainer_model`, same calling convention).
+
   Raises:
     ConfigError: an unknown model name or override.
   """
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.overrides.to_dict().items()}
+  if config.model.api == "nnx":
+    from octflax import nnx  # pylint: disable=g-import-not-at-top
+
+    try:
+      return nnx.trainer_model(config.model.name, alpha=config.model.alpha, num_classes=num_classes,
+                               dtype=dtype, **overrides)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.model (api 'nnx'): {e}") from e
   from octflax import models  # pylint: disable=g-import-not-at-top
 
-  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   try:
     model = models.get_model(config.model.name, alpha=config.model.alpha, num_classes=num_classes, dtype=dtype)
   except ValueError as e:
     raise ConfigError(f"config.model: {e}") from e
-  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.overrides.to_dict().items()}
   if overrides:
     fields = {f.name for f in dataclasses.fields(model)}
     unknown = sorted(set(overrides) - fields)
@@ -141,326 +158,347 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
   return model
 
 
-def _image_shape(source: Any, config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  size = config.data.image_size or (224 if config.data.augment == "imagenet" else 0)
-  if size:
-    channels = source.image_shape[-1] if source.image_shape else len(source.mean)
-    return (size, size, channels)
-  return tuple(source.image_shape)
+def run_identity(config: ml_collections.ConfigDict, data: Data) -> dict[str, Any]:
+  """What a checkpoint must share with a run to be resumed by it (and what builds its model)."""
+  return {"model.name": config.model.name, "model.alpha": float(config.model.alpha),
+          "model.overrides": config.model.overrides.to_dict(), "data.name": config.data.name,
+          "num_classes": int(data.num_classes), "image_shape": list(data.image_shape)}
 
 
-@dataclasses.dataclass
-class _Window:
-  """Per-step metrics not yet read back from the devices, and the epoch's running sums."""
-
-  pending: list[tuple[int, Any]] = dataclasses.field(default_factory=list)
-  epoch_loss: float = 0.0
-  epoch_accuracy: float = 0.0
-  epoch_steps: int = 0
-  start_time: float = 0.0
-  start_step: int = 0
+# ----------------------------------------------------------------------------- the starting state
 
 
-class _Run:
-  """State of one call of `train_and_evaluate` (one process's view)."""
+def _flat(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    check_config(config)
-    self.config = config
-    self.workdir = str(workdir)
-    self.is_chief = jax.process_index() == 0
 
-    train_source, self.test_source = build_datasets(config)
-    self.train_source, self.validation_source = split_validation(train_source, config.data.validation_examples)
-    self.parallel = DataParallel(config.parallel, label_smoothing=config.label_smoothing,
-                                 mixup_alpha=config.mixup_alpha)
-    self.global_batch = config.batch_size
-    self.local_batch = self.parallel.local_batch_size(self.global_batch)
-    self.global_eval_batch = config.eval_batch_size or config.batch_size
-    check_batch_size(self.global_eval_batch, self.parallel.num_devices, "eval_batch_size")
-    self.local_eval_batch = self.global_eval_batch * len(self.parallel.local_devices) // self.parallel.num_devices
-    self.steps_per_epoch = data_lib.steps_per_epoch(len(self.train_source), self.global_batch)
-    if self.steps_per_epoch == 0:
-      raise ConfigError(
-          f"batch_size {self.global_batch} is larger than the {len(self.train_source)} training "
-          "examples; an epoch would have no step. Use a smaller --config.batch_size.")
-    self.total_steps = config.num_epochs * self.steps_per_epoch
-    self.image_shape = _image_shape(self.train_source, config)
-    self.num_classes = self.train_source.num_classes
-    self.model = build_model(config, self.num_classes)
+def init_from_checkpoint(host_state: TrainState, path: str, say=print) -> TrainState:
+  """``host_state`` with the parameters and BatchNorm statistics of the checkpoint at ``path``.
 
-    identity = {
-        "model.name": config.model.name,
-        "model.alpha": float(config.model.alpha),
-        "model.overrides": config.model.overrides.to_dict(),
-        "data.name": config.data.name,
-        "num_classes": int(self.num_classes),
-        "image_shape": list(self.image_shape),
-    }
-    self.store = CheckpointStore(str(epath.Path(self.workdir) / CHECKPOINT_DIR), identity=identity,
-                                 keep=config.keep_checkpoints)
-    # Before anything in the working directory is written.
-    self.resume_step = self.store.check_identity()
+  The optimizer state is fresh (``tx.init`` of the loaded parameters) and the
+  step 0. When only the classifier differs, with the checkpoint's class count
+  in its last dimension, it keeps its fresh initialisation and ``say`` tells so.
 
-    peak = scaled_learning_rate(config.learning_rate, self.global_batch)
-    self.schedule = learning_rate_schedule(peak, self.total_steps,
-                                           round(config.warmup_epochs * self.steps_per_epoch))
-    tx = make_optimizer(self.schedule, momentum=config.momentum, nesterov=config.nesterov,
-                        weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
-    host_state = create_train_state(self.parallel.prepare_model(self.model), tx, seed=config.seed,
-                                    input_shape=(1,) + self.image_shape)
-    self.params = num_params(host_state.params)
-    self.previous_train_seconds = 0.0
-    if self.resume_step is None:
-      self.state = self.parallel.put_state(host_state)
+  Raises:
+    CheckpointMismatchError: any other difference; the message lists every one.
+    CheckpointError: no readable checkpoint at ``path``.
+  """
+  variables, meta = read_checkpoint(path)
+  ours = {"params": host_state.params, "batch_stats": host_state.batch_stats}
+  want, have = _flat(ours), _flat(variables)
+  classes = meta.get("identity", {}).get("num_classes", meta.get("num_classes"))
+  head, problems = [], []
+  for name in sorted(set(want) | set(have)):
+    a, b = want.get(name), have.get(name)
+    if a == b:
+      continue
+    if a is not None and b is not None and len(a) == len(b) and a[:-1] == b[:-1] and b[-1] == classes:
+      head.append(name)
+    elif a is None:
+      problems.append(f"  {name}: in the checkpoint {b}, not in this model")
+    elif b is None:
+      problems.append(f"  {name}: in this model {a}, not in the checkpoint")
     else:
-      restored = self.store.restore(self.parallel.abstract_state(host_state), self.resume_step)
-      self.state = restored if config.parallel == "jit" else self.parallel.put_state(restored)
-      self.previous_train_seconds = float(self.store.read_meta(self.resume_step).get("train_seconds", 0.0))
-    self.step = self.resume_step or 0
-    self.last_good_step = self.resume_step
-    self.writer = reporting.MetricsWriter(self.workdir, resume_step=self.resume_step, enabled=self.is_chief)
+      problems.append(f"  {name}: checkpoint {b}, this model {a}")
+  if problems:
+    raise CheckpointMismatchError(
+        f"--config.init_from {path!r} does not fit this model ({len(problems)} parameters differ):\n"
+        + "\n".join(problems))
+  loaded = jax.tree_util.tree_map_with_path(
+      lambda p, fresh: fresh if "/".join(str(getattr(k, "key", k)) for k in p) in head else np.asarray(
+          _get(variables, p)), ours)
+  if head:
+    say(f"init_from: the checkpoint has {classes} classes, this run {want[head[0]][-1]}: "
+        f"{', '.join(head)} re-initialised.")
+  return host_state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
+                            opt_state=host_state.tx.init(loaded["params"]))
 
-  # Checks and reports ------------------------------------------------------------
 
-  def _diverged(self, step: int, what: str) -> DivergenceError:
-    lr = float(self.schedule(step - 1))
+def _get(tree: Any, path: Any) -> Any:
+  for key in path:
+    tree = tree[getattr(key, "key", getattr(key, "idx", key))]
+  return tree
+
+
+def initial_state(config: ml_collections.ConfigDict, parallel: DataParallel, model: Any, tx: Any,
+                  data: Data, store: CheckpointStore, say=print) -> tuple[TrainState, int, dict[str, Any]]:
+  """The state a run starts from: its newest good checkpoint, else ``config.init_from``, else fresh.
+
+  Returns:
+    ``(state placed for ``parallel``, step, the checkpoint's meta or {})``.
+  """
+  host_state = create_train_state(parallel.prepare_model(model), tx, seed=config.seed,
+                                  input_shape=(1,) + data.image_shape)
+  found = store.restore_newest(parallel.abstract_state(host_state))
+  if found is not None:
+    step, state, meta = found
+    return parallel.put_state(state), step, meta
+  if config.init_from:
+    host_state = init_from_checkpoint(host_state, config.init_from, say)
+  return parallel.put_state(host_state), 0, {}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(parallel: DataParallel, state: TrainState, source: Any, *, batch_size: int,
+             config: ml_collections.ConfigDict, prefix: str = "test") -> dict[str, float]:
+  """Loss and accuracy on a whole split with the pipeline's evaluation transform.
+
+  The padded last batch is masked out: ``accuracy = sum(correct * mask) / sum(mask)``.
+
+  Args:
+    parallel: runs `eval_step`.
+    state: the placed state.
+    source: the split.
+    batch_size: this process's share of an evaluation batch.
+    config: ``config.data`` gives the transform (augment, image size).
+    prefix: names the results.
+
+  Returns:
+    ``{prefix + '_loss', prefix + '_accuracy'}`` (and ``_top5_accuracy`` with >= 5 classes).
+  """
+  loader = data_lib.make_loader(source, batch_size=batch_size, train=False, seed=config.seed,
+                                augment=config.data.augment, image_size=config.data.image_size or None,
+                                num_threads=config.data.num_threads)
+  sums = None
+  with loader:
+    for batch in loader:
+      metrics = parallel.eval_step(state, parallel.put_batch(batch))
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+  sums = parallel.get_metrics(sums)
+  count = float(sums["count"])
+  result = {f"{prefix}_loss": float(sums["loss_sum"]) / count, f"{prefix}_accuracy": float(sums["correct"]) / count}
+  if "correct_top5" in sums:
+    result[f"{prefix}_top5_accuracy"] = float(sums["correct_top5"]) / count
+  return result
+
+
+class Evaluations:
+  """The run's evaluations: the validation split every ``eval_every_epochs`` epochs (else the
+  test split), the test split at the end; their records, their printed lines and their time."""
+
+  def __init__(self, parallel: DataParallel, data: Data, config: ml_collections.ConfigDict,
+               writer: reporting.MetricsWriter, progress: reporting.Progress, reporter: reporting.StepReporter):
+    self._parallel, self._data, self._config = parallel, data, config
+    self._writer, self._progress, self._reporter = writer, progress, reporter
+    self._evaluated = writer.evaluated_steps()
+    self.seconds = 0.0
+    self.last: dict[str, float] = {}
+
+  def _run(self, state: TrainState, final: bool) -> dict[str, float]:
+    t = time.time()
+    splits = [("validation", self._data.validation)] if self._data.validation is not None else []
+    if not splits or final:
+      splits.append(("test", self._data.test))
+    self.last = {}
+    for prefix, source in splits:
+      self.last.update(evaluate(self._parallel, state, source, batch_size=self._data.local_eval_batch,
+                                config=self._config, prefix=prefix))
+    self.seconds += time.time() - t
+    self._reporter.pause(time.time() - t)
+    return self.last
+
+  def end_of_epoch(self, epoch: int, step: int, state: TrainState) -> None:
+    """Evaluates when ``epoch`` is due and records it (once per step, also across a resume)."""
+    train = self._reporter.take_epoch_means()
+    final = epoch == self._config.num_epochs
+    if epoch % self._config.eval_every_epochs and not final:
+      return
+    result = self._run(state, final)
+    if step not in self._evaluated:  # A resumed run may repeat the evaluation of its first step.
+      self._evaluated.add(step)
+      self._writer.write({"kind": "eval", "step": step, "epoch": epoch, **train, **result})
+    self._progress.write(f"epoch {epoch}: " + ", ".join(
+        f"{split} accuracy {100 * result[split + '_accuracy']:.2f}%, {split} loss {result[split + '_loss']:.4f}"
+        for split in ("validation", "test") if split + "_accuracy" in result))
+
+  def final(self, state: TrainState) -> dict[str, float]:
+    """The last evaluation, with the test split (run now if the last epoch's did not include it)."""
+    return self.last if "test_accuracy" in self.last else self._run(state, final=True)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class Checkpointing:
+  """Saves the run's state (after checking it is finite) and builds the divergence message."""
+
+  def __init__(self, store: CheckpointStore, parallel: DataParallel, config: ml_collections.ConfigDict,
+               schedule: Any, steps_per_epoch: int, writer: reporting.MetricsWriter, last_good_step: int | None):
+    self.store, self._parallel, self._config, self._schedule = store, parallel, config, schedule
+    self._spe, self._writer, self.last_good_step = steps_per_epoch, writer, last_good_step
+
+  def save(self, step: int, state: TrainState, train_seconds: float) -> None:
+    host = self._parallel.get_state(state)
+    if not all_finite(host.params):
+      raise self.diverged(step, "the parameters became NaN or infinite")
+    if self.store.save(step, host, to_json_dict(self._config), extra={"train_seconds": train_seconds}):
+      self.last_good_step = step
+
+  def diverged(self, step: int, what: str) -> DivergenceError:
+    c = self._config
     if self.last_good_step is None:
       kept = "No checkpoint had been saved yet, so there is nothing to resume from."
     else:
       kept = (f"The last good checkpoint (step {self.last_good_step}) in {self.store.directory} is "
               "kept; a restart resumes from it.")
     message = (
-        f"Training stopped: {what} at step {step} (epoch {(step - 1) // self.steps_per_epoch + 1}, "
-        f"learning rate {lr:.4g}). {kept} Try a lower --config.learning_rate (now "
-        f"{self.config.learning_rate:g} per 256 images), a longer --config.warmup_epochs (now "
-        f"{self.config.warmup_epochs:g}), gradient clipping (--config.grad_clip_norm=1.0)"
-        + (", or --config.half_precision=False" if self.config.half_precision else "") + ".")
-    self.writer.write({"kind": "diverged", "step": step, "message": message})
+        f"Training stopped: {what} at step {step} (epoch {(step - 1) // self._spe + 1}, learning rate "
+        f"{float(self._schedule(step - 1)):.4g}). {kept} Try a lower --config.learning_rate (now "
+        f"{c.learning_rate:g} per 256 images), a longer --config.warmup_epochs (now {c.warmup_epochs:g}), "
+        "gradient clipping (--config.grad_clip_norm=1.0)"
+        + (", or --config.half_precision=False" if c.half_precision else "") + ".")
+    self._writer.write({"kind": "diverged", "step": step, "message": message})
     return DivergenceError(message, step, self.last_good_step)
 
-  def _flush(self, window: _Window, bar: Any, log: bool) -> None:
-    """Reads back pending step metrics, stops on a non-finite loss, logs a record."""
-    if not window.pending:
-      return
-    values = self.parallel.get_metrics([m for _, m in window.pending])
-    now = time.time()
-    for (step, _), m in zip(window.pending, values):
-      loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
-      if not math.isfinite(loss) or not math.isfinite(grad_norm):
-        what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient norm became {grad_norm}"
-        raise self._diverged(step, what)
-    losses = [float(m["loss"]) for m in values]
-    accuracies = [float(m["accuracy"]) for m in values]
-    window.epoch_loss += sum(losses)
-    window.epoch_accuracy += sum(accuracies)
-    window.epoch_steps += len(values)
-    last_step = window.pending[-1][0]
-    images_per_second = (last_step - window.start_step) * self.global_batch / max(now - window.start_time, 1e-9)
-    window.pending.clear()
-    if log:
-      record = {"kind": "train", "step": last_step, "epoch": last_step / self.steps_per_epoch,
-                "train_loss": float(np.mean(losses)), "train_accuracy": float(np.mean(accuracies)),
-                "grad_norm": float(values[-1]["grad_norm"]),
-                "learning_rate": float(self.schedule(last_step - 1)),
-                "images_per_second": images_per_second}
-      self.writer.write(record)
-      bar.set_postfix(loss=f"{record['train_loss']:.4f}", acc=f"{record['train_accuracy']:.3f}",
-                      img_s=f"{images_per_second:.0f}", refresh=False)
-      window.start_time, window.start_step = now, last_step
 
-  def _save(self, train_seconds: float) -> None:
-    """Saves the current state unless it is not finite (then stops the run)."""
-    state = self.parallel.get_state(self.state)
-    if not all_finite(state.params):
-      raise self._diverged(self.step, "the parameters became NaN or infinite")
-    if self.store.save(self.step, state, to_json_dict(self.config), extra={"train_seconds": train_seconds}):
-      self.last_good_step = self.step
+# ----------------------------------------------------------------------------- the loop
 
-  def evaluate(self, source: Any = None, prefix: str = "test") -> dict[str, float]:
-    """Loss and accuracy on a whole split (default: test; padded last batch masked out).
 
-    Returns:
-      ``{prefix + '_loss', prefix + '_accuracy'}`` (and ``_top5_accuracy`` when
-      the model has at least 5 classes).
-    """
-    loader = data_lib.make_loader(
-        self.test_source if source is None else source, batch_size=self.local_eval_batch, train=False, seed=self.config.seed,
-        augment=self.config.data.augment, image_size=self.config.data.image_size or None,
-        num_threads=self.config.data.num_threads)
-    sums = None
-    with loader:
-      for batch in loader:
-        metrics = self.parallel.eval_step(self.state, self.parallel.put_batch(batch))
-        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-    sums = self.parallel.get_metrics(sums)
-    count = float(sums["count"])
-    result = {f"{prefix}_loss": float(sums["loss_sum"]) / count, f"{prefix}_accuracy": float(sums["correct"]) / count}
-    if "correct_top5" in sums:
-      result[f"{prefix}_top5_accuracy"] = float(sums["correct_top5"]) / count
-    return result
+def with_resolved_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose paths (``data.dir``, ``init_from``) are absolute (see `resolve_path`).
 
-  def evaluate_epoch(self, final: bool) -> dict[str, float]:
-    """The end-of-epoch evaluation: the validation split when there is one (the
-    test split only at the end of the run), else the test split."""
-    result = {}
-    if self.validation_source is not None:
-      result.update(self.evaluate(self.validation_source, "validation"))
-    if self.validation_source is None or final:
-      result.update(self.evaluate(self.test_source, "test"))
-    return result
+  The run's checkpoints store this config, so that a later ``experiments.evaluate
+  --workdir`` finds the data from any directory.
+  """
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for node, field in ((config.data, "dir"), (config, "init_from")):
+      if node[field]:
+        node[field] = resolve_path(node[field])
+  return config
 
-  # The loop ---------------------------------------------------------------------
 
-  def run(self) -> dict[str, Any]:
-    """Trains to the end (or from the resumed step), evaluates, writes the reports."""
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
-    config = self.config
-    spe = self.steps_per_epoch
-    start_step = self.step
-    loop_start = time.time()
-    eval_seconds = 0.0
-    first_step_done: float | None = None
-    evaluated = self.writer.evaluated_steps()
-    last_eval: dict[str, float] | None = None
-    window = _Window(start_time=loop_start, start_step=self.step)
-    bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-               disable=not (self.is_chief and config.progress_bar), desc=f"{config.model.name} a={config.model.alpha:g}")
-
-    def train_seconds() -> float:
-      return self.previous_train_seconds + time.time() - loop_start - eval_seconds
-
-    def end_of_epoch(epoch: int) -> None:
-      nonlocal eval_seconds, last_eval
-      steps = window.epoch_steps
-      train = {"train_loss": window.epoch_loss / steps if steps else None,
-               "train_accuracy": window.epoch_accuracy / steps if steps else None}
-      window.epoch_loss = window.epoch_accuracy = 0.0
-      window.epoch_steps = 0
-      final = epoch == config.num_epochs
-      if epoch % config.eval_every_epochs and not final:
-        return
-      t = time.time()
-      last_eval = self.evaluate_epoch(final)
-      eval_seconds += time.time() - t
-      window.start_time += time.time() - t
-      if self.step not in evaluated:  # A resumed run may repeat the evaluation of its first step.
-        evaluated.add(self.step)
-        self.writer.write({"kind": "eval", "step": self.step, "epoch": epoch, **train, **last_eval})
-      if self.is_chief:
-        bar.write(f"epoch {epoch}: " + ", ".join(
-            f"{split} accuracy {100 * last_eval[split + '_accuracy']:.2f}%, {split} loss {last_eval[split + '_loss']:.4f}"
-            for split in ("validation", "test") if split + "_accuracy" in last_eval))
-
-    try:
-      if self.step and self.step % spe == 0:
-        # The interrupted run may have stopped before this evaluation. Every process makes
-        # the same decision (from the step alone) since evaluation is collective.
-        end_of_epoch(self.step // spe)
-      for epoch in range(self.step // spe, config.num_epochs):
-        loader = data_lib.make_loader(
-            self.train_source, batch_size=self.local_batch, train=True, seed=config.seed, epoch=epoch,
-            augment=config.data.augment, image_size=config.data.image_size or None,
-            start_batch=self.step - epoch * spe, num_threads=config.data.num_threads)
-        with loader:
-          for batch in loader:
-            self.state, metrics = self.parallel.train_step(self.state, self.parallel.put_batch(batch))
-            self.step += 1
-            window.pending.append((self.step, metrics))
-            bar.update(1)
-            if first_step_done is None:
-              jax.block_until_ready(metrics)
-              first_step_done = time.time()
-              window.start_time, window.start_step = first_step_done, self.step
-            log = self.step % config.log_every_steps == 0
-            save = self.step % config.checkpoint_every_steps == 0 or self.step == self.total_steps
-            if log or save or self.step % spe == 0:
-              self._flush(window, bar, log)
-            if save:
-              self._save(train_seconds())
-        end_of_epoch(epoch + 1)
-      self._flush(window, bar, log=False)
-      self._save(train_seconds())  # No-op when the last step was just saved.
-      if last_eval is None or "test_accuracy" not in last_eval:
-        t = time.time()
-        last_eval = self.evaluate_epoch(final=True)
-        eval_seconds += time.time() - t
-    finally:
-      bar.close()
-      self.store.close()
-      self.writer.close()
-
-    loop_end = time.time()
-    steady_steps = self.step - start_step - 1
-    steady_seconds = loop_end - (first_step_done or loop_end) - eval_seconds
-    images_per_second = (steady_steps * self.global_batch / steady_seconds
-                         if steady_steps > 0 and steady_seconds > 0 else None)
-    summary = self._summary(last_eval, train_seconds=self.previous_train_seconds + loop_end - loop_start - eval_seconds,
-                            images_per_second=images_per_second, start_step=start_step)
-    if self.is_chief:
-      reporting.write_json(epath.Path(self.workdir) / reporting.SUMMARY_FILE, summary)
-      reporting.plot_curves(self.writer.records, epath.Path(self.workdir) / reporting.CURVES_FILE,
-                            title=f"{config.model.name} (alpha {config.model.alpha:g}) on {config.data.name}")
-    return summary
-
-  def _summary(self, evaluation: dict[str, float], *, train_seconds: float, images_per_second: float | None,
-               start_step: int) -> dict[str, Any]:
-    from octflax import cost  # pylint: disable=g-import-not-at-top
-
-    report = cost.analyze(self.model.clone(dtype=jnp.float32) if hasattr(self.model, "dtype") else self.model,
-                          (1,) + self.image_shape)
-    train_records = [r for r in self.writer.records if r.get("kind") in ("train", "eval") and r.get("train_loss")]
-    return {
-        **evaluation,
-        "train_examples": len(self.train_source),
-        "validation_examples": 0 if self.validation_source is None else len(self.validation_source),
-        "train_seconds": train_seconds,
-        "images_per_second": images_per_second,
-        "params": self.params,
-        "gmacs_per_image": report.gmacs,
-        "device": describe_devices(self.parallel.devices),
-        "num_devices": self.parallel.num_devices,
-        "num_processes": jax.process_count(),
-        "parallel": self.config.parallel,
-        "steps": self.step,
-        "epochs": self.config.num_epochs,
-        "global_batch_size": self.global_batch,
-        "final_train_loss": train_records[-1]["train_loss"] if train_records else None,
-        "resumed_from_step": start_step or None,
-        "jax_version": jax.__version__,
-        "model": self.config.model.name,
-        "alpha": float(self.config.model.alpha),
-        "config": to_json_dict(self.config),
-    }
+def _train_loader(config: ml_collections.ConfigDict, data: Data, epoch: int, start_batch: int) -> Any:
+  """This process's batches of training epoch ``epoch`` from batch ``start_batch`` on (a context manager)."""
+  return data_lib.make_loader(data.train, batch_size=data.local_batch, train=True, seed=config.seed, epoch=epoch,
+                              augment=config.data.augment, image_size=config.data.image_size or None,
+                              start_batch=start_batch, num_threads=config.data.num_threads)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates the model of ``config``, resuming from ``workdir`` if it holds a checkpoint.
 
-  Writes to ``workdir``: ``checkpoints/`` (orbax; every
-  ``config.checkpoint_every_steps`` steps and at the end), ``metrics.jsonl``
-  (a record per logged step and per evaluation), and at the end
-  ``summary.json`` and ``curves.png``. Multi-process runs call this on every
-  process (after `initialize_distributed`); each loads its share of every
-  batch and only process 0 writes the reports.
+  Writes to ``workdir``: ``checkpoints/`` (every ``config.checkpoint_every_steps``
+  steps, at the end and when stopped by SIGTERM/SIGINT), ``metrics.jsonl`` (a
+  record per logged step and per evaluation), and at the end ``summary.json``
+  and ``curves.png``. Multi-process runs call this on every process (after
+  `initialize_distributed`); only process 0 writes the reports.
 
   Args:
     config: a config built from `octflax.training.default_config`.
-    workdir: the working directory (local or ``gs://`` for checkpoints).
+    workdir: the working directory (relative, absolute, ``~``, or ``gs://``).
 
   Returns:
     The summary (also in ``summary.json``): ``test_accuracy``, ``test_loss``,
-    ``train_seconds``, ``images_per_second``, ``params``,
-    ``gmacs_per_image``, ``device``, ``config`` and more.
+    ``train_seconds``, ``images_per_second``, ``params``, ``gmacs_per_image``,
+    ``device``, ``config`` and more.
 
   Raises:
     ConfigError: an unknown field or a value that cannot work.
+    WorkdirError: ``workdir`` is a file, cannot be created or written.
     octflax.data.DataError: missing or malformed data.
     CheckpointMismatchError: ``workdir`` holds another model's checkpoint.
+    CheckpointError: ``workdir`` holds checkpoints and none can be restored.
     DivergenceError: the loss or the parameters became NaN or infinite.
+    RunStopped: a SIGTERM or SIGINT; the step in flight was checkpointed.
   """
-  return _Run(config, workdir).run()
+  check_config(config)
+  config = with_resolved_paths(config)
+  is_chief = jax.process_index() == 0
+  parallel = DataParallel(config.parallel, label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha)
+  data = build_data(config, parallel)
+  model = build_model(config, data.num_classes)
+  workdir = prepare_workdir(workdir)  # Before anything compiles; after the config's checks, which write nothing.
+  store = CheckpointStore(f"{workdir}/{CHECKPOINT_DIR}", identity=run_identity(config, data),
+                          keep=config.keep_checkpoints, is_chief=is_chief)
+  store.check_identity()  # Before anything in the working directory is written.
+  schedule = learning_rate_schedule(scaled_learning_rate(config.learning_rate, config.batch_size), data.total_steps,
+                                    round(config.warmup_epochs * data.steps_per_epoch))
+  tx = make_optimizer(schedule, momentum=config.momentum, nesterov=config.nesterov,
+                      weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
+  state, step, meta = initial_state(config, parallel, model, tx, data, store,
+                                    say=lambda line: is_chief and print(line, flush=True))
+  start_step, spe, loop_start = step, data.steps_per_epoch, time.time()
+  writer = reporting.MetricsWriter(workdir, resume_step=step or None, enabled=is_chief)
+  progress = reporting.Progress(label=f"{config.model.name} a={config.model.alpha:g}", total=data.total_steps,
+                                initial=step, enabled=is_chief and config.progress_bar)
+  saver = Checkpointing(store, parallel, config, schedule, spe, writer, step or None)
+  reporter = reporting.StepReporter(
+      writer=writer, progress=progress, fetch=parallel.get_metrics, global_batch=data.global_batch,
+      steps_per_epoch=spe, log_every=config.log_every_steps, learning_rate=lambda s: float(schedule(s)),
+      on_nonfinite=saver.diverged, start_step=step)
+  evaluations = Evaluations(parallel, data, config, writer, progress, reporter)
+  train_seconds = lambda: float(meta.get("train_seconds", 0.0)) + time.time() - loop_start - evaluations.seconds
+
+  try:
+    with StopSignals() as stop:
+      if step and step % spe == 0:  # The interrupted run may have stopped before this evaluation.
+        evaluations.end_of_epoch(step // spe, step, state)
+      for epoch in range(step // spe, config.num_epochs):
+        with _train_loader(config, data, epoch, start_batch=step - epoch * spe) as loader:
+          for batch in loader:
+            state, metrics = parallel.train_step(state, parallel.put_batch(batch))
+            step += 1
+            reporter.dispatched(step, metrics)
+            stopping = stop.requested(step)
+            if stopping or step % config.checkpoint_every_steps == 0 or step == data.total_steps:
+              reporter.finish()
+              saver.save(step, state, train_seconds())
+            if stopping:
+              raise RunStopped(f"stopped by {stop.signal_name} at step {step} of {data.total_steps}; checkpoint "
+                               f"saved in {store.directory}. Run the same command to resume.", step,
+                               stop.signal_name)
+        reporter.finish()
+        evaluations.end_of_epoch(epoch + 1, step, state)
+      last_eval = evaluations.final(state)
+  finally:
+    progress.close()
+    store.close()
+    writer.close()
+
+  summary = _summary(config, model, data, parallel, writer, last_eval, train_seconds=train_seconds(),
+                     images_per_second=reporter.images_per_second(), steps=step, start_step=start_step)
+  if is_chief:
+    reporting.write_json(epath.Path(workdir) / reporting.SUMMARY_FILE, summary)
+    reporting.plot_curves(writer.records, epath.Path(workdir) / reporting.CURVES_FILE,
+                          title=f"{config.model.name} (alpha {config.model.alpha:g}) on {config.data.name}")
+  return summary
 
 
-__all__ = ["CHECKPOINT_DIR", "build_datasets", "build_model", "split_validation", "train_and_evaluate"]
+def _summary(config, model, data: Data, parallel: DataParallel, writer, evaluation, *, train_seconds: float,
+             images_per_second: float | None, steps: int, start_step: int) -> dict[str, Any]:
+  from octflax import cost  # pylint: disable=g-import-not-at-top
+
+  report = cost.analyze(model.clone(dtype=jnp.float32) if hasattr(model, "dtype") else model,
+                        (1,) + data.image_shape)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + data.image_shape), train=False))["params"]
+  train_records = [r for r in writer.records if r.get("kind") in ("train", "eval") and r.get("train_loss")]
+  return {
+      **evaluation,
+      "train_examples": len(data.train),
+      "validation_examples": 0 if data.validation is None else len(data.validation),
+      "train_seconds": train_seconds,
+      "images_per_second": images_per_second,
+      "params": num_params(params),
+      "gmacs_per_image": report.gmacs,
+      "device": describe_devices(parallel.devices),
+      "num_devices": parallel.num_devices,
+      "num_processes": jax.process_count(),
+      "parallel": config.parallel,
+      "steps": steps,
+      "epochs": config.num_epochs,
+      "global_batch_size": data.global_batch,
+      "final_train_loss": train_records[-1]["train_loss"] if train_records else None,
+      "resumed_from_step": start_step or None,
+      "jax_version": jax.__version__,
+      "model": config.model.name,
+      "alpha": float(config.model.alpha),
+      "config": to_json_dict(config),
+  }
+
+
+__all__ = ["CHECKPOINT_DIR", "Checkpointing", "Data", "Evaluations", "build_data", "build_datasets", "build_model", "evaluate",
+           "init_from_checkpoint", "initial_state", "run_identity", "train_and_evaluate"]

@@ -1,7 +1,10 @@
 """Where the time goes: OctConv's convolutions against everything else, measured in context.
 
-Each network is compiled twice: as it is, and with every convolution that
-`octflax.functional.conv2d` runs (all OctConv paths, 1x1 and 3x3; not the vanilla 7x7 stem of
+Backs docs/benchmarks.md, "Where the time goes": the wall-time split of Oct-ResNet-50
+(and the CIFAR Oct-ResNet-20 train step) into OctConv's convolutions and the rest.
+
+Each network is compiled twice: as it is, and with every convolution that an OctConv path
+runs (`octflax.execution.use_conv`; all OctConv paths, 1x1 and 3x3; not the vanilla 7x7 stem of
 ImageNet ResNets, which is `nn.Conv`) replaced by a stand-in: a dot over at most 8 input
 channels, which keeps the output's shape, its dependence on the input and the kernel, and the
 form XLA fuses BatchNorm and adds into, for few MACs. Both forms are timed round-robin in one run. The stand-in form's time is everything but the convolutions
@@ -14,21 +17,16 @@ summed over threads count overlapping work twice, and more so at alpha > 0, whos
 independent of each other.
 
 Example:
-  python -m experiments.decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 8
+  python -m experiments.probes.decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 8
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
 import sys
 import time
-from typing import Callable, Iterator
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,47 +34,41 @@ from jax import lax
 
 from experiments import benchmark
 from octflax import cost
-from octflax import functional as F
+from octflax import execution
 
 
-def _stand_in(x, kernel, feature_group_count=1, precision=None):
+def _stand_in(x, kernel, feature_group_count=1, precision=None, kernel_dilation=None):
   """A dot over (at most) 8 input channels: the convolution's output shape and form, few MACs."""
-  del feature_group_count
+  del feature_group_count, kernel_dilation
   dtype = jnp.result_type(x, kernel)
   k = min(8, x.shape[-1], kernel.shape[2])
-  return lax.dot_general(x[..., :k].astype(dtype), kernel[0, 0, :k].astype(dtype),
+  return lax.dot_general(x[..., :k].astype(dtype), kernel[(0,) * (kernel.ndim - 2)][:k].astype(dtype),
                          (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
-def _no_macs(x, kernel, feature_group_count=1, precision=None):
+def _no_macs(x, kernel, feature_group_count=1, precision=None, kernel_dilation=None):
   """The output shape with no dot at all (to count the MACs outside the convolutions)."""
-  del feature_group_count, precision
+  del feature_group_count, precision, kernel_dilation
   return jnp.broadcast_to(x[..., :1], x.shape[:-1] + kernel.shape[-1:]).astype(jnp.result_type(x, kernel))
 
 
-@contextlib.contextmanager
-def convolutions_replaced(stand_in: Callable[..., jax.Array] = _stand_in) -> Iterator[None]:
-  """Replaces `functional.conv2d` (what every OctConv path calls) with ``stand_in``, while tracing inside."""
-  real = F.conv2d
-  F.conv2d = stand_in
-  try:
-    yield
-  finally:
-    F.conv2d = real
+def convolutions_replaced(stand_in: Callable[..., jax.Array] = _stand_in):
+  """Every OctConv path traced inside runs ``stand_in`` instead of its convolution."""
+  return execution.use_conv(stand_in)
 
 
 def run(model: str, alphas: list[float], batch: int, mode: str, image_size: int, num_classes: int,
-        channels: int, repeats: int, warmup: int = 2) -> list[dict]:
+        channels: int, repeats: int, warmup: int = 2, compile: str = "octflax") -> list[dict]:
   """Times each alpha with and without its convolutions; one row per alpha."""
   if 0.0 not in alphas:
     alphas = [0.0] + alphas
   cases, other_gmacs = {}, {}
   for alpha in alphas:
     cases[alpha, "full"] = benchmark.make_case(model, alpha, batch, mode, image_size, num_classes,
-                                               jnp.float32, channels)
+                                               jnp.float32, channels, compile)
     with convolutions_replaced():
       cases[alpha, "rest"] = benchmark.make_case(model, alpha, batch, mode, image_size, num_classes,
-                                                 jnp.float32, channels)
+                                                 jnp.float32, channels, compile)
     with convolutions_replaced(_no_macs):
       other_gmacs[alpha] = cost.analyze(benchmark.build_model(model, alpha, num_classes, jnp.float32),
                                         (1, image_size, image_size, channels)).gmacs
@@ -113,9 +105,11 @@ def main(argv=None) -> int:
   parser.add_argument("--channels", type=int, default=3)
   parser.add_argument("--num-classes", type=int, default=1000)
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--compile", choices=list(benchmark.COMPILE_SETTINGS), default="octflax",
+                      help="XLA options, as experiments.benchmark's --compile")
   args = parser.parse_args(argv)
   rows = run(args.model, [float(a) for a in args.alphas.split(",")], args.batch, args.mode,
-             args.image_size, args.num_classes, args.channels, args.repeats)
+             args.image_size, args.num_classes, args.channels, args.repeats, compile=args.compile)
   print(f"{args.model}, batch {args.batch}, {args.mode}, {jax.default_backend()}: median ms, and ratio to alpha 0")
   print(f"{'alpha':>6}{'total':>16}{'convolutions':>16}{'the rest':>16}{'conv MACs ratio':>17}{'MACs ratio':>12}")
   for r in rows:

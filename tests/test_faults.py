@@ -1,0 +1,268 @@
+"""Faults a long run meets: relative and ``~`` paths, an unusable workdir, damaged checkpoints.
+
+In-process runs of a tiny CNN (seconds each); the signal and multi-process
+cases run the real command line in tests/test_training_cli.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import chex
+import numpy as np
+import pytest
+
+from octflax import training
+from octflax.training import reporting
+from test_training import tiny_config, write_fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("faults_data")
+  write_fashion_mnist(root, n_train=32, n_test=8)
+  return root
+
+
+def small_config(data_dir: Path, **fields):
+  # 4 steps an epoch; a checkpoint every 2.
+  fields = {"checkpoint_every_steps": 2, "log_every_steps": 2, "keep_checkpoints": 5, **fields}
+  return tiny_config(data_dir, **fields)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+  """An uninterrupted run of `small_config` over 2 epochs (checkpoints 2, 4, 6, 8)."""
+  workdir = tmp_path_factory.mktemp("faults_reference") / "run"
+  training.train_and_evaluate(small_config(data_dir, num_epochs=2), str(workdir))
+  return workdir
+
+
+def checkpoint_steps(workdir: Path) -> list[str]:
+  return sorted(p.name for p in (workdir / "checkpoints").iterdir())
+
+
+def test_paths_relative_absolute_home_and_urls_pass_through(monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert training.resolve_path("runs/a") == str(tmp_path / "runs" / "a")
+  assert training.resolve_path("~/runs/a") == str(tmp_path / "home" / "runs" / "a")
+  assert training.resolve_path(str(tmp_path / "x")) == str(tmp_path / "x")
+  for url in ("gs://bucket/runs/a", "s3://b/c", "https://example.org/x"):
+    assert training.resolve_path(url) == url
+
+
+def test_relative_workdir_checkpoints_and_resumes(monkeypatch, tmp_path, data_dir):
+  # orbax refuses relative paths in its background save thread; the trainer resolves them first.
+  shutil.copytree(data_dir, tmp_path / "data")
+  monkeypatch.chdir(tmp_path)
+  config = small_config(Path("data"))
+  first = training.train_and_evaluate(config, "runs/fashion_mnist")
+  assert first["steps"] == 4 and first["resumed_from_step"] is None
+  assert checkpoint_steps(tmp_path / "runs" / "fashion_mnist") == ["2", "4"]
+  # The stored config names the data by absolute path (evaluate --workdir works from anywhere);
+  # the caller's config is left as it was.
+  assert training.read_checkpoint("runs/fashion_mnist")[1]["config"]["data"]["dir"] == str(tmp_path / "data")
+  assert config.data.dir == "data"
+  resumed = training.train_and_evaluate(small_config(Path("data"), num_epochs=2), "runs/fashion_mnist")
+  assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 8
+  assert checkpoint_steps(tmp_path / "runs" / "fashion_mnist") == ["2", "4", "6", "8"]
+
+
+def test_data_dir_relative_and_home(monkeypatch, tmp_path, data_dir):
+  monkeypatch.chdir(data_dir.parent)
+  monkeypatch.setenv("HOME", str(data_dir.parent))
+  for given in (data_dir.name, f"~/{data_dir.name}"):
+    config = small_config(Path(given))
+    train, _ = training.build_datasets(config)
+    assert len(train) == 32
+
+
+@pytest.mark.parametrize("case", ["file", "cannot_create"])
+def test_unusable_workdir_stops_before_anything_runs(tmp_path, data_dir, case):
+  if case == "file":
+    workdir = tmp_path / "run"
+    workdir.write_text("not a directory")
+    expected = "is a file, not a directory"
+  elif case == "cannot_create":
+    (tmp_path / "blocker").write_text("a file")
+    workdir = tmp_path / "blocker" / "run"
+    expected = "cannot create"
+  with pytest.raises(training.WorkdirError, match=expected) as error:
+    training.train_and_evaluate(small_config(data_dir), str(workdir))
+  assert "\n" not in str(error.value)
+
+
+def test_workdir_probe_refuses_a_read_only_directory(tmp_path, monkeypatch):
+  # Root ignores permissions: refuse the probe's write the way a read-only mount does.
+  real_open = open
+
+  def refusing_open(path, *args, **kwargs):
+    if training.paths.PROBE_FILE in os.fspath(path):
+      raise PermissionError(13, "Permission denied")
+    return real_open(path, *args, **kwargs)
+
+  monkeypatch.setattr("builtins.open", refusing_open)
+  with pytest.raises(training.WorkdirError, match=r"cannot write in .*: Permission denied"):
+    training.prepare_workdir(str(tmp_path / "run"))
+
+
+def _damage(step_dir: Path, how: str) -> None:
+  if how == "truncated_array":
+    # The array data files cut short, as a full disk or an interrupted copy leaves them.
+    for path in (step_dir / "state").rglob("*"):
+      if path.is_file() and path.parent.name == "d":
+        with open(path, "r+b") as f:
+          f.truncate(path.stat().st_size // 4)
+  elif how == "deleted_metadata":
+    (step_dir / "meta" / "metadata").unlink()
+  elif how == "unparsable_metadata":
+    (step_dir / "meta" / "metadata").write_text("{not json")
+  elif how == "leftover_tmp":
+    # An unfinished save of a later step, as a kill during the write leaves it.
+    shutil.copytree(step_dir, step_dir.parent / f"{int(step_dir.name) + 2}.orbax-checkpoint-tmp")
+  else:
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated_array"] + [
+    pytest.param(how, marks=pytest.mark.slow) for how in ("deleted_metadata", "unparsable_metadata", "leftover_tmp")])
+def test_damaged_newest_checkpoint_is_moved_aside_and_the_run_resumes(tmp_path, data_dir, reference, capsys, how):
+  config = small_config(data_dir, num_epochs=2)
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  _damage(workdir / "checkpoints" / "8", how)
+  capsys.readouterr()
+
+  summary = training.train_and_evaluate(config, str(workdir))
+  err = capsys.readouterr().err
+  lines = [line for line in err.splitlines() if "damaged" in line]
+  assert len(lines) == 1, err
+  if how == "leftover_tmp":
+    assert "10.orbax-checkpoint-tmp is damaged: an unfinished save" in lines[0]
+    assert "moved to 10.damaged, resuming from step 8" in lines[0]
+    assert summary["resumed_from_step"] == 8
+    assert "10.damaged" in checkpoint_steps(workdir)
+  else:
+    assert f"{workdir / 'checkpoints' / '8'} is damaged: " in lines[0]
+    assert "moved to 8.damaged, resuming from step 6" in lines[0]
+    assert summary["resumed_from_step"] == 6 and summary["steps"] == 8
+    assert (workdir / "checkpoints" / "8.damaged").is_dir()  # Kept for the user to look at.
+  assert "Traceback" not in err
+  got, _ = training.read_checkpoint(str(workdir))
+  want, _ = training.read_checkpoint(str(reference))
+  chex.assert_trees_all_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_no_checkpoint_restores_stops_and_changes_nothing(tmp_path, data_dir, reference):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  for step in ("2", "4", "6", "8"):
+    _damage(workdir / "checkpoints" / step, "unparsable_metadata")
+  before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+  with pytest.raises(training.CheckpointError, match=r"no checkpoint in .* can be restored: 8: .*; 6: .*; 4: .*; 2: .*"
+                     r"Nothing was changed") as error:
+    training.train_and_evaluate(small_config(data_dir, num_epochs=3), str(workdir))
+  assert "\n" not in str(error.value)
+  assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
+
+
+def test_progress_counts_finished_steps_and_prints_plain_lines_off_a_terminal(tmp_path):
+  stream = io.StringIO()
+  progress = reporting.Progress(label="oct_resnet8 a=0.25", total=6, initial=0, enabled=True, stream=stream)
+  writer = reporting.MetricsWriter(str(tmp_path), resume_step=None)
+  fetched = []
+
+  def fetch(items):
+    fetched.append(len(items))
+    return items
+
+  reporter = reporting.StepReporter(
+      writer=writer, progress=progress, fetch=fetch, global_batch=8, steps_per_epoch=3, log_every=2,
+      learning_rate=lambda s: 0.1, on_nonfinite=lambda s, w: FloatingPointError(w), start_step=0,
+      max_in_flight=2)
+  for step in range(1, 7):
+    # NumPy metrics are "finished" at once: each step is read as soon as it is dispatched.
+    reporter.dispatched(step, {"loss": np.float32(1.0 / step), "accuracy": np.float32(0.5),
+                               "grad_norm": np.float32(1.0)})
+    assert reporter.finished_step == step
+  reporter.finish()
+  writer.close()
+  lines = stream.getvalue().splitlines()
+  assert [line.split(",")[0] for line in lines] == [
+      "oct_resnet8 a=0.25: step 2/6", "oct_resnet8 a=0.25: step 4/6", "oct_resnet8 a=0.25: step 6/6"]
+  assert "\r" not in stream.getvalue()
+  assert "loss 0.2917" in lines[1]  # mean of steps 3 and 4: (1/3 + 1/4) / 2
+  assert all("images/s" in line for line in lines) and "ETA" in lines[1]
+  assert reporter.take_epoch_means()["train_loss"] == pytest.approx(np.mean([1 / s for s in range(1, 7)]))
+
+
+def test_progress_waits_for_steps_beyond_the_in_flight_limit(tmp_path):
+  class Pending:
+    """A device value that is never ready until read."""
+
+    def is_ready(self):
+      return False
+
+  reads = []
+
+  def fetch(items):
+    reads.append(len(items))
+    return [{"loss": 1.0, "accuracy": 0.0, "grad_norm": 1.0} for _ in items]
+
+  progress = reporting.Progress(label="x", total=10, initial=0, enabled=False)
+  writer = reporting.MetricsWriter(str(tmp_path), resume_step=None, enabled=False)
+  reporter = reporting.StepReporter(
+      writer=writer, progress=progress, fetch=fetch, global_batch=8, steps_per_epoch=10, log_every=5,
+      learning_rate=lambda s: 0.1, on_nonfinite=lambda s, w: FloatingPointError(w), start_step=0,
+      max_in_flight=3)
+  for step in range(1, 6):
+    reporter.dispatched(step, {"loss": Pending()})
+  # Steps 1 and 2 had to be waited for (3 in flight at most); 3..5 are still unread.
+  assert reporter.finished_step == 2 and reads == [1, 1]
+  reporter.finish()
+  assert reporter.finished_step == 5
+
+
+def test_first_signal_asks_to_stop_and_a_second_ctrl_c_stops_at_once():
+  with training.StopSignals() as stop:
+    assert not stop.requested(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested(2) and stop.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_checkpoints_the_step_in_flight_and_the_resumed_run_matches(tmp_path, data_dir, reference,
+                                                                            monkeypatch):
+  config = small_config(data_dir, num_epochs=2)
+
+  dispatched = reporting.StepReporter.dispatched
+
+  def dispatched_then_terminated(self, step, metrics):
+    dispatched(self, step, metrics)
+    if step == 3:  # Mid-epoch, between two periodic checkpoints.
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(reporting.StepReporter, "dispatched", dispatched_then_terminated)
+  workdir = tmp_path / "run"
+  with pytest.raises(training.RunStopped, match=r"stopped by SIGTERM at step 3 of 8; checkpoint saved") as error:
+    training.train_and_evaluate(config, str(workdir))
+  assert error.value.step == 3
+  assert checkpoint_steps(workdir) == ["2", "3"]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["kind"] == "train"] == [2]  # Flushed before the exit.
+  monkeypatch.undo()
+
+  summary = training.train_and_evaluate(config, str(workdir))
+  assert summary["resumed_from_step"] == 3 and summary["steps"] == 8
+  got, _ = training.read_checkpoint(str(workdir))
+  want, _ = training.read_checkpoint(str(reference))
+  chex.assert_trees_all_close(got, want, rtol=0, atol=1e-6)
