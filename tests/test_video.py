@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from octflax import data
+from octflax import convert, cost, data, models
 from octflax.data import clips
 
 
@@ -113,12 +115,6 @@ def test_moving_fashion_mnist_reads_the_idx_files(tmp_path):
 
 # ----------------------------------------------------------------------------- Oct-I3D / Oct-C2D
 
-import functools  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from octflax import convert, cost, models  # noqa: E402
 
 
 def _random_variables(abstract, seed: int):
