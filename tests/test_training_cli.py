@@ -211,6 +211,7 @@ def test_batch_size_not_divisible_on_the_command_line(setup):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_workdir_that_is_a_file_on_the_command_line(setup):
   root, env = setup
   (root / "a_file").write_text("not a directory")
