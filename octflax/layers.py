@@ -19,11 +19,6 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-  """A 2-D int pair (octflax.nnx.layers reads its strides with it)."""
-  return tuple(F.as_tuple(value, 2, name))
-
-
 class _PathWeights(nn.Module):
   """The kernel and optional bias of one OctConv path (`functional.oct_conv_param_shapes`)."""
 
