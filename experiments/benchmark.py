@@ -10,6 +10,9 @@ Examples:
       --batch 8 --mode inference --json out.jsonl
   python -m experiments.benchmark --models oct_resnet20 --alphas 0,0.5 --batch 128 \\
       --mode train --image-size 32 --num-classes 10
+  # the same network compiled with octflax's options and with XLA's defaults, in one run
+  python -m experiments.benchmark --models oct_resnet20 --compile octflax,xla-default --alphas 0,0.5 \\
+      --batch 128 --image-size 32 --num-classes 10
   # octflax next to a PyTorch Oct-ResNet-50 with the PyTorch port's structure (needs torch)
   python -m experiments.benchmark --models oct_resnet50,torch_oct_resnet50 --alphas 0,0.5 --batch 8
 """
@@ -38,7 +41,7 @@ import optax
 from flax import linen as nn
 
 from octflax import cost, models
-from octflax import execution
+from octflax import execution, functional
 from octflax.compiler import inference_compiler_options, init_compiler_options, train_compiler_options
 
 
@@ -56,6 +59,8 @@ class Case:
   framework: str = "octflax"
   hlo: str | None = None  # the optimized HLO (octflax networks)
   compiler_options: dict[str, Any] | None = None  # what the network was compiled with (None: XLA's defaults)
+  compile: str = "octflax"  # the --compile setting
+  conv: str = "default"  # the --conv setting
   times: list[float] = dataclasses.field(default_factory=list)
 
 
@@ -93,19 +98,26 @@ def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
   return Net()
 
 
-# Variants selected with a suffix of the model name, e.g. 'oct_resnet50:nofuse'.
+# Model variants, selected with a suffix of the model name, e.g. 'oct_resnet50:nofuse'.
 VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}, "fuse": {"fuse": True}}
-# Variants of the execution rather than the model: ':nopad' leaves CPU convolution channels unpadded.
-EXECUTION_VARIANTS = {"nopad": lambda: execution.use_conv(execution.xla_cpu_conv_unpadded)}
-# Variants of the compilation: XLA options that replace the default ones for that configuration
-# (inference compiles with `octflax.inference_compiler_options()`, a train step with
-# `octflax.train_compiler_options()`). ':xladefault' is XLA's own defaults; ':ynndot' hands dots
-# and their elementwise neighbours to YNNPACK as one fused graph (docs/benchmarks.md: much slower
-# at alpha 0).
-COMPILE_VARIANTS = {
-    "xladefault": {},
-    "ynndot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+# How OctConv's convolutions are executed (--conv): octflax's default for the backend
+# (`execution.default_conv`), XLA:CPU's form without the channel padding, or exactly nn.Conv's.
+CONV_SETTINGS = {
+    "default": None,
+    "unpadded": execution.xla_cpu_conv_unpadded,
+    "plain": functional.conv,
 }
+# XLA options a network is compiled with (--compile): octflax's (`octflax.inference_compiler_options()`
+# for inference, `octflax.train_compiler_options()` for a train step), XLA's own defaults, or XLA:CPU's
+# YNNPACK dot fusions, which hand dots and their elementwise neighbours to YNNPACK as one fused graph.
+COMPILE_SETTINGS = {
+    "octflax": None,
+    "xla-default": {},
+    "ynn-dot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+}
+# Name suffixes that were compile or execution settings, and the flag that replaced each.
+_SETTINGS_NOW_FLAGS = {"xladefault": "--compile xla-default", "ynndot": "--compile ynn-dot",
+                       "nopad": "--conv unpadded"}
 
 
 def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Module:
@@ -114,11 +126,10 @@ def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Mod
   base, *suffixes = name.split(":")
   kwargs = {}
   for suffix in suffixes:
-    if suffix in EXECUTION_VARIANTS or suffix in COMPILE_VARIANTS:
-      continue  # applied where the case is traced and compiled (make_case)
+    if suffix in _SETTINGS_NOW_FLAGS:
+      raise ValueError(f"':{suffix}' is not a model variant; use {_SETTINGS_NOW_FLAGS[suffix]}.")
     if suffix not in VARIANTS:
-      raise ValueError(f"unknown model variant ':{suffix}'; known: "
-                       f"{', '.join([*VARIANTS, *EXECUTION_VARIANTS, *COMPILE_VARIANTS])}.")
+      raise ValueError(f"unknown model variant ':{suffix}'; known: {', '.join(VARIANTS)}.")
     kwargs.update(VARIANTS[suffix])
   return models.get_model(base, alpha=alpha, num_classes=num_classes, dtype=dtype, **kwargs)
 
@@ -154,16 +165,30 @@ def make_torch_case(name: str, alpha: float, batch: int, mode: str, image_size: 
 
 
 def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
-              dtype: Any, channels: int = 3) -> Case:
-  """Builds and compiles one timed configuration (under its execution and compile variants, if any)."""
-  options = inference_compiler_options() if mode == "inference" else train_compiler_options()
-  with contextlib.ExitStack() as stack:
-    for suffix in name.split(":")[1:]:
-      if suffix in EXECUTION_VARIANTS:
-        stack.enter_context(EXECUTION_VARIANTS[suffix]())
-      if suffix in COMPILE_VARIANTS:
-        options = COMPILE_VARIANTS[suffix] or None
-    return _make_case(name, alpha, batch, mode, image_size, num_classes, dtype, channels, options)
+              dtype: Any, channels: int = 3, compile: str = "octflax", conv: str = "default") -> Case:
+  """Builds and compiles one timed configuration under a compile setting and a convolution setting.
+
+  Args:
+    name: a registry name with optional model variants (``oct_resnet50:nofuse``), or one of
+      ``flax_resnet50`` and the PyTorch networks.
+    compile: a key of `COMPILE_SETTINGS`.
+    conv: a key of `CONV_SETTINGS`.
+  """
+  if compile not in COMPILE_SETTINGS:
+    raise ValueError(f"compile={compile!r}; allowed are {', '.join(COMPILE_SETTINGS)}.")
+  if conv not in CONV_SETTINGS:
+    raise ValueError(f"conv={conv!r}; allowed are {', '.join(CONV_SETTINGS)}.")
+  options = COMPILE_SETTINGS[compile]
+  if options is None:
+    options = inference_compiler_options() if mode == "inference" else train_compiler_options()
+  # 'default' leaves the convolution to whoever called (octflax's default, or an enclosing use_conv).
+  chosen = contextlib.nullcontext() if conv == "default" else execution.use_conv(CONV_SETTINGS[conv])
+  with chosen:
+    case = _make_case(name, alpha, batch, mode, image_size, num_classes, dtype, channels, options or None)
+  case.compile, case.conv = compile, conv
+  if (compile, conv) != ("octflax", "default"):
+    case.label += f" [{compile}, conv {conv}]"
+  return case
 
 
 def _make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
@@ -230,12 +255,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     alphas = [0.0] + alphas  # ratios need alpha 0 from the same run
   cases = []
   for name in args.models.split(","):
-    for batch in [int(b) for b in str(args.batch).split(",")]:
-      for alpha in ([0.0] if name == "flax_resnet50" else alphas):
-        cases.append(make_case(name, alpha, batch, args.mode, args.image_size, args.num_classes, dtype,
-                               args.channels))
-        for _ in range(args.warmup):
-          jax.block_until_ready(cases[-1].fn())
+    # PyTorch networks are timed once: neither XLA's options nor octflax's convolutions apply.
+    settings = [(c, v) for c in args.compile.split(",") for v in args.conv.split(",")]
+    for compile_setting, conv in (settings[:1] if name in TORCH_MODELS else settings):
+      for batch in [int(b) for b in str(args.batch).split(",")]:
+        for alpha in ([0.0] if name == "flax_resnet50" else alphas):
+          cases.append(make_case(name, alpha, batch, args.mode, args.image_size, args.num_classes, dtype,
+                                 args.channels, compile_setting, conv))
+          for _ in range(args.warmup):
+            jax.block_until_ready(cases[-1].fn())
   for _ in range(args.repeats):
     for case in cases:
       start = time.perf_counter()
@@ -246,10 +274,11 @@ def run(args: argparse.Namespace) -> list[dict]:
   rows = []
   for case in cases:
     median = statistics.median(case.times)
-    base = next(c for c in cases if c.model == case.model and c.batch == case.batch and c.alpha == 0.0)
+    base = next(c for c in cases if (c.model, c.compile, c.conv, c.batch, c.alpha)
+                == (case.model, case.compile, case.conv, case.batch, 0.0))
     base_median = statistics.median(base.times)
     rows.append({
-        "model": case.model, "alpha": case.alpha, "batch": case.batch, "mode": case.mode,
+        "model": case.model, "compile": case.compile, "conv": case.conv, "alpha": case.alpha, "batch": case.batch, "mode": case.mode,
         "dtype": args.dtype, "image_size": args.image_size,
         "channels": args.channels, "backend": jax.default_backend(),
         "device_kind": device.device_kind, "device_count": jax.device_count(),
@@ -267,10 +296,12 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
   print(f"backend {rows[0]['backend']} ({rows[0]['device_kind']}), jax {rows[0]['jax']}, dtype {rows[0]['dtype']}")
-  header = f"{'model':<24}{'alpha':>6}{'batch':>6}{'mode':>10}{'median ms':>11}{'img/s':>9}{'GMACs':>8}{'time/a0':>9}{'MACs/a0':>9}"
+  header = f"{'model [compile, conv]':<40}{'alpha':>6}{'batch':>6}{'mode':>10}{'median ms':>11}{'img/s':>9}{'GMACs':>8}{'time/a0':>9}{'MACs/a0':>9}"
   print(header)
   for r in rows:
-    print(f"{r['model']:<24}{r['alpha']:>6g}{r['batch']:>6}{r['mode']:>10}{r['median_ms']:>11.1f}"
+    name = r["model"] if (r["compile"], r["conv"]) == ("octflax", "default") else \
+        f"{r['model']} [{r['compile']}, {r['conv']}]"
+    print(f"{name:<40}{r['alpha']:>6g}{r['batch']:>6}{r['mode']:>10}{r['median_ms']:>11.1f}"
           f"{r['images_per_second']:>9.1f}{r['gmacs']:>8.3f}{r['time_ratio_to_alpha0']:>9.3f}"
           f"{r['macs_ratio_to_alpha0']:>9.3f}")
   peak = rows[0]["peak_device_bytes"]
@@ -283,15 +314,18 @@ def main(argv=None) -> int:
   parser.add_argument("--models", default="oct_resnet50",
                       help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs, "
                            "'NAME:fuse' / 'NAME:nofuse' run paths with a shared output size as one conv or separately; "
-                           "'NAME:nopad' leaves CPU convolution channels unpadded (execution.xla_cpu_conv_unpadded); "
-                           "inference compiles with octflax.inference_compiler_options(), a train step with "
-                           "octflax.train_compiler_options(); 'NAME:xladefault' compiles with XLA's defaults, "
-                           "'NAME:ynndot' with "
-                           "XLA:CPU's YNNPACK dot fusions (xla_cpu_experimental_ynn_fusion_type="
-                           "LIBRARY_FUSION_TYPE_DOT); "
                            "'flax_resnet50' is ResNet-50 written with flax.linen.Conv; "
                            "'torch_oct_resnet50' is a PyTorch Oct-ResNet-50 with the PyTorch port's "
                            "structure (needs torch; inference, float32)")
+  parser.add_argument("--compile", default="octflax",
+                      help="comma-separated compile settings, each model timed under each in the same run: "
+                           "'octflax' (octflax.inference_compiler_options() for inference, "
+                           "octflax.train_compiler_options() for a train step), 'xla-default' (XLA's defaults), "
+                           "'ynn-dot' (XLA:CPU's YNNPACK dot fusions)")
+  parser.add_argument("--conv", default="default",
+                      help="comma-separated convolution settings (octflax.execution): 'default' (the "
+                           "backend's; XLA:CPU's form on CPU), 'unpadded' (without the CPU channel padding), "
+                           "'plain' (exactly nn.Conv's convolution)")
   parser.add_argument("--alphas", default="0,0.125,0.25,0.5,0.75")
   parser.add_argument("--batch", default="8", help="batch size, or a comma-separated list")
   parser.add_argument("--mode", choices=["inference", "train"], default="inference")
@@ -303,7 +337,16 @@ def main(argv=None) -> int:
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--json", default=None, help="append one JSON line per configuration here")
   args = parser.parse_args(argv)
-  rows = run(args)
+  try:
+    for setting in args.compile.split(","):
+      if setting not in COMPILE_SETTINGS:
+        raise ValueError(f"--compile: {setting!r}; allowed are {', '.join(COMPILE_SETTINGS)}.")
+    for setting in args.conv.split(","):
+      if setting not in CONV_SETTINGS:
+        raise ValueError(f"--conv: {setting!r}; allowed are {', '.join(CONV_SETTINGS)}.")
+    rows = run(args)
+  except ValueError as e:
+    parser.error(str(e))
   print_table(rows)
   if args.json:
     with open(args.json, "a") as f:

@@ -14,12 +14,13 @@ from octflax.functional import (
     oct_add,
     oct_conv,
     oct_conv_param_shapes,
+    oct_conv_transpose,
     oct_map,
     oct_max_pool,
     oct_relu,
     path_kernel_init,
 )
-from octflax.layers import OctBatchNorm, OctConv, OctConvBN
+from octflax.layers import OctBatchNorm, OctConv, OctConvBN, OctConvTranspose
 from octflax.resample import avg_pool2, low_spatial_size, upsample2
 from octflax.tensor import OctTensor, as_oct, split_channels
 
@@ -29,6 +30,7 @@ __all__ = [
     "OctBatchNorm",
     "OctConv",
     "OctConvBN",
+    "OctConvTranspose",
     "OctTensor",
     "as_oct",
     "avg_pool2",
@@ -40,6 +42,7 @@ __all__ = [
     "oct_add",
     "oct_conv",
     "oct_conv_param_shapes",
+    "oct_conv_transpose",
     "oct_map",
     "oct_max_pool",
     "oct_relu",

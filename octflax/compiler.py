@@ -61,14 +61,9 @@ def inference_compiler_options() -> dict[str, Any] | None:
   together with the BatchNorm, activation and adds around it and writes every block output
   once. With XLA's defaults a residual block's output is never written: each op reading it
   recomputes it from the convolution outputs of earlier blocks, and an octave network has more
-  such readers (the H->L pool). Oct-ResNet-50 inference on a 2-core CPU, time against the same
-  network compiled with XLA's defaults in the same run (docs/benchmarks.md): batch 8 (four
-  runs), alpha 0 0.94-1.01x, alpha .5 0.87-0.90x, alpha .75 0.87-0.92x; batch 1, alpha 0
-  0.93-1.03x, alpha .5 0.92-0.94x (jax 0.10.2; with jax 0.12.0.1 the gain at batch 8 was 0-7%).
-  Not a gain for every network: CIFAR-style Oct-ResNet-20 inference on 28 x 28 images took
-  0.89-0.93x the time at alpha 0 but 1.07-1.12x at alpha .5 and .75; time a network both ways
-  (``experiments.benchmark --models NAME,NAME:xladefault``). Not used for training: a CIFAR-style
-  Oct-ResNet-20 train step took 1.02-1.08x the time with it (see `train_compiler_options`).
+  such readers (the H->L pool). It is not a gain for every network, and not used for training
+  (see `train_compiler_options`); docs/benchmarks.md has the measurements. Time a network both
+  ways with ``experiments.benchmark --models NAME --compile octflax,xla-default``.
 
   Returns:
     ``{'xla_cpu_experimental_ynn_fusion_type': ...}`` on CPU when XLA knows the option, else
@@ -86,15 +81,9 @@ def train_compiler_options() -> dict[str, Any] | None:
   """XLA options for compiling a train step (forward, backward and update) on the default backend.
 
   On CPU with jaxlib older than 0.12, YNNPACK keeps the dots and reductions, and XLA:CPU runs
-  the convolutions with its own kernels, forward and backward. Time against XLA's defaults in
-  the same run, 2-core CPU, jax 0.10.2, two runs each (docs/benchmarks.md): CIFAR-style
-  Oct-ResNet-20, batch 128, 32 x 32 x 3, 0.84 / 0.90-0.91 / 0.90-0.91 / 0.93-0.95x at alpha 0 /
-  .25 / .5 / .75; on 28 x 28 x 1, 0.79-0.89 / 0.88-0.92 / 0.89-0.93 / 0.89-0.93x; Oct-ResNet-50,
-  batch 8, 224 x 224, 0.86-0.95x at alpha 0 and 0.97-1.00x at .5. Alpha 0 gains most, so the
-  time ratios to alpha 0 rise, while every alpha gets faster.
-  With jax 0.12.0.1, whose YNNPACK convolutions are faster, the same option took 1.01x (alpha
-  0) and 1.04x (.5) the time of XLA's defaults, so from jaxlib 0.12 on the defaults stay.
-  jaxlib 0.11 on CPU was not measured; it gets the option.
+  the convolutions with its own kernels, forward and backward. From jaxlib 0.12 on, whose
+  YNNPACK convolutions are faster, XLA's defaults stay; jaxlib 0.11 was not measured and gets
+  the option. The measurements on both jax versions are in docs/benchmarks.md.
 
   Returns:
     ``{'xla_cpu_experimental_ynn_fusion_type': ...}`` on CPU with jaxlib older than 0.12 when
@@ -125,9 +114,7 @@ def _cpu_ynn_fusions(fusions: tuple[str, ...]) -> dict[str, Any] | None:
 def init_compiler_options() -> dict[str, Any] | None:
   """XLA options for compiling a one-off initialisation: no optimisation passes on CPU.
 
-  Initialisation runs once, and XLA:CPU's passes cost far more than they save there: with jax
-  0.12 compiling Oct-ResNet-20's ``init`` took 37 s optimised and 3.2 s unoptimised (6.8 s and
-  3.6 s with jax 0.10). The initial values agree with an optimised compile to float32 rounding
-  (at most 6e-8 apart for Oct-ResNet-20).
+  Initialisation runs once, and XLA:CPU's passes cost far more than they save there
+  (docs/benchmarks.md); the initial values agree with an optimised compile to float32 rounding.
   """
   return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None

@@ -294,6 +294,38 @@ def stride_tuple(strides: int | Sequence[int], spatial_dims: int, octave_axes: t
   return values
 
 
+class _Geometry(NamedTuple):
+  """What `oct_conv` and `oct_conv_transpose` read off their arguments, checked."""
+
+  spatial_dims: int
+  octave_axes: tuple[int, ...]
+  strides: tuple[int, ...]
+  dilation: tuple[int, ...]
+
+
+def _check_call(fn: str, x: OctTensor, kernels: Mapping[str, Array], strides: Any, octave_axes: Any,
+                kernel_dilation: Any) -> _Geometry:
+  """Checks the path names, kernel ranks, strides, octave axes, dilation and parts of one call."""
+  unknown = set(kernels) - set(PATHS)
+  if unknown or not kernels:
+    raise ValueError(f"{fn}: kernels: path names must be among {list(PATHS)} (at least one), got {sorted(kernels)}.")
+  ranks = {k.ndim for k in kernels.values()}
+  if len(ranks) != 1:
+    raise ValueError(f"{fn}: kernels: every path kernel needs the same rank, got shapes "
+                     f"{[k.shape for k in kernels.values()]}.")
+  spatial_dims = ranks.pop() - 2
+  axes = resolve_octave_axes(octave_axes, spatial_dims)
+  stride = stride_tuple(strides, spatial_dims, axes)
+  dilation = as_tuple(kernel_dilation, spatial_dims, "kernel_dilation")
+  if any(d < 1 for d in dilation):
+    raise ValueError(f"kernel_dilation must be positive, got {kernel_dilation!r}.")
+  for path in kernels:
+    if (x.high if path[0] == "h" else x.low) is None:
+      raise ValueError(f"kernels has path '{path}' but the input has no {'high' if path[0] == 'h' else 'low'} part.")
+  check_octave_input(x, spatial_dims, axes, fn)
+  return _Geometry(spatial_dims, axes, stride, dilation)
+
+
 def _pool_on(x: Array | None, axes: Sequence[int], spatial_dims: int) -> Array | None:
   return x if x is None or not axes else avg_pool2(x, tuple(axes), spatial_dims=spatial_dims)
 
@@ -354,24 +386,7 @@ def oct_conv(
     The OctTensor ``(Y^H, Y^L)``; a part is None when no path produces it.
   """
   x = as_oct(x)
-  unknown = set(kernels) - set(PATHS)
-  if unknown:
-    raise ValueError(f"kernels: unknown path names {sorted(unknown)}; allowed are {list(PATHS)}.")
-  if not kernels:
-    raise ValueError("kernels: at least one path kernel is needed.")
-  ranks = {k.ndim for k in kernels.values()}
-  if len(ranks) != 1:
-    raise ValueError(f"kernels: every path kernel needs the same rank, got shapes {[k.shape for k in kernels.values()]}.")
-  spatial_dims = ranks.pop() - 2
-  axes = resolve_octave_axes(octave_axes, spatial_dims)
-  stride = stride_tuple(strides, spatial_dims, axes)
-  dilation = as_tuple(kernel_dilation, spatial_dims, "kernel_dilation")
-  if any(d < 1 for d in dilation):
-    raise ValueError(f"kernel_dilation must be positive, got {kernel_dilation!r}.")
-  for path in kernels:
-    if (x.high if path[0] == "h" else x.low) is None:
-      raise ValueError(f"kernels has path '{path}' but the input has no {'high' if path[0] == 'h' else 'low'} part.")
-  check_octave_input(x, spatial_dims, axes, "oct_conv")
+  spatial_dims, axes, stride, dilation = _check_call("oct_conv", x, kernels, strides, octave_axes, kernel_dilation)
   biases = dict(biases or {})
   stride2 = tuple(i for i, s in enumerate(stride) if s == 2)
   if stride2 and not pool_stride:
@@ -434,8 +449,140 @@ def oct_conv(
   return OctTensor(high=part("h2h", "l2h"), low=part("l2l", "h2l"))
 
 
+# ----------------------------------------------------------------------------- OctConvTranspose
+
+
+def conv_transpose(x: Array, kernel: Array, strides: Sequence[int], precision: Any = None,
+                   kernel_dilation: Sequence[int] | None = None) -> Array:
+  """SAME transposed convolution, channels-last: exactly what `flax.linen.ConvTranspose` computes.
+
+  ``lax.conv_transpose`` with SAME padding: the output has ``strides[i] * n_i`` positions on
+  axis i (zeros inserted between the inputs, then a SAME convolution with the kernel).
+
+  Args:
+    x: ``[N, *spatial, C_in]``.
+    kernel: ``[*kernel_size, C_in, C_out]``.
+    strides: per spatial axis.
+    precision: passed to `lax.conv_transpose`.
+    kernel_dilation: per spatial axis (default 1).
+
+  Returns:
+    ``[N, *(s * n), C_out]`` in the promoted dtype of ``x`` and ``kernel``.
+  """
+  spatial_dims = kernel.ndim - 2
+  dilation = (1,) * spatial_dims if kernel_dilation is None else tuple(kernel_dilation)
+  dtype = jnp.result_type(x, kernel)
+  return lax.conv_transpose(x.astype(dtype), kernel.astype(dtype), tuple(strides), "SAME",
+                            rhs_dilation=dilation, precision=precision)
+
+
+def _crop(x: Array, size: Sequence[int]) -> Array:
+  """The first ``size[i]`` positions of each spatial axis."""
+  if tuple(x.shape[1:-1]) == tuple(size):
+    return x
+  return x[(slice(None), *(slice(0, n) for n in size), slice(None))]
+
+
+def oct_conv_transpose(
+    x: Any,
+    kernels: Mapping[str, Array],
+    biases: Mapping[str, Array] | None = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    octave_axes: Sequence[int] | None = None,
+    kernel_dilation: int | Sequence[int] = 1,
+    output_size: Sequence[int] | None = None,
+    precision: Any = None,
+) -> OctTensor:
+  """Transposed octave convolution (DESIGN.md's suggested definition), any number of spatial axes.
+
+  With T a SAME transposed convolution of stride s (`conv_transpose`, ``s * n`` outputs per
+  input size n), P = average pool by 2 and U = nearest upsample by 2 on the octave axes, and
+  C_A = cropping to the size of output part A::
+
+    Y^H = C_H(T(X^H; W^hh)) + C_H(U(T(X^L; W^lh)))
+    Y^L = C_L(T(X^L; W^ll)) + C_L(T(P(X^H); W^hl))
+
+  Each path is the transposed conv of its input part with the pooling (h2l) and upsampling
+  (l2h) of an OctConv at stride 1. The high output has ``s * n`` positions per axis of input
+  high size n (``output_size`` when given, ``s * n - s + 1 <= output_size <= s * n``), and the
+  low output ``ceil`` of half of that on the octave axes (the high size elsewhere): at stride 2
+  the high part is twice the input's and the low part half of that. Without a high input, n is
+  twice the low input's size on the octave axes. An encoder's stride-2 OctConv on an odd size
+  n and a decoder's stride-2 transposed one with ``output_size`` n restore n exactly.
+
+  Args:
+    x: an OctTensor (or a plain array) of parts ``[N, *spatial, C]``.
+    kernels: ``{'h2h', 'h2l', 'l2h', 'l2l'} -> [*kernel_size, in, out]`` (no groups, as
+      `flax.linen.ConvTranspose`).
+    biases: optional ``path -> [out]``, added to that path's output part.
+    strides: 1 or 2, or one per spatial axis.
+    octave_axes: the spatial axes on which the low part has half the size; None = all.
+    kernel_dilation: per spatial axis (or one int), as in `flax.linen.ConvTranspose`.
+    output_size: the high output's spatial size (every axis), default ``s * n``.
+    precision: passed to `lax.conv_transpose`.
+
+  Returns:
+    The OctTensor ``(Y^H, Y^L)``.
+  """
+  x = as_oct(x)
+  spatial_dims, axes, stride, dilation = _check_call("oct_conv_transpose", x, kernels, strides, octave_axes,
+                                                     kernel_dilation)
+  for path, kernel in kernels.items():
+    source = x.high if path[0] == "h" else x.low
+    if any(k % 2 == 0 for k in kernel.shape[:-2]):
+      raise ValueError(f"{path}: kernel_size must be odd, got {tuple(kernel.shape[:-2])}.")
+    if kernel.shape[-2] != source.shape[-1]:
+      raise ValueError(
+          f"{path}: the kernel reads {kernel.shape[-2]} channels but the input part has {source.shape[-1]} "
+          "(in_channels must equal the kernel's input dim: transposed convs have no groups).")
+  if x.high is not None:
+    in_high = tuple(x.high.shape[1:-1])
+  else:
+    in_high = tuple(2 * n if i in axes else n for i, n in enumerate(x.low.shape[1:-1]))
+  full = tuple(s * n for s, n in zip(stride, in_high))
+  if output_size is None:
+    high_size = full
+  else:
+    high_size = as_tuple(output_size, spatial_dims, "output_size")
+    if not all(f - s + 1 <= t <= f for t, f, s in zip(high_size, full, stride)):
+      allowed = " x ".join(f"{f - s + 1}..{f}" if s > 1 else str(f) for f, s in zip(full, stride))
+      raise ValueError(
+          f"output_size={tuple(output_size)!r}: a stride-{stride} transposed OctConv of a "
+          f"{'x'.join(map(str, in_high))} high part gives {allowed}.")
+  low_size = low_spatial_size(*high_size, octave_axes=axes)
+  biases = dict(biases or {})
+  for a, b in (("h2h", "l2h"), ("l2l", "h2l")):
+    if a in kernels and b in kernels and kernels[a].shape[-1] != kernels[b].shape[-1]:
+      raise ValueError(f"paths {a} and {b} write the same output part but have different output channels.")
+
+  def t(inp: Array, path: str) -> Array:
+    return conv_transpose(inp, kernels[path], stride, precision, dilation)
+
+  terms_high, terms_low = [], []
+  if "h2h" in kernels:
+    terms_high.append(_crop(t(x.high, "h2h"), high_size))
+  if "l2h" in kernels:
+    terms_high.append(_crop(upsample2(t(x.low, "l2h"), None, axes, spatial_dims=spatial_dims), high_size))
+  if "l2l" in kernels:
+    terms_low.append(_crop(t(x.low, "l2l"), low_size))
+  if "h2l" in kernels:
+    terms_low.append(_crop(t(avg_pool2(x.high, axes, spatial_dims=spatial_dims), "h2l"), low_size))
+
+  def total(terms: list[Array], paths: tuple[str, str]) -> Array | None:
+    if not terms:
+      return None
+    y = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+    for p in paths:
+      if p in biases:
+        y = y + biases[p]
+    return y
+
+  return OctTensor(high=total(terms_high, ("h2h", "l2h")), low=total(terms_low, ("l2l", "h2l")))
+
+
 __all__ = [
-    "PATHS", "PathParamShapes", "avg_pool2", "conv", "global_avg_pool", "is_depthwise", "low_spatial_size",
-    "oct_add", "oct_conv", "oct_conv_param_shapes", "oct_map", "oct_max_pool", "oct_relu", "path_kernel_init",
+    "PATHS", "PathParamShapes", "avg_pool2", "conv", "conv_transpose", "global_avg_pool", "is_depthwise", "low_spatial_size",
+    "oct_add", "oct_conv", "oct_conv_param_shapes", "oct_conv_transpose", "oct_map", "oct_max_pool", "oct_relu", "path_kernel_init",
     "upsample2", "vanilla_kernel_shape",
 ]

@@ -244,3 +244,72 @@ def oct_conv_nd(xh, xl, kernels, biases=None, strides=None, groups=1, octave_axe
     else:
       yl = yl + np.asarray(b, np.float64)
   return yh, yl
+
+
+# ----------------------------------------------------------------------------- transposed OctConv
+#
+# DESIGN.md's suggested definition: each path is the transposed conv of its input part with
+# the pooling (h2l) and upsampling (l2h) of OctConv at stride 1; here the high output has
+# s * n positions (or a given size), the low one ceil(half) of that on the octave axes.
+
+
+def conv_transpose_nd(x, w, stride, dilation=None):
+  """What flax.linen.ConvTranspose(padding='SAME') computes, float64, from its definition.
+
+  On each axis: s - 1 zeros between the inputs, zero padding (a, b) with k' = d (k - 1) + 1,
+  a = k' - 1 if s > k' - 1 else ceil((k' + s - 2) / 2), b = k' + s - 2 - a (lax.conv_transpose's
+  SAME rule), then a stride-1 cross-correlation with the dilated kernel: s * n outputs.
+  """
+  x = np.asarray(x, np.float64)
+  w = np.asarray(w, np.float64)
+  rank = w.ndim - 2
+  dilation = tuple(dilation or (1,) * rank)
+  spatial = x.shape[1:-1]
+  zeros_between = np.zeros((x.shape[0], *(s * (n - 1) + 1 for s, n in zip(stride, spatial)), x.shape[-1]))
+  zeros_between[(slice(None), *(slice(None, None, s) for s in stride))] = x
+  pads = []
+  for k, s, d in zip(w.shape[:rank], stride, dilation):
+    k_eff = d * (k - 1) + 1
+    a = k_eff - 1 if s > k_eff - 1 else math.ceil((k_eff + s - 2) / 2)
+    pads.append((a, k_eff + s - 2 - a))
+  xp = np.pad(zeros_between, [(0, 0)] + pads + [(0, 0)])
+  out_size = tuple(s * n for s, n in zip(stride, spatial))
+  out = np.zeros((x.shape[0], *out_size, w.shape[-1]))
+  for tap in np.ndindex(*w.shape[:rank]):
+    window = tuple(slice(t * d, t * d + n) for t, d, n in zip(tap, dilation, out_size))
+    out += xp[(slice(None), *window, slice(None))] @ w[tap]
+  return out
+
+
+def oct_conv_transpose_nd(xh, xl, kernels, biases=None, strides=None, octave_axes=None, dilation=None,
+                          output_size=None):
+  """Transposed OctConv of (xh, xl); returns (yh, yl)."""
+  rank = next(iter(kernels.values())).ndim - 2
+  octave = tuple(range(rank)) if octave_axes is None else tuple(octave_axes)
+  strides = tuple(strides or (1,) * rank)
+  in_high = xh.shape[1:-1] if xh is not None else tuple(2 * n if i in octave else n
+                                                          for i, n in enumerate(xl.shape[1:-1]))
+  high_size = tuple(output_size or (s * n for s, n in zip(strides, in_high)))
+  low_size = tuple(math.ceil(n / 2) if i in octave else n for i, n in enumerate(high_size))
+
+  def crop(y, size):
+    return y[(slice(None), *(slice(0, n) for n in size))]
+
+  biases = dict(biases or {})
+  yh = yl = None
+  if "h2h" in kernels:
+    yh = crop(conv_transpose_nd(xh, kernels["h2h"], strides, dilation), high_size)
+  if "l2h" in kernels:
+    t = upsample_axes(conv_transpose_nd(xl, kernels["l2h"], strides, dilation), octave)
+    yh = crop(t, high_size) if yh is None else yh + crop(t, high_size)
+  if "l2l" in kernels:
+    yl = crop(conv_transpose_nd(xl, kernels["l2l"], strides, dilation), low_size)
+  if "h2l" in kernels:
+    t = crop(conv_transpose_nd(pool_axes(xh, octave), kernels["h2l"], strides, dilation), low_size)
+    yl = t if yl is None else yl + t
+  for path, b in biases.items():
+    if path in ("h2h", "l2h"):
+      yh = yh + np.asarray(b, np.float64)
+    else:
+      yl = yl + np.asarray(b, np.float64)
+  return yh, yl

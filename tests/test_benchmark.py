@@ -26,7 +26,7 @@ def _run(tmp_path, *args):
   return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("mode", ["inference", "train"])
+@pytest.mark.parametrize("mode", ["inference", pytest.param("train", marks=pytest.mark.slow)])
 def test_rows_have_the_issue_fields_and_ratios_to_alpha0_of_the_same_run(tmp_path, capsys, mode):
   rows = _run(tmp_path, "--models", "oct_resnet20", "--alphas", "0.5", "--batch", "2", "--mode", mode,
               "--image-size", "8", "--channels", "1", "--num-classes", "10")
@@ -42,26 +42,44 @@ def test_rows_have_the_issue_fields_and_ratios_to_alpha0_of_the_same_run(tmp_pat
   assert "oct_resnet20" in capsys.readouterr().out
 
 
-def test_unknown_variant_is_refused():
+def test_unknown_variant_is_refused_and_old_setting_suffixes_name_their_flag():
   with pytest.raises(ValueError, match="unknown model variant ':fast'"):
     benchmark.build_model("oct_resnet20:fast", 0.5, 10, None)
+  with pytest.raises(ValueError, match="':xladefault' is not a model variant; use --compile xla-default"):
+    benchmark.build_model("oct_resnet20:xladefault", 0.5, 10, None)
+  with pytest.raises(SystemExit):
+    benchmark.main(["--models", "oct_resnet20", "--compile", "fastest"])
 
 
-def test_compile_variants_change_the_compiled_program_not_the_result():
-  make = lambda name, mode="inference": benchmark.make_case(name, 0.5, 2, mode, 8, 10, benchmark.jnp.float32, 1)
-  default, xla, dots = make("oct_resnet20"), make("oct_resnet20:xladefault"), make("oct_resnet20:ynndot")
+@pytest.mark.slow  # compiles several networks
+def test_compile_settings_change_the_compiled_program_not_the_result():
+  make = lambda mode="inference", **kw: benchmark.make_case("oct_resnet20", 0.5, 2, mode, 8, 10,
+                                                            benchmark.jnp.float32, 1, **kw)
+  default, xla, dots = make(), make(compile="xla-default"), make(compile="ynn-dot")
   # Inference compiles with octflax's inference options, a train step with its train options,
-  # ':xladefault' with none.
+  # 'xla-default' with none.
   assert default.compiler_options == octflax.inference_compiler_options() is not None
-  assert make("oct_resnet20", "train").compiler_options == octflax.train_compiler_options()
-  assert xla.compiler_options is None and make("oct_resnet20:xladefault", "train").compiler_options is None
-  assert dots.compiler_options == benchmark.COMPILE_VARIANTS["ynndot"]
+  assert make("train").compiler_options == octflax.train_compiler_options()
+  assert xla.compiler_options is None and make("train", compile="xla-default").compiler_options is None
+  assert dots.compiler_options == benchmark.COMPILE_SETTINGS["ynn-dot"]
   # Each option reaches XLA (another fusion plan) and the network computes the same logits.
   assert len({default.hlo, xla.hlo, dots.hlo}) == 3
   for case in (xla, dots):
     np.testing.assert_allclose(np.asarray(case.fn()), np.asarray(default.fn()), rtol=1e-5, atol=1e-5)
 
 
+def test_conv_settings_and_compile_settings_get_their_own_rows_and_alpha0(tmp_path):
+  rows = _run(tmp_path, "--models", "oct_resnet8", "--alphas", "0.5", "--batch", "2", "--image-size", "8",
+              "--channels", "1", "--num-classes", "10", "--compile", "xla-default", "--conv", "default,plain")
+  settings = [(r["compile"], r["conv"], r["alpha"]) for r in rows]
+  assert settings == [("xla-default", v, a) for v in ("default", "plain") for a in (0.0, 0.5)]
+  for r in rows:
+    base = next(b for b in rows if (b["compile"], b["conv"], b["alpha"]) == (r["compile"], r["conv"], 0.0))
+    assert r["time_ratio_to_alpha0"] == pytest.approx(r["median_ms"] / base["median_ms"])
+    assert r["gmacs"] == rows[0 if r["alpha"] == 0 else 1]["gmacs"]  # the settings never change the MACs
+
+
+@pytest.mark.slow  # a PyTorch comparison
 @pytest.mark.skipif(torch_reference.torch is None, reason="torch is not installed")
 def test_torch_network_is_timed_with_octflax_macs(tmp_path):
   rows = _run(tmp_path, "--models", "torch_oct_resnet50", "--alphas", "0.5", "--batch", "1",
@@ -73,8 +91,9 @@ def test_torch_network_is_timed_with_octflax_macs(tmp_path):
     benchmark.make_case("torch_oct_resnet50", 0.5, 1, "train", 32, 10, benchmark.jnp.float32)
 
 
+@pytest.mark.slow  # compiles several networks
 def test_profile_ops_finds_the_convolutions(capsys):
-  from experiments import profile_ops  # pylint: disable=g-import-not-at-top
+  from experiments.probes import profile_ops  # pylint: disable=g-import-not-at-top
 
   x = benchmark.jnp.ones((1, 8, 8, 3))
   k = benchmark.jnp.ones((3, 3, 3, 4))
@@ -108,8 +127,9 @@ def test_profile_ops_finds_the_convolutions(capsys):
   assert profile_ops.untraced_convolutions(two_convs, dict.fromkeys(names, 1.0)) == []
 
 
+@pytest.mark.slow  # compiles several networks
 def test_decompose_splits_the_time_and_leaves_no_convolution_macs(capsys):
-  from experiments import decompose  # pylint: disable=g-import-not-at-top
+  from experiments.probes import decompose  # pylint: disable=g-import-not-at-top
   from octflax import execution  # pylint: disable=g-import-not-at-top
 
   real = execution.current_conv()
@@ -154,7 +174,7 @@ ENTRY %main (x: f32[4,8], w: f32[8,2]) -> (f32[4,2], bf16[4,8]) {
 
 
 def test_hlo_traffic_counts_bytes_read_and_written_per_kind():
-  from experiments import hlo_traffic  # pylint: disable=g-import-not-at-top
+  from experiments.probes import hlo_traffic  # pylint: disable=g-import-not-at-top
 
   rows = {r.name: r for r in hlo_traffic.entry_instructions(HLO)}
   assert set(rows) == {"wrapped_broadcast", "add_fusion", "ynn_fusion", "convert"}
@@ -168,8 +188,9 @@ def test_hlo_traffic_counts_bytes_read_and_written_per_kind():
     hlo_traffic.entry_instructions("HloModule m")
 
 
+@pytest.mark.slow  # compiles several networks
 def test_hlo_traffic_of_a_compiled_network(capsys):
-  from experiments import hlo_traffic  # pylint: disable=g-import-not-at-top
+  from experiments.probes import hlo_traffic  # pylint: disable=g-import-not-at-top
 
   case = benchmark.make_case("oct_resnet20", 0.5, 2, "inference", 8, 10, benchmark.jnp.float32, 1)
   rows = hlo_traffic.entry_instructions(case.hlo)

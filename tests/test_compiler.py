@@ -61,6 +61,7 @@ def test_unknown_options_and_values_are_reported_as_unsupported():
   assert not compiler.xla_accepts("xla_cpu_no_such_option", "1")
 
 
+@pytest.mark.slow  # compiles a network (10-20 s on 2 cores)
 @pytest.mark.skipif(not CPU, reason="the options are XLA:CPU's")
 def test_an_octave_network_compiled_with_inference_options_computes_the_same_logits():
   model = get_model("oct_resnet20", alpha=0.5, num_classes=10)
@@ -83,6 +84,7 @@ def test_train_options_on_cpu_leave_convolutions_to_xla_before_jaxlib_0_12():
   assert octflax.train_compiler_options() == (None if compiler._jaxlib_version() >= (0, 12) else expected)  # pylint: disable=protected-access
 
 
+@pytest.mark.slow  # compiles a network (10-20 s on 2 cores)
 @pytest.mark.skipif(not CPU, reason="the options are XLA:CPU's")
 def test_a_train_step_compiled_with_train_options_computes_the_same_gradients():
   lowered, variables = _small_train_step()
@@ -98,6 +100,7 @@ def test_a_train_step_compiled_with_train_options_computes_the_same_gradients():
   chex.assert_trees_all_close(tuned(*args), default(*args), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # compiles a network (10-20 s on 2 cores)
 @pytest.mark.skipif(not CPU, reason="the options are XLA:CPU's")
 def test_the_trainers_jit_step_compiles_with_the_train_options():
   from octflax import training  # pylint: disable=g-import-not-at-top

@@ -411,6 +411,7 @@ def _compare_logits(torch_model, arch, alpha, source, size=(65, 57), seed=0):
   return difference
 
 
+@pytest.mark.slow
 @needs_torch
 def test_port_oct_resnet50_logits_match_pytorch():
   torch_model = _randomise(ref.OctResNet("oct_resnet50", 0.5), seed=0)
@@ -427,6 +428,7 @@ def test_port_oct_resnet50_logits_match_pytorch():
       assert torch.equal(fresh.state_dict()[key], value), key
 
 
+@pytest.mark.slow
 @needs_torch
 def test_torchvision_resnet50_logits_match_pytorch():
   torch_model = _randomise(ref.TVResNet("oct_resnet50"), seed=1)

@@ -141,6 +141,8 @@ def _grid():
       if not FULL_GRID and alpha not in TRACED_BY_DEFAULT[depth]:
         marks = pytest.mark.skip(reason="trace of a deep net; set OCTFLAX_FULL_COST_TABLE=1 or run "
                                         "experiments/flops_table.py for the full grid")
+      elif depth > 50 and not FULL_GRID:
+        marks = pytest.mark.slow  # seconds per trace; ResNet-50's row stays in the default run
       yield pytest.param(depth, alpha, marks=marks, id=f"R{depth}-a{alpha}")
 
 

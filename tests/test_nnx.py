@@ -87,6 +87,21 @@ def test_nd_octconv_and_octconvbn_match_linen(kernel_size, shape, octave_axes, s
   _assert_trees_close(onnx.to_linen(unit)["batch_stats"], updates["batch_stats"])
 
 
+@pytest.mark.parametrize("alpha_in,alpha_out,strides,size,output_size", [
+    (0.5, 0.5, 2, 4, (7, 7)),
+    (0.0, 0.5, 1, 5, None),
+    (0.25, 0.0, 2, 4, None),
+])
+def test_octconv_transpose_matches_linen(alpha_in, alpha_out, strides, size, output_size):
+  x = _oct_input((2, size, size, 8), alpha_in)
+  linen = octflax.OctConvTranspose(12, 3, alpha_in, alpha_out, strides=strides)
+  variables = _perturbed(linen.init(jax.random.key(0), x, output_size=output_size))
+  up = onnx.OctConvTranspose(8, 12, 3, alpha_in, alpha_out, strides, rngs=nnx.Rngs(0))
+  assert _shapes(onnx.to_linen(up)) == _shapes(variables)
+  onnx.from_linen(variables, up)
+  _assert_trees_close(up(x, output_size=output_size), linen.apply(variables, x, output_size=output_size))
+
+
 def test_depthwise_octconv_has_only_intra_paths_as_in_linen():
   x = _oct_input((2, 8, 8, 16), 0.5)
   linen = octflax.OctConv(16, 3, 0.5, 0.5, feature_group_count=16)
@@ -232,9 +247,23 @@ def test_cifar_oct_resnet_matches_linen():
   _compare_zoo_model("oct_resnet8", 0.25, (8, 28, 28, 1))
 
 
+@pytest.mark.slow
 def test_imagenet_stem_and_bottleneck_with_squeeze_excite_match_linen():
   _compare_zoo_model("oct_se_resnet50", 0.5, (2, 16, 16, 3), stage_sizes=(1, 1), widths=(4, 8),
                      stem_features=8)
+
+
+def test_backbone_features_match_linen():
+  # The shape of the other oct_resnet8 tests: their compiled operations are reused.
+  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
+  linen = linen_models.get_model("oct_resnet8", alpha=0.25)
+  model = onnx.models.get_model("oct_resnet8", alpha=0.25, in_features=1, rngs=nnx.Rngs(0))
+  model.eval()
+  got = model(x, return_features=True)
+  want = linen.apply(onnx.to_linen(model), x, train=False, return_features=True)
+  assert got["strides"] == want["strides"] == {"stem": (1, 1), "stage1": (1, 1), "stage2": (2, 2), "stage3": (4, 4)}
+  _assert_trees_close({k: v for k, v in got.items() if k != "strides"},
+                      {k: v for k, v in want.items() if k != "strides"}, rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -286,7 +315,7 @@ def test_pytorch_port_weights_move_into_the_nnx_model():
 def test_trainer_model_has_linens_calling_convention():
   model = onnx.trainer_model("oct_resnet8", alpha=0.25, num_classes=10)
   linen = linen_models.get_model("oct_resnet8", alpha=0.25, num_classes=10)
-  x = jax.random.normal(jax.random.key(1), (4, 12, 12, 1))
+  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
   variables = model.init(jax.random.key(0), x, train=False)
   assert set(variables) == {"params", "batch_stats"}
   assert _shapes(variables) == _shapes(jax.eval_shape(functools.partial(linen.init, train=False),
@@ -304,7 +333,7 @@ def test_trainer_model_has_linens_calling_convention():
   assert model.clone(axis_name="data").overrides == {"axis_name": "data"}
   with pytest.raises(ValueError, match="Oct-ResNet family"):
     onnx.trainer_model("oct_mobilenet_v1")
-  with pytest.raises(ValueError, match="unknown argument"):
+  with pytest.raises(ValueError, match=r"unknown argument\(s\) depth; allowed are alpha, axis_name, block_cls"):
     onnx.trainer_model("oct_resnet8", depth=3)
 
 

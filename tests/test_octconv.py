@@ -8,6 +8,7 @@ the paper counted from the traced computation, bf16 compute and the argument err
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from fractions import Fraction
@@ -20,7 +21,7 @@ import pytest
 from flax import linen as nn
 
 import numpy_reference as ref
-from octflax import OctConv, OctConvBN, OctTensor, execution, functional as F
+from octflax import OctConv, OctConvBN, OctConvTranspose, OctTensor, execution, functional as F
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -788,3 +789,122 @@ def test_nd_low_part_not_halved_on_the_octave_axes_fails():
   conv = OctConv(8, (3, 3, 3), 0.5, 0.5, octave_axes=(1, 2))
   with pytest.raises(ValueError, match=r"low part must have spatial size 4x3x3"):
     jax.eval_shape(conv.init, jax.random.key(0), x)
+
+
+# ----------------------------------------------------------------------------- OctConvTranspose
+
+
+def run_transpose_case(*, spatial, k, c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, strides=1, octave_axes=None,
+                       dilation=1, output_size=None, seed=0, n=2):
+  rank = len(spatial)
+  layer = OctConvTranspose(c_out, k, alpha_in, alpha_out, strides=strides, octave_axes=octave_axes,
+                           kernel_dilation=dilation, bias_init=BIAS_INIT)
+  x = make_input_nd(seed, n, spatial, c_in, alpha_in, octave_axes)
+  variables = init_variables(layer, x, seed)
+  y = fast_jit(layer.apply, static_argnums=2)(variables, x, output_size)
+  params = variables["params"]
+  paths = ref.path_channels(c_in, c_out, alpha_in, alpha_out)
+  assert set(params) == set(paths)
+  for p, (ci, co) in paths.items():
+    chex.assert_shape(params[p]["kernel"], (*k, ci, co))
+  kernels = {p: np.asarray(v["kernel"]) for p, v in params.items()}
+  biases = {p: np.asarray(v["bias"]) for p, v in params.items() if "bias" in v}
+  stride_t = (strides,) * rank if isinstance(strides, int) else strides
+  dilation_t = (dilation,) * rank if isinstance(dilation, int) else dilation
+  yh, yl = ref.oct_conv_transpose_nd(np_part(x.high), np_part(x.low), kernels, biases, stride_t, octave_axes,
+                                     dilation_t, output_size)
+  octave = tuple(range(rank)) if octave_axes is None else octave_axes
+  in_high = spatial if x.high is not None else tuple(2 * n if i in octave else n
+                                                      for i, n in enumerate(_low_size(spatial, octave)))
+  high_size = output_size or tuple(s * m for s, m in zip(stride_t, in_high))
+  _, out_low = ref.split(c_out, alpha_out)
+  if c_out - out_low:
+    chex.assert_shape(y.high, (n, *high_size, c_out - out_low))
+    assert_relative_close(y.high, yh)
+  else:
+    assert y.high is None
+  if out_low:
+    chex.assert_shape(y.low, (n, *_low_size(high_size, octave), out_low))
+    assert_relative_close(y.low, yl)
+  else:
+    assert y.low is None
+  return y
+
+
+TRANSPOSE_CASES = {
+    "1d_stride1": dict(spatial=(9,), k=(3,)),
+    "1d_stride2_odd": dict(spatial=(7,), k=(3,), strides=2),
+    "1d_stride2_output_size": dict(spatial=(4,), k=(5,), strides=2, output_size=(7,)),
+    "1d_alpha_0_to_half": dict(spatial=(6,), k=(3,), alpha_in=0.0, strides=2),
+    "1d_alpha_half_to_0": dict(spatial=(5,), k=(3,), alpha_out=0.0, strides=2),
+    "1d_alpha_1_to_half": dict(spatial=(5,), k=(3,), alpha_in=1.0, strides=2),
+    "1d_alpha_half_to_1": dict(spatial=(5,), k=(3,), alpha_out=1.0),
+    "1d_dilation_stride2": dict(spatial=(6,), k=(3,), dilation=2, strides=2, alpha_in=0.25, alpha_out=0.75),
+    "2d_stride2_even": dict(spatial=(4, 6), k=(3, 3), strides=2),
+    "2d_stride2_odd_output_size": dict(spatial=(4, 3), k=(3, 3), strides=2, output_size=(7, 5)),
+    "2d_per_axis_strides_one_octave_axis": dict(spatial=(5, 4), k=(3, 1), strides=(2, 1), octave_axes=(0,)),
+    "2d_kernel_1": dict(spatial=(5, 5), k=(1, 1), strides=2),
+    "3d_video_octave_hw": dict(spatial=(3, 4, 5), k=(3, 3, 3), strides=(1, 2, 2), octave_axes=(1, 2)),
+    "3d_all_octave_stride2": dict(spatial=(3, 3, 4), k=(3, 3, 3), strides=2),
+    "3d_dilation": dict(spatial=(3, 5, 5), k=(3, 3, 3), dilation=(1, 2, 2), octave_axes=(1, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRANSPOSE_CASES))
+def test_octconv_transpose_matches_the_float64_reference(case):
+  run_transpose_case(**TRANSPOSE_CASES[case])
+
+
+@pytest.mark.parametrize("k,strides,dilation,spatial", [
+    ((3, 3), 2, 1, (5, 4)), ((1, 1), 2, 1, (3, 3)), ((3, 3), 1, 2, (5, 6)), ((5,), 2, 1, (7,)),
+    ((3, 3, 3), (1, 2, 2), 1, (3, 4, 5))])
+def test_alpha_zero_octconv_transpose_equals_flax_conv_transpose_bit_for_bit(k, strides, dilation, spatial):
+  x = make_input_nd(1, 2, spatial, 5, 0.0).high
+  layer = OctConvTranspose(6, k, 0.0, 0.0, strides=strides, kernel_dilation=dilation, bias_init=BIAS_INIT)
+  variables = init_variables(layer, x)
+  flax_layer = nn.ConvTranspose(6, k, strides=(strides,) * len(k) if isinstance(strides, int) else strides,
+                                kernel_dilation=(dilation,) * len(k), padding="SAME")
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      variables["params"]["h2h"], jax.eval_shape(flax_layer.init, jax.random.key(0), x)["params"])
+  y = layer.apply(variables, x)
+  assert y.low is None
+  np.testing.assert_array_equal(np.asarray(y.high),
+                                np.asarray(flax_layer.apply({"params": variables["params"]["h2h"]}, x)))
+
+
+@pytest.mark.parametrize("alpha_in,alpha_out", [(0.0, 0.0), (0.5, 0.5), (0.0, 0.5), (0.25, 0.75), (1.0, 0.0)])
+def test_octconv_transpose_params_equal_flax_conv_transpose(alpha_in, alpha_out):
+  x = make_input_nd(0, 1, (4, 4), 16, alpha_in)
+  layer = OctConvTranspose(24, 3, alpha_in, alpha_out, strides=2)
+  assert _param_count(jax.eval_shape(layer.init, jax.random.key(0), x)) == 9 * 16 * 24 + 24
+
+
+@pytest.mark.parametrize("spatial", [(7, 5), (6, 9), (1, 3)])
+def test_stride2_octconv_then_octconv_transpose_restore_odd_sizes(spatial):
+  x = make_input_nd(0, 1, spatial, 8, 0.5)
+  down = OctConv(8, 3, 0.5, 0.5, strides=2)
+  up = OctConvTranspose(8, 3, 0.5, 0.5, strides=2)
+  h = jax.eval_shape(down.apply, jax.eval_shape(down.init, jax.random.key(0), x), x)
+  variables = jax.eval_shape(up.init, jax.random.key(0), h)
+  restored = jax.eval_shape(functools.partial(up.apply, output_size=spatial), variables, h)
+  chex.assert_trees_all_equal_shapes(restored, x)
+  # Without a target size: twice the high size, and half of that for the low part.
+  doubled = jax.eval_shape(up.apply, variables, h)
+  chex.assert_shape(doubled.high, (1, *(2 * n for n in h.high.shape[1:3]), 4))
+  chex.assert_shape(doubled.low, (1, *h.high.shape[1:3], 4))
+
+
+@pytest.mark.parametrize("kwargs,call,match", [
+    (dict(strides=2), dict(output_size=(9, 8)), r"output_size=\(9, 8\): a stride-\(2, 2\) transposed OctConv of a 4x4 high part gives 7..8 x 7..8"),
+    (dict(strides=1), dict(output_size=(3, 4)), r"output_size=\(3, 4\).*gives 4 x 4"),
+    (dict(strides=(2, 3)), {}, r"strides=\(2, 3\): stride 3 on an octave axis \(spatial axis 1\)"),
+    (dict(kernel_size=(3,)), {}, r"kernel_size .*rank 3"),
+    (dict(octave_axes=(0, 0)), {}, r"octave_axes=\(0, 0\) repeats an axis"),
+    (dict(kernel_dilation=(1, 0)), {}, r"kernel_dilation must be positive"),
+])
+def test_octconv_transpose_bad_input_names_the_argument(kwargs, call, match):
+  kwargs = {"kernel_size": 3, **kwargs}
+  x = make_input_nd(0, 1, (4, 4), 8, 0.5)
+  with pytest.raises(ValueError, match=match):
+    layer = OctConvTranspose(8, alpha_in=0.5, alpha_out=0.5, **kwargs)
+    jax.eval_shape(functools.partial(layer.init, **call), jax.random.key(0), x)

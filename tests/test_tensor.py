@@ -360,3 +360,15 @@ def test_tree_map_to_none_leaves_rebuilds_without_the_constructor_check():
   assert [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(x)] == [".high", ".low"]
   with pytest.raises(ValueError, match="needs a high or a low part"):
     OctTensor(None, None)  # constructing one by hand is still refused
+
+
+@pytest.mark.slow  # eager 3-D layers: about 10 s on 2 cores
+def test_the_code_blocks_of_docs_nd_octconv_run():
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "nd_octconv.md").read_text()
+  blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+  assert len(blocks) == 4
+  namespace = {}
+  for block in blocks:  # one namespace, in page order, as a reader runs them
+    exec(compile(block, "docs/nd_octconv.md", "exec"), namespace)  # pylint: disable=exec-used

@@ -431,6 +431,7 @@ def test_init_from_loads_everything_but_a_head_of_another_class_count(tmp_path, 
     assert line in message
 
 
+@pytest.mark.slow
 def test_init_from_in_the_config_starts_a_run_and_resuming_ignores_it(tmp_path, capsys):
   config = tiny_config(tmp_path / "data", **{"data.name": "synthetic", "data.image_size": 8,
                                               "data.max_train_examples": 16, "data.max_test_examples": 8})
@@ -453,6 +454,7 @@ def test_init_from_in_the_config_starts_a_run_and_resuming_ignores_it(tmp_path, 
   assert "re-initialised" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_model_api_nnx_trains_through_the_same_loop_and_unknown_apis_are_refused(tmp_path):
   write_fashion_mnist(tmp_path / "data", n_train=32, n_test=8)
   config = tiny_config(tmp_path / "data", **{"model.name": "oct_resnet20", "model.alpha": 0.5, "model.api": "nnx"})

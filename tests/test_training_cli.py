@@ -22,9 +22,9 @@ from pathlib import Path
 import chex
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from octflax.training.checkpoint import find_checkpoint, read_state
 from test_training import write_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,14 +87,8 @@ def run(command: list[str], env: dict[str, str], devices: int = 8, timeout: floa
 
 
 def final_state(workdir: Path) -> dict:
-  """The newest checkpoint's arrays as NumPy (shapes and dtypes from its metadata)."""
-  with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",),
-                             item_handlers={"state": ocp.StandardCheckpointHandler()},
-                             options=ocp.CheckpointManagerOptions(create=False)) as manager:
-    step = manager.latest_step()
-    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), manager.item_metadata(step)["state"])
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
-  return jax.tree.map(np.asarray, state)
+  """The newest checkpoint's arrays (step, params, batch_stats, opt_state, rng) as NumPy."""
+  return read_state(find_checkpoint(str(workdir)))
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +209,18 @@ def test_batch_size_not_divisible_on_the_command_line(setup):
   assert result.returncode == 2
   assert "batch_size 12 is not divisible by the number of devices 8" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_workdir_that_is_a_file_on_the_command_line(setup):
+  root, env = setup
+  (root / "a_file").write_text("not a directory")
+  result = run(train_command(root, root / "a_file"), env)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert [line for line in result.stderr.splitlines() if line.strip()] == [
+      f"error: --workdir '{root / 'a_file'}' ({root / 'a_file'}) is a file, not a directory; give a directory "
+      "(it is created if missing)."]
 
 
 @pytest.mark.slow

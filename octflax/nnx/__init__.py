@@ -1,4 +1,4 @@
-"""octflax for Flax NNX: OctConv, OctBatchNorm, OctConvBN and the Oct-ResNet zoo as `nnx.Module`s.
+"""octflax for Flax NNX: OctConv, OctConvTranspose, OctBatchNorm, OctConvBN and the Oct-ResNet zoo as `nnx.Module`s.
 
 The same layers as the Linen front end (`octflax.OctConv`, ...) over the same functional
 core, constructed eagerly in NNX style, with the Linen variables' names, shapes and HWIO
@@ -15,13 +15,14 @@ layout::
 
 from octflax.nnx import models
 from octflax.nnx.convert import from_linen, to_linen
-from octflax.nnx.layers import OctBatchNorm, OctConv, OctConvBN
+from octflax.nnx.layers import OctBatchNorm, OctConv, OctConvBN, OctConvTranspose
 from octflax.nnx.trainer import TrainerModel, trainer_model
 
 __all__ = [
     "OctBatchNorm",
     "OctConv",
     "OctConvBN",
+    "OctConvTranspose",
     "TrainerModel",
     "from_linen",
     "models",

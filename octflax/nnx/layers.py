@@ -98,8 +98,7 @@ class OctConv(nnx.Module):
         out_features, kernel_size, alpha_in, alpha_out, strides=strides, padding=padding,
         feature_group_count=feature_group_count, use_bias=use_bias, fuse=fuse, pool_stride=pool_stride,
         octave_axes=None if octave_axes is None else tuple(octave_axes), kernel_dilation=kernel_dilation)
-    if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features < 1:
-      raise ValueError(f"in_features must be a positive int, got {in_features!r}.")
+    _check_in_features(in_features)
     self.in_features = in_features
     self.out_features = out_features
     self.alpha_in = float(alpha_in)
@@ -111,37 +110,119 @@ class OctConv(nnx.Module):
     self.precision = precision
     self.fuse = fuse
     self.pool_stride = pool_stride
-    kernel_size = F.kernel_size_tuple(kernel_size)
-    vanilla = F.vanilla_kernel_shape(kernel_size, in_features, out_features, feature_group_count)
-    path_init = F.path_kernel_init(kernel_init, vanilla)
-    shapes = F.oct_conv_param_shapes(kernel_size, in_features, out_features, alpha_in, alpha_out,
-                                     feature_group_count, use_bias)
-    for path, path_shapes in shapes.items():
-      kernel = path_init(rngs.params(), path_shapes.kernel, param_dtype)
-      bias = None if path_shapes.bias is None else bias_init(rngs.params(), path_shapes.bias, param_dtype)
-      setattr(self, path, _PathWeights(kernel, bias))
-
-  def _paths(self) -> dict[str, _PathWeights]:
-    return {p: getattr(self, p) for p in F.PATHS if getattr(self, p, None) is not None}
+    _add_paths(self, kernel_size, in_features, out_features, alpha_in, alpha_out, feature_group_count,
+               use_bias, kernel_init, bias_init, param_dtype, rngs)
 
   def __call__(self, x: OctTensor | Array) -> OctTensor:
-    x = as_oct(x)
-    expected = split_channels(self.in_features, self.alpha_in)
-    if (x.high_channels, x.low_channels) != expected:
-      raise ValueError(
-          f"the input has {x.high_channels} high and {x.low_channels} low channels, but this "
-          f"OctConv has in_features={self.in_features} split at alpha_in={self.alpha_in} into "
-          f"{expected[0]} high and {expected[1]} low (C_l = int(alpha_in * C)).")
-    paths = self._paths()
-    kernels = {p: w.kernel[...] for p, w in paths.items()}
-    biases = {p: w.bias[...] for p, w in paths.items() if hasattr(w, "bias")}
-    dtype = self.dtype or jnp.result_type(*(p for p in (x.high, x.low) if p is not None), *kernels.values())
-    x = x.map(lambda p: p.astype(dtype))
-    kernels = {p: k.astype(dtype) for p, k in kernels.items()}
-    biases = {p: b.astype(dtype) for p, b in biases.items()}
+    x, kernels, biases = _inputs_and_weights(self, as_oct(x), "OctConv")
     return F.oct_conv(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
                       kernel_dilation=self.kernel_dilation, precision=self.precision, fuse=self.fuse,
                       pool_stride=self.pool_stride, conv_fn=execution.current_conv())
+
+
+def _add_paths(module: nnx.Module, kernel_size: int | Sequence[int], in_features: int, out_features: int,
+               alpha_in: float, alpha_out: float, feature_group_count: int, use_bias: bool,
+               kernel_init: Initializer, bias_init: Initializer, param_dtype: Any, rngs: nnx.Rngs) -> None:
+  """Sets ``module.h2h``... to the paths of `functional.oct_conv_param_shapes`, initialised as in Linen."""
+  kernel_size = F.kernel_size_tuple(kernel_size)
+  vanilla = F.vanilla_kernel_shape(kernel_size, in_features, out_features, feature_group_count)
+  path_init = F.path_kernel_init(kernel_init, vanilla)
+  shapes = F.oct_conv_param_shapes(kernel_size, in_features, out_features, alpha_in, alpha_out,
+                                   feature_group_count, use_bias)
+  for path, path_shapes in shapes.items():
+    kernel = path_init(rngs.params(), path_shapes.kernel, param_dtype)
+    bias = None if path_shapes.bias is None else bias_init(rngs.params(), path_shapes.bias, param_dtype)
+    setattr(module, path, _PathWeights(kernel, bias))
+
+
+def _inputs_and_weights(module: nnx.Module, x: OctTensor, layer: str) -> tuple[OctTensor, dict, dict]:
+  """The checked input and the path kernels and biases, all in the compute dtype (as in Linen)."""
+  expected = split_channels(module.in_features, module.alpha_in)
+  if (x.high_channels, x.low_channels) != expected:
+    raise ValueError(
+        f"the input has {x.high_channels} high and {x.low_channels} low channels, but this "
+        f"{layer} has in_features={module.in_features} split at alpha_in={module.alpha_in} into "
+        f"{expected[0]} high and {expected[1]} low (C_l = int(alpha_in * C)).")
+  paths = {p: getattr(module, p) for p in F.PATHS if getattr(module, p, None) is not None}
+  kernels = {p: w.kernel[...] for p, w in paths.items()}
+  biases = {p: w.bias[...] for p, w in paths.items() if hasattr(w, "bias")}
+  dtype = module.dtype or jnp.result_type(*(p for p in (x.high, x.low) if p is not None), *kernels.values())
+  return (x.map(lambda p: p.astype(dtype)), {p: k.astype(dtype) for p, k in kernels.items()},
+          {p: b.astype(dtype) for p, b in biases.items()})
+
+
+def _check_in_features(in_features: Any) -> None:
+  if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features < 1:
+    raise ValueError(f"in_features must be a positive int, got {in_features!r}.")
+
+
+class OctConvTranspose(nnx.Module):
+  """Transposed octave convolution as a Flax NNX module: the octave `flax.nnx.ConvTranspose`.
+
+  The same layer as `octflax.OctConvTranspose` (Linen; `octflax.functional.oct_conv_transpose`
+  has the equations; T: SAME transposed conv, P / U: pool / upsample by 2, C: crop)::
+
+    Y^H = C(T(X^H; W^hh)) + C(U(T(X^L; W^lh)))
+    Y^L = C(T(X^L; W^ll)) + C(T(P(X^H); W^hl))
+
+  State: ``h2h``, ``h2l``, ``l2h``, ``l2l`` (those present), each a ``kernel``
+  ``[*kernel_size, in, out]`` and a ``bias`` where the Linen layer has one.
+
+  Args:
+    in_features, out_features: channels of input and output (both parts together).
+    kernel_size, alpha_in, alpha_out, strides, use_bias, dtype, param_dtype, precision,
+      kernel_init, bias_init, octave_axes, kernel_dilation: as in `octflax.OctConvTranspose`.
+    rngs: the ``params`` stream initialises the kernels and biases.
+
+  Examples:
+    >>> up = OctConvTranspose(8, 8, 3, alpha_in=0.5, alpha_out=0.5, strides=2, rngs=nnx.Rngs(0))
+    >>> y = up(OctTensor(jnp.ones((1, 4, 4, 4)), jnp.ones((1, 2, 2, 4))), output_size=(7, 7))
+    >>> y.high.shape, y.low.shape
+    ((1, 7, 7, 4), (1, 4, 4, 4))
+  """
+
+  def __init__(
+      self,
+      in_features: int,
+      out_features: int,
+      kernel_size: int | Sequence[int],
+      alpha_in: float,
+      alpha_out: float,
+      strides: int | Sequence[int] = 1,
+      *,
+      use_bias: bool = True,
+      dtype: Any = None,
+      param_dtype: Any = jnp.float32,
+      precision: Any = None,
+      kernel_init: Initializer = nn.initializers.lecun_normal(),
+      bias_init: Initializer = nn.initializers.zeros_init(),
+      octave_axes: Sequence[int] | None = None,
+      kernel_dilation: int | Sequence[int] = 1,
+      rngs: nnx.Rngs,
+  ):
+    # The Linen layer's attribute checks, so that both front ends accept the same arguments.
+    linen_layers.OctConvTranspose(
+        out_features, kernel_size, alpha_in, alpha_out, strides=strides, use_bias=use_bias,
+        octave_axes=None if octave_axes is None else tuple(octave_axes), kernel_dilation=kernel_dilation)
+    _check_in_features(in_features)
+    self.in_features = in_features
+    self.out_features = out_features
+    self.alpha_in = float(alpha_in)
+    self.alpha_out = float(alpha_out)
+    self.strides = strides if isinstance(strides, int) else tuple(strides)
+    self.octave_axes = None if octave_axes is None else tuple(octave_axes)
+    self.kernel_dilation = kernel_dilation if isinstance(kernel_dilation, int) else tuple(kernel_dilation)
+    self.dtype = dtype
+    self.precision = precision
+    _add_paths(self, kernel_size, in_features, out_features, alpha_in, alpha_out, 1, use_bias,
+               kernel_init, bias_init, param_dtype, rngs)
+
+  def __call__(self, x: OctTensor | Array, output_size: Sequence[int] | None = None) -> OctTensor:
+    """Applies the layer; ``output_size`` is the high output's spatial size (default ``s * n``)."""
+    x, kernels, biases = _inputs_and_weights(self, as_oct(x), "OctConvTranspose")
+    return F.oct_conv_transpose(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
+                                kernel_dilation=self.kernel_dilation, output_size=output_size,
+                                precision=self.precision)
 
 
 class OctBatchNorm(nnx.Module):
@@ -263,4 +344,4 @@ class OctConvBN(nnx.Module):
     return y
 
 
-__all__ = ["OctBatchNorm", "OctConv", "OctConvBN"]
+__all__ = ["OctBatchNorm", "OctConv", "OctConvBN", "OctConvTranspose"]

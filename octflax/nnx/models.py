@@ -29,7 +29,7 @@ from flax import nnx
 
 from octflax import models as linen_models
 from octflax.functional import global_avg_pool, oct_add, oct_max_pool
-from octflax.models.common import resplit, stage_alphas
+from octflax.models.common import backbone_features, resplit, stage_alphas
 from octflax.nnx.layers import OctConvBN
 from octflax.tensor import OctTensor, as_oct
 
@@ -63,6 +63,7 @@ class _Block(nnx.Module):
   def _make_shortcut(self, unit, in_features: int, features: int, alpha_in: float, alpha_out: float,
                      strides: int) -> None:
     self.alpha_out = alpha_out
+    self.strides = strides
     projection = strides != 1 or in_features != features
     self.shortcut = unit(in_features, features, 1, alpha_in, alpha_out, strides) if projection else None
 
@@ -132,7 +133,9 @@ class ResNet(nnx.Module):
   """Oct-ResNet (post-activation v1.5 for ImageNet, or CIFAR-style for small images) in NNX.
 
   The NNX form of `octflax.models.ResNet`, with the same sub-modules (``stem`` or
-  ``stem_conv``/``stem_bn``, ``stage{s}_block{b}``, ``head``) and the same math.
+  ``stem_conv``/``stem_bn``, ``stage{s}_block{b}``, ``head``) and the same math. The
+  Linen zoo binds ResNeXt's ``groups``/``base_width`` and SE into its ``block_cls``
+  partial; here they are arguments of the network, which passes them to `Bottleneck`.
 
   Args:
     stage_sizes, num_classes, alpha, widths, stem, stem_features, groups, base_width,
@@ -188,30 +191,48 @@ class ResNet(nnx.Module):
     if block_cls is Bottleneck:
       block_kwargs = dict(groups=groups, base_width=base_width, squeeze_excite=squeeze_excite,
                           dtype=dtype, rngs=rngs)
-    names = []
+    stage_blocks = []
     channels, alpha_in = stem_features, 0.0
     for stage, (num_blocks, width, stage_alpha) in enumerate(
         zip(stage_sizes, widths, stage_alphas(alpha, len(stage_sizes)))):
-      for block in range(num_blocks):
-        name = f"stage{stage + 1}_block{block}"
+      names = tuple(f"stage{stage + 1}_block{block}" for block in range(num_blocks))
+      for block, name in enumerate(names):
         setattr(self, name, block_cls(
             channels, width, alpha_in, stage_alpha, unit=unit, strides=2 if stage > 0 and block == 0 else 1,
             zero_init_residual=zero_init_residual, **block_kwargs))
-        names.append(name)
         channels, alpha_in = width * block_cls.expansion, stage_alpha
-    self.block_names = tuple(names)
+      stage_blocks.append(names)
+    self.stage_blocks = tuple(stage_blocks)
     self.head = Classifier(channels, num_classes, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, return_features: bool = False) -> Array | dict:
+    """Logits ``[N, num_classes]`` (float32), or with ``return_features`` the backbone's maps.
+
+    Args:
+      x: images ``[N, H, W, C]``.
+      return_features: return `octflax.models.backbone_features` instead of logits, as the
+        Linen model does: ``stem`` (before the ImageNet stem's max-pool), ``stage1``, ...
+        and their ``strides``; the classifier is not run.
+    """
     if x.ndim != 4:
       raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
     x = x.astype(self.dtype)
     if self.stem_kind == "imagenet":
-      x = oct_max_pool(relu(self.stem_bn(self.stem_conv(x))), 3, 2, ((1, 1), (1, 1)))
+      x = relu(self.stem_bn(self.stem_conv(x)))
+      maps, strides = {"stem": x}, {"stem": (2, 2)}
+      x, stride = oct_max_pool(x, 3, 2, ((1, 1), (1, 1))), 4
     else:
       x = self.stem(x)
-    for name in self.block_names:
-      x = getattr(self, name)(x)
+      maps, strides = {"stem": x}, {"stem": (1, 1)}
+      stride = 1
+    for stage, names in enumerate(self.stage_blocks):
+      for name in names:
+        block = getattr(self, name)
+        x = block(x)
+        stride *= block.strides
+      maps[f"stage{stage + 1}"], strides[f"stage{stage + 1}"] = x, (stride, stride)
+    if return_features:
+      return backbone_features(maps, strides)
     return self.head(x)
 
 
@@ -221,10 +242,11 @@ _BLOCKS = {linen_models.BasicBlock: BasicBlock, linen_models.Bottleneck: Bottlen
 
 def list_models() -> list[str]:
   """The names `get_model` builds natively: the Linen zoo's Oct-ResNet family."""
-  return [name for name in linen_models.list_models() if _is_resnet(linen_models.get_model(name))]
+  return [name for name in linen_models.list_models() if is_oct_resnet(linen_models.get_model(name))]
 
 
-def _is_resnet(module: nn.Module) -> bool:
+def is_oct_resnet(module: nn.Module) -> bool:
+  """Whether the Linen zoo module ``module`` is of the family this module builds natively."""
   return isinstance(module, linen_models.ResNet) and _block_of(module.block_cls)[0] in _BLOCKS
 
 
@@ -246,7 +268,7 @@ def from_linen_module(module: nn.Module, *, in_features: int = 3, rngs: nnx.Rngs
   Raises:
     ValueError: ``module`` is not an Oct-ResNet, or sets an attribute the NNX network lacks.
   """
-  if not _is_resnet(module):
+  if not is_oct_resnet(module):
     raise ValueError(
         f"octflax.nnx.models builds the Oct-ResNet family natively ({', '.join(list_models())}); "
         f"got a Linen {type(module).__name__}.")
@@ -303,15 +325,13 @@ def linen_description(name: str, **kwargs: Any) -> nn.Module:
   """
   settings = {k: kwargs.pop(k) for k in ("alpha", "num_classes") if k in kwargs}
   module = linen_models.get_model(name, **settings)
-  if kwargs:
-    try:
-      module = module.clone(**kwargs)
-    except TypeError:
-      fields = sorted(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
-      raise ValueError(f"{name}: unknown argument(s) {', '.join(sorted(kwargs))}; "
-                       f"allowed are alpha, num_classes, {', '.join(fields)}.") from None
-  return module
+  fields = sorted(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ValueError(f"{name}: unknown argument(s) {', '.join(unknown)}; allowed are {', '.join(fields)}.")
+  return module.clone(**kwargs) if kwargs else module
 
 
 __all__ = ["BasicBlock", "Bottleneck", "Classifier", "OctSqueezeExcite", "ResNet", "from_linen_module",
-           "get_model", "linen_description", "list_models"]
+           "get_model", "is_oct_resnet", "linen_description",
+           "list_models"]

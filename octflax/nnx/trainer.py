@@ -42,7 +42,7 @@ class TrainerModel:
     self._graphs: dict[int, tuple[nnx.GraphDef, nnx.State]] = {}
     # Builds the description now, so that a bad name or override fails here, not in a step.
     linen = self._linen_description()
-    if not nnx_models._is_resnet(linen):
+    if not nnx_models.is_oct_resnet(linen):
       raise ValueError(
           f"model {name!r}: the NNX API has the Oct-ResNet family ({', '.join(nnx_models.list_models())}); "
           f"use model.api='linen' for {name!r}.")

@@ -2,7 +2,7 @@
 
 `train_and_evaluate` is the whole run, as a short loop over steps; the pieces
 it calls are the functions and small objects below (`build_data`,
-`build_model`, `initial_state`, `evaluate`, `Checkpointing`) and
+`build_model`, `initial_state`, `Evaluations`, `Checkpointing`) and
 `reporting.StepReporter`. It resumes from the newest good checkpoint in the
 working directory: the data order is a function of ``(seed, epoch)`` and the
 loader starts mid-epoch, so an interrupted and resumed run ends with the same
@@ -11,6 +11,7 @@ parameters as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Any
@@ -274,15 +275,48 @@ def evaluate(parallel: DataParallel, state: TrainState, source: Any, *, batch_si
   return result
 
 
-def _evaluate_epoch(parallel, state, data: Data, config, final: bool) -> dict[str, float]:
-  """The validation split when there is one (the test split only at the end), else the test split."""
-  result = {}
-  if data.validation is not None:
-    result.update(evaluate(parallel, state, data.validation, batch_size=data.local_eval_batch, config=config,
-                           prefix="validation"))
-  if data.validation is None or final:
-    result.update(evaluate(parallel, state, data.test, batch_size=data.local_eval_batch, config=config))
-  return result
+class Evaluations:
+  """The run's evaluations: the validation split every ``eval_every_epochs`` epochs (else the
+  test split), the test split at the end; their records, their printed lines and their time."""
+
+  def __init__(self, parallel: DataParallel, data: Data, config: ml_collections.ConfigDict,
+               writer: reporting.MetricsWriter, progress: reporting.Progress, reporter: reporting.StepReporter):
+    self._parallel, self._data, self._config = parallel, data, config
+    self._writer, self._progress, self._reporter = writer, progress, reporter
+    self._evaluated = writer.evaluated_steps()
+    self.seconds = 0.0
+    self.last: dict[str, float] = {}
+
+  def _run(self, state: TrainState, final: bool) -> dict[str, float]:
+    t = time.time()
+    splits = [("validation", self._data.validation)] if self._data.validation is not None else []
+    if not splits or final:
+      splits.append(("test", self._data.test))
+    self.last = {}
+    for prefix, source in splits:
+      self.last.update(evaluate(self._parallel, state, source, batch_size=self._data.local_eval_batch,
+                                config=self._config, prefix=prefix))
+    self.seconds += time.time() - t
+    self._reporter.pause(time.time() - t)
+    return self.last
+
+  def end_of_epoch(self, epoch: int, step: int, state: TrainState) -> None:
+    """Evaluates when ``epoch`` is due and records it (once per step, also across a resume)."""
+    train = self._reporter.take_epoch_means()
+    final = epoch == self._config.num_epochs
+    if epoch % self._config.eval_every_epochs and not final:
+      return
+    result = self._run(state, final)
+    if step not in self._evaluated:  # A resumed run may repeat the evaluation of its first step.
+      self._evaluated.add(step)
+      self._writer.write({"kind": "eval", "step": step, "epoch": epoch, **train, **result})
+    self._progress.write(f"epoch {epoch}: " + ", ".join(
+        f"{split} accuracy {100 * result[split + '_accuracy']:.2f}%, {split} loss {result[split + '_loss']:.4f}"
+        for split in ("validation", "test") if split + "_accuracy" in result))
+
+  def final(self, state: TrainState) -> dict[str, float]:
+    """The last evaluation, with the test split (run now if the last epoch's did not include it)."""
+    return self.last if "test_accuracy" in self.last else self._run(state, final=True)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -323,6 +357,27 @@ class Checkpointing:
 # ----------------------------------------------------------------------------- the loop
 
 
+def with_resolved_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose paths (``data.dir``, ``init_from``) are absolute (see `resolve_path`).
+
+  The run's checkpoints store this config, so that a later ``experiments.evaluate
+  --workdir`` finds the data from any directory.
+  """
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for node, field in ((config.data, "dir"), (config, "init_from")):
+      if node[field]:
+        node[field] = resolve_path(node[field])
+  return config
+
+
+def _train_loader(config: ml_collections.ConfigDict, data: Data, epoch: int, start_batch: int) -> Any:
+  """This process's batches of training epoch ``epoch`` from batch ``start_batch`` on (a context manager)."""
+  return data_lib.make_loader(data.train, batch_size=data.local_batch, train=True, seed=config.seed, epoch=epoch,
+                              augment=config.data.augment, image_size=config.data.image_size or None,
+                              start_batch=start_batch, num_threads=config.data.num_threads)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates the model of ``config``, resuming from ``workdir`` if it holds a checkpoint.
 
@@ -351,6 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     RunStopped: a SIGTERM or SIGINT; the step in flight was checkpointed.
   """
   check_config(config)
+  config = with_resolved_paths(config)
   is_chief = jax.process_index() == 0
   parallel = DataParallel(config.parallel, label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha)
   data = build_data(config, parallel)
@@ -365,7 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
   state, step, meta = initial_state(config, parallel, model, tx, data, store,
                                     say=lambda line: is_chief and print(line, flush=True))
-  start_step, spe, loop_start, eval_seconds = step, data.steps_per_epoch, time.time(), 0.0
+  start_step, spe, loop_start = step, data.steps_per_epoch, time.time()
   writer = reporting.MetricsWriter(workdir, resume_step=step or None, enabled=is_chief)
   progress = reporting.Progress(label=f"{config.model.name} a={config.model.alpha:g}", total=data.total_steps,
                                 initial=step, enabled=is_chief and config.progress_bar)
@@ -374,35 +430,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer=writer, progress=progress, fetch=parallel.get_metrics, global_batch=data.global_batch,
       steps_per_epoch=spe, log_every=config.log_every_steps, learning_rate=lambda s: float(schedule(s)),
       on_nonfinite=saver.diverged, start_step=step)
-  train_seconds = lambda: float(meta.get("train_seconds", 0.0)) + time.time() - loop_start - eval_seconds
-  last_eval, evaluated = {}, writer.evaluated_steps()
-
-  def end_of_epoch(epoch: int) -> None:
-    nonlocal eval_seconds, last_eval
-    train = reporter.take_epoch_means()
-    if epoch % config.eval_every_epochs and epoch != config.num_epochs:
-      return
-    t = time.time()
-    last_eval = _evaluate_epoch(parallel, state, data, config, final=epoch == config.num_epochs)
-    eval_seconds += time.time() - t
-    reporter.pause(time.time() - t)
-    if step not in evaluated:  # A resumed run may repeat the evaluation of its first step.
-      evaluated.add(step)
-      writer.write({"kind": "eval", "step": step, "epoch": epoch, **train, **last_eval})
-    progress.write(f"epoch {epoch}: " + ", ".join(
-        f"{split} accuracy {100 * last_eval[split + '_accuracy']:.2f}%, {split} loss {last_eval[split + '_loss']:.4f}"
-        for split in ("validation", "test") if split + "_accuracy" in last_eval))
+  evaluations = Evaluations(parallel, data, config, writer, progress, reporter)
+  train_seconds = lambda: float(meta.get("train_seconds", 0.0)) + time.time() - loop_start - evaluations.seconds
 
   try:
     with StopSignals() as stop:
       if step and step % spe == 0:  # The interrupted run may have stopped before this evaluation.
-        end_of_epoch(step // spe)
+        evaluations.end_of_epoch(step // spe, step, state)
       for epoch in range(step // spe, config.num_epochs):
-        loader = data_lib.make_loader(
-            data.train, batch_size=data.local_batch, train=True, seed=config.seed, epoch=epoch,
-            augment=config.data.augment, image_size=config.data.image_size or None,
-            start_batch=step - epoch * spe, num_threads=config.data.num_threads)
-        with loader:
+        with _train_loader(config, data, epoch, start_batch=step - epoch * spe) as loader:
           for batch in loader:
             state, metrics = parallel.train_step(state, parallel.put_batch(batch))
             step += 1
@@ -416,11 +452,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                f"saved in {store.directory}. Run the same command to resume.", step,
                                stop.signal_name)
         reporter.finish()
-        end_of_epoch(epoch + 1)
-      if "test_accuracy" not in last_eval:
-        t = time.time()
-        last_eval = _evaluate_epoch(parallel, state, data, config, final=True)
-        eval_seconds += time.time() - t
+        evaluations.end_of_epoch(epoch + 1, step, state)
+      last_eval = evaluations.final(state)
   finally:
     progress.close()
     store.close()
@@ -467,5 +500,5 @@ def _summary(config, model, data: Data, parallel: DataParallel, writer, evaluati
   }
 
 
-__all__ = ["CHECKPOINT_DIR", "Checkpointing", "Data", "build_data", "build_datasets", "build_model", "evaluate",
+__all__ = ["CHECKPOINT_DIR", "Checkpointing", "Data", "Evaluations", "build_data", "build_datasets", "build_model", "evaluate",
            "init_from_checkpoint", "initial_state", "run_identity", "train_and_evaluate"]

@@ -1,5 +1,8 @@
 """Where the time goes: OctConv's convolutions against everything else, measured in context.
 
+Backs docs/benchmarks.md, "Where the time goes": the wall-time split of Oct-ResNet-50
+(and the CIFAR Oct-ResNet-20 train step) into OctConv's convolutions and the rest.
+
 Each network is compiled twice: as it is, and with every convolution that an OctConv path
 runs (`octflax.execution.use_conv`; all OctConv paths, 1x1 and 3x3; not the vanilla 7x7 stem of
 ImageNet ResNets, which is `nn.Conv`) replaced by a stand-in: a dot over at most 8 input
@@ -14,20 +17,16 @@ summed over threads count overlapping work twice, and more so at alpha > 0, whos
 independent of each other.
 
 Example:
-  python -m experiments.decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 8
+  python -m experiments.probes.decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 8
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from typing import Callable
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
@@ -59,17 +58,17 @@ def convolutions_replaced(stand_in: Callable[..., jax.Array] = _stand_in):
 
 
 def run(model: str, alphas: list[float], batch: int, mode: str, image_size: int, num_classes: int,
-        channels: int, repeats: int, warmup: int = 2) -> list[dict]:
+        channels: int, repeats: int, warmup: int = 2, compile: str = "octflax") -> list[dict]:
   """Times each alpha with and without its convolutions; one row per alpha."""
   if 0.0 not in alphas:
     alphas = [0.0] + alphas
   cases, other_gmacs = {}, {}
   for alpha in alphas:
     cases[alpha, "full"] = benchmark.make_case(model, alpha, batch, mode, image_size, num_classes,
-                                               jnp.float32, channels)
+                                               jnp.float32, channels, compile)
     with convolutions_replaced():
       cases[alpha, "rest"] = benchmark.make_case(model, alpha, batch, mode, image_size, num_classes,
-                                                 jnp.float32, channels)
+                                                 jnp.float32, channels, compile)
     with convolutions_replaced(_no_macs):
       other_gmacs[alpha] = cost.analyze(benchmark.build_model(model, alpha, num_classes, jnp.float32),
                                         (1, image_size, image_size, channels)).gmacs
@@ -106,9 +105,11 @@ def main(argv=None) -> int:
   parser.add_argument("--channels", type=int, default=3)
   parser.add_argument("--num-classes", type=int, default=1000)
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--compile", choices=list(benchmark.COMPILE_SETTINGS), default="octflax",
+                      help="XLA options, as experiments.benchmark's --compile")
   args = parser.parse_args(argv)
   rows = run(args.model, [float(a) for a in args.alphas.split(",")], args.batch, args.mode,
-             args.image_size, args.num_classes, args.channels, args.repeats)
+             args.image_size, args.num_classes, args.channels, args.repeats, compile=args.compile)
   print(f"{args.model}, batch {args.batch}, {args.mode}, {jax.default_backend()}: median ms, and ratio to alpha 0")
   print(f"{'alpha':>6}{'total':>16}{'convolutions':>16}{'the rest':>16}{'conv MACs ratio':>17}{'MACs ratio':>12}")
   for r in rows:

@@ -1,5 +1,8 @@
 """Where the time goes: per-op device time of a compiled octflax network, from a profiler trace.
 
+Backs docs/benchmarks.md: the op time of Oct-ResNet-50's vanilla last stage at batch 1, and
+"Where a train step's time goes" (CIFAR Oct-ResNet-20, batch 128).
+
 Compiles the network's inference (or train step) as `experiments.benchmark` does, records a
 `jax.profiler` trace of repeated calls, and sums the time of each compiled op. Ops are grouped by
 what the optimized HLO says they contain: a convolution or a dot (1x1 convolutions run as dots;
@@ -11,14 +14,14 @@ took longest, with their output shapes.
 
 Op times are summed over threads, and XLA:CPU runs independent ops concurrently (more of them at
 alpha > 0, whose paths are independent), so overlapping ops are counted twice: read the totals
-as op time, not wall time; `experiments/decompose.py` splits the wall time itself into the
+as op time, not wall time; `experiments.probes.decompose` splits the wall time itself into the
 convolutions and the rest. Convolutions that XLA:CPU runs with its own kernels (most of a train
 step's under `octflax.train_compiler_options()`) may record no trace event; the tool says how
-many it missed, and ``NAME:xladefault`` profiles them as YNNPACK ops.
+many it missed, and ``--compile xla-default`` profiles them as YNNPACK ops.
 
 Example:
-  python -m experiments.profile_ops --model oct_resnet50 --alphas 0,0.5 --batch 1
-  python -m experiments.profile_ops --model oct_resnet20:xladefault --alphas 0,0.5 --batch 128 \
+  python -m experiments.probes.profile_ops --model oct_resnet50 --alphas 0,0.5 --batch 1
+  python -m experiments.probes.profile_ops --model oct_resnet20 --compile xla-default --alphas 0,0.5 --batch 128 \
       --image-size 32 --num-classes 10 --mode train --top 10
 """
 
@@ -33,9 +36,6 @@ import os
 import re
 import sys
 import tempfile
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +114,8 @@ def main(argv=None) -> int:
   parser.add_argument("--mode", choices=["inference", "train"], default="inference")
   parser.add_argument("--image-size", type=int, default=224)
   parser.add_argument("--num-classes", type=int, default=1000)
+  parser.add_argument("--compile", choices=list(benchmark.COMPILE_SETTINGS), default="octflax",
+                      help="XLA options, as experiments.benchmark's --compile")
   parser.add_argument("--calls", type=int, default=10)
   parser.add_argument("--top", type=int, default=0, help="also list the N ops that took longest")
   args = parser.parse_args(argv)
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
   rows = {}
   for alpha in [float(a) for a in args.alphas.split(",")]:
     case = benchmark.make_case(args.model, alpha, args.batch, args.mode, args.image_size, args.num_classes,
-                               jnp.float32)
+                               jnp.float32, compile=args.compile)
     for _ in range(2):
       jax.block_until_ready(case.fn())
     kinds = op_kinds(case.hlo)

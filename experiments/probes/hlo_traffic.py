@@ -1,5 +1,8 @@
 """Memory traffic of a compiled network, read from its optimized HLO: what the fusions move.
 
+Backs docs/benchmarks.md: what the compiled Oct-ResNet-50 reads and writes with octflax's
+inference options and with XLA's defaults (the fused loops' recomputation).
+
 For every top-level instruction of the compiled entry computation, the bytes it reads (its
 operands) and writes (its result) are added up by kind:
 
@@ -12,13 +15,13 @@ operands) and writes (its result) are added up by kind:
 BatchNorm statistic, ReLU's zero) so that a library fusion can read them.
 
 The count is static: no timing, no cache effects. It shows what a wall-time split (see
-`experiments.decompose`) cannot: whether an elementwise result is written once and read back,
+`experiments.probes.decompose`) cannot: whether an elementwise result is written once and read back,
 or recomputed by every consumer from the convolution outputs it depends on (a fused loop that
 reads many full-size tensors is such a recomputation).
 
 Example:
-  python -m experiments.hlo_traffic --model oct_resnet50 --alphas 0,0.25,0.5 --batch 8
-  python -m experiments.hlo_traffic --model oct_resnet50:xladefault --alphas 0.5 --batch 8
+  python -m experiments.probes.hlo_traffic --model oct_resnet50 --alphas 0,0.25,0.5 --batch 8
+  python -m experiments.probes.hlo_traffic --model oct_resnet50 --compile xla-default --alphas 0.5 --batch 8
 """
 
 from __future__ import annotations
@@ -26,12 +29,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import re
 import sys
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax.numpy as jnp
 
@@ -105,20 +104,22 @@ def summarize(rows: list[Instruction]) -> dict[str, float]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="oct_resnet50",
-                      help="a registry name, with the variants of experiments.benchmark (e.g. ':xladefault')")
+                      help="a registry name, with the model variants of experiments.benchmark (e.g. ':nofuse')")
   parser.add_argument("--alphas", default="0,0.5")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--mode", choices=["inference", "train"], default="inference")
   parser.add_argument("--image-size", type=int, default=224)
   parser.add_argument("--channels", type=int, default=3)
   parser.add_argument("--num-classes", type=int, default=1000)
+  parser.add_argument("--compile", choices=list(benchmark.COMPILE_SETTINGS), default="octflax",
+                      help="XLA options, as experiments.benchmark's --compile")
   parser.add_argument("--top", type=int, default=3, help="also list the N loops that read the most")
   args = parser.parse_args(argv)
   print(f"{'model':24} {'alpha':>5} {'loop MB r/w':>15} {'library MB r/w':>15} {'broadcast MB':>12} "
         f"{'other MB r/w':>13}")
   for alpha in [float(a) for a in args.alphas.split(",")]:
     case = benchmark.make_case(args.model, alpha, args.batch, args.mode, args.image_size,
-                               args.num_classes, jnp.float32, args.channels)
+                               args.num_classes, jnp.float32, args.channels, args.compile)
     rows = entry_instructions(case.hlo)
     s = summarize(rows)
     print(f"{args.model:24} {alpha:5g} {s['loop_read_mb']:7.1f}/{s['loop_written_mb']:<7.1f} "

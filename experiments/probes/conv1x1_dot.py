@@ -1,10 +1,13 @@
 """A 1x1 convolution timed as `lax.conv_general_dilated` and as `lax.dot_general`.
 
+Backs docs/benchmarks.md, "1x1 convolutions as dots": on ResNet-50's 1x1 shapes a dot
+over the channel axis takes less time than the same convolution on XLA:CPU.
+
 `octflax.execution.xla_cpu_conv` runs every 1x1, ungrouped convolution as a dot over the channel
 axis; this script is the measurement behind that choice, on ResNet-50's 1x1 shapes (and the
 half-resolution low-frequency shapes of Oct-ResNet-50). Both forms compute the same numbers.
 
-  python -m experiments.conv1x1_dot --batch 1,8
+  python -m experiments.probes.conv1x1_dot --batch 1,8
 """
 
 from __future__ import annotations
