@@ -362,6 +362,7 @@ def test_tree_map_to_none_leaves_rebuilds_without_the_constructor_check():
     OctTensor(None, None)  # constructing one by hand is still refused
 
 
+@pytest.mark.slow  # eager 3-D layers: about 10 s on 2 cores
 def test_the_code_blocks_of_docs_nd_octconv_run():
   import pathlib  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top

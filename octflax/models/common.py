@@ -42,17 +42,15 @@ def resplit(x: OctTensor, alpha: float, octave_axes: tuple[int, ...] | None = No
   x = as_oct(x)
   if x.alpha == alpha:
     return x
-  if octave_axes is None:
-    return OctTensor.from_array(x.merge(), alpha)
   return OctTensor.from_array(x.merge(octave_axes), alpha, octave_axes)
 
 
 def unit_factory(dtype: Any, momentum: float, epsilon: float, axis_name: str | None, fuse: bool,
                  pool_stride: bool = True, octave_axes: tuple[int, ...] | None = None) -> ModuleDef:
   """The conv-BN unit a network is built from, with its shared settings bound."""
-  kwargs = {} if octave_axes is None else {"octave_axes": tuple(octave_axes)}
   return functools.partial(OctConvBN, dtype=dtype, momentum=momentum, epsilon=epsilon,
-                           axis_name=axis_name, fuse=fuse, pool_stride=pool_stride, **kwargs)
+                           axis_name=axis_name, fuse=fuse, pool_stride=pool_stride,
+                           octave_axes=None if octave_axes is None else tuple(octave_axes))
 
 
 def block_kernel(size: int, time_kernel: int | None) -> int | tuple[int, int, int]:
@@ -61,7 +59,7 @@ def block_kernel(size: int, time_kernel: int | None) -> int | tuple[int, int, in
 
 
 def block_strides(strides: int, time_kernel: int | None) -> int | tuple[int, int, int]:
-  """A block's spatial stride: ``strides`` (2-D) or ``(1, strides, strides)`` (3-D; time keeps its rate)."""
+  """A block's stride: ``strides`` (2-D) or ``(1, strides, strides)`` (3-D: time keeps its rate)."""
   return strides if time_kernel is None else (1, strides, strides)
 
 
