@@ -6,10 +6,12 @@ import re
 import chex
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow  # about 50 s: it builds and runs every example of the README
 def test_the_python_blocks_of_the_readme_run_and_give_the_shapes_they_promise():
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
   assert len(blocks) >= 4, "the README lost its examples"
