@@ -50,6 +50,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+def _merge(config, stored: dict[str, Any]) -> None:
+  """Sets the fields of ``config`` that ``stored`` (a saved config) has; free sub-trees whole."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  for key, value in stored.items():
+    if key not in config:
+      continue
+    if isinstance(config[key], ml_collections.ConfigDict) and key != "overrides" and isinstance(value, dict):
+      _merge(config[key], value)
+    else:
+      config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+
+
 def _config_for(meta: dict[str, Any], args: argparse.Namespace):
   """The training config that describes the checkpoint's model and the data to evaluate on."""
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -58,9 +71,8 @@ def _config_for(meta: dict[str, Any], args: argparse.Namespace):
 
   config = default_config()
   identity = meta.get("identity", {})
-  if meta.get("config"):  # Written by the trainer: its config, as it was.
-    config = ml_collections.ConfigDict(meta["config"])
-    config.model.overrides = ml_collections.ConfigDict(meta["config"]["model"].get("overrides") or {})
+  if meta.get("config"):  # Written by the trainer: its config, over the defaults (for fields added since).
+    _merge(config, meta["config"])
   else:  # Imported: an ImageNet-style model, evaluated on an image folder.
     config.model.name = identity.get("model.name", meta.get("arch"))
     config.model.alpha = float(identity.get("model.alpha", meta.get("alpha", 0.0)))

@@ -22,7 +22,7 @@ from octflax.functional import (
 )
 from octflax.layers import OctBatchNorm, OctConv, OctConvBN, OctConvTranspose
 from octflax.resample import avg_pool2, low_spatial_size, upsample2
-from octflax.tensor import OctTensor, as_oct, split_channels
+from octflax.tensor import OctTensor, as_oct, merge, split_channels
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "global_avg_pool",
     "inference_compiler_options",
     "low_spatial_size",
+    "merge",
     "oct_add",
     "oct_conv",
     "oct_conv_param_shapes",

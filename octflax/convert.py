@@ -120,29 +120,25 @@ class _Entry:
   path: tuple[str, ...] = ()
 
 
+# Where each axis of a PyTorch weight comes from in the Flax one, by entry kind: a conv
+# kernel [kh, kw, in, out] is stored [out, in, kh, kw], a dense kernel transposed. Other
+# kinds (vectors, scalars) share one layout.
+_TORCH_AXES = {"conv": (3, 2, 0, 1), "dense": (1, 0)}
+
+
 def _torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-  if kind == "conv":
-    kh, kw, i, o = flax_shape
-    return (o, i, kh, kw)
-  if kind == "dense":
-    return tuple(reversed(flax_shape))
-  return tuple(flax_shape)
+  axes = _TORCH_AXES.get(kind)
+  return tuple(flax_shape) if axes is None else tuple(flax_shape[a] for a in axes)
 
 
 def _to_torch_layout(kind: str, value: np.ndarray) -> np.ndarray:
-  if kind == "conv":
-    return np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1)))
-  if kind == "dense":
-    return np.ascontiguousarray(value.T)
-  return value
+  axes = _TORCH_AXES.get(kind)
+  return value if axes is None else np.ascontiguousarray(np.transpose(value, axes))
 
 
 def _to_flax_layout(kind: str, value: np.ndarray) -> np.ndarray:
-  if kind == "conv":
-    return np.ascontiguousarray(np.transpose(value, (2, 3, 1, 0)))
-  if kind == "dense":
-    return np.ascontiguousarray(value.T)
-  return value
+  axes = _TORCH_AXES.get(kind)
+  return value if axes is None else np.ascontiguousarray(np.transpose(value, np.argsort(axes)))
 
 
 def _bn_entries(prefix: str, path: tuple[str, ...]) -> list[_Entry]:

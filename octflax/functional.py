@@ -294,6 +294,38 @@ def stride_tuple(strides: int | Sequence[int], spatial_dims: int, octave_axes: t
   return values
 
 
+class _Geometry(NamedTuple):
+  """What `oct_conv` and `oct_conv_transpose` read off their arguments, checked."""
+
+  spatial_dims: int
+  octave_axes: tuple[int, ...]
+  strides: tuple[int, ...]
+  dilation: tuple[int, ...]
+
+
+def _check_call(fn: str, x: OctTensor, kernels: Mapping[str, Array], strides: Any, octave_axes: Any,
+                kernel_dilation: Any) -> _Geometry:
+  """Checks the path names, kernel ranks, strides, octave axes, dilation and parts of one call."""
+  unknown = set(kernels) - set(PATHS)
+  if unknown or not kernels:
+    raise ValueError(f"{fn}: kernels: path names must be among {list(PATHS)} (at least one), got {sorted(kernels)}.")
+  ranks = {k.ndim for k in kernels.values()}
+  if len(ranks) != 1:
+    raise ValueError(f"{fn}: kernels: every path kernel needs the same rank, got shapes "
+                     f"{[k.shape for k in kernels.values()]}.")
+  spatial_dims = ranks.pop() - 2
+  axes = resolve_octave_axes(octave_axes, spatial_dims)
+  stride = stride_tuple(strides, spatial_dims, axes)
+  dilation = as_tuple(kernel_dilation, spatial_dims, "kernel_dilation")
+  if any(d < 1 for d in dilation):
+    raise ValueError(f"kernel_dilation must be positive, got {kernel_dilation!r}.")
+  for path in kernels:
+    if (x.high if path[0] == "h" else x.low) is None:
+      raise ValueError(f"kernels has path '{path}' but the input has no {'high' if path[0] == 'h' else 'low'} part.")
+  check_octave_input(x, spatial_dims, axes, fn)
+  return _Geometry(spatial_dims, axes, stride, dilation)
+
+
 def _pool_on(x: Array | None, axes: Sequence[int], spatial_dims: int) -> Array | None:
   return x if x is None or not axes else avg_pool2(x, tuple(axes), spatial_dims=spatial_dims)
 
@@ -354,24 +386,7 @@ def oct_conv(
     The OctTensor ``(Y^H, Y^L)``; a part is None when no path produces it.
   """
   x = as_oct(x)
-  unknown = set(kernels) - set(PATHS)
-  if unknown:
-    raise ValueError(f"kernels: unknown path names {sorted(unknown)}; allowed are {list(PATHS)}.")
-  if not kernels:
-    raise ValueError("kernels: at least one path kernel is needed.")
-  ranks = {k.ndim for k in kernels.values()}
-  if len(ranks) != 1:
-    raise ValueError(f"kernels: every path kernel needs the same rank, got shapes {[k.shape for k in kernels.values()]}.")
-  spatial_dims = ranks.pop() - 2
-  axes = resolve_octave_axes(octave_axes, spatial_dims)
-  stride = stride_tuple(strides, spatial_dims, axes)
-  dilation = as_tuple(kernel_dilation, spatial_dims, "kernel_dilation")
-  if any(d < 1 for d in dilation):
-    raise ValueError(f"kernel_dilation must be positive, got {kernel_dilation!r}.")
-  for path in kernels:
-    if (x.high if path[0] == "h" else x.low) is None:
-      raise ValueError(f"kernels has path '{path}' but the input has no {'high' if path[0] == 'h' else 'low'} part.")
-  check_octave_input(x, spatial_dims, axes, "oct_conv")
+  spatial_dims, axes, stride, dilation = _check_call("oct_conv", x, kernels, strides, octave_axes, kernel_dilation)
   biases = dict(biases or {})
   stride2 = tuple(i for i, s in enumerate(stride) if s == 2)
   if stride2 and not pool_stride:
@@ -511,29 +526,16 @@ def oct_conv_transpose(
     The OctTensor ``(Y^H, Y^L)``.
   """
   x = as_oct(x)
-  unknown = set(kernels) - set(PATHS)
-  if unknown or not kernels:
-    raise ValueError(f"kernels: path names must be among {list(PATHS)} (at least one), got {sorted(kernels)}.")
-  ranks = {k.ndim for k in kernels.values()}
-  if len(ranks) != 1:
-    raise ValueError(f"kernels: every path kernel needs the same rank, got shapes {[k.shape for k in kernels.values()]}.")
-  spatial_dims = ranks.pop() - 2
-  axes = resolve_octave_axes(octave_axes, spatial_dims)
-  stride = stride_tuple(strides, spatial_dims, axes)
-  dilation = as_tuple(kernel_dilation, spatial_dims, "kernel_dilation")
-  if any(d < 1 for d in dilation):
-    raise ValueError(f"kernel_dilation must be positive, got {kernel_dilation!r}.")
+  spatial_dims, axes, stride, dilation = _check_call("oct_conv_transpose", x, kernels, strides, octave_axes,
+                                                     kernel_dilation)
   for path, kernel in kernels.items():
     source = x.high if path[0] == "h" else x.low
-    if source is None:
-      raise ValueError(f"kernels has path '{path}' but the input has no {'high' if path[0] == 'h' else 'low'} part.")
     if any(k % 2 == 0 for k in kernel.shape[:-2]):
       raise ValueError(f"{path}: kernel_size must be odd, got {tuple(kernel.shape[:-2])}.")
     if kernel.shape[-2] != source.shape[-1]:
       raise ValueError(
           f"{path}: the kernel reads {kernel.shape[-2]} channels but the input part has {source.shape[-1]} "
           "(in_channels must equal the kernel's input dim: transposed convs have no groups).")
-  check_octave_input(x, spatial_dims, axes, "oct_conv_transpose")
   if x.high is not None:
     in_high = tuple(x.high.shape[1:-1])
   else:

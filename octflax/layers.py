@@ -19,11 +19,6 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-  """A 2-D int pair (octflax.nnx.layers reads its strides with it)."""
-  return tuple(F.as_tuple(value, 2, name))
-
-
 class _PathWeights(nn.Module):
   """The kernel and optional bias of one OctConv path (`functional.oct_conv_param_shapes`)."""
 
@@ -39,6 +34,51 @@ class _PathWeights(nn.Module):
     kernel = self.param("kernel", init, self.shapes.kernel, self.param_dtype)
     bias = None if self.shapes.bias is None else self.param("bias", self.bias_init, self.shapes.bias, self.param_dtype)
     return kernel, bias
+
+
+def _check_attributes(module: "OctConv | OctConvTranspose") -> None:
+  """Construction-time checks shared by OctConv and OctConvTranspose (each names its attribute)."""
+  check_alpha(module.alpha_in, "alpha_in")
+  check_alpha(module.alpha_out, "alpha_out")
+  kernel_size = F.kernel_size_tuple(module.kernel_size)
+  octave_axes = resolve_octave_axes(module.octave_axes, len(kernel_size))
+  F.stride_tuple(module.strides, len(kernel_size), octave_axes)
+  dilation = F.as_tuple(module.kernel_dilation, len(kernel_size), "kernel_dilation")
+  if any(d < 1 for d in dilation):
+    raise ValueError(f"kernel_dilation must be positive ints, got {module.kernel_dilation!r}.")
+  if not isinstance(module.features, numbers.Integral) or module.features < 1:
+    raise ValueError(f"features must be a positive int, got {module.features!r}.")
+
+
+def _path_parameters(module: "OctConv | OctConvTranspose", x: OctTensor, groups: int
+                     ) -> tuple[OctTensor, dict[str, Array], dict[str, Array]]:
+  """Checks x's channel split, creates the path parameters, and casts all to the compute dtype.
+
+  Called inside the module's compact ``__call__``, so the ``_PathWeights`` sub-modules (``h2h``,
+  ``h2l``, ``l2h``, ``l2l``) belong to it.
+  """
+  in_channels = x.channels
+  expected_high, expected_low = split_channels(in_channels, module.alpha_in)
+  if (x.high_channels, x.low_channels) != (expected_high, expected_low):
+    raise ValueError(
+        f"the input has {x.high_channels} high and {x.low_channels} low channels, but alpha_in="
+        f"{module.alpha_in} splits {in_channels} channels into {expected_high} high and "
+        f"{expected_low} low (C_l = int(alpha_in * C)); pass an input split at alpha_in "
+        "(OctTensor.from_array(x, alpha_in)) or change alpha_in.")
+  kernel_size = F.kernel_size_tuple(module.kernel_size)
+  shapes = F.oct_conv_param_shapes(kernel_size, in_channels, module.features, module.alpha_in,
+                                   module.alpha_out, groups, module.use_bias)
+  vanilla = F.vanilla_kernel_shape(kernel_size, in_channels, module.features, groups)
+  kernels, biases = {}, {}
+  for path, path_shapes in shapes.items():
+    kernel, bias = _PathWeights(path_shapes, vanilla, module.kernel_init, module.bias_init, module.param_dtype,
+                                name=path)()
+    kernels[path] = kernel
+    if bias is not None:
+      biases[path] = bias
+  dtype = module.dtype or jnp.result_type(*(p for p in (x.high, x.low) if p is not None), *kernels.values())
+  return (x.map(lambda p: p.astype(dtype)), {p: k.astype(dtype) for p, k in kernels.items()},
+          {p: b.astype(dtype) for p, b in biases.items()})
 
 
 class OctConv(nn.Module):
@@ -116,53 +156,20 @@ class OctConv(nn.Module):
   kernel_dilation: int | Sequence[int] = 1
 
   def __post_init__(self):
-    check_alpha(self.alpha_in, "alpha_in")
-    check_alpha(self.alpha_out, "alpha_out")
+    _check_attributes(self)
     if not self.pool_stride and (self.alpha_in or self.alpha_out):
       raise ValueError(
           "pool_stride=False (strided conv) needs alpha_in = alpha_out = 0; got "
           f"alpha_in={self.alpha_in}, alpha_out={self.alpha_out}.")
-    kernel_size = F.kernel_size_tuple(self.kernel_size)
-    octave_axes = resolve_octave_axes(self.octave_axes, len(kernel_size))
-    F.stride_tuple(self.strides, len(kernel_size), octave_axes)
-    dilation = F.as_tuple(self.kernel_dilation, len(kernel_size), "kernel_dilation")
-    if any(d < 1 for d in dilation):
-      raise ValueError(f"kernel_dilation must be positive ints, got {self.kernel_dilation!r}.")
     if not isinstance(self.padding, str) or self.padding.upper() != "SAME":
       raise ValueError(f"padding must be 'SAME' (the only padding that keeps the octave sizes), got {self.padding!r}.")
-    if not isinstance(self.features, numbers.Integral) or self.features < 1:
-      raise ValueError(f"features must be a positive int, got {self.features!r}.")
     if not isinstance(self.feature_group_count, numbers.Integral) or self.feature_group_count < 1:
       raise ValueError(f"feature_group_count must be a positive int, got {self.feature_group_count!r}.")
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: OctTensor | Array) -> OctTensor:
-    x = as_oct(x)
-    in_channels = x.channels
-    expected_high, expected_low = split_channels(in_channels, self.alpha_in)
-    if (x.high_channels, x.low_channels) != (expected_high, expected_low):
-      raise ValueError(
-          f"the input has {x.high_channels} high and {x.low_channels} low channels, but alpha_in="
-          f"{self.alpha_in} splits {in_channels} channels into {expected_high} high and "
-          f"{expected_low} low (C_l = int(alpha_in * C)); pass an input split at alpha_in "
-          "(OctTensor.from_array(x, alpha_in)) or change alpha_in.")
-    kernel_size = F.kernel_size_tuple(self.kernel_size)
-    shapes = F.oct_conv_param_shapes(kernel_size, in_channels, self.features, self.alpha_in, self.alpha_out,
-                                     self.feature_group_count, self.use_bias)
-    vanilla = F.vanilla_kernel_shape(kernel_size, in_channels, self.features, self.feature_group_count)
-    kernels, biases = {}, {}
-    for path, path_shapes in shapes.items():
-      kernel, bias = _PathWeights(path_shapes, vanilla, self.kernel_init, self.bias_init, self.param_dtype,
-                                  name=path)()
-      kernels[path] = kernel
-      if bias is not None:
-        biases[path] = bias
-    dtype = self.dtype or jnp.result_type(
-        *(p for p in (x.high, x.low) if p is not None), *kernels.values())
-    x = x.map(lambda p: p.astype(dtype))
-    kernels = {p: k.astype(dtype) for p, k in kernels.items()}
-    biases = {p: b.astype(dtype) for p, b in biases.items()}
+    x, kernels, biases = _path_parameters(self, as_oct(x), self.feature_group_count)
     return F.oct_conv(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
                       kernel_dilation=self.kernel_dilation, precision=self.precision, fuse=self.fuse,
                       pool_stride=self.pool_stride, conv_fn=execution.current_conv())
@@ -220,43 +227,13 @@ class OctConvTranspose(nn.Module):
   kernel_dilation: int | Sequence[int] = 1
 
   def __post_init__(self):
-    check_alpha(self.alpha_in, "alpha_in")
-    check_alpha(self.alpha_out, "alpha_out")
-    kernel_size = F.kernel_size_tuple(self.kernel_size)
-    octave_axes = resolve_octave_axes(self.octave_axes, len(kernel_size))
-    F.stride_tuple(self.strides, len(kernel_size), octave_axes)
-    dilation = F.as_tuple(self.kernel_dilation, len(kernel_size), "kernel_dilation")
-    if any(d < 1 for d in dilation):
-      raise ValueError(f"kernel_dilation must be positive ints, got {self.kernel_dilation!r}.")
-    if not isinstance(self.features, numbers.Integral) or self.features < 1:
-      raise ValueError(f"features must be a positive int, got {self.features!r}.")
+    _check_attributes(self)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: OctTensor | Array, output_size: Sequence[int] | None = None) -> OctTensor:
     """Applies the layer; ``output_size`` is the high output's spatial size (default ``s * n``)."""
-    x = as_oct(x)
-    in_channels = x.channels
-    expected = split_channels(in_channels, self.alpha_in)
-    if (x.high_channels, x.low_channels) != expected:
-      raise ValueError(
-          f"the input has {x.high_channels} high and {x.low_channels} low channels, but alpha_in="
-          f"{self.alpha_in} splits {in_channels} channels into {expected[0]} high and {expected[1]} low.")
-    kernel_size = F.kernel_size_tuple(self.kernel_size)
-    shapes = F.oct_conv_param_shapes(kernel_size, in_channels, self.features, self.alpha_in, self.alpha_out,
-                                     1, self.use_bias)
-    vanilla = F.vanilla_kernel_shape(kernel_size, in_channels, self.features)
-    kernels, biases = {}, {}
-    for path, path_shapes in shapes.items():
-      kernel, bias = _PathWeights(path_shapes, vanilla, self.kernel_init, self.bias_init, self.param_dtype,
-                                  name=path)()
-      kernels[path] = kernel
-      if bias is not None:
-        biases[path] = bias
-    dtype = self.dtype or jnp.result_type(*(p for p in (x.high, x.low) if p is not None), *kernels.values())
-    x = x.map(lambda p: p.astype(dtype))
-    kernels = {p: k.astype(dtype) for p, k in kernels.items()}
-    biases = {p: b.astype(dtype) for p, b in biases.items()}
+    x, kernels, biases = _path_parameters(self, as_oct(x), 1)
     return F.oct_conv_transpose(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
                                 kernel_dilation=self.kernel_dilation, output_size=output_size,
                                 precision=self.precision)

@@ -156,6 +156,28 @@ class OctTensor:
     return jnp.concatenate([self.high, low], axis=-1)
 
 
+def merge(x: Any, octave_axes: tuple[int, ...] | None = None) -> Array:
+  """One full-resolution array of ``x``: ``concat([X^H, U(X^L)], channels)``.
+
+  U is the nearest upsample on the octave axes, cropped to the high part's size, so a neck or
+  head that expects plain arrays can read an octave feature map. A plain array is returned as
+  it is.
+
+  Args:
+    x: an OctTensor or an array.
+    octave_axes: spatial axes (0-based) on which the low part has half the size; None = all.
+
+  Returns:
+    ``[N, *spatial, C_h + C_l]`` at the high part's resolution.
+
+  Examples:
+    >>> x = OctTensor(jnp.zeros((1, 5, 5, 3)), jnp.ones((1, 3, 3, 1)))
+    >>> merge(x).shape
+    (1, 5, 5, 4)
+  """
+  return as_oct(x).merge(octave_axes)
+
+
 def _flatten_with_keys(x: OctTensor):
   return ((jax.tree_util.GetAttrKey("high"), x.high), (jax.tree_util.GetAttrKey("low"), x.low)), None
 

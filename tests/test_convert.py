@@ -214,6 +214,21 @@ def test_round_trips(arch, alpha, source):
   _assert_trees_equal(again, fresh)
 
 
+def test_conv_and_dense_layouts_are_pytorch_s_and_invert():
+  kernel = np.arange(3 * 5 * 2 * 4, dtype=np.float32).reshape(3, 5, 2, 4)  # [kh, kw, in, out]
+  torch_kernel = convert._to_torch_layout("conv", kernel)
+  assert torch_kernel.shape == convert._torch_shape("conv", kernel.shape) == (4, 2, 3, 5)
+  assert torch_kernel[3, 1, 2, 4] == kernel[2, 4, 1, 3]  # [out, in, kh, kw]
+  np.testing.assert_array_equal(convert._to_flax_layout("conv", torch_kernel), kernel)
+  dense = np.arange(6, dtype=np.float32).reshape(2, 3)  # [in, out]
+  assert convert._torch_shape("dense", dense.shape) == (3, 2)
+  np.testing.assert_array_equal(convert._to_torch_layout("dense", dense), dense.T)
+  np.testing.assert_array_equal(convert._to_flax_layout("dense", dense.T), dense)
+  vector = np.arange(4.0)
+  assert convert._to_flax_layout("vector", vector) is vector
+  assert convert._torch_shape("vector", (4,)) == (4,)
+
+
 def test_num_batches_tracked_is_optional():
   sd = random_state_dict(port_shapes("oct_resnet26", 0.5))
   sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}

@@ -10,6 +10,7 @@ per-op compilations).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import re
 
@@ -195,6 +196,30 @@ def test_unknown_model_lists_the_names():
 def test_invalid_arguments_raise_value_error_naming_them(make, argument):
   with pytest.raises(ValueError, match=argument):
     make()
+
+
+_SETTINGS = ("num_classes", "alpha", "dtype", "momentum", "epsilon", "axis_name", "fuse")
+
+
+@pytest.mark.parametrize("cls, num_classes", [
+    (models.ResNet, 1000), (models.WideResNet, 10), (models.MobileNetV1, 1000),
+    (models.MobileNetV2, 1000), (models.VideoResNet, 400)])
+def test_network_settings_are_keyword_only_with_shared_defaults(cls, num_classes):
+  parameters = inspect.signature(cls.__init__).parameters
+  assert [p for p in parameters if parameters[p].kind is inspect.Parameter.KEYWORD_ONLY] == list(_SETTINGS)
+  defaults = {p: parameters[p].default for p in _SETTINGS}
+  assert defaults == dict(num_classes=num_classes, alpha=0.0, dtype=jnp.float32, momentum=0.9,
+                          epsilon=1e-5, axis_name=None, fuse=False)
+
+
+def test_every_zoo_network_checks_num_classes_and_alpha_at_construction():
+  for name in models.list_models():
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
+      models.get_model(name, num_classes=0)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\].*got 1.5"):
+      models.get_model(name, alpha=1.5)
+    with pytest.raises(ValueError, match="num_classes"):
+      models.get_model(name).clone(num_classes=2.5)
 
 
 # ----------------------------------------------------------------------------- parameter counts

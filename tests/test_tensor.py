@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import numpy_reference as ref
+import octflax
 from octflax import OctConv, OctTensor, as_oct, low_spatial_size, split_channels
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -362,6 +363,7 @@ def test_tree_map_to_none_leaves_rebuilds_without_the_constructor_check():
     OctTensor(None, None)  # constructing one by hand is still refused
 
 
+@pytest.mark.slow  # eager 3-D layers: about 10 s on 2 cores
 def test_the_code_blocks_of_docs_nd_octconv_run():
   import pathlib  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
@@ -371,3 +373,14 @@ def test_the_code_blocks_of_docs_nd_octconv_run():
   namespace = {}
   for block in blocks:  # one namespace, in page order, as a reader runs them
     exec(compile(block, "docs/nd_octconv.md", "exec"), namespace)  # pylint: disable=exec-used
+
+
+def test_top_level_merge_upsamples_low_and_passes_arrays_through():
+  high = jnp.arange(2 * 5 * 3 * 2, dtype=jnp.float32).reshape(2, 5, 3, 2)
+  low = jnp.arange(2 * 3 * 2 * 1, dtype=jnp.float32).reshape(2, 3, 2, 1)
+  merged = octflax.merge(octflax.OctTensor(high, low))
+  chex.assert_shape(merged, (2, 5, 3, 3))
+  np.testing.assert_array_equal(merged[..., :2], high)
+  np.testing.assert_array_equal(merged[:, 4, 2, 2], low[:, 2, 1, 0])  # (4 // 2, 2 // 2)
+  np.testing.assert_array_equal(merged[:, 1, 0, 2], low[:, 0, 0, 0])
+  assert octflax.merge(high) is high

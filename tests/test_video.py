@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from octflax import data
+from octflax import convert, cost, data, models
 from octflax.data import clips
 
 
@@ -95,15 +97,23 @@ def test_bad_clip_arguments_name_themselves(kwargs, argument):
     clips.MovingGarments(_garments(), **kwargs)
 
 
-def test_moving_fashion_mnist_reads_the_idx_files(tmp_path):
+def _write_fashion_mnist(directory, n: int, splits=("train",)) -> None:
+  """Tiny gzip IDX files of random garments with labels 1, 2, 3, ... (mod 10)."""
   import gzip
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
-  for stem, magic, dims, payload in (("train-images-idx3-ubyte", 2051, (5, 28, 28), images.tobytes()),
-                                     ("train-labels-idx1-ubyte", 2049, (5,), bytes([1, 2, 3, 4, 5]))):
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
-    with gzip.open(tmp_path / f"{stem}.gz", "wb") as f:
-      f.write(header + payload)
+  for split in splits:
+    stem = "train" if split == "train" else "t10k"
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = bytes([(i + 1) % 10 for i in range(n)])
+    for name, magic, dims, payload in ((f"{stem}-images-idx3-ubyte", 2051, (n, 28, 28), images.tobytes()),
+                                       (f"{stem}-labels-idx1-ubyte", 2049, (n,), labels)):
+      header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+      with gzip.open(directory / f"{name}.gz", "wb") as f:
+        f.write(header + payload)
+
+
+def test_moving_fashion_mnist_reads_the_idx_files(tmp_path):
+  _write_fashion_mnist(tmp_path, 5)
   source = data.moving_fashion_mnist(tmp_path, "train", label="garment")
   assert len(source) == 5 and source.image_shape == (8, 32, 32, 1)
   np.testing.assert_array_equal(source._gather(np.arange(5))[1], [1, 2, 3, 4, 5])
@@ -113,12 +123,6 @@ def test_moving_fashion_mnist_reads_the_idx_files(tmp_path):
 
 # ----------------------------------------------------------------------------- Oct-I3D / Oct-C2D
 
-import functools  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from octflax import convert, cost, models  # noqa: E402
 
 
 def _random_variables(abstract, seed: int):
@@ -274,3 +278,16 @@ def test_video_model_rejects_images():
   model = models.oct_i3d_tiny()
   with pytest.raises(ValueError, match=r"clips \[N, T, H, W, C\]"):
     model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False)
+
+
+@pytest.mark.slow
+def test_trainer_runs_oct_i3d_on_moving_fashion_mnist(tmp_path):
+  from octflax import training
+  _write_fashion_mnist(tmp_path, 64, splits=("train", "test"))
+  config = training.default_config()
+  config.model.name, config.model.alpha = "oct_i3d_tiny", 0.25
+  config.data.name, config.data.dir = "moving_fashion_mnist", str(tmp_path)
+  config.batch_size, config.num_epochs, config.progress_bar = 16, 1, False
+  summary = training.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["steps"] == 4 and 0.0 <= summary["test_accuracy"] <= 1.0
+  assert summary["gmacs_per_image"] == pytest.approx(11.134464e-3)  # per 8 x 32 x 32 clip

@@ -3,7 +3,8 @@
 Every model is a `functools.partial` of one network definition (`ResNet`,
 `WideResNet`, `MobileNetV1`, `MobileNetV2`) and takes ``alpha`` (share of
 low-frequency channels; 0 gives the vanilla network exactly) and ``num_classes`` plus
-any attribute of that module (``dtype``, ``zero_init_residual``, ``axis_name``, ...).
+any attribute of that module (``dtype``, ``zero_init_residual``, ``axis_name``, ...); the
+settings every network shares (`Network`) are keyword-only.
 Calling convention of Flax's examples::
 
   model = octflax.models.get_model('oct_resnet50', alpha=0.5)
@@ -25,7 +26,7 @@ from typing import Any, Callable
 
 from flax import linen as nn
 
-from octflax.models.common import backbone_features, resplit, stage_alphas
+from octflax.models.common import Network, backbone_features, resplit, stage_alphas
 from octflax.models.mobilenet import MobileNetV1, MobileNetV2
 from octflax.models.resnet import (
     BasicBlock, Bottleneck, OctSqueezeExcite, PreActBlock, ResNet, WideResNet)
@@ -107,7 +108,7 @@ oct_i3d_tiny = _variant("oct_i3d_tiny", VideoResNet, stage_sizes=(1, 1, 1), bloc
                         stem_features=16, num_classes=8)
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "MobileNetV1", "MobileNetV2", "OctSqueezeExcite", "PreActBlock",
+    "BasicBlock", "Bottleneck", "MobileNetV1", "MobileNetV2", "Network", "OctSqueezeExcite", "PreActBlock",
     "ResNet", "VideoResNet", "WideResNet", "backbone_features", "get_model", "list_models",
     "register", "resplit", "stage_alphas",
 ] + list_models()

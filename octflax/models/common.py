@@ -1,7 +1,8 @@
-"""What every octflax network shares: where alpha goes, the shortcut, the classifier head."""
+"""What every octflax network shares: its settings, where alpha goes, the shortcut, the head."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Sequence
@@ -42,17 +43,7 @@ def resplit(x: OctTensor, alpha: float, octave_axes: tuple[int, ...] | None = No
   x = as_oct(x)
   if x.alpha == alpha:
     return x
-  if octave_axes is None:
-    return OctTensor.from_array(x.merge(), alpha)
   return OctTensor.from_array(x.merge(octave_axes), alpha, octave_axes)
-
-
-def unit_factory(dtype: Any, momentum: float, epsilon: float, axis_name: str | None, fuse: bool,
-                 pool_stride: bool = True, octave_axes: tuple[int, ...] | None = None) -> ModuleDef:
-  """The conv-BN unit a network is built from, with its shared settings bound."""
-  kwargs = {} if octave_axes is None else {"octave_axes": tuple(octave_axes)}
-  return functools.partial(OctConvBN, dtype=dtype, momentum=momentum, epsilon=epsilon,
-                           axis_name=axis_name, fuse=fuse, pool_stride=pool_stride, **kwargs)
 
 
 def block_kernel(size: int, time_kernel: int | None) -> int | tuple[int, int, int]:
@@ -61,7 +52,7 @@ def block_kernel(size: int, time_kernel: int | None) -> int | tuple[int, int, in
 
 
 def block_strides(strides: int, time_kernel: int | None) -> int | tuple[int, int, int]:
-  """A block's spatial stride: ``strides`` (2-D) or ``(1, strides, strides)`` (3-D; time keeps its rate)."""
+  """A block's stride: ``strides`` (2-D) or ``(1, strides, strides)`` (3-D: time keeps its rate)."""
   return strides if time_kernel is None else (1, strides, strides)
 
 
@@ -80,10 +71,60 @@ class Classifier(nn.Module):
     return logits.astype(jnp.float32)
 
 
-def check_num_classes(num_classes: int) -> None:
-  if not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+def _setting(default: Any) -> Any:
+  """A keyword-only attribute: it follows every network's own, positional, attributes."""
+  return dataclasses.field(default=default, kw_only=True)
 
+
+class Network(nn.Module):
+  """The settings, construction checks and calling convention every zoo network shares.
+
+  A network's own attributes (its architecture: ``stage_sizes``, ``depth``, ...) come
+  first and may be given by position; these settings are keyword-only.
+
+  Every network is called as ``model.apply(variables, x, train=..., return_features=...)``
+  with ``x`` images ``[N, H, W, C]`` (clips ``[N, T, H, W, C]`` for the video networks),
+  ``train`` choosing batch statistics (True) or running averages (False) in BatchNorm
+  (and dropout on or off where a network has it), and returns float32 logits
+  ``[N, num_classes]``, or with ``return_features=True`` the backbone's maps as
+  `backbone_features` describes (the classifier is not run); each network's ``__call__``
+  says which maps.
+
+  Attributes:
+    num_classes: classifier outputs.
+    alpha: share of low-frequency channels, placed by the network (`stage_alphas`).
+    dtype: compute dtype (parameters stay float32).
+    momentum, epsilon: BatchNorm settings (momentum 0.9 = PyTorch's 0.1).
+    axis_name: BatchNorm axis name under `jax.pmap` (None under jit).
+    fuse: see `OctConv`.
+  """
+
+  num_classes: int = _setting(1000)
+  alpha: float = _setting(0.0)
+  dtype: Any = _setting(jnp.float32)
+  momentum: float = _setting(0.9)
+  epsilon: float = _setting(1e-5)
+  axis_name: str | None = _setting(None)
+  fuse: bool = _setting(False)
+
+  def __post_init__(self):
+    if not isinstance(self.num_classes, int) or self.num_classes < 1:
+      raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}.")
+    check_alpha(self.alpha)
+    super().__post_init__()
+
+  def unit_factory(self, pool_stride: bool = True,
+                   octave_axes: tuple[int, ...] | None = None) -> ModuleDef:
+    """The conv-BN unit the network is built from, with its shared settings bound."""
+    return functools.partial(OctConvBN, dtype=self.dtype, momentum=self.momentum,
+                             epsilon=self.epsilon, axis_name=self.axis_name, fuse=self.fuse,
+                             pool_stride=pool_stride,
+                             octave_axes=None if octave_axes is None else tuple(octave_axes))
+
+  def batch_norm(self, train: bool) -> ModuleDef:
+    """A vanilla `flax.linen.BatchNorm` (the stems') with the network's settings bound."""
+    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.momentum,
+                             epsilon=self.epsilon, dtype=self.dtype, axis_name=self.axis_name)
 
 
 class FeatureStrides(Mapping):

@@ -12,12 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from octflax.functional import oct_add
-from octflax.models.common import (
-    Classifier, backbone_features, check_num_classes, stage_alphas, unit_factory)
+from octflax.models.common import Classifier, ModuleDef, Network, backbone_features
 from octflax.tensor import as_oct
 
 Array = jax.Array
@@ -37,13 +35,10 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
   return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def _vanilla_stem(features: int, dtype: Any, momentum: float, epsilon: float, axis_name,
-                  train: bool, x: Array, activation) -> Array:
+def _vanilla_stem(features: int, dtype: Any, norm: ModuleDef, x: Array, activation) -> Array:
   x = nn.Conv(features, (3, 3), (2, 2), padding=((1, 1), (1, 1)), use_bias=False, dtype=dtype,
               kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), name="stem_conv")(x)
-  x = nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon, dtype=dtype,
-                   axis_name=axis_name, name="stem_bn")(x)
-  return activation(x)
+  return activation(norm(name="stem_bn")(x))
 
 
 def _last_stage_starts(strides: list[int]) -> int:
@@ -74,21 +69,12 @@ class _Features:
     return backbone_features(self.maps, self.strides)
 
 
-class _MobileNet(nn.Module):
-  """Attributes and checks shared by both MobileNets."""
+class _MobileNet(Network):
+  """The attribute and check both MobileNets add to `Network`'s."""
 
-  alpha: float = 0.0
   width_multiplier: float = 1.0
-  num_classes: int = 1000
-  dtype: Any = jnp.float32
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-  axis_name: str | None = None
-  fuse: bool = False
 
   def __post_init__(self):
-    check_num_classes(self.num_classes)
-    stage_alphas(self.alpha, 1)
     if not self.width_multiplier > 0:
       raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier!r}.")
     super().__post_init__()
@@ -98,26 +84,22 @@ class MobileNetV1(_MobileNet):
   """Oct-MobileNet v1 (Howard et al., 2017) with depthwise OctConv.
 
   Attributes:
-    alpha: share of low-frequency channels outside the stem and the last stage.
     width_multiplier: scales every layer's channels (``int(c * width_multiplier)``).
-    num_classes, dtype, momentum, epsilon, axis_name, fuse: as in `ResNet`.
+    alpha, num_classes, dtype, momentum, epsilon, axis_name, fuse: keyword-only, as in
+      `Network` (alpha: share of low-frequency channels outside the stem and the last stage).
   """
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True, return_features: bool = False) -> Array | dict:
-    """Logits ``[N, num_classes]``, or with ``return_features`` the backbone's maps.
+    """Logits of images ``[N, H, W, C]``, or the backbone's maps (see `Network`).
 
-    Args:
-      x: images ``[N, H, W, C]``.
-      train: batch statistics (True) or running averages (False) in BatchNorm.
-      return_features: return `backbone_features`: the last map at each resolution,
-        ``stem`` (stride 2, after the first block), ``stage1``..``stage4`` (4 to 32).
+    The maps: the last one at each resolution, ``stem`` (stride 2, after the first
+    block), ``stage1``..``stage4`` (4 to 32).
     """
-    unit = unit_factory(self.dtype, self.momentum, self.epsilon, self.axis_name, self.fuse)
+    unit = self.unit_factory()
     width = lambda c: max(1, int(c * self.width_multiplier))
     collected = _Features(2, [s for _, s in _V1_BLOCKS])
-    x = _vanilla_stem(width(32), self.dtype, self.momentum, self.epsilon, self.axis_name, train,
-                      x.astype(self.dtype), relu)
+    x = _vanilla_stem(width(32), self.dtype, self.batch_norm(train), x.astype(self.dtype), relu)
     # A depthwise conv cannot change alpha, so the pointwise conv just before the last
     # stage converts back: every conv of the 7x7 stage, its strided depthwise conv
     # included, is vanilla (this gives the official 318.2 MMACs at alpha .5).
@@ -167,25 +149,22 @@ class MobileNetV2(_MobileNet):
   """Oct-MobileNet v2 (Sandler et al., 2018): octave only on the expanded channels.
 
   Attributes:
-    alpha: share of low-frequency channels of the expanded features (last stage at 0).
     width_multiplier: scales channels (rounded to multiples of 8, as in the paper).
-    num_classes, dtype, momentum, epsilon, axis_name, fuse: as in `ResNet`.
+    alpha, num_classes, dtype, momentum, epsilon, axis_name, fuse: keyword-only, as in
+      `Network` (alpha: share of low-frequency channels of the expanded features; the last
+      stage at 0).
   """
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True, return_features: bool = False) -> Array | dict:
-    """Logits ``[N, num_classes]``, or with ``return_features`` the backbone's maps.
+    """Logits of images ``[N, H, W, C]``, or the backbone's maps (see `Network`).
 
-    Args:
-      x: images ``[N, H, W, C]``.
-      train: batch statistics (True) or running averages (False) in BatchNorm.
-      return_features: return `backbone_features`: the last block's output at each
-        resolution, ``stem`` (stride 2), ``stage1``..``stage4`` (4 to 32); the last
-        1x1 conv and the classifier are not run.
+    The maps: the last block's output at each resolution, ``stem`` (stride 2),
+    ``stage1``..``stage4`` (4 to 32); the last 1x1 conv is not run either.
     """
-    unit = unit_factory(self.dtype, self.momentum, self.epsilon, self.axis_name, self.fuse)
-    x = _vanilla_stem(_make_divisible(32 * self.width_multiplier), self.dtype, self.momentum,
-                      self.epsilon, self.axis_name, train, x.astype(self.dtype), relu6)
+    unit = self.unit_factory()
+    x = _vanilla_stem(_make_divisible(32 * self.width_multiplier), self.dtype, self.batch_norm(train),
+                      x.astype(self.dtype), relu6)
     blocks = [(t, c, s if i == 0 else 1) for t, c, n, s in _V2_BLOCKS for i in range(n)]
     last = _last_stage_starts([s for _, _, s in blocks])
     collected = _Features(2, [s for _, _, s in blocks])

@@ -7,6 +7,7 @@ block converts in, last stage at alpha 0, classifier on the high part).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import jax
@@ -16,8 +17,8 @@ from flax import linen as nn
 from octflax.functional import global_avg_pool, oct_add, oct_max_pool
 from octflax.layers import OctBatchNorm, OctConv
 from octflax.models.common import (
-    Classifier, ModuleDef, backbone_features, block_kernel, block_strides, check_num_classes,
-    resplit, stage_alphas, unit_factory)
+    Classifier, ModuleDef, Network, backbone_features, block_kernel, block_strides, resplit,
+    stage_alphas)
 from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
@@ -65,16 +66,16 @@ def _shortcut(unit: ModuleDef, x: OctTensor, features: int, alpha_in: float, alp
   return resplit(x, alpha_out, octave_axes)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 conv-BN units (post-activation); the first converts alpha_in -> alpha_out.
+class _ResidualBlock(nn.Module):
+  """The constructor `ResNet` and `VideoResNet` build every block with.
 
   Attributes:
-    features, alpha_in, alpha_out, strides: the block's output channels, alphas and
-      spatial stride (1 or 2).
+    features, alpha_in, alpha_out, strides: the block's channels, alphas and spatial
+      stride (1 or 2).
     unit: the conv-BN unit (`OctConvBN` with the network's settings bound).
     zero_init_residual: zero-init the last BN scale.
-    time_kernel: None for images; for clips [N, T, H, W, C] the time extent of the first
-      conv (``(t, 3, 3)``; the second is ``(1, 3, 3)``).
+    time_kernel: None for images; for clips [N, T, H, W, C] the time extent of the
+      block's first conv.
     octave_axes: the unit's octave axes (for the parameter-free re-split of an identity
       shortcut); None = all.
   """
@@ -87,6 +88,18 @@ class BasicBlock(nn.Module):
   zero_init_residual: bool = False
   time_kernel: int | None = None
   octave_axes: tuple[int, ...] | None = None
+
+
+class BasicBlock(_ResidualBlock):
+  """Two 3x3 conv-BN units (post-activation); the first converts alpha_in -> alpha_out.
+
+  Attributes:
+    features, alpha_in, alpha_out, unit, strides, zero_init_residual, octave_axes: the
+      block's constructor (``features`` is its output channels).
+    time_kernel: None for images; for clips the time extent of the first conv
+      (``(t, 3, 3)``; the second is ``(1, 3, 3)``).
+  """
+
   expansion = 1
 
   @nn.compact
@@ -103,26 +116,18 @@ class BasicBlock(nn.Module):
     return oct_add(y, shortcut).map(relu)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
   """ResNet v1.5 bottleneck: 1x1 -> 3x3 (carries the stride, grouped for ResNeXt) -> 1x1 (x4).
 
   Attributes:
-    features, alpha_in, alpha_out, unit, strides, zero_init_residual, octave_axes: as in
-      `BasicBlock` (``features`` is the width of the 3x3; the block outputs 4x).
+    features, alpha_in, alpha_out, unit, strides, zero_init_residual, octave_axes: the
+      block's constructor (``features`` is the width of the 3x3; the block outputs 4x).
     time_kernel: None for images; for clips the time extent of the first 1x1 conv
       (``(t, 1, 1)``, I3D's inflated 3x1x1 is t = 3); the others are ``(1, k, k)``.
     groups, base_width: ResNeXt cardinality and width per group.
     squeeze_excite: an `OctSqueezeExcite` on the residual branch.
   """
 
-  features: int
-  alpha_in: float
-  alpha_out: float
-  unit: ModuleDef
-  strides: int = 1
-  zero_init_residual: bool = False
-  time_kernel: int | None = None
-  octave_axes: tuple[int, ...] | None = None
   groups: int = 1
   base_width: int = 64
   squeeze_excite: bool = False
@@ -148,7 +153,7 @@ class Bottleneck(nn.Module):
     return oct_add(y, shortcut).map(relu)
 
 
-class ResNet(nn.Module):
+class ResNet(Network):
   """Oct-ResNet (post-activation v1.5 for ImageNet, or CIFAR-style for small images).
 
   The network builds every block as ``block_cls(features, alpha_in, alpha_out, unit,
@@ -162,38 +167,25 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage.
     block_cls: `BasicBlock`, `Bottleneck` or a partial of either (or any module with
       that constructor and ``__call__(x, train)``).
-    num_classes: classifier outputs.
-    alpha: share of low-frequency channels in every stage but the last.
     widths: base channels of each stage (a bottleneck outputs 4x).
     stem: 'imagenet' (7x7/2 conv and 3x3/2 max-pool, vanilla) or 'cifar' (3x3 conv).
     stem_features: channels of the stem.
     zero_init_residual: zero-init the last BN scale of every block.
-    dtype: compute dtype (parameters stay float32).
-    momentum, epsilon: BatchNorm settings (momentum 0.9 = PyTorch's 0.1).
-    axis_name: BatchNorm axis name under `jax.pmap` (None under jit).
-    fuse: see `OctConv`.
     pool_stride: False makes the strided vanilla (alpha 0) units strided convs, as in
       torchvision's ResNets (needed to load their weights); octave units always pool.
+    num_classes, alpha, dtype, momentum, epsilon, axis_name, fuse: keyword-only, as in
+      `Network` (alpha: share of low-frequency channels in every stage but the last).
   """
 
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
-  num_classes: int = 1000
-  alpha: float = 0.0
   widths: Sequence[int] = (64, 128, 256, 512)
   stem: str = "imagenet"
   stem_features: int = 64
   zero_init_residual: bool = False
-  dtype: Any = jnp.float32
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-  axis_name: str | None = None
-  fuse: bool = False
   pool_stride: bool = True
 
   def __post_init__(self):
-    check_num_classes(self.num_classes)
-    stage_alphas(self.alpha, 1)  # validates alpha at construction
     if self.stem not in ("imagenet", "cifar"):
       raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     if len(self.stage_sizes) != len(self.widths):
@@ -202,19 +194,14 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True, return_features: bool = False) -> Array | dict:
-    """Logits ``[N, num_classes]`` (float32), or with ``return_features`` the backbone's maps.
+    """Logits of images ``[N, H, W, C]``, or the backbone's maps (see `Network`).
 
-    Args:
-      x: images ``[N, H, W, C]``.
-      train: batch statistics (True) or running averages (False) in BatchNorm.
-      return_features: return `backbone_features` instead of logits: ``stem`` (the
-        stem's activation, stride 2 for 'imagenet' before its max-pool, 1 for 'cifar')
-        and ``stage1``... (each stage's last block); the classifier is not run.
+    The maps: ``stem`` (the stem's activation, stride 2 for 'imagenet' before its
+    max-pool, 1 for 'cifar') and ``stage1``... (each stage's last block).
     """
     if x.ndim != 4:
       raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
-    unit = unit_factory(self.dtype, self.momentum, self.epsilon, self.axis_name, self.fuse,
-                        self.pool_stride)
+    unit = self.unit_factory(self.pool_stride)
     x = x.astype(self.dtype)
     maps, strides = {}, {}
     if self.stem == "imagenet":
@@ -222,9 +209,7 @@ class ResNet(nn.Module):
       x = nn.Conv(self.stem_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                   dtype=self.dtype, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                   name="stem_conv")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
-                       dtype=self.dtype, axis_name=self.axis_name, name="stem_bn")(x)
-      x = relu(x)
+      x = relu(self.batch_norm(train)(name="stem_bn")(x))
       maps["stem"], strides["stem"] = x, (2, 2)
       x, stride = oct_max_pool(x, 3, 2, ((1, 1), (1, 1))), 4
     else:
@@ -283,44 +268,33 @@ class PreActBlock(nn.Module):
     return oct_add(y, shortcut)
 
 
-class WideResNet(nn.Module):
+class WideResNet(Network):
   """Oct-WRN-d-k (Zagoruyko & Komodakis) for 28x28/32x32 images: 3 stages of (d-4)/6 blocks.
 
   Attributes:
     depth: d, with (d - 4) divisible by 6.
     widen_factor: k; stage widths are 16k, 32k, 64k.
-    num_classes, alpha, dtype, momentum, epsilon, axis_name, fuse: as in `ResNet`.
     dropout_rate: dropout between the two convs of a block (train only).
+    num_classes, alpha, dtype, momentum, epsilon, axis_name, fuse: keyword-only, as in
+      `ResNet` (``num_classes`` defaults to 10).
   """
 
   depth: int = 16
   widen_factor: int = 4
-  num_classes: int = 10
-  alpha: float = 0.0
   dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-  axis_name: str | None = None
-  fuse: bool = False
+  num_classes: int = dataclasses.field(default=10, kw_only=True)
 
   def __post_init__(self):
-    check_num_classes(self.num_classes)
-    stage_alphas(self.alpha, 1)
     if (self.depth - 4) % 6 or self.depth < 10:
       raise ValueError(f"depth must be 6n + 4 (10, 16, 22, 28, 40, ...), got {self.depth}.")
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True, return_features: bool = False) -> Array | dict:
-    """Logits ``[N, num_classes]``, or with ``return_features`` the backbone's maps.
+    """Logits of images ``[N, H, W, C]``, or the backbone's maps (see `Network`).
 
-    Args:
-      x: images ``[N, H, W, C]``.
-      train: batch statistics and dropout (True) or running averages (False).
-      return_features: return `backbone_features`: ``stem`` (stride 1) and
-        ``stage1``..``stage3`` (strides 1, 2, 4; pre-activation sums, except
-        ``stage3``, which is after the final BN-ReLU); the classifier is not run.
+    The maps: ``stem`` (stride 1) and ``stage1``..``stage3`` (strides 1, 2, 4;
+    pre-activation sums, except ``stage3``, which is after the final BN-ReLU).
     """
     if x.ndim != 4:
       raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")

@@ -23,6 +23,7 @@ on such a clip; the two paddings differ only on the first and last (k_t - 1) / 2
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import jax
@@ -31,8 +32,7 @@ from flax import linen as nn
 from jax import lax
 
 from octflax import execution, functional
-from octflax.models.common import (
-    Classifier, ModuleDef, backbone_features, check_num_classes, stage_alphas, unit_factory)
+from octflax.models.common import Classifier, ModuleDef, Network, backbone_features, stage_alphas
 from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
@@ -79,7 +79,7 @@ def _max_pool(x: Any, window: tuple[int, ...], strides: tuple[int, ...]) -> OctT
   return as_oct(x).map(lambda p: nn.max_pool(p, window, strides, padding))
 
 
-class VideoResNet(nn.Module):
+class VideoResNet(Network):
   """Oct-ResNet for clips: Oct-I3D and Oct-C2D (see the module docstring).
 
   Attributes:
@@ -88,34 +88,25 @@ class VideoResNet(nn.Module):
       `ResNet`'s blocks plus ``time_kernel`` and ``octave_axes``.
     time_kernels: per stage, per block, the time extent of the block's first conv.
     stem_time_kernel: time extent of the stem conv (5 in I3D, 1 in C2D).
-    num_classes: classifier outputs (Kinetics-400: 400).
-    alpha: share of low-frequency channels in every stage but the last.
     octave_axes: spatial axes (0 = time) on which the low part has half the size.
-    widths, stem_features, zero_init_residual, dtype, momentum, epsilon, axis_name,
-      fuse: as in `ResNet`.
+    widths, stem_features, zero_init_residual: as in `ResNet`.
     temporal_pool: the 3 x 1 x 1 max-pool (stride 2 in time) after the first stage.
+    num_classes, alpha, dtype, momentum, epsilon, axis_name, fuse: keyword-only, as in
+      `ResNet` (``num_classes`` defaults to 400, Kinetics-400's classes).
   """
 
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
   time_kernels: Sequence[Sequence[int]]
   stem_time_kernel: int = 5
-  num_classes: int = 400
-  alpha: float = 0.0
   octave_axes: tuple[int, ...] = (1, 2)
   widths: Sequence[int] = (64, 128, 256, 512)
   stem_features: int = 64
   temporal_pool: bool = True
   zero_init_residual: bool = False
-  dtype: Any = jnp.float32
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-  axis_name: str | None = None
-  fuse: bool = False
+  num_classes: int = dataclasses.field(default=400, kw_only=True)
 
   def __post_init__(self):
-    check_num_classes(self.num_classes)
-    stage_alphas(self.alpha, 1)
     if len(self.stage_sizes) != len(self.widths):
       raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} differ in length.")
     if [len(k) for k in self.time_kernels] != list(self.stage_sizes):
@@ -132,30 +123,24 @@ class VideoResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True, return_features: bool = False) -> Array | dict:
-    """Logits ``[N, num_classes]`` of clips ``[N, T, H, W, C]``, or the backbone's maps.
+    """Logits of clips ``[N, T, H, W, C]``, or the backbone's maps (see `Network`).
 
-    Args:
-      x: clips ``[N, T, H, W, C]``.
-      train: batch statistics (True) or running averages (False) in BatchNorm.
-      return_features: return `backbone_features`: ``stem`` (before its max-pool,
-        stride (1, 2, 2)) and each stage's last block, ``stage1``.. (strides (1, 4, 4),
-        then (2, 8, 8), (2, 16, 16), ... after the temporal pool); the classifier is not run.
+    The maps: ``stem`` (before its max-pool, stride (1, 2, 2)) and each stage's last
+    block, ``stage1``.. (strides (1, 4, 4), then (2, 8, 8), (2, 16, 16), ... after the
+    temporal pool).
     """
     if x.ndim != 5:
       raise ValueError(f"expected clips [N, T, H, W, C], got shape {x.shape}.")
     # Every convolution of the network pads time with edge frames (see the module docstring).
     with execution.use_conv(replicate_time_padding(execution.current_conv())):
       x = x.astype(self.dtype)
-      unit = unit_factory(self.dtype, self.momentum, self.epsilon, self.axis_name, self.fuse,
-                          octave_axes=self.octave_axes)
+      unit = self.unit_factory(octave_axes=self.octave_axes)
       t = self.stem_time_kernel
       x = jnp.pad(x, [(0, 0), ((t - 1) // 2, (t - 1) // 2), (0, 0), (0, 0), (0, 0)], mode="edge")
       x = nn.Conv(self.stem_features, (t, 7, 7), (1, 2, 2), padding=((0, 0), (3, 3), (3, 3)), use_bias=False,
                   dtype=self.dtype, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                   name="stem_conv")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
-                       dtype=self.dtype, axis_name=self.axis_name, name="stem_bn")(x)
-      x = relu(x)
+      x = relu(self.batch_norm(train)(name="stem_bn")(x))
       maps, strides = {"stem": x}, {"stem": (1, 2, 2)}
       x, stride = _max_pool(x, (1, 3, 3), (1, 2, 2)), [1, 4, 4]
       alpha_in = 0.0

@@ -3,7 +3,7 @@
 On the first SIGTERM or SIGINT the trainer finishes the step in flight, writes a
 checkpoint at that step, flushes its metrics and stops with `RunStopped`
 (``experiments.train`` exits with status 75, `EXIT_STOPPED`); the same command
-resumes. A second SIGINT stops at once (`KeyboardInterrupt`, status 130), losing
+resumes. A second SIGINT ends the process at once (the shell's status 130), losing
 the steps since the last checkpoint.
 
 Multi-process runs must stop at the same step on every process, since saving is
@@ -73,14 +73,13 @@ class StopSignals:
 
   def _handle(self, signum: int, frame: Any) -> None:
     del frame
-    name = signal.Signals(signum).name
-    if self.signal_name is not None and signum == signal.SIGINT:
-      signal.signal(signal.SIGINT, signal.default_int_handler)
-      raise KeyboardInterrupt
     if self.signal_name is None:
-      self.signal_name = name
-      if self._sync is not None and signum == signal.SIGINT:
-        os.kill(os.getpid(), signal.SIGTERM)  # Through JAX's service, so all processes agree.
+      self.signal_name = signal.Signals(signum).name
+    # A second Ctrl-C ends the process at once, also while it waits in XLA (where a Python
+    # handler would run only when the call returns).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if self._sync is not None and signum == signal.SIGINT:
+      os.kill(os.getpid(), signal.SIGTERM)  # Through JAX's service, so all processes agree.
 
   def requested(self, step: int) -> bool:
     """Whether to checkpoint ``step`` (just dispatched) and stop; call after every step.

@@ -107,7 +107,7 @@ def train_step(
   if axis_name is not None:
     grads, batch_stats, loss, accuracy = jax.lax.pmean((grads, batch_stats, loss, accuracy), axis_name)
   new_state = state.apply_gradients(grads, batch_stats)
-  metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+  metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
   return new_state, metrics
 
 
