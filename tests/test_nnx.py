@@ -176,7 +176,7 @@ def test_linen_round_trip_is_lossless():
   # And NNX -> Linen -> NNX keeps the state.
   other = onnx.OctConvBN(12, 16, 3, 0.25, 0.5, rngs=nnx.Rngs(5))
   onnx.from_linen(onnx.to_linen(unit), other)
-  _assert_trees_close(nnx.state(other).to_pure_dict(), nnx.state(unit).to_pure_dict(), rtol=0, atol=0)
+  _assert_trees_close(nnx.to_pure_dict(nnx.state(other)), nnx.to_pure_dict(nnx.state(unit)), rtol=0, atol=0)
 
 
 def test_from_linen_lists_every_mismatch():
@@ -215,7 +215,7 @@ def test_nnx_jit_and_grad_through_octtensor_inputs_match_linen():
   conv_grads, x_grads = nnx_grads(conv, x)
   chex.assert_trees_all_equal_shapes(x_grads, x)
   want_params, want_x = jax.jit(jax.grad(lambda v, x: energy(linen.apply(v, x)), argnums=(0, 1)))(variables, x)
-  _assert_trees_close(conv_grads.to_pure_dict(), want_params["params"], rtol=1e-5, atol=1e-6)
+  _assert_trees_close(nnx.to_pure_dict(conv_grads), want_params["params"], rtol=1e-5, atol=1e-6)
   _assert_trees_close(x_grads, want_x, rtol=1e-5, atol=1e-6)
 
 

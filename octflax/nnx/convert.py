@@ -35,7 +35,7 @@ def to_linen(model: nnx.Module) -> dict[str, PyTree]:
   """
   variables = {}
   for collection, kind in COLLECTIONS.items():
-    tree = nnx.state(model, kind).to_pure_dict()
+    tree = nnx.to_pure_dict(nnx.state(model, kind))
     if tree:
       variables[collection] = _string_keys(tree)
   return variables
@@ -62,11 +62,12 @@ def from_linen(variables: Mapping[str, PyTree], model: nnx.Module) -> nnx.Module
         f"from_linen: variables has collection(s) {unknown}; allowed are {list(COLLECTIONS)}.")
   for collection, kind in COLLECTIONS.items():
     state = nnx.state(model, kind)
-    target = _string_keys(state.to_pure_dict())
+    pure = nnx.to_pure_dict(state)
+    target = _string_keys(pure)
     given = variables.get(collection, {})
     check_same_layout(given, target, f"variables[{collection!r}]")
     if target:
-      nnx.replace_by_pure_dict(state, _as_state_keys(given, state.to_pure_dict()))
+      nnx.replace_by_pure_dict(state, _as_state_keys(given, pure))
       nnx.update(model, state)
   return model
 
