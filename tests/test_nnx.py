@@ -320,6 +320,8 @@ def test_trainer_model_has_linens_calling_convention():
   assert set(variables) == {"params", "batch_stats"}
   assert _shapes(variables) == _shapes(jax.eval_shape(functools.partial(linen.init, train=False),
                                                       jax.random.key(0), x))
+  # The same seed, the same starting weights: model.api changes the front end, not the run.
+  _assert_trees_close(variables, linen.init(jax.random.key(0), x, train=False), rtol=0, atol=0)
   variables = _perturbed(variables)
   logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
   want_logits, want_updates = linen.apply(variables, x, train=True, mutable=["batch_stats"])

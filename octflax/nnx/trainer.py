@@ -76,14 +76,23 @@ class TrainerModel:
   def init(self, rngs: jax.Array | dict[str, jax.Array], x: jax.Array, train: bool = False) -> dict[str, PyTree]:
     """``{'params', 'batch_stats'}`` of a freshly initialised network (as Linen's ``init``).
 
+    The values are those the Linen network draws from the same key (the two front ends
+    draw from the same distributions but consume random streams differently), so a run's
+    ``seed`` gives the same starting weights, and the same run, whichever API trains it:
+    ``model.api`` changes the front end, not the experiment. The result is checked against
+    the NNX network's own state layout.
+
     Args:
       rngs: a key (or ``{'params': key}``) for the parameters.
-      x: an input batch ``[N, H, W, C]``; only its channel count is used.
+      x: an input batch ``[N, H, W, C]``.
       train: accepted for Linen's signature; initialisation does not depend on it.
     """
     del train
     key = rngs["params"] if isinstance(rngs, dict) else rngs
-    return convert.to_linen(self.build(x.shape[-1], nnx.Rngs(params=key)))
+    variables = self._linen_description().init(key, x, train=False)
+    graphdef, state = self._graph(x.shape[-1])
+    model = convert.from_linen(variables, nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf, state)))
+    return convert.to_linen(model)
 
   def apply(self, variables: dict[str, PyTree], x: jax.Array, train: bool = False,
             mutable: bool | str | Sequence[str] = False, rngs: Any = None) -> Any:
