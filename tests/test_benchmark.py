@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-  sys.path.insert(0, str(ROOT))
+import octflax
+from experiments import benchmark, torch_reference
 
-import octflax  # noqa: E402
-from experiments import benchmark, torch_reference  # noqa: E402
 
 FIELDS = ("model", "alpha", "batch", "mode", "backend", "device_kind", "median_ms", "images_per_second",
           "gmacs", "time_ratio_to_alpha0", "macs_ratio_to_alpha0", "peak_device_bytes", "framework")
