@@ -63,6 +63,7 @@ def test_compile_settings_change_the_compiled_program_not_the_result():
     np.testing.assert_allclose(np.asarray(case.fn()), np.asarray(default.fn()), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # about 5 s: six compiled networks
 def test_conv_settings_and_compile_settings_get_their_own_rows_and_alpha0(tmp_path):
   rows = _run(tmp_path, "--models", "oct_resnet8", "--alphas", "0.5", "--batch", "2", "--image-size", "8",
               "--channels", "1", "--num-classes", "10", "--compile", "xla-default", "--conv", "default,plain")

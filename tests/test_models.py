@@ -162,7 +162,11 @@ def test_list_models_is_sorted_and_complete():
     assert expected in names
 
 
-@pytest.mark.parametrize("name", models.list_models())
+_DEEP = ("oct_resnet101", "oct_resnet152", "oct_resnet200", "oct_resnext101_32x4d")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _DEEP else n
+                                  for n in models.list_models()])
 def test_registry_builds_every_model(name):
   video = isinstance(models.get_model(name), models.VideoResNet)
   logits, variables = _abstract(name, 0.5, shape=(2, 4, 32, 32, 3) if video else (2, 32, 32, 3),
@@ -462,6 +466,7 @@ def test_real_forward_small_net_odd_size():
   assert float(jnp.std(logits)) > 0
 
 
+@pytest.mark.slow  # about 3 s: a ResNet-50 forward pass
 def test_real_forward_resnet50_odd_size():
   shape = (1, 65, 57, 3)
   model = models.oct_resnet50(alpha=0.5)

@@ -242,6 +242,7 @@ def _compare_zoo_model(name, alpha, image_shape, **overrides):
   _assert_trees_close(model(x), want, rtol=1e-6, atol=1e-6 * float(jnp.abs(want).max()))
 
 
+@pytest.mark.slow  # about 8 s; the oct_resnet8 tests cover the CIFAR network in the default run
 def test_cifar_oct_resnet_matches_linen():
   # The shape of docs/nnx.md's example, whose operations are then compiled once.
   _compare_zoo_model("oct_resnet8", 0.25, (8, 28, 28, 1))
