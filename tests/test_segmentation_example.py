@@ -6,6 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments import segmentation_example as seg
 from octflax import models
@@ -41,6 +42,7 @@ def test_segmenter_logits_have_the_input_size_at_odd_sizes():
   chex.assert_shape(variables["params"]["head"]["lateral_stage1"]["kernel"], (1, 1, 16, 8))
 
 
+@pytest.mark.slow  # about 5-20 s: trains the example's FPN head
 def test_a_few_training_steps_lower_the_loss():
   images, labels = _squares(64, 16, seed=0)
   masks = seg.masks_from_images(images, labels, 100)

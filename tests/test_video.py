@@ -163,8 +163,10 @@ _SMALL = dict(stage_sizes=(1, 1), widths=(8, 16), stem_features=8, num_classes=5
 
 
 @pytest.mark.parametrize("block, alpha, octave_axes", [
-    (models.Bottleneck, 0.0, (1, 2)), (models.Bottleneck, 0.5, (1, 2)),
-    (models.Bottleneck, 0.5, (0, 1, 2)), (models.BasicBlock, 0.5, (1, 2))])
+    (models.Bottleneck, 0.0, (1, 2)),
+    pytest.param(models.Bottleneck, 0.5, (1, 2), marks=pytest.mark.slow),
+    (models.Bottleneck, 0.5, (0, 1, 2)),
+    pytest.param(models.BasicBlock, 0.5, (1, 2), marks=pytest.mark.slow)])
 def test_inflated_network_gives_the_2d_logits_on_a_static_clip(block, alpha, octave_axes):
   model_2d = models.ResNet(block_cls=block, alpha=alpha, **_SMALL)
   model_3d = models.VideoResNet(block_cls=block, alpha=alpha, octave_axes=octave_axes,
@@ -209,6 +211,7 @@ PAPER_GMACS = {("oct_i3d_resnet50", 0.0): 28.1, ("oct_i3d_resnet50", 0.1): 25.6,
                ("oct_c2d_resnet50", 0.1): 17.4}
 
 
+@pytest.mark.slow  # about 4 s: traces four Oct-ResNet-50-sized video networks
 def test_video_macs_are_the_2d_layers_times_frames_and_time_taps():
   # With a spatial octave every 3-D layer costs (frames it runs on) x (time taps) x its 2-D
   # cost, the head once per clip: a closed form from the 2-D Oct-ResNet-50's own layers.

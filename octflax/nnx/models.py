@@ -309,7 +309,7 @@ def get_model(name: str, *, rngs: nnx.Rngs, in_features: int = 3, **kwargs: Any)
     ValueError: an unknown name, a model outside the Oct-ResNet family, bad arguments.
 
   Examples:
-    >>> model = get_model('oct_resnet20', alpha=0.5, in_features=1, rngs=nnx.Rngs(0))
+    >>> model = get_model('oct_resnet8', alpha=0.5, in_features=1, rngs=nnx.Rngs(0))
     >>> model.eval()
     >>> model(jnp.zeros((2, 28, 28, 1))).shape
     (2, 10)
