@@ -5,7 +5,7 @@ Three counts are compared:
 * `octflax.cost.analyze`, which traces the model and counts what the program computes;
 * a closed form written here from the design (OctConv path resolutions, official alpha
   placement), which knows nothing of the code;
-* the published figures (`/work/shared/reference/octconv_facts.md`): the exact ResNet
+* the published figures (the paper and the official implementation): the exact ResNet
   table, MobileNet v1 and the paper's Table 1.
 
 The counter includes padded taps (the paper's convention); XLA's `cost_analysis` counts
