@@ -61,6 +61,7 @@ class Case:
   compiler_options: dict[str, Any] | None = None  # what the network was compiled with (None: XLA's defaults)
   compile: str = "octflax"  # the --compile setting
   conv: str = "default"  # the --conv setting
+  form: str = "default"  # the --form setting
   times: list[float] = dataclasses.field(default_factory=list)
 
 
@@ -98,8 +99,8 @@ def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
   return Net()
 
 
-# Model variants, selected with a suffix of the model name, e.g. 'oct_resnet50:nofuse'.
-VARIANTS = {"strided": {"pool_stride": False}, "nofuse": {"fuse": False}, "fuse": {"fuse": True}}
+# Model variants, selected with a suffix of the model name, e.g. 'oct_resnet50:strided'.
+VARIANTS = {"strided": {"pool_stride": False}}
 # How OctConv's convolutions are executed (--conv): octflax's default for the backend
 # (`execution.default_conv`), XLA:CPU's form without the channel padding, or exactly nn.Conv's.
 CONV_SETTINGS = {
@@ -117,7 +118,7 @@ COMPILE_SETTINGS = {
 }
 # Name suffixes that were compile or execution settings, and the flag that replaced each.
 _SETTINGS_NOW_FLAGS = {"xladefault": "--compile xla-default", "ynndot": "--compile ynn-dot",
-                       "nopad": "--conv unpadded"}
+                       "nopad": "--conv unpadded", "fuse": "--form shared_output", "nofuse": "--form separate"}
 
 
 def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Module:
@@ -165,14 +166,16 @@ def make_torch_case(name: str, alpha: float, batch: int, mode: str, image_size: 
 
 
 def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, num_classes: int,
-              dtype: Any, channels: int = 3, compile: str = "octflax", conv: str = "default") -> Case:
-  """Builds and compiles one timed configuration under a compile setting and a convolution setting.
+              dtype: Any, channels: int = 3, compile: str = "octflax", conv: str = "default",
+              form: str = "default") -> Case:
+  """Builds and compiles one timed configuration under a compile, a convolution and an execution setting.
 
   Args:
-    name: a registry name with optional model variants (``oct_resnet50:nofuse``), or one of
+    name: a registry name with optional model variants (``oct_resnet50:strided``), or one of
       ``flax_resnet50`` and the PyTorch networks.
     compile: a key of `COMPILE_SETTINGS`.
     conv: a key of `CONV_SETTINGS`.
+    form: ``'default'`` (the platform's form) or an `octflax.execution.Form` name.
   """
   if compile not in COMPILE_SETTINGS:
     raise ValueError(f"compile={compile!r}; allowed are {', '.join(COMPILE_SETTINGS)}.")
@@ -183,11 +186,11 @@ def make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, n
     options = inference_compiler_options() if mode == "inference" else train_compiler_options()
   # 'default' leaves the convolution to whoever called (octflax's default, or an enclosing use_conv).
   chosen = contextlib.nullcontext() if conv == "default" else execution.use_conv(CONV_SETTINGS[conv])
-  with chosen:
+  with chosen, execution.use_form(None if form == "default" else form):
     case = _make_case(name, alpha, batch, mode, image_size, num_classes, dtype, channels, options or None)
-  case.compile, case.conv = compile, conv
-  if (compile, conv) != ("octflax", "default"):
-    case.label += f" [{compile}, conv {conv}]"
+  case.compile, case.conv, case.form = compile, conv, form
+  if (compile, conv, form) != ("octflax", "default", "default"):
+    case.label += f" [{compile}, conv {conv}, form {form}]"
   return case
 
 
@@ -256,12 +259,12 @@ def run(args: argparse.Namespace) -> list[dict]:
   cases = []
   for name in args.models.split(","):
     # PyTorch networks are timed once: neither XLA's options nor octflax's convolutions apply.
-    settings = [(c, v) for c in args.compile.split(",") for v in args.conv.split(",")]
-    for compile_setting, conv in (settings[:1] if name in TORCH_MODELS else settings):
+    settings = [(c, v, f) for c in args.compile.split(",") for v in args.conv.split(",") for f in args.form.split(",")]
+    for compile_setting, conv, form in (settings[:1] if name in TORCH_MODELS else settings):
       for batch in [int(b) for b in str(args.batch).split(",")]:
         for alpha in ([0.0] if name == "flax_resnet50" else alphas):
           cases.append(make_case(name, alpha, batch, args.mode, args.image_size, args.num_classes, dtype,
-                                 args.channels, compile_setting, conv))
+                                 args.channels, compile_setting, conv, form))
           for _ in range(args.warmup):
             jax.block_until_ready(cases[-1].fn())
   for _ in range(args.repeats):
@@ -274,11 +277,11 @@ def run(args: argparse.Namespace) -> list[dict]:
   rows = []
   for case in cases:
     median = statistics.median(case.times)
-    base = next(c for c in cases if (c.model, c.compile, c.conv, c.batch, c.alpha)
-                == (case.model, case.compile, case.conv, case.batch, 0.0))
+    base = next(c for c in cases if (c.model, c.compile, c.conv, c.form, c.batch, c.alpha)
+                == (case.model, case.compile, case.conv, case.form, case.batch, 0.0))
     base_median = statistics.median(base.times)
     rows.append({
-        "model": case.model, "compile": case.compile, "conv": case.conv, "alpha": case.alpha, "batch": case.batch, "mode": case.mode,
+        "model": case.model, "compile": case.compile, "conv": case.conv, "form": case.form, "alpha": case.alpha, "batch": case.batch, "mode": case.mode,
         "dtype": args.dtype, "image_size": args.image_size,
         "channels": args.channels, "backend": jax.default_backend(),
         "device_kind": device.device_kind, "device_count": jax.device_count(),
@@ -299,8 +302,8 @@ def print_table(rows: list[dict]) -> None:
   header = f"{'model [compile, conv]':<40}{'alpha':>6}{'batch':>6}{'mode':>10}{'median ms':>11}{'img/s':>9}{'GMACs':>8}{'time/a0':>9}{'MACs/a0':>9}"
   print(header)
   for r in rows:
-    name = r["model"] if (r["compile"], r["conv"]) == ("octflax", "default") else \
-        f"{r['model']} [{r['compile']}, {r['conv']}]"
+    settings = (r["compile"], r["conv"], r.get("form", "default"))
+    name = r["model"] if settings == ("octflax", "default", "default") else f"{r['model']} [{', '.join(settings)}]"
     print(f"{name:<40}{r['alpha']:>6g}{r['batch']:>6}{r['mode']:>10}{r['median_ms']:>11.1f}"
           f"{r['images_per_second']:>9.1f}{r['gmacs']:>8.3f}{r['time_ratio_to_alpha0']:>9.3f}"
           f"{r['macs_ratio_to_alpha0']:>9.3f}")
@@ -312,8 +315,7 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", default="oct_resnet50",
-                      help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs, "
-                           "'NAME:fuse' / 'NAME:nofuse' run paths with a shared output size as one conv or separately; "
+                      help="comma-separated registry names; 'NAME:strided' uses strided vanilla convs; "
                            "'flax_resnet50' is ResNet-50 written with flax.linen.Conv; "
                            "'torch_oct_resnet50' is a PyTorch Oct-ResNet-50 with the PyTorch port's "
                            "structure (needs torch; inference, float32)")
@@ -326,6 +328,9 @@ def main(argv=None) -> int:
                       help="comma-separated convolution settings (octflax.execution): 'default' (the "
                            "backend's; XLA:CPU's form on CPU), 'unpadded' (without the CPU channel padding), "
                            "'plain' (exactly nn.Conv's convolution)")
+  parser.add_argument("--form", default="default",
+                      help="comma-separated execution forms (octflax.execution.Form names, e.g. 'two_convs+slices', "
+                           "'shared_output', 'reference'), or 'default' (the platform's)")
   parser.add_argument("--alphas", default="0,0.125,0.25,0.5,0.75")
   parser.add_argument("--batch", default="8", help="batch size, or a comma-separated list")
   parser.add_argument("--mode", choices=["inference", "train"], default="inference")
@@ -344,6 +349,9 @@ def main(argv=None) -> int:
     for setting in args.conv.split(","):
       if setting not in CONV_SETTINGS:
         raise ValueError(f"--conv: {setting!r}; allowed are {', '.join(CONV_SETTINGS)}.")
+    for setting in args.form.split(","):
+      if setting != "default":
+        execution.Form.parse(setting)
     rows = run(args)
   except ValueError as e:
     parser.error(str(e))

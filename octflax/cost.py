@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from octflax import execution, functional
+from octflax import execution
 from octflax.layers import OctConv
 
 
@@ -173,8 +173,8 @@ def analyze(model: nn.Module, input_shape: Sequence[int], *, dtype: Any = jnp.fl
     with nn.intercept_methods(record):
       return model.apply(v, inp, **call_kwargs)
 
-  # The layers' own convolutions, not the form a backend runs them in (unless one is chosen).
-  with execution.use_conv(execution.chosen_conv() or functional.conv):
+  # The layers' equations as written (`execution.REFERENCE`), not the form a backend runs them in.
+  with execution.use_form(execution.REFERENCE):
     macs_by_scope = count_macs(jax.make_jaxpr(forward)(variables, x))
   # Name stacks start with the top module's class name; module paths do not.
   top = type(model).__name__

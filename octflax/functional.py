@@ -69,6 +69,26 @@ def global_avg_pool(x: Any, spatial_dims: int = 2) -> Array:
   return jnp.concatenate([jnp.mean(p, axis=axes) for p in parts], axis=-1)
 
 
+def batch_norm(x: Array, mean: Array, var: Array, scale: Array | None, bias: Array | None, epsilon: float,
+               dtype: Any = None) -> Array:
+  """``(x - mean) * rsqrt(var + epsilon) * scale + bias`` per channel, as `flax.linen.BatchNorm` normalises.
+
+  The result has ``dtype``, or the promoted dtype of ``x``, ``scale`` and ``bias``.
+  """
+  multiplier = lax.rsqrt(var + epsilon)
+  if scale is not None:
+    multiplier = multiplier * scale
+  y = (x - mean) * multiplier
+  if bias is not None:
+    y = y + bias
+  return y.astype(dtype or jnp.result_type(x, *(v for v in (scale, bias) if v is not None)))
+
+
+def running_average(average: Array, value: Array, momentum: float) -> Array:
+  """``momentum * average + (1 - momentum) * value``: BatchNorm's update of its running statistics."""
+  return momentum * average + (1 - momentum) * value
+
+
 def dimension_numbers(spatial_dims: int) -> lax.ConvDimensionNumbers:
   """Channels-last input and output, ``[*kernel_size, in, out]`` kernel (Flax's layout)."""
   lhs = (0, spatial_dims + 1) + tuple(range(1, spatial_dims + 1))
@@ -326,8 +346,92 @@ def _check_call(fn: str, x: OctTensor, kernels: Mapping[str, Array], strides: An
   return _Geometry(spatial_dims, axes, stride, dilation)
 
 
-def _pool_on(x: Array | None, axes: Sequence[int], spatial_dims: int) -> Array | None:
-  return x if x is None or not axes else avg_pool2(x, tuple(axes), spatial_dims=spatial_dims)
+def _pool_on(x: Array | None, axes: Sequence[int], spatial_dims: int, method: str) -> Array | None:
+  return x if x is None or not axes else avg_pool2(x, tuple(axes), spatial_dims=spatial_dims, method=method)
+
+
+class PathPlan(NamedTuple):
+  """One `oct_conv` call laid out as convolutions: what every way of executing it shares.
+
+  Attributes:
+    inputs: path -> its input, pooled to the path's output resolution (``l2h`` on octave
+      axes at stride 1: at the low resolution, upsampled after its convolution).
+    groups: path -> its feature group count (its input channels over its kernel's input dim).
+    upsample_axes: the axes on which the ``l2h`` output is upsampled (`upsample_l2h`).
+    high_size: the spatial size of the high output (None without a high input).
+    spatial_dims, dilation: of the convolutions.
+  """
+
+  inputs: dict[str, Array]
+  groups: dict[str, int]
+  upsample_axes: tuple[int, ...]
+  high_size: tuple[int, ...] | None
+  spatial_dims: int
+  dilation: tuple[int, ...]
+
+  def upsample_l2h(self, y: Array) -> Array:
+    """U: the ``l2h`` convolution's output brought to the high output's size."""
+    if not self.upsample_axes:
+      return y
+    return upsample2(y, self.high_size, self.upsample_axes, spatial_dims=self.spatial_dims)
+
+
+def plan_paths(x: OctTensor, kernels: Mapping[str, Array], *, strides: Any = 1, octave_axes: Any = None,
+               kernel_dilation: Any = 1, pool_method: str = "reshape", fn: str = "oct_conv") -> PathPlan:
+  """Checks one `oct_conv` call and pools each path's input to its output resolution (stride 1 or 2).
+
+  The pooling of `oct_conv`'s equations lives here, once, for every way of executing them
+  (`oct_conv` runs each path as its own convolution; `octflax.execution` has forms that run
+  several paths as one). ``pool_method`` is `avg_pool2`'s ``method``.
+  """
+  spatial_dims, axes, stride, dilation = _check_call(fn, x, kernels, strides, octave_axes, kernel_dilation)
+  stride2 = tuple(i for i, s in enumerate(stride) if s == 2)
+  high = _pool_on(x.high, stride2, spatial_dims, pool_method)
+  inputs = {"h2h": high, "l2l": _pool_on(x.low, stride2, spatial_dims, pool_method),
+            "l2h": _pool_on(x.low, [i for i in stride2 if i not in axes], spatial_dims, pool_method)}
+  if "h2l" in kernels:
+    inputs["h2l"] = _pool_on(high, axes, spatial_dims, pool_method)
+  inputs = {p: inputs[p] for p in PATHS if p in kernels}
+  groups = {p: _groups(p, inputs[p].shape[-1], k) for p, k in kernels.items()}
+  outs = {p: k.shape[-1] for p, k in kernels.items()}
+  for a, b in (("h2h", "l2h"), ("l2l", "h2l")):
+    if a in outs and b in outs and outs[a] != outs[b]:
+      raise ValueError(f"paths {a} and {b} write the same output part but have {outs[a]} and {outs[b]} output channels.")
+  return PathPlan(inputs, groups, tuple(i for i in axes if i not in stride2),
+                  None if high is None else tuple(high.shape[1:-1]), spatial_dims, dilation)
+
+
+def with_biases(y: Array | None, paths: Sequence[str], biases: Mapping[str, Array]) -> Array | None:
+  """``y`` plus the biases of ``paths`` that have one (None stays None)."""
+  if y is not None:
+    for p in paths:
+      if p in biases:
+        y = y + biases[p]
+  return y
+
+
+def is_strided(x: OctTensor, kernels: Mapping[str, Array], strides: Any, octave_axes: Any,
+               kernel_dilation: Any) -> bool:
+  """Whether an `oct_conv` call (checked) has stride 2 on some axis."""
+  return 2 in _check_call("oct_conv", x, kernels, strides, octave_axes, kernel_dilation).strides
+
+
+def strided_vanilla_conv(x: OctTensor, kernels: Mapping[str, Array], biases: Mapping[str, Array], *,
+                         strides: Any, octave_axes: Any, kernel_dilation: Any, precision: Any) -> OctTensor:
+  """`oct_conv` with ``pool_stride=False``: a strided convolution of a vanilla layer (``h2h`` alone)."""
+  spatial_dims, _, stride, dilation = _check_call("oct_conv", x, kernels, strides, octave_axes, kernel_dilation)
+  if set(kernels) != {"h2h"}:
+    raise ValueError(
+        "pool_stride=False (a strided conv) is only defined for a vanilla layer "
+        f"(alpha_in = alpha_out = 0, path h2h alone); got paths {sorted(kernels)}.")
+  kernel = kernels["h2h"]
+  dtype = jnp.result_type(x.high, kernel)
+  y = lax.conv_general_dilated(
+      x.high.astype(dtype), kernel.astype(dtype), window_strides=stride,
+      padding=same_padding(kernel.shape[:-2], dilation), rhs_dilation=dilation,
+      dimension_numbers=dimension_numbers(spatial_dims),
+      feature_group_count=_groups("h2h", x.high.shape[-1], kernel), precision=precision)
+  return OctTensor(high=with_biases(y, ["h2h"], biases), low=None)
 
 
 def oct_conv(
@@ -339,7 +443,6 @@ def oct_conv(
     octave_axes: Sequence[int] | None = None,
     kernel_dilation: int | Sequence[int] = 1,
     precision: Any = None,
-    fuse: bool = False,
     pool_stride: bool = True,
     conv_fn: ConvFn = conv,
 ) -> OctTensor:
@@ -360,7 +463,9 @@ def oct_conv(
                Y^L = f(P(X^L); W^ll) + f(P(P(X^H)); W^hl)
 
   A path absent from ``kernels`` contributes nothing. Each path's group count is its
-  input channels divided by its kernel's input dimension.
+  input channels divided by its kernel's input dimension. This function runs each path as a
+  convolution of its own; `octflax.execution.oct_conv` (what the modules call) computes the
+  same equations in the form chosen for the backend.
 
   Args:
     x: an OctTensor (or a plain array, meaning ``OctTensor(x, None)``) of parts
@@ -372,9 +477,6 @@ def oct_conv(
     octave_axes: the spatial axes (0-based) on which the low part has half the size; None = all.
     kernel_dilation: per spatial axis (or one int), on every path, as in `flax.linen.Conv`.
     precision: passed to the convolutions.
-    fuse: execute paths that share an output resolution as one convolution over
-      concatenated inputs (same result, fewer and larger kernels; see docs/benchmarks.md
-      for when that is faster).
     pool_stride: True (the OctConv semantics): stride 2 average-pools, then convolves
       at stride 1. False runs a strided convolution with symmetric padding instead, as
       vanilla networks such as torchvision's ResNets do; only for a vanilla layer (the
@@ -386,65 +488,20 @@ def oct_conv(
     The OctTensor ``(Y^H, Y^L)``; a part is None when no path produces it.
   """
   x = as_oct(x)
-  spatial_dims, axes, stride, dilation = _check_call("oct_conv", x, kernels, strides, octave_axes, kernel_dilation)
   biases = dict(biases or {})
-  stride2 = tuple(i for i, s in enumerate(stride) if s == 2)
-  if stride2 and not pool_stride:
-    if set(kernels) != {"h2h"}:
-      raise ValueError(
-          "pool_stride=False (a strided conv) is only defined for a vanilla layer "
-          f"(alpha_in = alpha_out = 0, path h2h alone); got paths {sorted(kernels)}.")
-    kernel = kernels["h2h"]
-    dtype = jnp.result_type(x.high, kernel)
-    y = lax.conv_general_dilated(
-        x.high.astype(dtype), kernel.astype(dtype), window_strides=stride,
-        padding=same_padding(kernel.shape[:-2], dilation), rhs_dilation=dilation,
-        dimension_numbers=dimension_numbers(spatial_dims),
-        feature_group_count=_groups("h2h", x.high.shape[-1], kernel), precision=precision)
-    return OctTensor(high=y + biases["h2h"] if "h2h" in biases else y, low=None)
+  if not pool_stride and is_strided(x, kernels, strides, octave_axes, kernel_dilation):
+    return strided_vanilla_conv(x, kernels, biases, strides=strides, octave_axes=octave_axes,
+                                kernel_dilation=kernel_dilation, precision=precision)
+  plan = plan_paths(x, kernels, strides=strides, octave_axes=octave_axes, kernel_dilation=kernel_dilation)
 
-  # Inputs of each path, already at the resolution of the path's output (except l2h on
-  # octave axes with stride 1, upsampled after its conv).
-  high = _pool_on(x.high, stride2, spatial_dims)
-  inputs = {"h2h": high, "l2l": _pool_on(x.low, stride2, spatial_dims)}
-  inputs["l2h"] = _pool_on(x.low, [i for i in stride2 if i not in axes], spatial_dims)
-  if "h2l" in kernels:
-    inputs["h2l"] = _pool_on(high, axes, spatial_dims)
-  upsample_axes = tuple(i for i in axes if i not in stride2)
-  high_size = None if high is None else tuple(high.shape[1:-1])
-
-  groups = {p: _groups(p, inputs[p].shape[-1], k) for p, k in kernels.items()}
-  outs = {p: k.shape[-1] for p, k in kernels.items()}
-  for a, b in (("h2h", "l2h"), ("l2l", "h2l")):
-    if a in outs and b in outs and outs[a] != outs[b]:
-      raise ValueError(f"paths {a} and {b} write the same output part but have {outs[a]} and {outs[b]} output channels.")
-
-  def run(path: str, inp: Array, kernel: Array, groups: int) -> Array:
-    y = conv_fn(inp, kernel, groups, precision, dilation)
-    if path == "l2h" and upsample_axes:
-      y = upsample2(y, high_size, upsample_axes, spatial_dims=spatial_dims)
-    return y
+  def term(path: str) -> Array:
+    y = conv_fn(plan.inputs[path], kernels[path], plan.groups[path], precision, plan.dilation)
+    return plan.upsample_l2h(y) if path == "l2h" else y
 
   def part(direct: str, cross: str) -> Array | None:
-    """Sum of the two paths writing one output part (direct: same input resolution)."""
-    present = [p for p in (direct, cross) if p in kernels]
-    if not present:
-      return None
-    # Paths whose inputs have the same size reduce to one conv over the concatenated
-    # input channels: one larger op instead of two small ones and an add (opt-in, see `fuse`).
-    same_size = len(present) == 2 and inputs[direct].shape[1:-1] == inputs[cross].shape[1:-1]
-    if fuse and same_size and groups[direct] == groups[cross] == 1:
-      y = run(present[-1], jnp.concatenate([inputs[p] for p in present], axis=-1),
-              jnp.concatenate([kernels[p] for p in present], axis=-2), 1)
-    else:
-      y = None
-      for p in present:
-        term = run(p, inputs[p], kernels[p], groups[p])
-        y = term if y is None else y + term
-    for p in present:
-      if p in biases:
-        y = y + biases[p]
-    return y
+    terms = [term(p) for p in (direct, cross) if p in kernels]
+    y = None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
+    return with_biases(y, (direct, cross), biases)
 
   return OctTensor(high=part("h2h", "l2h"), low=part("l2l", "h2l"))
 
@@ -582,7 +639,8 @@ def oct_conv_transpose(
 
 
 __all__ = [
-    "PATHS", "PathParamShapes", "avg_pool2", "conv", "conv_transpose", "global_avg_pool", "is_depthwise", "low_spatial_size",
+    "PATHS", "PathParamShapes", "PathPlan", "avg_pool2", "batch_norm", "conv", "conv_transpose", "global_avg_pool", "is_depthwise", "low_spatial_size",
     "oct_add", "oct_conv", "oct_conv_param_shapes", "oct_conv_transpose", "oct_map", "oct_max_pool", "oct_relu", "path_kernel_init",
+    "is_strided", "plan_paths", "running_average", "strided_vanilla_conv", "with_biases",
     "upsample2", "vanilla_kernel_shape",
 ]

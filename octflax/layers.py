@@ -100,7 +100,8 @@ class OctConv(nn.Module):
   the vanilla conv for every alpha. With ``alpha_in = alpha_out = 0`` it computes what
   `flax.linen.Conv` computes (bit for bit under
   ``octflax.execution.use_conv(octflax.functional.conv)``; by default on CPU the paths run
-  through `octflax.execution.xla_cpu_conv`, equal to float32 rounding).
+  through `octflax.execution.xla_cpu_conv`, equal to float32 rounding). How the paths are
+  executed (`octflax.execution.Form`) is chosen per platform, never by the module.
 
   Depthwise (``feature_group_count == in channels == features``, ``alpha_in ==
   alpha_out``): only H->H and L->L exist, each depthwise on its own part. Otherwise
@@ -120,7 +121,6 @@ class OctConv(nn.Module):
     precision: `jax.lax.Precision` for the convolutions.
     kernel_init, bias_init: initialisers; the kernel initialiser sees the vanilla
       kernel's shape (`functional.path_kernel_init`).
-    fuse: execute paths that share an output resolution as one convolution.
     pool_stride: True (default, the OctConv semantics) runs stride 2 as an average
       pool and a stride-1 conv. False runs a strided conv (symmetric padding) and is
       allowed only for ``alpha_in = alpha_out = 0``: it makes a vanilla layer compute
@@ -150,7 +150,6 @@ class OctConv(nn.Module):
   precision: Any = None
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros_init()
-  fuse: bool = False
   pool_stride: bool = True
   octave_axes: tuple[int, ...] | None = None
   kernel_dilation: int | Sequence[int] = 1
@@ -170,9 +169,9 @@ class OctConv(nn.Module):
   @nn.compact
   def __call__(self, x: OctTensor | Array) -> OctTensor:
     x, kernels, biases = _path_parameters(self, as_oct(x), self.feature_group_count)
-    return F.oct_conv(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
-                      kernel_dilation=self.kernel_dilation, precision=self.precision, fuse=self.fuse,
-                      pool_stride=self.pool_stride, conv_fn=execution.current_conv())
+    return execution.oct_conv(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
+                              kernel_dilation=self.kernel_dilation, precision=self.precision,
+                              pool_stride=self.pool_stride)
 
 
 class OctConvTranspose(nn.Module):
@@ -239,12 +238,36 @@ class OctConvTranspose(nn.Module):
                                 precision=self.precision)
 
 
+class _BatchNormVariables(nn.Module):
+  """The variables of one `flax.linen.BatchNorm` over ``features`` channels, same names, shapes and inits."""
+
+  features: int
+  param_dtype: Any
+  use_scale: bool
+  use_bias: bool
+  scale_init: Initializer
+  bias_init: Initializer
+
+  @nn.compact
+  def __call__(self):
+    shape = (self.features,)
+    mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), shape)
+    var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), shape)
+    scale = self.param("scale", self.scale_init, shape, self.param_dtype) if self.use_scale else None
+    bias = self.param("bias", self.bias_init, shape, self.param_dtype) if self.use_bias else None
+    return mean, var, scale, bias
+
+
 class OctBatchNorm(nn.Module):
   """Batch normalisation of each part with its own statistics and affine parameters.
 
-  Sub-modules ``high`` and ``low`` are `flax.linen.BatchNorm`s over the channel axis.
-  ``axis_name`` defaults to None (jit over a mesh needs none); pass the pmap axis name
-  to average statistics across devices under `jax.pmap`.
+  Sub-modules ``high`` and ``low`` hold the variables of a `flax.linen.BatchNorm` over the
+  channel axis (``batch_stats``: ``mean``, ``var``; ``params``: ``scale``, ``bias``) and
+  compute what it computes. In training, the statistics come from
+  `octflax.execution.batch_stats`, which may sum both parts in one pass (the ``'joint'``
+  form); otherwise each part is a `flax.linen.BatchNorm`. ``axis_name`` defaults to None
+  (jit over a mesh needs none); pass the pmap axis name to average statistics across
+  devices under `jax.pmap`.
   """
 
   use_running_average: bool | None = None
@@ -262,6 +285,8 @@ class OctBatchNorm(nn.Module):
   def __call__(self, x: OctTensor | Array, use_running_average: bool | None = None) -> OctTensor:
     x = as_oct(x)
     use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+    if not use_running_average and execution.joint_norm_in_play() and not self.is_initializing():
+      return self._from_batch_stats(x)
     norm = functools.partial(
         nn.BatchNorm, use_running_average=use_running_average, momentum=self.momentum,
         epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -271,6 +296,22 @@ class OctBatchNorm(nn.Module):
         high=None if x.high is None else norm(name="high")(x.high),
         low=None if x.low is None else norm(name="low")(x.low),
     )
+
+  def _from_batch_stats(self, x: OctTensor) -> OctTensor:
+    """Training mode with `execution.batch_stats`: `flax.linen.BatchNorm`'s update and normalisation."""
+    stats = execution.batch_stats(x, self.axis_name)
+    parts = []
+    for name, part, (mean, var) in zip(("high", "low"), (x.high, x.low), [s or (None, None) for s in stats]):
+      if part is None:
+        parts.append(None)
+        continue
+      ra_mean, ra_var, scale, bias = _BatchNormVariables(
+          part.shape[-1], self.param_dtype, self.use_scale, self.use_bias, self.scale_init, self.bias_init,
+          name=name)()
+      ra_mean.value = F.running_average(ra_mean.value, mean, self.momentum)
+      ra_var.value = F.running_average(ra_var.value, var, self.momentum)
+      parts.append(F.batch_norm(part, mean, var, scale, bias, self.epsilon, self.dtype))
+    return OctTensor(*parts)
 
 
 class OctConvBN(nn.Module):
@@ -283,7 +324,7 @@ class OctConvBN(nn.Module):
     activation: applied to each part after normalisation (None: no activation).
     momentum, epsilon, axis_name: of the BatchNorm (momentum 0.9 is PyTorch's 0.1).
     bn_scale_init: initialiser of the BatchNorm scale (zeros for a residual block's last unit).
-    dtype, param_dtype, precision, kernel_init, fuse: as in `OctConv`.
+    dtype, param_dtype, precision, kernel_init: as in `OctConv`.
     pool_stride: as in `OctConv`; False is used only where the unit is vanilla.
     octave_axes, kernel_dilation: as in `OctConv` (``kernel_size`` gives the rank).
   """
@@ -303,7 +344,6 @@ class OctConvBN(nn.Module):
   param_dtype: Any = jnp.float32
   precision: Any = None
   kernel_init: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-  fuse: bool = False
   pool_stride: bool = True
   octave_axes: tuple[int, ...] | None = None
   kernel_dilation: int | Sequence[int] = 1
@@ -315,7 +355,7 @@ class OctConvBN(nn.Module):
         self.features, self.kernel_size, self.alpha_in, self.alpha_out, strides=self.strides,
         feature_group_count=self.feature_group_count, use_bias=False, dtype=self.dtype,
         param_dtype=self.param_dtype, precision=self.precision, kernel_init=self.kernel_init,
-        fuse=self.fuse, pool_stride=self.pool_stride or not vanilla, octave_axes=self.octave_axes,
+        pool_stride=self.pool_stride or not vanilla, octave_axes=self.octave_axes,
         kernel_dilation=self.kernel_dilation, name="conv")(x)
     y = OctBatchNorm(
         use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,

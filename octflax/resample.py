@@ -84,7 +84,43 @@ def _spatial_axes(x: Array, spatial_dims: int, fn: str) -> list[int]:
   return list(range(x.ndim - 1 - spatial_dims, x.ndim - 1))
 
 
-def avg_pool2(x: Array, octave_axes: Sequence[int] | None = None, *, spatial_dims: int = 2) -> Array:
+POOL_METHODS = ("reshape", "slices")
+
+
+def window_sums(x: Array, axes: Sequence[int], method: str = "reshape") -> Array:
+  """Sums of ``x``'s windows of 2 elements on each of the array axes ``axes`` (even sizes there).
+
+  ``y[..., i, ...] = x[..., 2i, ...] + x[..., 2i + 1, ...]`` on each axis in ``axes``; ``method``
+  as in `avg_pool2`, which divides these sums by the window's size.
+
+  Examples:
+    >>> window_sums(jnp.arange(8.).reshape(2, 4), [1], "slices")
+    Array([[ 1.,  5.],
+           [ 9., 13.]], dtype=float32)
+  """
+  if method == "slices":
+    # 2^k strided slices added elementwise: no reduction op, so it fuses into its reader.
+    total = None
+    for offsets in np.ndindex(*(2,) * len(axes)):
+      index = [slice(None)] * x.ndim
+      for axis, offset in zip(axes, offsets):
+        index[axis] = slice(offset, None, 2)
+      term = x[tuple(index)]
+      total = term if total is None else total + term
+    return total
+  # A reshape and a sum, which XLA fuses into one loop, rather than a generic window op.
+  shape, summed = [], []
+  for axis, n in enumerate(x.shape):
+    if axis in axes:
+      shape += [n // 2, 2]
+      summed.append(len(shape) - 1)
+    else:
+      shape.append(n)
+  return x.reshape(shape).sum(axis=tuple(summed))
+
+
+def avg_pool2(x: Array, octave_axes: Sequence[int] | None = None, *, spatial_dims: int = 2,
+              method: str = "reshape") -> Array:
   """Average pooling by 2 on the octave axes, stride 2, ceil mode, averaging only elements inside the map.
 
   In 2-D ``y[i, j] = mean(x[2i:2i+2, 2j:2j+2])`` over the pixels that exist, so an H x W map
@@ -96,6 +132,10 @@ def avg_pool2(x: Array, octave_axes: Sequence[int] | None = None, *, spatial_dim
     x: ``[..., *spatial, C]``.
     octave_axes: which spatial axes are pooled (0-based among them; None = all).
     spatial_dims: number of spatial axes before the channel axis.
+    method: how the window sums are computed, the same numbers either way: ``'reshape'``
+      (a reshape and a sum: one reduction) or ``'slices'`` (the sum of the 2^k strided
+      slices, elementwise, which XLA can fuse into the op that reads the result).
+      `octflax.execution` chooses it per backend.
 
   Returns:
     ``[..., *low_spatial_size(*spatial), C]``, same dtype (float32 for integer input).
@@ -107,6 +147,8 @@ def avg_pool2(x: Array, octave_axes: Sequence[int] | None = None, *, spatial_dim
     >>> avg_pool2(jnp.arange(3.).reshape(1, 3, 1), spatial_dims=1)[0, :, 0]
     Array([0.5, 2. ], dtype=float32)
   """
+  if method not in POOL_METHODS:
+    raise ValueError(f"avg_pool2: method must be one of {POOL_METHODS}, got {method!r}.")
   if not jnp.issubdtype(x.dtype, jnp.inexact):
     x = x.astype(jnp.float32)  # an average of integers is not an integer
   spatial = _spatial_axes(x, spatial_dims, "avg_pool2")
@@ -119,15 +161,7 @@ def avg_pool2(x: Array, octave_axes: Sequence[int] | None = None, *, spatial_dim
   padded = any(p[1] for p in pads)
   if padded:
     x = jnp.pad(x, pads)
-  # A reshape and a sum, which XLA fuses into one loop, rather than a generic window op.
-  shape, summed = [], []
-  for axis, n in enumerate(x.shape):
-    if axis in {spatial[a] for a in axes}:
-      shape += [n // 2, 2]
-      summed.append(len(shape) - 1)
-    else:
-      shape.append(n)
-  total = x.reshape(shape).sum(axis=tuple(summed))
+  total = window_sums(x, [spatial[a] for a in axes], method)
   if not padded:
     return total * jnp.asarray(0.5 ** len(axes), x.dtype)
   # 1 / (elements inside the map) per output position: an outer product of per-axis counts.
@@ -190,4 +224,4 @@ def upsample2(x: Array, size: Sequence[int] | None = None, octave_axes: Sequence
   return y
 
 
-__all__ = ["avg_pool2", "low_spatial_size", "resolve_octave_axes", "upsample2"]
+__all__ = ["POOL_METHODS", "avg_pool2", "low_spatial_size", "resolve_octave_axes", "upsample2", "window_sums"]

@@ -202,7 +202,7 @@ def test_invalid_arguments_raise_value_error_naming_them(make, argument):
     make()
 
 
-_SETTINGS = ("num_classes", "alpha", "dtype", "momentum", "epsilon", "axis_name", "fuse")
+_SETTINGS = ("num_classes", "alpha", "dtype", "momentum", "epsilon", "axis_name")
 
 
 @pytest.mark.parametrize("cls, num_classes", [
@@ -213,7 +213,7 @@ def test_network_settings_are_keyword_only_with_shared_defaults(cls, num_classes
   assert [p for p in parameters if parameters[p].kind is inspect.Parameter.KEYWORD_ONLY] == list(_SETTINGS)
   defaults = {p: parameters[p].default for p in _SETTINGS}
   assert defaults == dict(num_classes=num_classes, alpha=0.0, dtype=jnp.float32, momentum=0.9,
-                          epsilon=1e-5, axis_name=None, fuse=False)
+                          epsilon=1e-5, axis_name=None)
 
 
 def test_every_zoo_network_checks_num_classes_and_alpha_at_construction():

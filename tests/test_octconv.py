@@ -2,7 +2,7 @@
 
 Covers the four paths at stride 1 and 2, even/odd/rectangular maps, every alpha pair,
 awkward channel counts, 1x1/3x3/5x5 kernels, grouped and depthwise convs, bias on/off,
-fused and unfused execution, equality with `flax.linen.Conv` at alpha = 0, Table 1 of
+every execution form of `octflax.execution`, equality with `flax.linen.Conv` at alpha = 0, Table 1 of
 the paper counted from the traced computation, bf16 compute and the argument errors.
 """
 
@@ -109,13 +109,15 @@ def check_params_layout(params, c_in, c_out, alpha_in, alpha_out, k, groups, dep
 
 
 def run_case(*, c_in, c_out, alpha_in, alpha_out, hw, k=3, stride=1, groups=1, use_bias=True,
-             fuse=True, n=2, seed=0, depthwise=False):
-  """Lays out an OctConv's variables (init), applies it and holds the result against the reference."""
+             form="shared_output", n=2, seed=0, depthwise=False):
+  """Lays out an OctConv's variables (init), applies it in ``form`` (None: the platform's default)
+  and holds the result against the reference."""
   conv = OctConv(c_out, k, alpha_in, alpha_out, strides=stride, feature_group_count=groups,
-                 use_bias=use_bias, fuse=fuse, bias_init=BIAS_INIT)
+                 use_bias=use_bias, bias_init=BIAS_INIT)
   x = make_input(seed, n, hw, c_in, alpha_in)
   variables = init_variables(conv, x, seed)
-  y = fast_jit(conv.apply)(variables, x)
+  with execution.use_form(form):
+    y = fast_jit(conv.apply)(variables, x)
   params = variables["params"]
   per_path_groups = check_params_layout(params, c_in, c_out, alpha_in, alpha_out, k, groups,
                                         depthwise, use_bias)
@@ -149,8 +151,8 @@ STRIDE2_PAIRS = [(a, a) for a in ALPHAS] + [
 
 
 @pytest.mark.parametrize("alpha_in,alpha_out", STRIDE2_PAIRS)
-def test_alpha_pairs_stride2_pools_before_conv_unfused(alpha_in, alpha_out):
-  run_case(c_in=8, c_out=8, alpha_in=alpha_in, alpha_out=alpha_out, hw=(9, 6), stride=2, fuse=False)
+def test_alpha_pairs_stride2_pools_before_conv_in_the_default_form(alpha_in, alpha_out):
+  run_case(c_in=8, c_out=8, alpha_in=alpha_in, alpha_out=alpha_out, hw=(9, 6), stride=2, form=None)
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (5, 7), (9, 6), (7, 7), (1, 1), (2, 3)])
@@ -200,23 +202,11 @@ def test_depthwise_has_only_intra_paths(channels, alpha, stride):
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
-@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("form", ["shared_output", "separate"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_bias_and_fuse_variants(use_bias, fuse, stride):
+def test_bias_in_two_forms(use_bias, form, stride):
   run_case(c_in=8, c_out=6, alpha_in=0.5, alpha_out=0.5, hw=(5, 7), stride=stride,
-           use_bias=use_bias, fuse=fuse)
-
-
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
-def test_fuse_true_and_false_agree(stride, hw):
-  x = make_input(3, 2, hw, 8, 0.5)
-  fused = OctConv(8, 3, 0.5, 0.5, strides=stride, fuse=True, bias_init=BIAS_INIT)
-  split = OctConv(8, 3, 0.5, 0.5, strides=stride, fuse=False, bias_init=BIAS_INIT)
-  variables = init_variables(fused, x)
-  # Same parameter layout, so one checkpoint serves both executions.
-  chex.assert_trees_all_equal_shapes(variables, init_variables(split, x))
-  chex.assert_trees_all_close(fast_jit(fused.apply)(variables, x), fast_jit(split.apply)(variables, x), **TOL)
+           use_bias=use_bias, form=form)
 
 
 def test_params_from_init_match_reference():
@@ -397,7 +387,7 @@ def conv_macs(eqn) -> int:
 
 def traced_layer(module, x):
   variables = jax.eval_shape(module.init, jax.random.key(0), x)
-  with execution.use_conv(F.conv):  # The layer's own convolutions, not the CPU execution's form.
+  with execution.use_form(execution.REFERENCE):  # The layer's equations, not a backend's form of them.
     jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x))(variables, x)
   out = jax.eval_shape(module.apply, variables, x)
   return variables, conv_eqns(jaxpr.jaxpr), out
@@ -418,8 +408,7 @@ def _percent(fraction: Fraction) -> int:
   return math.floor(fraction * 100 + Fraction(1, 2))  # round half up
 
 
-@pytest.mark.parametrize("fuse", [True, False])
-def test_table1_macs_and_memory_from_the_traced_layer(fuse):
+def test_table1_macs_and_memory_from_the_traced_layer():
   n, h, w, c = 1, 32, 32, 64
   _, vanilla_convs, _ = traced_layer(nn.Conv(c, (3, 3)), jax.ShapeDtypeStruct((n, h, w, c), jnp.float32))
   vanilla_macs = sum(conv_macs(e) for e in vanilla_convs)
@@ -427,7 +416,7 @@ def test_table1_macs_and_memory_from_the_traced_layer(fuse):
   vanilla_mem = n * h * w * c
   for a, (mac_pct, mem_pct) in TABLE1.items():
     x = oct_input_shapes(n, h, w, c, a)
-    _, convs, y = traced_layer(OctConv(c, 3, a, a, fuse=fuse), x)
+    _, convs, y = traced_layer(OctConv(c, 3, a, a), x)
     macs = sum(conv_macs(e) for e in convs)
     fa = Fraction(a)
     mac_ratio = Fraction(macs, vanilla_macs)
@@ -443,7 +432,7 @@ def test_table1_macs_and_memory_from_the_traced_layer(fuse):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_every_conv_is_stride1_with_symmetric_padding(stride):
   x = oct_input_shapes(2, 9, 6, 8, 0.5)
-  _, convs, _ = traced_layer(OctConv(8, 5, 0.5, 0.5, strides=stride, fuse=False), x)
+  _, convs, _ = traced_layer(OctConv(8, 5, 0.5, 0.5, strides=stride), x)
   assert len(convs) == 4
   for eqn in convs:
     assert tuple(eqn.params["window_strides"]) == (1, 1)

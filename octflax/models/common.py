@@ -96,7 +96,6 @@ class Network(nn.Module):
     dtype: compute dtype (parameters stay float32).
     momentum, epsilon: BatchNorm settings (momentum 0.9 = PyTorch's 0.1).
     axis_name: BatchNorm axis name under `jax.pmap` (None under jit).
-    fuse: see `OctConv`.
   """
 
   num_classes: int = _setting(1000)
@@ -105,7 +104,6 @@ class Network(nn.Module):
   momentum: float = _setting(0.9)
   epsilon: float = _setting(1e-5)
   axis_name: str | None = _setting(None)
-  fuse: bool = _setting(False)
 
   def __post_init__(self):
     if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -117,7 +115,7 @@ class Network(nn.Module):
                    octave_axes: tuple[int, ...] | None = None) -> ModuleDef:
     """The conv-BN unit the network is built from, with its shared settings bound."""
     return functools.partial(OctConvBN, dtype=self.dtype, momentum=self.momentum,
-                             epsilon=self.epsilon, axis_name=self.axis_name, fuse=self.fuse,
+                             epsilon=self.epsilon, axis_name=self.axis_name,
                              pool_stride=pool_stride,
                              octave_axes=None if octave_axes is None else tuple(octave_axes))
 

@@ -85,7 +85,7 @@ class MobileNetV1(_MobileNet):
 
   Attributes:
     width_multiplier: scales every layer's channels (``int(c * width_multiplier)``).
-    alpha, num_classes, dtype, momentum, epsilon, axis_name, fuse: keyword-only, as in
+    alpha, num_classes, dtype, momentum, epsilon, axis_name: keyword-only, as in
       `Network` (alpha: share of low-frequency channels outside the stem and the last stage).
   """
 
@@ -150,7 +150,7 @@ class MobileNetV2(_MobileNet):
 
   Attributes:
     width_multiplier: scales channels (rounded to multiples of 8, as in the paper).
-    alpha, num_classes, dtype, momentum, epsilon, axis_name, fuse: keyword-only, as in
+    alpha, num_classes, dtype, momentum, epsilon, axis_name: keyword-only, as in
       `Network` (alpha: share of low-frequency channels of the expanded features; the last
       stage at 0).
   """

@@ -173,7 +173,7 @@ class ResNet(Network):
     zero_init_residual: zero-init the last BN scale of every block.
     pool_stride: False makes the strided vanilla (alpha 0) units strided convs, as in
       torchvision's ResNets (needed to load their weights); octave units always pool.
-    num_classes, alpha, dtype, momentum, epsilon, axis_name, fuse: keyword-only, as in
+    num_classes, alpha, dtype, momentum, epsilon, axis_name: keyword-only, as in
       `Network` (alpha: share of low-frequency channels in every stage but the last).
   """
 
@@ -244,7 +244,6 @@ class PreActBlock(nn.Module):
   epsilon: float = 1e-5
   axis_name: str | None = None
   dropout_rate: float = 0.0
-  fuse: bool = False
 
   @nn.compact
   def __call__(self, x: OctTensor, train: bool) -> OctTensor:
@@ -254,7 +253,7 @@ class PreActBlock(nn.Module):
                                      axis_name=self.axis_name, name=name)
     conv = lambda k, a_in, strides, name: OctConv(
         self.features, k, a_in, self.alpha_out, strides=strides, use_bias=False, dtype=self.dtype,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), fuse=self.fuse, name=name)
+        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), name=name)
     y = norm("bn1")(x).map(relu)
     if self.strides != 1 or x.channels != self.features:
       shortcut = conv(1, self.alpha_in, self.strides, "shortcut")(y)
@@ -275,7 +274,7 @@ class WideResNet(Network):
     depth: d, with (d - 4) divisible by 6.
     widen_factor: k; stage widths are 16k, 32k, 64k.
     dropout_rate: dropout between the two convs of a block (train only).
-    num_classes, alpha, dtype, momentum, epsilon, axis_name, fuse: keyword-only, as in
+    num_classes, alpha, dtype, momentum, epsilon, axis_name: keyword-only, as in
       `ResNet` (``num_classes`` defaults to 10).
   """
 
@@ -299,7 +298,7 @@ class WideResNet(Network):
     if x.ndim != 4:
       raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
     x = x.astype(self.dtype)
-    x = OctConv(16, 3, 0.0, 0.0, use_bias=False, dtype=self.dtype, fuse=self.fuse,
+    x = OctConv(16, 3, 0.0, 0.0, use_bias=False, dtype=self.dtype,
                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), name="stem")(x)
     maps, strides, stride = {"stem": x}, {"stem": (1, 1)}, 1
     blocks = (self.depth - 4) // 6
@@ -310,7 +309,7 @@ class WideResNet(Network):
         block_strides = 2 if stage > 0 and block == 0 else 1
         x = PreActBlock(width, alpha_in, alpha, strides=block_strides,
                         dtype=self.dtype, momentum=self.momentum, epsilon=self.epsilon,
-                        axis_name=self.axis_name, dropout_rate=self.dropout_rate, fuse=self.fuse,
+                        axis_name=self.axis_name, dropout_rate=self.dropout_rate,
                         name=f"stage{stage + 1}_block{block}")(x, train)
         stride *= block_strides
         alpha_in = alpha

@@ -91,7 +91,7 @@ class VideoResNet(Network):
     octave_axes: spatial axes (0 = time) on which the low part has half the size.
     widths, stem_features, zero_init_residual: as in `ResNet`.
     temporal_pool: the 3 x 1 x 1 max-pool (stride 2 in time) after the first stage.
-    num_classes, alpha, dtype, momentum, epsilon, axis_name, fuse: keyword-only, as in
+    num_classes, alpha, dtype, momentum, epsilon, axis_name: keyword-only, as in
       `ResNet` (``num_classes`` defaults to 400, Kinetics-400's classes).
   """
 

@@ -60,7 +60,7 @@ class OctConv(nnx.Module):
     alpha_out: share of low-frequency output channels, in [0, 1].
     strides: 1 or 2, or one of them per spatial axis.
     padding, feature_group_count, use_bias, dtype, param_dtype, precision, kernel_init,
-      bias_init, fuse, pool_stride, octave_axes, kernel_dilation: as in `octflax.OctConv`.
+      bias_init, pool_stride, octave_axes, kernel_dilation: as in `octflax.OctConv`.
     rngs: the ``params`` stream initialises the kernels and biases.
 
   Examples:
@@ -87,7 +87,6 @@ class OctConv(nnx.Module):
       precision: Any = None,
       kernel_init: Initializer = nn.initializers.lecun_normal(),
       bias_init: Initializer = nn.initializers.zeros_init(),
-      fuse: bool = False,
       pool_stride: bool = True,
       octave_axes: Sequence[int] | None = None,
       kernel_dilation: int | Sequence[int] = 1,
@@ -96,7 +95,7 @@ class OctConv(nnx.Module):
     # The Linen layer's attribute checks, so that both front ends accept the same arguments.
     linen_layers.OctConv(
         out_features, kernel_size, alpha_in, alpha_out, strides=strides, padding=padding,
-        feature_group_count=feature_group_count, use_bias=use_bias, fuse=fuse, pool_stride=pool_stride,
+        feature_group_count=feature_group_count, use_bias=use_bias, pool_stride=pool_stride,
         octave_axes=None if octave_axes is None else tuple(octave_axes), kernel_dilation=kernel_dilation)
     _check_in_features(in_features)
     self.in_features = in_features
@@ -108,16 +107,15 @@ class OctConv(nnx.Module):
     self.kernel_dilation = kernel_dilation if isinstance(kernel_dilation, int) else tuple(kernel_dilation)
     self.dtype = dtype
     self.precision = precision
-    self.fuse = fuse
     self.pool_stride = pool_stride
     _add_paths(self, kernel_size, in_features, out_features, alpha_in, alpha_out, feature_group_count,
                use_bias, kernel_init, bias_init, param_dtype, rngs)
 
   def __call__(self, x: OctTensor | Array) -> OctTensor:
     x, kernels, biases = _inputs_and_weights(self, as_oct(x), "OctConv")
-    return F.oct_conv(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
-                      kernel_dilation=self.kernel_dilation, precision=self.precision, fuse=self.fuse,
-                      pool_stride=self.pool_stride, conv_fn=execution.current_conv())
+    return execution.oct_conv(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
+                              kernel_dilation=self.kernel_dilation, precision=self.precision,
+                              pool_stride=self.pool_stride)
 
 
 def _add_paths(module: nnx.Module, kernel_size: int | Sequence[int], in_features: int, out_features: int,
@@ -276,6 +274,21 @@ class OctBatchNorm(nnx.Module):
           f"the input has {x.high_channels} high and {x.low_channels} low channels, but this "
           f"OctBatchNorm has num_features={self.num_features} split at alpha={self.alpha} into "
           f"{expected[0]} high and {expected[1]} low.")
+    norms = [n for n in (self.high, self.low) if n is not None]
+    running = norms[0].use_running_average if use_running_average is None else use_running_average
+    if not running and execution.joint_norm_in_play():
+      # Training with `execution.batch_stats` (which may sum both parts in one pass).
+      parts = []
+      for norm, part, stats in zip((self.high, self.low), (x.high, x.low), execution.batch_stats(x, norms[0].axis_name)):
+        if part is None:
+          parts.append(None)
+          continue
+        mean, var = stats
+        norm.mean[...] = F.running_average(norm.mean[...], mean, norm.momentum)
+        norm.var[...] = F.running_average(norm.var[...], var, norm.momentum)
+        scale, bias = (None if p is None else p[...] for p in (norm.scale, norm.bias))
+        parts.append(F.batch_norm(part, mean, var, scale, bias, norm.epsilon, norm.dtype))
+      return OctTensor(*parts)
     return OctTensor(
         high=None if x.high is None else self.high(x.high, use_running_average=use_running_average),
         low=None if x.low is None else self.low(x.low, use_running_average=use_running_average),
@@ -293,7 +306,7 @@ class OctConvBN(nnx.Module):
     activation: applied to each part after normalisation (None: no activation).
     momentum, epsilon, axis_name: of the BatchNorm (momentum 0.9 is PyTorch's 0.1).
     bn_scale_init: initialiser of the BatchNorm scale (zeros for a residual block's last unit).
-    dtype, param_dtype, precision, kernel_init, fuse, pool_stride, octave_axes,
+    dtype, param_dtype, precision, kernel_init, pool_stride, octave_axes,
       kernel_dilation: as in `octflax.OctConvBN` (``kernel_size`` gives the rank).
     use_running_average: the BatchNorm's initial mode (``model.eval()`` sets it).
     rngs: initialises the kernels.
@@ -318,7 +331,6 @@ class OctConvBN(nnx.Module):
       param_dtype: Any = jnp.float32,
       precision: Any = None,
       kernel_init: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-      fuse: bool = False,
       pool_stride: bool = True,
       octave_axes: Sequence[int] | None = None,
       kernel_dilation: int | Sequence[int] = 1,
@@ -329,7 +341,7 @@ class OctConvBN(nnx.Module):
     self.conv = OctConv(
         in_features, out_features, kernel_size, alpha_in, alpha_out, strides,
         feature_group_count=feature_group_count, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-        precision=precision, kernel_init=kernel_init, fuse=fuse, pool_stride=pool_stride or not vanilla,
+        precision=precision, kernel_init=kernel_init, pool_stride=pool_stride or not vanilla,
         octave_axes=octave_axes, kernel_dilation=kernel_dilation, rngs=rngs)
     self.bn = OctBatchNorm(
         out_features, alpha_out, use_running_average=use_running_average, momentum=momentum,

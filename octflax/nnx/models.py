@@ -139,7 +139,7 @@ class ResNet(nnx.Module):
 
   Args:
     stage_sizes, num_classes, alpha, widths, stem, stem_features, groups, base_width,
-      squeeze_excite, zero_init_residual, dtype, momentum, epsilon, axis_name, fuse,
+      squeeze_excite, zero_init_residual, dtype, momentum, epsilon, axis_name,
       pool_stride: as in `octflax.models.ResNet`.
     block_cls: `BasicBlock` or `Bottleneck` of this module.
     in_features: channels of the input images (3 for RGB, 1 for Fashion-MNIST).
@@ -163,7 +163,6 @@ class ResNet(nnx.Module):
       momentum: float = 0.9,
       epsilon: float = 1e-5,
       axis_name: str | None = None,
-      fuse: bool = False,
       pool_stride: bool = True,
       *,
       in_features: int = 3,
@@ -178,7 +177,7 @@ class ResNet(nnx.Module):
     self.dtype = dtype
     self.stem_kind = stem
     unit = functools.partial(OctConvBN, dtype=dtype, momentum=momentum, epsilon=epsilon,
-                             axis_name=axis_name, fuse=fuse, pool_stride=pool_stride, rngs=rngs)
+                             axis_name=axis_name, pool_stride=pool_stride, rngs=rngs)
     if stem == "imagenet":
       # The vanilla stem of torchvision/Flax ResNets: a strided 7x7 conv is not an OctConv.
       self.stem_conv = nnx.Conv(in_features, stem_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)),

@@ -1,0 +1,279 @@
+"""octflax.execution: every execution form against the float64 NumPy reference, and how forms are chosen.
+
+Each form of `execution.Form` (how the paths are grouped into convolutions, how the 2x pool is
+computed, how OctBatchNorm gathers its statistics, which convolution runs) must compute
+`functional.oct_conv`'s equations with the same parameters. The cases cover every path
+combination, stride 1 and 2, odd sizes, 1-D/2-D/3-D with and without non-octave axes, groups
+(where a form falls back) and bfloat16; one compile per form and rank keeps them fast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import numpy_reference as ref
+from octflax import OctBatchNorm, OctTensor, cost, execution, models
+from octflax import nnx as octnnx
+from octflax.resample import avg_pool2
+
+PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs")
+FORMS = PATH_FORMS + ("two_convs+slices", "shared_input+slices", "xla_cpu", "two_convs+xla_cpu")
+
+
+def fast_jit(fn):
+  """`jax.jit` without LLVM's expensive passes: compiling, not running, is the cost here."""
+  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _low_size(spatial, octave):
+  return tuple(math.ceil(n / 2) if i in octave else n for i, n in enumerate(spatial))
+
+
+def make_case(seed, spatial, c_in, c_out, alpha_in, alpha_out, k, strides=1, octave_axes=None, groups=1,
+              dtype=np.float32):
+  """(x, kernels, biases, call settings) of one OctConv call with NumPy-drawn values."""
+  rng = np.random.default_rng(seed)
+  rank = len(spatial)
+  octave = tuple(range(rank)) if octave_axes is None else tuple(octave_axes)
+  ch, cl = ref.split(c_in, alpha_in)
+  high = rng.standard_normal((2, *spatial, ch)).astype(dtype) if ch else None
+  low = rng.standard_normal((2, *_low_size(spatial, octave), cl)).astype(dtype) if cl else None
+  kernels, biases = {}, {}
+  for path, (ci, co) in ref.path_channels(c_in, c_out, alpha_in, alpha_out).items():
+    fan_in = ci // groups * k ** rank
+    kernels[path] = (rng.standard_normal((k,) * rank + (ci // groups, co)) / math.sqrt(fan_in)).astype(dtype)
+  for direct, cross in (("h2h", "l2h"), ("l2l", "h2l")):
+    carrier = next((p for p in (direct, cross) if p in kernels), None)
+    if carrier:
+      biases[carrier] = rng.standard_normal(kernels[carrier].shape[-1]).astype(dtype)
+  settings = dict(strides=strides, octave_axes=octave_axes)
+  return OctTensor(high, low), kernels, biases, settings, groups
+
+
+def reference(case):
+  x, kernels, biases, settings, groups = case
+  rank = next(iter(kernels.values())).ndim - 2
+  strides = settings["strides"]
+  strides = (strides,) * rank if isinstance(strides, int) else tuple(strides)
+  f64 = lambda a: None if a is None else np.asarray(a, np.float64)
+  return ref.oct_conv_nd(f64(x.high), f64(x.low), {p: f64(k) for p, k in kernels.items()},
+                         {p: f64(b) for p, b in biases.items()}, strides, groups, settings["octave_axes"])
+
+
+def assert_close(actual, expected, rtol):
+  """max |actual - expected| <= rtol * max |expected|, part by part, with the same parts present."""
+  for a, e in zip((actual.high, actual.low), expected):
+    assert (a is None) == (e is None)
+    if e is not None:
+      a = np.asarray(a, np.float64)
+      assert a.shape == e.shape, (a.shape, e.shape)
+      assert np.max(np.abs(a - e)) <= rtol * np.max(np.abs(e)), np.max(np.abs(a - e)) / np.max(np.abs(e))
+
+
+CASES_2D = [
+    # Every path combination (alpha_in, alpha_out in {0, .5, 1}) at stride 1 and 2, odd sizes.
+    dict(spatial=(7, 5), c_in=8, c_out=8, alpha_in=a_in, alpha_out=a_out, k=3, strides=s)
+    for a_in in (0.0, 0.5, 1.0) for a_out in (0.0, 0.5, 1.0) for s in (1, 2)
+] + [
+    dict(spatial=(8, 6), c_in=12, c_out=10, alpha_in=0.25, alpha_out=0.75, k=3),
+    dict(spatial=(9, 9), c_in=6, c_out=6, alpha_in=0.5, alpha_out=0.5, k=1, strides=2),
+    dict(spatial=(5, 7), c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, k=3, groups=2),
+    dict(spatial=(6, 7), c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, k=3, strides=(1, 2)),
+]
+CASES_ND = [
+    dict(spatial=(9,), c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, k=3),
+    dict(spatial=(11,), c_in=8, c_out=6, alpha_in=0.5, alpha_out=0.25, k=5, strides=2),
+    dict(spatial=(3, 5, 6), c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, k=3),
+    dict(spatial=(4, 5, 7), c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, k=3, octave_axes=(1, 2)),
+    dict(spatial=(4, 5, 7), c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, k=3, octave_axes=(1, 2), strides=2),
+]
+
+
+def run_cases(form, specs, dtype=np.float32):
+  """All ``specs`` executed in ``form`` under one jit; returns (outputs, cases)."""
+  cases = [make_case(i, dtype=dtype, **spec) for i, spec in enumerate(specs)]
+
+  def apply(arrays):
+    return [execution.oct_conv_in_form(execution.Form.parse(form), x, kernels, biases, **case[3])
+            for (x, kernels, biases), case in zip(arrays, cases)]
+
+  outputs = fast_jit(apply)([(x, k, b) for x, k, b, _, _ in cases])
+  return outputs, cases
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_form_equals_the_float64_reference_in_2d(form):
+  outputs, cases = run_cases(form, CASES_2D)
+  for spec, y, case in zip(CASES_2D, outputs, cases):
+    try:
+      assert_close(y, reference(case), 1e-5)
+    except AssertionError as e:
+      raise AssertionError(f"{form}: {spec}: {e}") from None
+
+
+@pytest.mark.parametrize("form", ("shared_output", "shared_input", "two_convs+slices"))
+def test_forms_in_1d_and_3d_with_non_octave_axes(form):
+  outputs, cases = run_cases(form, CASES_ND)
+  for spec, y, case in zip(CASES_ND, outputs, cases):
+    try:
+      assert_close(y, reference(case), 1e-5)
+    except AssertionError as e:
+      raise AssertionError(f"{form}: {spec}: {e}") from None
+
+
+@pytest.mark.parametrize("form", ("two_convs+slices", "shared_input"))
+def test_forms_in_bfloat16(form):
+  specs = [dict(spatial=(9, 7), c_in=16, c_out=16, alpha_in=0.5, alpha_out=0.5, k=3, strides=s) for s in (1, 2)]
+  outputs, cases = run_cases(form, specs, dtype=jnp.bfloat16)
+  for y, case in zip(outputs, cases):
+    chex.assert_type([y.high, y.low], jnp.bfloat16)
+    assert_close(y, reference(case), 2e-2)
+
+
+def test_the_forms_run_fewer_convolutions():
+  x, kernels, biases, settings, _ = make_case(0, (8, 8), 8, 8, 0.5, 0.5, 3)
+  counts = {}
+  for form in PATH_FORMS:
+    lowered = jax.jit(lambda x, k, b: execution.oct_conv_in_form(execution.Form.parse(form), x, k, b, **settings))
+    counts[form] = lowered.lower(x, kernels, biases).as_text().count("stablehlo.convolution")
+  assert counts == {"separate": 4, "shared_output": 3, "shared_input": 3, "two_convs": 2}
+
+
+def test_slices_pool_equals_reshape_pool():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 6, 5, 3)), jnp.float32)
+  for axes in (None, (0,), (1, 2), (0, 2)):
+    slices = avg_pool2(x, axes, spatial_dims=3, method="slices")
+    chex.assert_trees_all_close(slices, avg_pool2(x, axes, spatial_dims=3), rtol=1e-6)
+  with pytest.raises(ValueError, match="method must be one of"):
+    avg_pool2(x, method="window")
+
+
+# ----------------------------------------------------------------------------- OctBatchNorm
+
+
+def _bn_input(hw, alpha_in=0.5, dtype=jnp.float32):
+  rng = np.random.default_rng(1)
+  low = tuple(math.ceil(n / 2) for n in hw)
+  high = jnp.asarray(rng.standard_normal((3, *hw, 6)) * 2 + 1, dtype)
+  return OctTensor(high, None if alpha_in == 0 else jnp.asarray(rng.standard_normal((3, *low, 5)) - 1, dtype))
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
+@pytest.mark.parametrize("form", ["joint", "joint+slices"])
+def test_joint_batchnorm_keeps_the_variables_and_values_of_per_part(hw, form):
+  x = _bn_input(hw)
+  bn = OctBatchNorm(momentum=0.9)
+  variables = bn.init(jax.random.key(0), x, use_running_average=False)
+  variables = jax.tree.map(lambda v: v + 0.3, variables)  # not the initial values, so every term counts
+  outputs = {}
+  for f in ("per_part", form):
+    with execution.use_form(f):
+      outputs[f] = jax.jit(lambda v, x: bn.apply(v, x, use_running_average=False, mutable=["batch_stats"]))(
+          variables, x)
+  (y_ref, stats_ref), (y, stats) = outputs["per_part"], outputs[form]
+  chex.assert_trees_all_equal_structs(stats, stats_ref)
+  chex.assert_trees_all_close(stats, stats_ref, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(y, y_ref, rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(stats["batch_stats"]["high"]["mean"] - variables["batch_stats"]["high"]["mean"]).max()) > 0.01
+
+
+def test_joint_batchnorm_in_bfloat16_and_with_one_part():
+  for x in (_bn_input((9, 6), dtype=jnp.bfloat16), _bn_input((9, 6), alpha_in=0)):
+    bn = OctBatchNorm(momentum=0.9)
+    variables = bn.init(jax.random.key(0), x, use_running_average=False)
+    with execution.use_form("joint"):
+      y, stats = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    y_ref, stats_ref = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    chex.assert_trees_all_equal_dtypes(y, y_ref)
+    chex.assert_trees_all_close(stats, stats_ref, rtol=1e-4, atol=1e-5)
+    tol = 3e-2 if x.high.dtype == jnp.bfloat16 else 1e-5
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a.astype(jnp.float32), y),
+                                jax.tree.map(lambda a: a.astype(jnp.float32), y_ref), rtol=tol, atol=tol)
+
+
+def test_joint_batchnorm_averages_statistics_across_devices():
+  """Under `jax.pmap` with ``axis_name``, both forms average the statistics over the devices."""
+  devices = jax.local_devices()[:2]
+  x = _bn_input((6, 6))
+  xs = jax.tree.map(lambda a: jnp.stack([a, 2 * a + 1]), x)
+  bn = OctBatchNorm(momentum=0.5, axis_name="batch")
+  variables = bn.init(jax.random.key(0), x, use_running_average=False)
+  results = {}
+  for form in ("per_part", "joint"):
+    with execution.use_form(form):
+      step = jax.pmap(lambda x: bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"]),
+                      axis_name="batch", devices=devices)
+      results[form] = step(xs)
+  chex.assert_trees_all_close(results["joint"], results["per_part"], rtol=1e-5, atol=1e-5)
+  stats = results["joint"][1]["batch_stats"]["high"]["mean"]
+  chex.assert_trees_all_close(stats[0], stats[1])  # the same average on both devices
+
+
+def test_nnx_joint_batchnorm_equals_its_per_part():
+  x = _bn_input((7, 7))
+  outputs = {}
+  for form in ("per_part", "joint"):
+    bn = octnnx.OctBatchNorm(11, 5 / 11, momentum=0.9, rngs=nnx.Rngs(0))
+    with execution.use_form(form):
+      y = bn(x)
+    outputs[form] = (y, nnx.to_pure_dict(nnx.state(bn)))
+  chex.assert_trees_all_close(outputs["joint"], outputs["per_part"], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- choosing a form
+
+
+def test_form_names_parse_and_print_back():
+  for name in execution.PROBE_FORMS:
+    assert str(execution.Form.parse(name)) == name
+  assert execution.Form.parse("slices+two_convs") == execution.Form(paths="two_convs", pool="slices")
+  assert str(execution.REFERENCE) == "reference" and execution.Form.parse("reference") == execution.REFERENCE
+  with pytest.raises(ValueError, match="unknown choice 'three'.*known: separate"):
+    execution.Form.parse("two_convs+three")
+  with pytest.raises(ValueError, match="names two paths choices"):
+    execution.Form.parse("two_convs+shared_input")
+  with pytest.raises(ValueError, match="paths='fast'; allowed are separate"):
+    execution.Form(paths="fast")
+  with pytest.raises(ValueError, match="use_form: expected a Form"):
+    with execution.use_form(3):
+      pass
+
+
+def _train_step_hlo(platform, form=None):
+  model = models.get_model("oct_resnet8", alpha=0.5, num_classes=10)
+  x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+
+  def loss(params, batch_stats, x):
+    y, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"])
+    return y.sum()
+
+  with execution.use_form(form):
+    traced = jax.jit(jax.grad(loss)).trace(variables["params"], variables["batch_stats"], x)
+  return traced.lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_the_default_form_is_chosen_for_the_platform_lowered_for():
+  """Lowered from this CPU for a GPU, a step carries the accelerator form, not XLA:CPU's."""
+  on_cpu, on_gpu = _train_step_hlo("cpu"), _train_step_hlo("cuda")
+  assert execution.CPU_FORM.conv == "xla_cpu" and execution.ACCELERATOR_FORM.conv == "plain"
+  # XLA:CPU's form runs the 1x1 convolutions as dots; the accelerator form as convolutions.
+  assert on_cpu.count("stablehlo.dot_general") > on_gpu.count("stablehlo.dot_general") + 10
+  assert on_gpu.count("stablehlo.convolution") > on_cpu.count("stablehlo.convolution")
+  chosen = _train_step_hlo("cuda", "two_convs")
+  assert chosen.count("stablehlo.convolution") < on_gpu.count("stablehlo.convolution")
+
+
+def test_cost_counts_the_equations_whatever_form_is_chosen():
+  model = models.get_model("oct_resnet8", alpha=0.5, num_classes=10)
+  plain = cost.analyze(model, (1, 28, 28, 1))
+  with execution.use_form("two_convs+xla_cpu"):
+    chosen = cost.analyze(model, (1, 28, 28, 1))
+  assert chosen.macs == plain.macs and chosen.params == plain.params
