@@ -42,7 +42,7 @@ from flax import linen as nn
 
 from octflax import cost, models
 from octflax import execution, functional
-from octflax.compiler import inference_compiler_options, init_compiler_options, train_compiler_options
+from octflax.execution import inference_compiler_options, init_compiler_options, train_compiler_options
 
 
 @dataclasses.dataclass

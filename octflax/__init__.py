@@ -7,8 +7,8 @@ The front door of the library::
 """
 
 from octflax import execution, functional
-from octflax.compiler import inference_compiler_options, train_compiler_options
-from octflax.execution import use_conv
+from octflax.execution import inference_compiler_options, train_compiler_options
+from octflax.execution import use_conv, use_form
 from octflax.functional import (
     global_avg_pool,
     oct_add,
@@ -52,4 +52,5 @@ __all__ = [
     "train_compiler_options",
     "upsample2",
     "use_conv",
+    "use_form",
 ]

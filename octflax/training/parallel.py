@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from octflax.compiler import train_compiler_options
+from octflax.execution import train_compiler_options
 from octflax.training.errors import ConfigError
 from octflax.training.state import TrainState
 from octflax.training.steps import eval_step, train_step
@@ -136,7 +136,7 @@ class DataParallel:
     step_kwargs = dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha)
     if mode == "jit":
       # The train step compiles with octflax's train options (on CPU, 0.79-1.00x the time of
-      # XLA's defaults; `octflax.compiler`), the eval step with XLA's defaults. jax.pmap takes
+      # XLA's defaults; `octflax.execution.compiler`), the eval step with XLA's defaults. jax.pmap takes
       # no compiler options, so the pmap steps keep XLA's defaults.
       self._train = jax.jit(
           functools.partial(train_step, **step_kwargs),

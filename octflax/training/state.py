@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from octflax.compiler import init_compiler_options
+from octflax.execution import init_compiler_options
 
 PyTree = Any
 

@@ -1,4 +1,4 @@
-"""octflax.compiler: the XLA options octflax compiles with reach XLA and keep the results."""
+"""octflax.execution.compiler: the XLA options octflax compiles with reach XLA and keep the results."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import octflax
-from octflax import compiler
+from octflax.execution import compiler
 from octflax.models import get_model
 
 CPU = jax.default_backend() == "cpu"

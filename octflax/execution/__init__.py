@@ -1,0 +1,52 @@
+"""How OctConv is executed on each backend: the forms of its convolutions, pooling and BatchNorm.
+
+`octflax.functional` holds the math (`functional.oct_conv`: each path its own convolution,
+exactly what `flax.linen.Conv` computes per path). This module owns every choice of how that
+math runs, so that models and checkpoints never carry one. A `Form` names four choices, each
+computing the same numbers to float rounding with the same parameters:
+
+- ``paths``: ``'separate'`` (four convolutions, as written), ``'shared_output'`` (the paths
+  that write one output part at one resolution as one convolution over their concatenated
+  inputs), ``'shared_input'`` (L->L and L->H as one convolution of X^L with their kernels
+  side by side: three convolutions at stride 1), or ``'two_convs'`` (at stride 1, H->H at full
+  resolution and one low-resolution convolution of ``concat([P(X^H), X^L])`` with the block
+  kernel ``[[W^hl, 0], [W^ll, W^lh]]``, whose outputs are Y^L and the L->H term before its
+  upsample). A layer a form does not apply to (stride 2, two paths, groups) runs the closest
+  one: ``'shared_output'``.
+- ``pool``: `avg_pool2`'s method, ``'reshape'`` (a reduction) or ``'slices'`` (a sum of
+  strided slices, elementwise, which XLA can fuse into its reader).
+- ``norm``: ``'per_part'`` (each part's BatchNorm statistics as its own reduction) or
+  ``'joint'`` (both parts' statistics in one reduction; the same variables and values).
+- ``conv``: the stride-1 convolution each path runs, ``'plain'`` (`functional.conv`) or
+  ``'xla_cpu'`` (`xla_cpu_conv`: 1x1 as a dot, channel counts padded to a multiple of 8).
+
+The default is `CPU_FORM` when a step is lowered for the CPU and `ACCELERATOR_FORM` otherwise,
+chosen per platform when the function is lowered (`jax.lax.platform_dependent`), so a step
+exported from a CPU for a GPU or TPU carries the accelerator form. `use_form` chooses one
+form for every OctConv and OctBatchNorm traced inside; `use_conv` replaces the path
+convolution of whatever form runs::
+
+  with octflax.execution.use_form("two_convs+slices"):
+    y = model.apply(variables, x)
+  with octflax.execution.use_conv(octflax.functional.conv):   # exactly nn.Conv's numbers
+    y = model.apply(variables, x)
+
+Both apply while a function is traced (a function jitted before keeps its compiled form).
+The XLA compiler options octflax compiles with (`train_compiler_options`,
+`inference_compiler_options`, `init_compiler_options`) are execution choices too, and live here.
+The measurements behind each default are in docs/benchmarks.md.
+"""
+
+from octflax.execution.choice import (ACCELERATOR_FORM, CONVS, CPU_FORM, PROBE_FORMS, REFERENCE, Form, by_platform,
+                                      chosen_conv, chosen_form, current_conv, default_conv, use_conv, use_form)
+from octflax.execution.compiler import (inference_compiler_options, init_compiler_options, train_compiler_options,
+                                        xla_accepts)
+from octflax.execution.cpu import xla_cpu_conv, xla_cpu_conv_unpadded
+from octflax.execution.forms import batch_stats, batch_stats_in_form, joint_norm_in_play, oct_conv, oct_conv_in_form
+
+__all__ = [
+    "ACCELERATOR_FORM", "CONVS", "CPU_FORM", "Form", "PROBE_FORMS", "REFERENCE", "batch_stats", "batch_stats_in_form",
+    "by_platform", "chosen_conv", "chosen_form", "current_conv", "default_conv", "inference_compiler_options",
+    "init_compiler_options", "joint_norm_in_play", "oct_conv", "oct_conv_in_form", "train_compiler_options",
+    "use_conv", "use_form", "xla_accepts", "xla_cpu_conv", "xla_cpu_conv_unpadded",
+]

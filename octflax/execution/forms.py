@@ -1,0 +1,157 @@
+"""The forms of OctConv and OctBatchNorm: the same equations as fewer or differently grouped kernels.
+
+`oct_conv` and `batch_stats` are what the Linen and NNX modules call; each runs in the form
+`by_platform` picks. `oct_conv_in_form` and `batch_stats_in_form` run one given form.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from octflax import functional
+from octflax.execution.choice import ACCELERATOR_FORM, CONVS, CPU_FORM, Form, by_platform, chosen_conv, chosen_form
+from octflax.resample import window_sums
+from octflax.tensor import OctTensor, as_oct
+
+Array = jax.Array
+
+
+def oct_conv(x: Any, kernels: Mapping[str, Array], biases: Mapping[str, Array] | None = None, *,
+             strides: Any = 1, octave_axes: Any = None, kernel_dilation: Any = 1, precision: Any = None,
+             pool_stride: bool = True) -> OctTensor:
+  """`functional.oct_conv` in the form chosen for the platform (`by_platform`): what the modules call.
+
+  Same arguments and result as `functional.oct_conv` (to float rounding), except that the
+  path convolution comes from the form (or `use_conv`).
+  """
+  x = as_oct(x)
+  biases = dict(biases or {})
+  settings = dict(strides=strides, octave_axes=octave_axes, kernel_dilation=kernel_dilation, precision=precision)
+  if not pool_stride and functional.is_strided(x, kernels, strides, octave_axes, kernel_dilation):
+    return functional.strided_vanilla_conv(x, kernels, biases, **settings)
+  return by_platform(lambda form, x, kernels, biases: oct_conv_in_form(form, x, kernels, biases, **settings),
+                     x, dict(kernels), biases, relevant=("paths", "pool", "conv"))
+
+
+def oct_conv_in_form(form: Form, x: OctTensor, kernels: Mapping[str, Array], biases: Mapping[str, Array], *,
+                     strides: Any = 1, octave_axes: Any = None, kernel_dilation: Any = 1,
+                     precision: Any = None) -> OctTensor:
+  """`functional.oct_conv` (with ``pool_stride=True``) executed in ``form``."""
+  plan = functional.plan_paths(as_oct(x), kernels, strides=strides, octave_axes=octave_axes,
+                               kernel_dilation=kernel_dilation, pool_method=form.pool)
+  conv = chosen_conv() or CONVS[form.conv]
+
+  def run(inputs: Sequence[Array], path_kernels: Sequence[Array], groups: int) -> Array:
+    inp = inputs[0] if len(inputs) == 1 else jnp.concatenate(inputs, axis=-1)
+    kernel = path_kernels[0] if len(path_kernels) == 1 else jnp.concatenate(path_kernels, axis=-2)
+    return conv(inp, kernel, groups, precision, plan.dilation)
+
+  low_paths = all(p in kernels and plan.groups[p] == 1 for p in ("l2l", "l2h"))
+  low_paths = low_paths and plan.inputs["l2l"].shape == plan.inputs["l2h"].shape
+  if form.paths == "two_convs" and low_paths and "h2l" in kernels and plan.groups["h2l"] == 1 \
+      and plan.inputs["h2l"].shape[1:-1] == plan.inputs["l2l"].shape[1:-1]:
+    # [P(X^H) | X^L] * [[W^hl, 0], [W^ll, W^lh]] = [Y^L | L->H before U]: one low-resolution conv.
+    w_hl, w_ll, w_lh = kernels["h2l"], kernels["l2l"], kernels["l2h"]
+    top = jnp.concatenate([w_hl, jnp.zeros(w_hl.shape[:-1] + w_lh.shape[-1:], w_hl.dtype)], axis=-1)
+    block = jnp.concatenate([top, jnp.concatenate([w_ll, w_lh], axis=-1)], axis=-2)
+    z = conv(jnp.concatenate([plan.inputs["h2l"], plan.inputs["l2l"]], axis=-1), block, 1, precision,
+             plan.dilation)
+    low, from_low = z[..., :w_ll.shape[-1]], plan.upsample_l2h(z[..., w_ll.shape[-1]:])
+    high = from_low if "h2h" not in kernels else run([plan.inputs["h2h"]], [kernels["h2h"]], plan.groups["h2h"]) + from_low
+    return OctTensor(functional.with_biases(high, ("h2h", "l2h"), biases),
+                     functional.with_biases(low, ("l2l", "h2l"), biases))
+  if form.paths == "shared_input" and low_paths:
+    # X^L * [W^ll | W^lh] = [L->L | L->H before U]: X^L read once.
+    c_low = kernels["l2l"].shape[-1]
+    z = conv(plan.inputs["l2l"], jnp.concatenate([kernels["l2l"], kernels["l2h"]], axis=-1), 1, precision,
+             plan.dilation)
+    low, high = z[..., :c_low], plan.upsample_l2h(z[..., c_low:])
+    if "h2l" in kernels:
+      low = low + run([plan.inputs["h2l"]], [kernels["h2l"]], plan.groups["h2l"])
+    if "h2h" in kernels:
+      high = run([plan.inputs["h2h"]], [kernels["h2h"]], plan.groups["h2h"]) + high
+    return OctTensor(functional.with_biases(high, ("h2h", "l2h"), biases),
+                     functional.with_biases(low, ("l2l", "h2l"), biases))
+  fuse = form.paths != "separate"  # the closest form for the layers the others do not apply to
+
+  def part(direct: str, cross: str) -> Array | None:
+    present = [p for p in (direct, cross) if p in kernels]
+    if not present:
+      return None
+    inputs = [plan.inputs[p] for p in present]
+    if fuse and len(present) == 2 and inputs[0].shape[1:-1] == inputs[1].shape[1:-1] \
+        and plan.groups[direct] == plan.groups[cross] == 1:
+      # Y = [X_a | X_b] * [W_a ; W_b]: the two paths as one convolution over concatenated inputs.
+      y = run(inputs, [kernels[p] for p in present], 1)
+      y = plan.upsample_l2h(y) if present[-1] == "l2h" else y
+    else:
+      terms = [run([plan.inputs[p]], [kernels[p]], plan.groups[p]) for p in present]
+      terms = [plan.upsample_l2h(t) if p == "l2h" else t for p, t in zip(present, terms)]
+      y = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+    return functional.with_biases(y, present, biases)
+
+  return OctTensor(high=part("h2h", "l2h"), low=part("l2l", "h2l"))
+
+
+# ----------------------------------------------------------------------------- OctBatchNorm forms
+
+
+def joint_norm_in_play() -> bool:
+  """Whether an OctBatchNorm traced now may compute its statistics jointly (`batch_stats`)."""
+  form = chosen_form()
+  return "joint" in ({form.norm} if form is not None else {CPU_FORM.norm, ACCELERATOR_FORM.norm})
+
+
+def batch_stats(x: OctTensor, axis_name: str | None = None) -> tuple[tuple[Array, Array] | None, ...]:
+  """Each part's BatchNorm statistics ``(mean, var)`` (float32, per channel) in the platform's form.
+
+  ``var = E[x^2] - E[x]^2`` clipped at 0, averaged over the axis ``axis_name`` when given, as
+  `flax.linen.BatchNorm` computes them; a part that is None gives None.
+  """
+  x = as_oct(x)
+  return by_platform(lambda form, high, low: batch_stats_in_form(form, OctTensor(high, low), axis_name),
+                     x.high, x.low, relevant=("norm", "pool"))
+
+
+def batch_stats_in_form(form: Form, x: OctTensor, axis_name: str | None = None
+                        ) -> tuple[tuple[Array, Array] | None, tuple[Array, Array] | None]:
+  """`batch_stats` in ``form``: ``'joint'`` sums both parts in one reduction, ``'per_part'`` one each."""
+  parts = [None if p is None else p.astype(jnp.promote_types(p.dtype, jnp.float32)) for p in (x.high, x.low)]
+  present = [p for p in parts if p is not None]
+  if form.norm == "joint" and len(present) == 2 and parts[0].ndim == parts[1].ndim:
+    high, low = parts
+    # Each high channel's sums over its 2^k windows land on the low grid (zeros pad odd sizes),
+    # then one reduction over [N, *low, C_h + C_l] gives both parts' sums of x and x^2.
+    axes = [i for i in range(1, high.ndim - 1) if low.shape[i] != high.shape[i]]
+    pads = [(0, 0)] + [(0, 2 * low.shape[i] - high.shape[i]) if i in axes else (0, 0)
+                       for i in range(1, high.ndim - 1)] + [(0, 0)]
+    windowed = lambda a: a if not axes else window_sums(jnp.pad(a, pads), axes, form.pool)
+    both = jnp.concatenate([windowed(high), low], axis=-1)
+    both2 = jnp.concatenate([windowed(high * high), low * low], axis=-1)
+    reduce_axes = tuple(range(both.ndim - 1))
+    counts = jnp.concatenate([jnp.full(high.shape[-1], high.size // high.shape[-1], both.dtype),
+                              jnp.full(low.shape[-1], low.size // low.shape[-1], both.dtype)])
+    mean, mean2 = both.sum(reduce_axes) / counts, both2.sum(reduce_axes) / counts
+    if axis_name is not None:
+      mean, mean2 = tuple(lax.pmean(jnp.stack([mean, mean2]), axis_name))
+    var = jnp.maximum(0.0, mean2 - mean * mean)
+    c_high = high.shape[-1]
+    return (mean[:c_high], var[:c_high]), (mean[c_high:], var[c_high:])
+  stats = []
+  for p in parts:
+    if p is None:
+      stats.append(None)
+      continue
+    axes = tuple(range(p.ndim - 1))
+    mean, mean2 = p.mean(axes), (p * p).mean(axes)
+    if axis_name is not None:
+      mean, mean2 = tuple(lax.pmean(jnp.stack([mean, mean2]), axis_name))
+    stats.append((mean, jnp.maximum(0.0, mean2 - mean * mean)))
+  return tuple(stats)
+
+
+__all__ = ["batch_stats", "batch_stats_in_form", "joint_norm_in_play", "oct_conv", "oct_conv_in_form"]
