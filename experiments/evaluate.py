@@ -95,17 +95,16 @@ def _config_for(meta: dict[str, Any], args: argparse.Namespace):
 
 def _test_source(config, args: argparse.Namespace, imported: bool):
   from octflax import data  # pylint: disable=g-import-not-at-top
-  from octflax.training import build_datasets, resolve_path  # pylint: disable=g-import-not-at-top
+  from octflax.training import resolve_path  # pylint: disable=g-import-not-at-top
 
-  if config.data.name == "image_folder":
-    if not config.data.dir:
-      raise data.DataError("an imported checkpoint needs --data: a folder with one sub-folder of images "
-                           "per class.")
-    split = args.split if args.split is not None else (None if imported else config.data.test_split)
-    return data.image_folder(resolve_path(config.data.dir), split)
-  if args.split is not None:
-    config.data.test_split = args.split
-  return build_datasets(config)[1]
+  d = config.data
+  if d.name == "image_folder" and not d.dir:
+    raise data.DataError("an imported checkpoint needs --data: a folder with one sub-folder of images per class.")
+  # An imported checkpoint's --data folder is itself the class folders (no split sub-folder).
+  split = args.split if args.split is not None else (None if imported and d.name == "image_folder" else d.test_split)
+  return data.get_source(d.name, split, data_dir=resolve_path(d.dir) if d.dir else d.dir,
+                         max_examples=d.max_test_examples, image_size=d.image_size, num_classes=d.num_classes,
+                         seed=config.seed)
 
 
 def evaluate_checkpoint(path: str, args: argparse.Namespace) -> dict[str, Any]:

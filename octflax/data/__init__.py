@@ -2,10 +2,12 @@
 
 Sources follow grain's random-access protocol (``len`` and ``source[i] ->
 {'image': uint8 [H, W, C], 'label': int32}``) and carry ``num_classes``,
-``image_shape`` and per-channel ``mean``/``std``::
+``image_shape`` and per-channel ``mean``/``std``. Each data set has one reader module
+(`fashion_mnist`, `cifar`, `image_folder`, `synthetic`, `clips`), and `get_source` finds
+them by name (`register_source` adds one)::
 
   from octflax import data
-  train = data.fashion_mnist(split='train')
+  train = data.get_source('fashion_mnist', 'train')
   for batch in data.make_loader(train, batch_size=128, train=True, seed=0, epoch=0,
                                 augment='crop_flip'):
     ...  # batch['image'] float32 [128, 28, 28, 1], batch['label'] int32 [128]
@@ -18,23 +20,13 @@ from octflax.data.augment import AUGMENTATIONS
 from octflax.data.download import FASHION_MNIST_DIR, download_fashion_mnist, find_fashion_mnist
 from octflax.data.errors import DataError, MissingDataError
 from octflax.data.pipeline import EpochLoader, input_shape, make_loader, steps_per_epoch
-from octflax.data.sources import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CIFAR100_MEAN,
-    CIFAR100_STD,
-    FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ArraySource,
-    ImageFolderSource,
-    SyntheticSource,
-    cifar,
-    fashion_mnist,
-    image_folder,
-    synthetic,
-)
+from octflax.data.arrays import ArraySource
+from octflax.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, cifar
+from octflax.data.clips import MovingGarments, moving_fashion_mnist
+from octflax.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist
+from octflax.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderSource, image_folder
+from octflax.data.registry import get_source, list_sources, register_source
+from octflax.data.synthetic import SyntheticSource, synthetic
 from octflax.data.subset import Subset, split_validation
 
 __all__ = [
@@ -53,19 +45,21 @@ __all__ = [
     "IMAGENET_STD",
     "ImageFolderSource",
     "MissingDataError",
+    "MovingGarments",
     "Subset",
     "SyntheticSource",
     "cifar",
     "download_fashion_mnist",
     "fashion_mnist",
     "find_fashion_mnist",
+    "get_source",
     "image_folder",
     "input_shape",
+    "list_sources",
     "make_loader",
+    "moving_fashion_mnist",
+    "register_source",
     "split_validation",
     "steps_per_epoch",
     "synthetic",
 ]
-
-from octflax.data.clips import MovingGarments, moving_fashion_mnist  # noqa: E402  (clip data set)
-__all__ += ["MovingGarments", "moving_fashion_mnist"]

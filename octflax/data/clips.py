@@ -31,7 +31,8 @@ import numpy as np
 
 from octflax.data.errors import DataError
 from octflax.data.download import FASHION_MNIST_DIR
-from octflax.data.sources import ArraySource, fashion_mnist
+from octflax.data.arrays import ArraySource
+from octflax.data.fashion_mnist import fashion_mnist
 
 #: (dy, dx) of the eight directions, in label order: E, SE, S, SW, W, NW, N, NE.
 DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))

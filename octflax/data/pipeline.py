@@ -44,7 +44,7 @@ except (ImportError, AttributeError):  # Older grain releases.
 
 from octflax.data import augment as aug
 from octflax.data.errors import DataError
-from octflax.data.sources import gather
+from octflax.data.arrays import gather
 
 Batch = dict[str, np.ndarray]
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from octflax.data.errors import DataError
-from octflax.data.sources import Example, gather
+from octflax.data.arrays import Example, gather
 
 # Attributes of a source that describe its examples; a subset has the same.
 _FORWARDED = ("num_classes", "image_shape", "mean", "std")

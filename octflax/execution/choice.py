@@ -102,8 +102,9 @@ def chosen_conv() -> ConvFn | None:
 
 
 def current_conv() -> ConvFn:
-  """The convolution OctConv modules run now: the innermost `use_conv`'s, else `default_conv()`."""
-  return _CONV_FN.get() or default_conv()
+  """The path convolution now: the innermost `use_conv`'s, else the chosen form's, else `default_conv()`."""
+  form = _FORM.get()
+  return _CONV_FN.get() or (CONVS[form.conv] if form is not None else default_conv())
 
 
 @contextlib.contextmanager
