@@ -1,6 +1,6 @@
 """PyTorch reference networks with the module structure of the PyTorch Oct-ResNet port.
 
-Written from DESIGN.md's equations (stride 2 = 2x2 average pool, then a stride-1 conv;
+Written from docs/design.md's equations (stride 2 = 2x2 average pool, then a stride-1 conv;
 H->L pools X^H; L->H upsamples by nearest neighbour, cropped to X^H's size, at stride 1;
 BatchNorm per part; odd sizes: ceil-mode pooling over the pixels inside the map), with the
 port's module names, so that ``state_dict()`` has the port's keys. `OctResNet` is the
@@ -49,7 +49,7 @@ def blocks(arch: str, alpha: float):
 
 # ----------------------------------------------------------------------------- networks
 # A PyTorch Oct-ResNet with the port's module structure (so its state_dict keys are the
-# port's), written from DESIGN.md: stride 2 = 2x2 average pool then a stride-1 conv;
+# port's), written from docs/design.md: stride 2 = 2x2 average pool then a stride-1 conv;
 # H->L pools X^H; L->H upsamples (nearest, cropped to X^H's size) at stride 1 and not at
 # stride 2; BatchNorm per part; odd sizes: ceil-mode pooling over the pixels inside the map.
 

@@ -551,7 +551,7 @@ def oct_conv_transpose(
     output_size: Sequence[int] | None = None,
     precision: Any = None,
 ) -> OctTensor:
-  """Transposed octave convolution (DESIGN.md's suggested definition), any number of spatial axes.
+  """Transposed octave convolution (docs/design.md, "Transposed OctConv"), any number of spatial axes.
 
   With T a SAME transposed convolution of stride s (`conv_transpose`, ``s * n`` outputs per
   input size n), P = average pool by 2 and U = nearest upsample by 2 on the octave axes, and

@@ -1,4 +1,4 @@
-"""A float64 NumPy reference of OctConv, written from DESIGN.md ("Semantics of OctConv").
+"""A float64 NumPy reference of OctConv, written from docs/design.md ("Semantics of OctConv").
 
 Nothing here imports or mirrors octflax: every operator is a direct loop over the
 definition, so the tests hold the library against the contract, not against itself.
@@ -141,7 +141,7 @@ def oct_conv(xh, xl, kernels: Mapping[str, np.ndarray], biases: Mapping[str, np.
 
 
 def split(channels: int, alpha: float) -> tuple[int, int]:
-  """(C_h, C_l) with C_l = floor(alpha * C), the rule stated in DESIGN.md."""
+  """(C_h, C_l) with C_l = floor(alpha * C), the rule stated in docs/design.md ("Channel split")."""
   low = math.floor(alpha * channels)
   return channels - low, low
 
@@ -156,7 +156,7 @@ def path_channels(c_in: int, c_out: int, alpha_in: float, alpha_out: float):
 
 # ----------------------------------------------------------------------------- any number of spatial axes
 #
-# DESIGN.md "Any number of spatial dimensions": the low part has ceil(n/2) of the high part's
+# docs/design.md, "Spatial rank and octave axes": the low part has ceil(n/2) of the high part's
 # size on the octave axes O and the same size on the others. With S the axes of stride 2:
 #   h2h: conv(pool_S(X^H))             h2l: conv(pool_O(pool_S(X^H)))
 #   l2l: conv(pool_S(X^L))             l2h: up_{O-S}(conv(pool_{S-O}(X^L))), cropped to Y^H's size
@@ -248,7 +248,7 @@ def oct_conv_nd(xh, xl, kernels, biases=None, strides=None, groups=1, octave_axe
 
 # ----------------------------------------------------------------------------- transposed OctConv
 #
-# DESIGN.md's suggested definition: each path is the transposed conv of its input part with
+# docs/design.md, "Transposed OctConv": each path is the transposed conv of its input part with
 # the pooling (h2l) and upsampling (l2h) of OctConv at stride 1; here the high output has
 # s * n positions (or a given size), the low one ceil(half) of that on the octave axes.
 

@@ -4,7 +4,7 @@ State_dict-only tests run everywhere: the key listing of the PyTorch port's Oct-
 and of torchvision's ResNets (generated here from the networks' structure and checked
 against the port's published Oct-ResNet-50 listing), round trips and every import error.
 With torch installed, a PyTorch Oct-ResNet-50 (alpha .5, the port's module structure,
-written here from DESIGN.md's equations) and a torchvision-layout ResNet-50 are imported
+written here from docs/design.md's equations) and a torchvision-layout ResNet-50 are imported
 and must give the same logits as octflax to 1e-4.
 """
 

@@ -1,4 +1,4 @@
-"""OctConv (module and pure function) against the float64 NumPy reference of DESIGN.md.
+"""OctConv (module and pure function) against the float64 NumPy reference of docs/design.md.
 
 Covers the four paths at stride 1 and 2, even/odd/rectangular maps, every alpha pair,
 awkward channel counts, 1x1/3x3/5x5 kernels, grouped and depthwise convs, bias on/off,
@@ -610,7 +610,7 @@ def make_input_nd(seed, n, spatial, channels, alpha, octave_axes=None):
 
 
 def expected_nd_spatial(spatial, strides, octave, has_high):
-  """(high, low) output spatial sizes per DESIGN.md's per-axis rule."""
+  """(high, low) output spatial sizes per the per-axis rule of docs/design.md ("Spatial rank and octave axes")."""
   if has_high:
     high = tuple(math.ceil(n / s) for n, s in zip(spatial, strides))
   else:  # from the low part alone: l2h upsamples on octave axes of stride 1, pools on others of stride 2
