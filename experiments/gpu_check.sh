@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# GPU measurements of octflax on one NVIDIA H100 or H200, in about 13 minutes.
+# GPU measurements of octflax on one NVIDIA H100 or H200, in about 17 minutes.
 #
-# Needs only what such a machine has (jax with CUDA, flax, optax, chex); installs nothing.
+# Needs only what such a machine has (jax with CUDA, flax, optax, chex; torch and torchvision
+# for the PyTorch peers, which are skipped without them); installs nothing.
 # Run from the repository root:   bash experiments/gpu_check.sh [OUT_DIR]
 # Oct-ResNet-50 at alpha 0 / .25 / .5 / .75 and the same ResNet-50 written with flax.linen.Conv
 # (flax_resnet50), timed round-robin in the same run: inference at batch 64 in float32 and in
-# bfloat16, and one optimizer step at batch 128 in bfloat16 (float32 parameters), with the peak
-# device memory. Appends JSON lines to OUT_DIR/gpu_benchmarks.jsonl and the printed tables to
-# OUT_DIR/gpu_benchmarks.txt (default OUT_DIR: $OUT if set, else experiments/results/gpu).
+# bfloat16 (experiments.benchmark), and the train step at batch 128 in bfloat16 with its
+# execution forms, XLA options, PyTorch peers and profiles (experiments.probes.gpu_step). Appends
+# JSON lines to OUT_DIR/gpu_benchmarks.jsonl (inference) and OUT_DIR/train_step.jsonl (train
+# step), the printed tables to OUT_DIR/gpu_benchmarks.txt and the probe's files to
+# OUT_DIR/gpu_step (default OUT_DIR: $OUT if set, else experiments/results/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-experiments/results/gpu}}
@@ -33,5 +36,9 @@ bench() {  # bench SECONDS ARGS...: one benchmark run under its own time limit
 # autotuning), so each run needs minutes.
 bench 200 --batch 64 --mode inference
 bench 200 --batch 64 --mode inference --dtype bfloat16
-bench 360 --batch 128 --mode train --dtype bfloat16
+# The train step: one process that compiles case after case and prints as it goes, within its
+# --budget (seconds), then profiles and writes its rows even when the limit cuts it short.
+echo "\$ python -m experiments.probes.gpu_step --budget 420" | tee -a "$log"
+timeout 570 python -m experiments.probes.gpu_step --budget 420 --out "$out/gpu_step" \
+  --results "$out/train_step.jsonl" 2>&1 | tee -a "$log" || true
 echo "done: $out"
