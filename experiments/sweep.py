@@ -64,10 +64,11 @@ def row_of(summary: dict, alpha: float, seed: int) -> dict:
 
 
 def _without_run_fields(config: dict) -> dict:
-  """A run's config less what a sweep varies (alpha and seed)."""
+  """A run's config less what a sweep varies (alpha and seed) and what does not change its results (profile_steps)."""
   config = json.loads(json.dumps(config))
   config.get("model", {}).pop("alpha", None)
   config.pop("seed", None)
+  config.pop("profile_steps", None)
   return config
 
 

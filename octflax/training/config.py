@@ -14,6 +14,7 @@ import ml_collections
 
 from octflax.data import FASHION_MNIST_DIR
 from octflax.training.errors import ConfigError
+from octflax.training.monitoring import profile_window
 from octflax.training.parallel import PARALLEL_MODES
 
 DATA_SETS = ("fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic", "moving_fashion_mnist")
@@ -77,6 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
       checkpoint, or an imported one; '' = from scratch). A different number of
       classes re-initialises the classifier; any other difference is an error.
       A run that has its own checkpoint resumes from it instead.
+    profile_steps: ``(START, COUNT)``: a `jax.profiler` trace of steps START to
+      START + COUNT - 1 into ``workdir/profile/`` (``--config.profile_steps=5,3``;
+      START >= 2, after step 1 compiled); ``(0, 0)`` or ``0`` = off.
 
   Returns:
     A ConfigDict (unlocked; `check_config` rejects unknown fields).
@@ -122,6 +126,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1
   config.progress_bar = True
   config.init_from = ""
+  config.profile_steps = (0, 0)
   return config
 
 
@@ -184,6 +189,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   require(config.mixup_alpha >= 0, "mixup_alpha", ">= 0 (0 = off)")
   require(config.grad_clip_norm >= 0, "grad_clip_norm", ">= 0 (0 = off)")
   require(0 <= config.momentum < 1, "momentum", "in [0, 1)")
+  profile_window(config.profile_steps)  # START,COUNT or 0 (the run's length is checked by the trainer).
 
 
 def _is_int(value: Any) -> bool:

@@ -31,7 +31,7 @@ class MetricsWriter:
   reads as one uninterrupted run.
   """
 
-  def __init__(self, workdir: str, *, resume_step: int | None, enabled: bool = True):
+  def __init__(self, workdir: str, *, resume_step: int | None, enabled: bool = True, mirror: Any = None):
     """Opens the file.
 
     Args:
@@ -39,9 +39,12 @@ class MetricsWriter:
       resume_step: the step the run resumes from (None: a fresh run, the file
         starts empty).
       enabled: False on all processes but the first (nothing is written).
+      mirror: also receives every record written (``write(record)``) and is
+        closed with this writer, e.g. a `monitoring.EventWriter`.
     """
     self.path = epath.Path(workdir) / METRICS_FILE
     self.enabled = enabled
+    self._mirror = mirror if enabled else None
     self.records: list[dict[str, Any]] = []
     if not enabled:
       return
@@ -65,6 +68,8 @@ class MetricsWriter:
     self.records.append(record)
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
+    if self._mirror is not None:
+      self._mirror.write(record)
 
   def evaluated_steps(self) -> set[int]:
     """Steps that have an 'eval' record."""
@@ -73,6 +78,8 @@ class MetricsWriter:
   def close(self) -> None:
     if self.enabled and not self._file.closed:
       self._file.close()
+    if self._mirror is not None:
+      self._mirror.close()
 
 
 def format_duration(seconds: float) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from etils import epath
 
 from octflax import data as data_lib
-from octflax.training import reporting
+from octflax.training import monitoring, reporting
 from octflax.training.checkpoint import CHECKPOINT_DIR, CheckpointStore, read_checkpoint
 from octflax.training.config import check_config, to_json_dict
 from octflax.training.errors import CheckpointMismatchError, ConfigError, DivergenceError, RunStopped
@@ -410,6 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_chief = jax.process_index() == 0
   parallel = DataParallel(config.parallel, label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha)
   data = build_data(config, parallel)
+  window = monitoring.profile_window(config.profile_steps, data.total_steps)
   model = build_model(config, data.num_classes)
   workdir = prepare_workdir(workdir)  # Before anything compiles; after the config's checks, which write nothing.
   store = CheckpointStore(f"{workdir}/{CHECKPOINT_DIR}", identity=run_identity(config, data),
@@ -419,12 +420,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     round(config.warmup_epochs * data.steps_per_epoch))
   tx = make_optimizer(schedule, momentum=config.momentum, nesterov=config.nesterov,
                       weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
+  model_cost = _model_cost(model, data)  # Traced, not compiled; before the clock of train_seconds starts.
   state, step, meta = initial_state(config, parallel, model, tx, data, store,
                                     say=lambda line: is_chief and print(line, flush=True))
+  board = monitoring.EventWriter(workdir, start_step=step, enabled=is_chief,
+                                 say=lambda line: is_chief and print(line, flush=True))
+  board.write_run_info(to_json_dict(config), {"model": config.model.name, "alpha": float(config.model.alpha),
+                                              "input_shape": list(data.image_shape), **model_cost})
   start_step, spe, loop_start = step, data.steps_per_epoch, time.time()
-  writer = reporting.MetricsWriter(workdir, resume_step=step or None, enabled=is_chief)
+  writer = reporting.MetricsWriter(workdir, resume_step=step or None, enabled=is_chief, mirror=board)
   progress = reporting.Progress(label=f"{config.model.name} a={config.model.alpha:g}", total=data.total_steps,
                                 initial=step, enabled=is_chief and config.progress_bar)
+  profile = monitoring.ProfileWindow(window, f"{workdir}/{monitoring.PROFILE_DIR}", say=lambda line: (
+      progress.write(line) if progress.enabled else is_chief and print(line, flush=True)))
   saver = Checkpointing(store, parallel, config, schedule, spe, writer, step or None)
   reporter = reporting.StepReporter(
       writer=writer, progress=progress, fetch=parallel.get_metrics, global_batch=data.global_batch,
@@ -440,9 +448,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       for epoch in range(step // spe, config.num_epochs):
         with _train_loader(config, data, epoch, start_batch=step - epoch * spe) as loader:
           for batch in loader:
+            profile.before_step(step + 1, state)
             state, metrics = parallel.train_step(state, parallel.put_batch(batch))
             step += 1
             reporter.dispatched(step, metrics)
+            profile.after_step(step, (state, metrics))
             stopping = stop.requested(step)
             if stopping or step % config.checkpoint_every_steps == 0 or step == data.total_steps:
               reporter.finish()
@@ -455,11 +465,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         evaluations.end_of_epoch(epoch + 1, step, state)
       last_eval = evaluations.final(state)
   finally:
+    profile.close()
     progress.close()
     store.close()
     writer.close()
 
-  summary = _summary(config, model, data, parallel, writer, last_eval, train_seconds=train_seconds(),
+  summary = _summary(config, model_cost, data, parallel, writer, last_eval, train_seconds=train_seconds(),
                      images_per_second=reporter.images_per_second(), steps=step, start_step=start_step)
   if is_chief:
     reporting.write_json(epath.Path(workdir) / reporting.SUMMARY_FILE, summary)
@@ -468,13 +479,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return summary
 
 
-def _summary(config, model, data: Data, parallel: DataParallel, writer, evaluation, *, train_seconds: float,
-             images_per_second: float | None, steps: int, start_step: int) -> dict[str, Any]:
+def _model_cost(model: Any, data: Data) -> dict[str, Any]:
+  """``params``, ``macs_per_image`` and ``gmacs_per_image`` of ``model`` (traced at float32, nothing computed)."""
   from octflax import cost  # pylint: disable=g-import-not-at-top
 
   report = cost.analyze(model.clone(dtype=jnp.float32) if hasattr(model, "dtype") else model,
                         (1,) + data.image_shape)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + data.image_shape), train=False))["params"]
+  return {"params": num_params(params), "macs_per_image": report.macs // report.batch, "gmacs_per_image": report.gmacs}
+
+
+def _summary(config, model_cost: dict[str, Any], data: Data, parallel: DataParallel, writer, evaluation, *,
+             train_seconds: float, images_per_second: float | None, steps: int, start_step: int) -> dict[str, Any]:
   train_records = [r for r in writer.records if r.get("kind") in ("train", "eval") and r.get("train_loss")]
   return {
       **evaluation,
@@ -482,9 +498,9 @@ def _summary(config, model, data: Data, parallel: DataParallel, writer, evaluati
       "validation_examples": 0 if data.validation is None else len(data.validation),
       "train_seconds": train_seconds,
       "images_per_second": images_per_second,
-      "params": num_params(params),
-      "gmacs_per_image": report.gmacs,
+      **model_cost,
       "device": describe_devices(parallel.devices),
+      "peak_bytes_per_device": monitoring.peak_memory_bytes(parallel.devices),
       "num_devices": parallel.num_devices,
       "num_processes": jax.process_count(),
       "parallel": config.parallel,
