@@ -1,1 +1,1 @@
-"""Runnable scripts of octflax: training (`experiments.train`), benchmarks, sweeps."""
+"""What a user runs: training (`experiments.train`), evaluation, sweeps, PyTorch weight import, examples, configs."""

@@ -1,4 +1,4 @@
-"""experiments/benchmark.py: the fields of its JSON lines and its ratios, on tiny configurations."""
+"""benchmarks/benchmark.py: the fields of its JSON lines and its ratios, on tiny configurations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import octflax
-from experiments import benchmark, torch_reference
+from benchmarks import benchmark, torch_reference
 
 
 FIELDS = ("model", "alpha", "batch", "mode", "backend", "device_kind", "median_ms", "images_per_second",
@@ -89,7 +89,7 @@ def test_torch_network_is_timed_with_octflax_macs(tmp_path):
 
 @pytest.mark.slow  # compiles several networks
 def test_profile_ops_finds_the_convolutions(capsys):
-  from experiments.probes import profile_ops  # pylint: disable=g-import-not-at-top
+  from benchmarks.probes import profile_ops  # pylint: disable=g-import-not-at-top
 
   x = benchmark.jnp.ones((1, 8, 8, 3))
   k = benchmark.jnp.ones((3, 3, 3, 4))
@@ -125,7 +125,7 @@ def test_profile_ops_finds_the_convolutions(capsys):
 
 @pytest.mark.slow  # compiles several networks
 def test_decompose_splits_the_time_and_leaves_no_convolution_macs(capsys):
-  from experiments.probes import decompose  # pylint: disable=g-import-not-at-top
+  from benchmarks.probes import decompose  # pylint: disable=g-import-not-at-top
   from octflax import execution  # pylint: disable=g-import-not-at-top
 
   real = execution.current_conv()
@@ -170,7 +170,7 @@ ENTRY %main (x: f32[4,8], w: f32[8,2]) -> (f32[4,2], bf16[4,8]) {
 
 
 def test_hlo_traffic_counts_bytes_read_and_written_per_kind():
-  from experiments.probes import hlo_traffic  # pylint: disable=g-import-not-at-top
+  from benchmarks.probes import hlo_traffic  # pylint: disable=g-import-not-at-top
 
   rows = {r.name: r for r in hlo_traffic.entry_instructions(HLO)}
   assert set(rows) == {"wrapped_broadcast", "add_fusion", "ynn_fusion", "convert"}
@@ -186,7 +186,7 @@ def test_hlo_traffic_counts_bytes_read_and_written_per_kind():
 
 @pytest.mark.slow  # compiles several networks
 def test_hlo_traffic_of_a_compiled_network(capsys):
-  from experiments.probes import hlo_traffic  # pylint: disable=g-import-not-at-top
+  from benchmarks.probes import hlo_traffic  # pylint: disable=g-import-not-at-top
 
   case = benchmark.make_case("oct_resnet20", 0.5, 2, "inference", 8, 10, benchmark.jnp.float32, 1)
   rows = hlo_traffic.entry_instructions(case.hlo)

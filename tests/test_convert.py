@@ -24,7 +24,7 @@ from octflax import convert, training
 # The PyTorch port's published Oct-ResNet-50 (alpha 0.5) state_dict listing: key and shape a line.
 REFERENCE = Path(__file__).resolve().parent / "data" / "pytorch_port_oct_resnet50_state_dict.txt"
 
-from experiments import torch_reference as ref  # noqa: E402
+from benchmarks import torch_reference as ref  # noqa: E402
 
 torch = ref.torch
 if torch is not None:

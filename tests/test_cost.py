@@ -17,7 +17,7 @@ twice the valid-tap MACs computed here; the remaining gap between ``xla_flops`` 
 The closed form checks the full ResNet grid (5 depths x 5 alphas) always; the traced
 counter runs on ResNet-26/50 at every alpha, ResNet-101 at two alphas and ResNet-152/200
 at one (a trace of a deep net takes seconds). ``OCTFLAX_FULL_COST_TABLE=1`` traces the
-whole grid here too; `experiments/flops_table.py` always does.
+whole grid here too; `benchmarks/flops_table.py` always does.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _grid():
       marks = ()
       if not FULL_GRID and alpha not in TRACED_BY_DEFAULT[depth]:
         marks = pytest.mark.skip(reason="trace of a deep net; set OCTFLAX_FULL_COST_TABLE=1 or run "
-                                        "experiments/flops_table.py for the full grid")
+                                        "benchmarks/flops_table.py for the full grid")
       elif depth > 50 and not FULL_GRID:
         marks = pytest.mark.slow  # seconds per trace; ResNet-50's row stays in the default run
       yield pytest.param(depth, alpha, marks=marks, id=f"R{depth}-a{alpha}")

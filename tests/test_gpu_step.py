@@ -1,4 +1,4 @@
-"""experiments/probes/gpu_step.py: its dry run, its kernel classes and (slow) a timed run on the CPU."""
+"""benchmarks/probes/gpu_step.py: its dry run, its kernel classes and (slow) a timed run on the CPU."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from experiments.probes import gpu_step
+from benchmarks.probes import gpu_step
 from octflax import execution
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ SMALL = ["--model", "oct_resnet8", "--image-size", "32", "--batch", "4", "--num-
 def _probe(*args: str, timeout: int = 240) -> str:
   """Runs the probe in a fresh process (so that its imports are its own) and returns its output."""
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OUT="")
-  result = subprocess.run([sys.executable, "-m", "experiments.probes.gpu_step", *args], cwd=ROOT, env=env,
+  result = subprocess.run([sys.executable, "-m", "benchmarks.probes.gpu_step", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stdout + result.stderr
   return result.stdout

@@ -81,7 +81,7 @@ REFERENCE = Form()
 #: The default when lowering for the CPU (docs/benchmarks.md, "CPU").
 CPU_FORM = Form(conv="xla_cpu")
 #: The default when lowering for a GPU or TPU. The forms below are candidates that
-#: `experiments/probes/gpu_step.py` times on a GPU; until a device run picks one, the default is
+#: `benchmarks/probes/gpu_step.py` times on a GPU; until a device run picks one, the default is
 #: the reference form.
 ACCELERATOR_FORM = Form()
 #: The forms the GPU probe times against the default (names for `Form.parse`).

@@ -63,7 +63,7 @@ def inference_compiler_options() -> dict[str, Any] | None:
   recomputes it from the convolution outputs of earlier blocks, and an octave network has more
   such readers (the H->L pool). It is not a gain for every network, and not used for training
   (see `train_compiler_options`); docs/benchmarks.md has the measurements. Time a network both
-  ways with ``experiments.benchmark --models NAME --compile octflax,xla-default``.
+  ways with ``benchmarks.benchmark --models NAME --compile octflax,xla-default``.
 
   Returns:
     ``{'xla_cpu_experimental_ynn_fusion_type': ...}`` on CPU when XLA knows the option, else

@@ -2,7 +2,7 @@
 
 On the GPU machine, from the repository root (one NVIDIA H200; about 8 of the 10 minutes):
 
-  PYTHONPATH=. timeout 570 python -m experiments.probes.gpu_step --budget 420 \\
+  PYTHONPATH=. timeout 570 python -m benchmarks.probes.gpu_step --budget 420 \\
       --out "$OUT" --results "$OUT/train_step.jsonl"
 
 One process. Each case is compiled in turn and timed round-robin with the cases compiled before
@@ -27,11 +27,11 @@ ratio to alpha 0 after each, a kernel-class table for alpha 0, alpha .5 as shipp
 alpha .5 form (ms per step in convolution forward / input-gradient / weight-gradient kernels,
 gemms, reduction fusions, loop fusions, copies and transposes, other; kernels per step; the
 share of the step the device is idle), and a final table. One JSON line per timed case (keys:
-`ROW_KEYS`) is appended to ``--results`` (default experiments/results/gpu/train_step.jsonl); OUT
+`ROW_KEYS`) is appended to ``--results`` (default benchmarks/results/gpu/train_step.jsonl); OUT
 gets the log, each profiled case's table, per-op times and optimized HLO (gzipped), and after
 every round the rows so far (train_step.partial.jsonl: what is left if XLA aborts the process).
 
-  python -m experiments.probes.gpu_step --dry [--model oct_resnet8 --image-size 32 --batch 4]
+  python -m benchmarks.probes.gpu_step --dry [--model oct_resnet8 --image-size 32 --batch 4]
 
 lowers every case for CUDA on any host, without compiling, and prints its number of
 convolutions and of StableHLO ops; it writes nothing.
@@ -59,12 +59,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import benchmark
+from benchmarks import networks
 from octflax import execution
 
 ROW_KEYS = ("framework", "device", "jax", "date", "model", "alpha", "form", "batch", "dtype", "median_ms",
             "time_ratio_to_alpha0", "peak_bytes")
-DEFAULT_RESULTS = os.path.join("experiments", "results", "gpu", "train_step.jsonl")
+DEFAULT_RESULTS = os.path.join("benchmarks", "results", "gpu", "train_step.jsonl")
 # XLA:GPU's command buffers (CUDA graphs) with convolutions among the captured commands; without
 # CONVOLUTION the cuDNN convolutions split the step into many short graphs.
 CMDBUF = ("xla_gpu_enable_command_buffer", "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION")
@@ -124,10 +124,10 @@ def form_context(name: str | None):
 def make_step(net: Any) -> Callable:
   """The train step: forward, loss, gradient, SGD-Nesterov update, new BatchNorm statistics.
 
-  It is `experiments.benchmark`'s train step. `octflax.training.train_step` is not used:
+  `octflax.training.train_step` (which `benchmarks.benchmark` times) is not used here:
   importing `octflax.training` imports its config (ml_collections) and data (grain) modules,
-  which the GPU machine lacks; and `benchmark.make_case` initialises and compiles at once, while
-  this probe lowers without compiling (--dry) and compiles with per-case options and forms.
+  which the GPU machine lacks; and this probe lowers without compiling (--dry) and compiles
+  with per-case options and forms.
   """
 
   def step(state, images, labels):
@@ -174,7 +174,7 @@ class Builder:
   def build(self, case: Case) -> None:
     args = self.args
     start = time.time()
-    net = benchmark.build_model(case.model, case.alpha, args.num_classes, jnp.bfloat16)
+    net = networks.build_model(case.model, case.alpha, args.num_classes, jnp.bfloat16)
     images, labels = self.batch(case.batch)
     one = jax.ShapeDtypeStruct((1, args.image_size, args.image_size, 3), jnp.float32)
     init = lambda x: net.init(jax.random.key(0), x, train=False)
@@ -262,14 +262,14 @@ def accepted(options: dict[str, Any]) -> dict[str, Any] | None:
 
 def torch_cases(args: argparse.Namespace) -> list[Case]:
   """The PyTorch peers as cases, or [] with a printed reason."""
-  from experiments import torch_reference  # noqa: PLC0415 - torch is optional
+  from benchmarks import torch_reference  # noqa: PLC0415 - torch is optional
 
   torch = torch_reference.torch
   if torch is None:
     say("torch peers: skipped (torch is not installed)")
     return []
   if args.model not in torch_reference.LAYERS:
-    say(f"torch peers: skipped (experiments.torch_reference has no {args.model})")
+    say(f"torch peers: skipped (benchmarks.torch_reference has no {args.model})")
     return []
   if not args.dry and not torch.cuda.is_available():
     say(f"torch peers: skipped (torch {torch.__version__} sees no CUDA device)")
@@ -282,7 +282,7 @@ def torch_cases(args: argparse.Namespace) -> list[Case]:
 
 
 def torch_network(case: Case, args: argparse.Namespace):
-  from experiments import torch_reference  # noqa: PLC0415
+  from benchmarks import torch_reference  # noqa: PLC0415
 
   if case.model == "torchvision_resnet50":
     try:
@@ -295,7 +295,7 @@ def torch_network(case: Case, args: argparse.Namespace):
 
 
 def build_torch(case: Case, args: argparse.Namespace) -> None:
-  from experiments import torch_reference  # noqa: PLC0415
+  from benchmarks import torch_reference  # noqa: PLC0415
 
   torch = torch_reference.torch
   F = torch.nn.functional
@@ -615,7 +615,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p.add_argument("--budget", type=float, default=420.0,
                  help="seconds from start after which no new case is compiled (default 420)")
   p.add_argument("--out", default=None, help="folder for the log, profiles and HLO (default: $OUT, else "
-                 "experiments/results/gpu/gpu_step)")
+                 "benchmarks/results/gpu/gpu_step)")
   p.add_argument("--results", default=DEFAULT_RESULTS, help="JSON lines appended here at the end")
   p.add_argument("--cache", default=None, help="persistent compilation cache (default OUT/jax_cache)")
   p.add_argument("--dry", action="store_true", help="lower every case without compiling; write nothing")
@@ -650,7 +650,7 @@ def probe_forms(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
-  out = args.out or os.environ.get("OUT") or os.path.join("experiments", "results", "gpu", "gpu_step")
+  out = args.out or os.environ.get("OUT") or os.path.join("benchmarks", "results", "gpu", "gpu_step")
   if not args.dry:
     os.makedirs(out, exist_ok=True)
     _LOG.append(open(os.path.join(out, "gpu_step.log"), "a"))

@@ -6,7 +6,7 @@ BatchNorm per part; odd sizes: ceil-mode pooling over the pixels inside the map)
 port's module names, so that ``state_dict()`` has the port's keys. `OctResNet` is the
 port's Oct-ResNet (bottleneck depths), `TVResNet` torchvision's ResNet-50 layout. The tests
 import them to check `octflax.convert` against PyTorch's logits, and
-`experiments/benchmark.py` times `OctResNet` next to octflax (``torch_oct_resnet50``).
+`benchmarks/benchmark.py` times `OctResNet` next to octflax (``torch_oct_resnet50``).
 
 `split`, `blocks`, `LAYERS` and `BOTTLENECK` need no torch; the networks exist only when
 torch is installed.

@@ -3,7 +3,7 @@
 Backs docs/benchmarks.md: the op time of Oct-ResNet-50's vanilla last stage at batch 1, and
 "Where a train step's time goes" (CIFAR Oct-ResNet-20, batch 128).
 
-Compiles the network's inference (or train step) as `experiments.benchmark` does, records a
+Compiles the network's inference (or train step) as `benchmarks.benchmark` does, records a
 `jax.profiler` trace of repeated calls, and sums the time of each compiled op. Ops are grouped by
 what the optimized HLO says they contain: a convolution or a dot (1x1 convolutions run as dots;
 with whatever XLA fused around them: BatchNorm, ReLU, adds, pooling, upsampling), fusions that
@@ -14,14 +14,14 @@ took longest, with their output shapes.
 
 Op times are summed over threads, and XLA:CPU runs independent ops concurrently (more of them at
 alpha > 0, whose paths are independent), so overlapping ops are counted twice: read the totals
-as op time, not wall time; `experiments.probes.decompose` splits the wall time itself into the
+as op time, not wall time; `benchmarks.probes.decompose` splits the wall time itself into the
 convolutions and the rest. Convolutions that XLA:CPU runs with its own kernels (most of a train
 step's under `octflax.train_compiler_options()`) may record no trace event; the tool says how
 many it missed, and ``--compile xla-default`` profiles them as YNNPACK ops.
 
 Example:
-  python -m experiments.probes.profile_ops --model oct_resnet50 --alphas 0,0.5 --batch 1
-  python -m experiments.probes.profile_ops --model oct_resnet20 --compile xla-default --alphas 0,0.5 --batch 128 \
+  python -m benchmarks.probes.profile_ops --model oct_resnet50 --alphas 0,0.5 --batch 1
+  python -m benchmarks.probes.profile_ops --model oct_resnet20 --compile xla-default --alphas 0,0.5 --batch 128 \
       --image-size 32 --num-classes 10 --mode train --top 10
 """
 
@@ -40,7 +40,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
-from experiments import benchmark
+from benchmarks import benchmark
 
 
 def _computations(hlo: str) -> dict[str, str]:
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
   parser.add_argument("--image-size", type=int, default=224)
   parser.add_argument("--num-classes", type=int, default=1000)
   parser.add_argument("--compile", choices=list(benchmark.COMPILE_SETTINGS), default="octflax",
-                      help="XLA options, as experiments.benchmark's --compile")
+                      help="XLA options, as benchmarks.benchmark's --compile")
   parser.add_argument("--calls", type=int, default=10)
   parser.add_argument("--top", type=int, default=0, help="also list the N ops that took longest")
   args = parser.parse_args(argv)

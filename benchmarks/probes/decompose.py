@@ -17,7 +17,7 @@ summed over threads count overlapping work twice, and more so at alpha > 0, whos
 independent of each other.
 
 Example:
-  python -m experiments.probes.decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 8
+  python -m benchmarks.probes.decompose --model oct_resnet50 --alphas 0,0.25,0.5,0.75 --batch 8
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from experiments import benchmark
+from benchmarks import benchmark
 from octflax import cost
 from octflax import execution
 
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
   parser.add_argument("--num-classes", type=int, default=1000)
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--compile", choices=list(benchmark.COMPILE_SETTINGS), default="octflax",
-                      help="XLA options, as experiments.benchmark's --compile")
+                      help="XLA options, as benchmarks.benchmark's --compile")
   args = parser.parse_args(argv)
   rows = run(args.model, [float(a) for a in args.alphas.split(",")], args.batch, args.mode,
              args.image_size, args.num_classes, args.channels, args.repeats, compile=args.compile)

@@ -15,13 +15,13 @@ operands) and writes (its result) are added up by kind:
 BatchNorm statistic, ReLU's zero) so that a library fusion can read them.
 
 The count is static: no timing, no cache effects. It shows what a wall-time split (see
-`experiments.probes.decompose`) cannot: whether an elementwise result is written once and read back,
+`benchmarks.probes.decompose`) cannot: whether an elementwise result is written once and read back,
 or recomputed by every consumer from the convolution outputs it depends on (a fused loop that
 reads many full-size tensors is such a recomputation).
 
 Example:
-  python -m experiments.probes.hlo_traffic --model oct_resnet50 --alphas 0,0.25,0.5 --batch 8
-  python -m experiments.probes.hlo_traffic --model oct_resnet50 --compile xla-default --alphas 0.5 --batch 8
+  python -m benchmarks.probes.hlo_traffic --model oct_resnet50 --alphas 0,0.25,0.5 --batch 8
+  python -m benchmarks.probes.hlo_traffic --model oct_resnet50 --compile xla-default --alphas 0.5 --batch 8
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import sys
 
 import jax.numpy as jnp
 
-from experiments import benchmark
+from benchmarks import benchmark
 
 # Bytes per element of the HLO element types a network produces.
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
@@ -104,7 +104,7 @@ def summarize(rows: list[Instruction]) -> dict[str, float]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="oct_resnet50",
-                      help="a registry name, with the model variants of experiments.benchmark (e.g. ':nofuse')")
+                      help="a registry name, with the model variants of benchmarks.benchmark (e.g. ':strided')")
   parser.add_argument("--alphas", default="0,0.5")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--mode", choices=["inference", "train"], default="inference")
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
   parser.add_argument("--channels", type=int, default=3)
   parser.add_argument("--num-classes", type=int, default=1000)
   parser.add_argument("--compile", choices=list(benchmark.COMPILE_SETTINGS), default="octflax",
-                      help="XLA options, as experiments.benchmark's --compile")
+                      help="XLA options, as benchmarks.benchmark's --compile")
   parser.add_argument("--top", type=int, default=3, help="also list the N loops that read the most")
   args = parser.parse_args(argv)
   print(f"{'model':24} {'alpha':>5} {'loop MB r/w':>15} {'library MB r/w':>15} {'broadcast MB':>12} "

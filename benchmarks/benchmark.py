@@ -6,15 +6,15 @@ Compiles first (compile time excluded), then times repeated calls with
 and every ratio is taken against alpha 0 measured in the same run.
 
 Examples:
-  python -m experiments.benchmark --models oct_resnet50 --alphas 0,0.125,0.25,0.5,0.75 \\
+  python -m benchmarks.benchmark --models oct_resnet50 --alphas 0,0.125,0.25,0.5,0.75 \\
       --batch 8 --mode inference --json out.jsonl
-  python -m experiments.benchmark --models oct_resnet20 --alphas 0,0.5 --batch 128 \\
+  python -m benchmarks.benchmark --models oct_resnet20 --alphas 0,0.5 --batch 128 \\
       --mode train --image-size 32 --num-classes 10
   # the same network compiled with octflax's options and with XLA's defaults, in one run
-  python -m experiments.benchmark --models oct_resnet20 --compile octflax,xla-default --alphas 0,0.5 \\
+  python -m benchmarks.benchmark --models oct_resnet20 --compile octflax,xla-default --alphas 0,0.5 \\
       --batch 128 --image-size 32 --num-classes 10
   # octflax next to a PyTorch Oct-ResNet-50 with the PyTorch port's structure (needs torch)
-  python -m experiments.benchmark --models oct_resnet50,torch_oct_resnet50 --alphas 0,0.5 --batch 8
+  python -m benchmarks.benchmark --models oct_resnet50,torch_oct_resnet50 --alphas 0,0.5 --batch 8
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ if __package__ in (None, ""):
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import linen as nn
 
+from benchmarks.networks import build_model
 from octflax import cost, models
 from octflax import execution, functional
 from octflax.execution import inference_compiler_options, init_compiler_options, train_compiler_options
+from octflax.training.optim import make_optimizer
+from octflax.training.state import create_train_state
+from octflax.training.steps import train_step
 
 
 @dataclasses.dataclass
@@ -65,42 +67,6 @@ class Case:
   times: list[float] = dataclasses.field(default_factory=list)
 
 
-def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
-  """ResNet-50 v1.5 written with `flax.linen.Conv` only (strided convs, as Flax's example)."""
-
-  class Block(nn.Module):
-    features: int
-    strides: int
-
-    @nn.compact
-    def __call__(self, x, train):
-      conv = lambda f, k, s=1, name=None: nn.Conv(f, (k, k), (s, s), padding=[((k - 1) // 2,) * 2] * 2,
-                                                  use_bias=False, dtype=dtype, name=name)
-      norm = lambda name, zero=False: nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                                   epsilon=1e-5, dtype=dtype, name=name)
-      y = nn.relu(norm("bn1")(conv(self.features, 1, name="conv1")(x)))
-      y = nn.relu(norm("bn2")(conv(self.features, 3, self.strides, name="conv2")(y)))
-      y = norm("bn3")(conv(self.features * 4, 1, name="conv3")(y))
-      if self.strides != 1 or x.shape[-1] != self.features * 4:
-        x = norm("bn_shortcut")(conv(self.features * 4, 1, self.strides, name="shortcut")(x))
-      return nn.relu(y + x)
-
-  class Net(nn.Module):
-    @nn.compact
-    def __call__(self, x, train: bool = True):
-      x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, dtype=dtype)(x.astype(dtype))
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
-      for stage, blocks in enumerate((3, 4, 6, 3)):
-        for block in range(blocks):
-          x = Block(64 * 2**stage, 2 if stage and not block else 1)(x, train)
-      return nn.Dense(num_classes, dtype=dtype)(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
-
-  return Net()
-
-
-# Model variants, selected with a suffix of the model name, e.g. 'oct_resnet50:strided'.
-VARIANTS = {"strided": {"pool_stride": False}}
 # How OctConv's convolutions are executed (--conv): octflax's default for the backend
 # (`execution.default_conv`), XLA:CPU's form without the channel padding, or exactly nn.Conv's.
 CONV_SETTINGS = {
@@ -116,33 +82,14 @@ COMPILE_SETTINGS = {
     "xla-default": {},
     "ynn-dot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
 }
-# Name suffixes that were compile or execution settings, and the flag that replaced each.
-_SETTINGS_NOW_FLAGS = {"xladefault": "--compile xla-default", "ynndot": "--compile ynn-dot",
-                       "nopad": "--conv unpadded", "fuse": "--form shared_output", "nofuse": "--form separate"}
-
-
-def build_model(name: str, alpha: float, num_classes: int, dtype: Any) -> nn.Module:
-  if name == "flax_resnet50":
-    return vanilla_resnet50(num_classes, dtype)
-  base, *suffixes = name.split(":")
-  kwargs = {}
-  for suffix in suffixes:
-    if suffix in _SETTINGS_NOW_FLAGS:
-      raise ValueError(f"':{suffix}' is not a model variant; use {_SETTINGS_NOW_FLAGS[suffix]}.")
-    if suffix not in VARIANTS:
-      raise ValueError(f"unknown model variant ':{suffix}'; known: {', '.join(VARIANTS)}.")
-    kwargs.update(VARIANTS[suffix])
-  return models.get_model(base, alpha=alpha, num_classes=num_classes, dtype=dtype, **kwargs)
-
-
 # PyTorch networks timed next to octflax's in the same run (inference only, float32).
 TORCH_MODELS = {"torch_oct_resnet50": "oct_resnet50"}
 
 
 def make_torch_case(name: str, alpha: float, batch: int, mode: str, image_size: int,
                     num_classes: int) -> Case:
-  """A PyTorch Oct-ResNet with the port's structure (`experiments.torch_reference`), eager, NCHW."""
-  from experiments import torch_reference  # pylint: disable=g-import-not-at-top
+  """A PyTorch Oct-ResNet with the port's structure (`benchmarks.torch_reference`), eager, NCHW."""
+  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
 
   torch = torch_reference.torch
   if torch is None:
@@ -206,36 +153,22 @@ def _make_case(name: str, alpha: float, batch: int, mode: str, image_size: int, 
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
   labels = jnp.asarray(rng.integers(0, num_classes, batch), dtype=jnp.int32)
-  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False),
-                      compiler_options=init_compiler_options())(images)
-
   if mode == "inference":
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False),
+                        compiler_options=init_compiler_options())(images)
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
     compiled = forward.lower(variables, images).compile(options)
     fn = lambda: compiled(variables, images)
   else:
-    tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
-    state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
-             "opt": tx.init(variables["params"])}
-
-    def step(state, x, y):
-      def loss_fn(params):
-        logits, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, x,
-                                      train=True, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, updates["batch_stats"]
-
-      (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-      updates, opt = tx.update(grads, state["opt"], state["params"])
-      return {"params": optax.apply_updates(state["params"], updates), "batch_stats": batch_stats,
-              "opt": opt}, loss
-
-    compiled = jax.jit(step, donate_argnums=0).lower(state, images, labels).compile(options)
+    # The library's own train step (octflax.training), with the optimizer a training run uses.
+    state = create_train_state(model, make_optimizer(0.1), seed=0, input_shape=shape)
+    step = jax.jit(train_step, donate_argnums=0)
+    compiled = step.lower(state, {"image": images, "label": labels}).compile(options)
     holder = {"state": state}
 
     def fn():
-      holder["state"], loss = compiled(holder["state"], images, labels)
-      return loss
+      holder["state"], metrics = compiled(holder["state"], {"image": images, "label": labels})
+      return metrics["loss"]
 
   try:
     temp = compiled.memory_analysis().temp_size_in_bytes

@@ -7,7 +7,7 @@ over the channel axis takes less time than the same convolution on XLA:CPU.
 axis; this script is the measurement behind that choice, on ResNet-50's 1x1 shapes (and the
 half-resolution low-frequency shapes of Oct-ResNet-50). Both forms compute the same numbers.
 
-  python -m experiments.probes.conv1x1_dot --batch 1,8
+  python -m benchmarks.probes.conv1x1_dot --batch 1,8
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ against alpha. Exits with status 1 if any ResNet number (GMACs to four digits, o
 parameter count) differs from the published table.
 
 Examples:
-  python experiments/flops_table.py                    # docs/cost_table.md, docs/cost_table.png
-  python -m experiments.flops_table --out /tmp/t.md    # plot next to it: /tmp/t.png
-  python -m experiments.flops_table --xla              # adds XLA's count for ResNet-50
+  python benchmarks/flops_table.py                    # docs/cost_table.md, docs/cost_table.png
+  python -m benchmarks.flops_table --out /tmp/t.md    # plot next to it: /tmp/t.png
+  python -m benchmarks.flops_table --xla              # adds XLA's count for ResNet-50
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def build(xla: bool = False, log=print) -> tuple[str, list[str], dict]:
 
 
 def render(results: dict, mismatches: list[str]) -> str:
-  command = "python experiments/flops_table.py" + (" --xla" if results["xla"] else "")
+  command = "python benchmarks/flops_table.py" + (" --xla" if results["xla"] else "")
   lines = [
       "# Cost of Oct-ResNet and Oct-MobileNet v1 at 224 x 224",
       "",
