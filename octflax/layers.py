@@ -3,85 +3,63 @@
 from __future__ import annotations
 
 import functools
-import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from octflax import execution
-from octflax import functional as F
-from octflax.resample import resolve_octave_axes
-from octflax.tensor import OctTensor, as_oct, check_alpha, split_channels
+from octflax.spec import (OctBatchNormSpec, OctConvBNSpec, OctConvSpec, OctConvTransposeSpec, PartVariables,
+                          PathParams, arguments, attributes, per_part, spec_from)
+from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
-Initializer = Callable[..., Array]
+
+
+class _SpecModule(nn.Module):
+  """A Linen layer over a spec (`octflax.spec`): ``spec`` is built from the attributes, which it checks.
+
+  Subclasses take their attributes from ``attributes(SPEC)`` and name the spec class ``SPEC``.
+  """
+
+  def __post_init__(self):
+    _ = self.spec  # the checks, at construction
+    super().__post_init__()
+
+  @property
+  def spec(self) -> Any:
+    """The layer's spec, built from its attributes."""
+    return spec_from(self.SPEC, self)
 
 
 class _PathWeights(nn.Module):
-  """The kernel and optional bias of one OctConv path (`functional.oct_conv_param_shapes`)."""
+  """The ``kernel`` and optional ``bias`` of one OctConv path (`spec.PathParams`)."""
 
-  shapes: F.PathParamShapes
-  vanilla_kernel_shape: tuple[int, ...]
-  kernel_init: Initializer
-  bias_init: Initializer
-  param_dtype: Any
+  params: PathParams
 
   @nn.compact
   def __call__(self) -> tuple[Array, Array | None]:
-    init = F.path_kernel_init(self.kernel_init, self.vanilla_kernel_shape)
-    kernel = self.param("kernel", init, self.shapes.kernel, self.param_dtype)
-    bias = None if self.shapes.bias is None else self.param("bias", self.bias_init, self.shapes.bias, self.param_dtype)
-    return kernel, bias
+    p = self.params
+    kernel = self.param("kernel", p.kernel_init, p.kernel, p.dtype)
+    return kernel, None if p.bias is None else self.param("bias", p.bias_init, p.bias, p.dtype)
 
 
-def _check_attributes(module: "OctConv | OctConvTranspose") -> None:
-  """Construction-time checks shared by OctConv and OctConvTranspose (each names its attribute)."""
-  check_alpha(module.alpha_in, "alpha_in")
-  check_alpha(module.alpha_out, "alpha_out")
-  kernel_size = F.kernel_size_tuple(module.kernel_size)
-  octave_axes = resolve_octave_axes(module.octave_axes, len(kernel_size))
-  F.stride_tuple(module.strides, len(kernel_size), octave_axes)
-  dilation = F.as_tuple(module.kernel_dilation, len(kernel_size), "kernel_dilation")
-  if any(d < 1 for d in dilation):
-    raise ValueError(f"kernel_dilation must be positive ints, got {module.kernel_dilation!r}.")
-  if not isinstance(module.features, numbers.Integral) or module.features < 1:
-    raise ValueError(f"features must be a positive int, got {module.features!r}.")
+def _convolve(spec: OctConvSpec | OctConvTransposeSpec, x: OctTensor | Array, **call: Any) -> OctTensor:
+  """Checks ``x``, creates the path parameters (sub-modules ``h2h``, ...) and applies ``spec``.
 
-
-def _path_parameters(module: "OctConv | OctConvTranspose", x: OctTensor, groups: int
-                     ) -> tuple[OctTensor, dict[str, Array], dict[str, Array]]:
-  """Checks x's channel split, creates the path parameters, and casts all to the compute dtype.
-
-  Called inside the module's compact ``__call__``, so the ``_PathWeights`` sub-modules (``h2h``,
-  ``h2l``, ``l2h``, ``l2l``) belong to it.
+  Called inside a compact ``__call__``, so that the ``_PathWeights`` belong to its module.
   """
-  in_channels = x.channels
-  expected_high, expected_low = split_channels(in_channels, module.alpha_in)
-  if (x.high_channels, x.low_channels) != (expected_high, expected_low):
-    raise ValueError(
-        f"the input has {x.high_channels} high and {x.low_channels} low channels, but alpha_in="
-        f"{module.alpha_in} splits {in_channels} channels into {expected_high} high and "
-        f"{expected_low} low (C_l = int(alpha_in * C)); pass an input split at alpha_in "
-        "(OctTensor.from_array(x, alpha_in)) or change alpha_in.")
-  kernel_size = F.kernel_size_tuple(module.kernel_size)
-  shapes = F.oct_conv_param_shapes(kernel_size, in_channels, module.features, module.alpha_in,
-                                   module.alpha_out, groups, module.use_bias)
-  vanilla = F.vanilla_kernel_shape(kernel_size, in_channels, module.features, groups)
+  x = spec.input(x)
   kernels, biases = {}, {}
-  for path, path_shapes in shapes.items():
-    kernel, bias = _PathWeights(path_shapes, vanilla, module.kernel_init, module.bias_init, module.param_dtype,
-                                name=path)()
-    kernels[path] = kernel
+  for path, params in spec.paths(x.channels).items():
+    kernels[path], bias = _PathWeights(params, name=path)()
     if bias is not None:
       biases[path] = bias
-  dtype = module.dtype or jnp.result_type(*(p for p in (x.high, x.low) if p is not None), *kernels.values())
-  return (x.map(lambda p: p.astype(dtype)), {p: k.astype(dtype) for p, k in kernels.items()},
-          {p: b.astype(dtype) for p, b in biases.items()})
+  return spec.apply(x, kernels, biases, **call)
 
 
-class OctConv(nn.Module):
+class OctConv(attributes(OctConvSpec), _SpecModule):
   """Octave convolution (Chen et al., 2019) with the official implementation's semantics, in 1-D, 2-D, 3-D.
 
   Input and output are split at ``alpha_in`` / ``alpha_out`` (`split_channels`) into a
@@ -137,44 +115,14 @@ class OctConv(nn.Module):
     ((2, 16, 16, 16), (2, 8, 8, 16))
   """
 
-  features: int
-  kernel_size: int | Sequence[int]
-  alpha_in: float
-  alpha_out: float
-  strides: int | Sequence[int] = 1
-  padding: str = "SAME"
-  feature_group_count: int = 1
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  bias_init: Initializer = nn.initializers.zeros_init()
-  pool_stride: bool = True
-  octave_axes: tuple[int, ...] | None = None
-  kernel_dilation: int | Sequence[int] = 1
-
-  def __post_init__(self):
-    _check_attributes(self)
-    if not self.pool_stride and (self.alpha_in or self.alpha_out):
-      raise ValueError(
-          "pool_stride=False (strided conv) needs alpha_in = alpha_out = 0; got "
-          f"alpha_in={self.alpha_in}, alpha_out={self.alpha_out}.")
-    if not isinstance(self.padding, str) or self.padding.upper() != "SAME":
-      raise ValueError(f"padding must be 'SAME' (the only padding that keeps the octave sizes), got {self.padding!r}.")
-    if not isinstance(self.feature_group_count, numbers.Integral) or self.feature_group_count < 1:
-      raise ValueError(f"feature_group_count must be a positive int, got {self.feature_group_count!r}.")
-    super().__post_init__()
+  SPEC = OctConvSpec
 
   @nn.compact
   def __call__(self, x: OctTensor | Array) -> OctTensor:
-    x, kernels, biases = _path_parameters(self, as_oct(x), self.feature_group_count)
-    return execution.oct_conv(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
-                              kernel_dilation=self.kernel_dilation, precision=self.precision,
-                              pool_stride=self.pool_stride)
+    return _convolve(self.spec, x)
 
 
-class OctConvTranspose(nn.Module):
+class OctConvTranspose(attributes(OctConvTransposeSpec), _SpecModule):
   """Transposed octave convolution: the octave counterpart of `flax.linen.ConvTranspose`.
 
   The four paths (`functional.oct_conv_transpose`; T: SAME transposed conv of stride s,
@@ -211,54 +159,32 @@ class OctConvTranspose(nn.Module):
     ((1, 7, 7, 4), (1, 4, 4, 4))
   """
 
-  features: int
-  kernel_size: int | Sequence[int]
-  alpha_in: float
-  alpha_out: float
-  strides: int | Sequence[int] = 1
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  bias_init: Initializer = nn.initializers.zeros_init()
-  octave_axes: tuple[int, ...] | None = None
-  kernel_dilation: int | Sequence[int] = 1
-
-  def __post_init__(self):
-    _check_attributes(self)
-    super().__post_init__()
+  SPEC = OctConvTransposeSpec
 
   @nn.compact
   def __call__(self, x: OctTensor | Array, output_size: Sequence[int] | None = None) -> OctTensor:
     """Applies the layer; ``output_size`` is the high output's spatial size (default ``s * n``)."""
-    x, kernels, biases = _path_parameters(self, as_oct(x), 1)
-    return F.oct_conv_transpose(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
-                                kernel_dilation=self.kernel_dilation, output_size=output_size,
-                                precision=self.precision)
+    return _convolve(self.spec, x, output_size=output_size)
 
 
 class _BatchNormVariables(nn.Module):
   """The variables of one `flax.linen.BatchNorm` over ``features`` channels, same names, shapes and inits."""
 
   features: int
-  param_dtype: Any
-  use_scale: bool
-  use_bias: bool
-  scale_init: Initializer
-  bias_init: Initializer
+  spec: OctBatchNormSpec
 
-  @nn.compact
-  def __call__(self):
-    shape = (self.features,)
-    mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), shape)
-    var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), shape)
-    scale = self.param("scale", self.scale_init, shape, self.param_dtype) if self.use_scale else None
-    bias = self.param("bias", self.bias_init, shape, self.param_dtype) if self.use_bias else None
-    return mean, var, scale, bias
+  def setup(self):
+    shape, spec = (self.features,), self.spec
+    self.mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), shape)
+    self.var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), shape)
+    self.scale = self.param("scale", spec.scale_init, shape, spec.param_dtype) if spec.use_scale else None
+    self.bias = self.param("bias", spec.bias_init, shape, spec.param_dtype) if spec.use_bias else None
+
+  def read(self) -> PartVariables:
+    return PartVariables(self.mean.value, self.var.value, self.scale, self.bias)
 
 
-class OctBatchNorm(nn.Module):
+class OctBatchNorm(attributes(OctBatchNormSpec), _SpecModule):
   """Batch normalisation of each part with its own statistics and affine parameters.
 
   Sub-modules ``high`` and ``low`` hold the variables of a `flax.linen.BatchNorm` over the
@@ -270,51 +196,26 @@ class OctBatchNorm(nn.Module):
   devices under `jax.pmap`.
   """
 
-  use_running_average: bool | None = None
-  momentum: float = 0.99
-  epsilon: float = 1e-5
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  use_bias: bool = True
-  use_scale: bool = True
-  scale_init: Initializer = nn.initializers.ones_init()
-  bias_init: Initializer = nn.initializers.zeros_init()
-  axis_name: str | None = None
+  SPEC = OctBatchNormSpec
 
   @nn.compact
   def __call__(self, x: OctTensor | Array, use_running_average: bool | None = None) -> OctTensor:
-    x = as_oct(x)
+    spec, x = self.spec, as_oct(x)
     use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
-    if not use_running_average and execution.joint_norm_in_play() and not self.is_initializing():
-      return self._from_batch_stats(x)
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=use_running_average, momentum=self.momentum,
-        epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-        use_bias=self.use_bias, use_scale=self.use_scale, scale_init=self.scale_init,
-        bias_init=self.bias_init, axis_name=self.axis_name)
-    return OctTensor(
-        high=None if x.high is None else norm(name="high")(x.high),
-        low=None if x.low is None else norm(name="low")(x.low),
-    )
-
-  def _from_batch_stats(self, x: OctTensor) -> OctTensor:
-    """Training mode with `execution.batch_stats`: `flax.linen.BatchNorm`'s update and normalisation."""
-    stats = execution.batch_stats(x, self.axis_name)
-    parts = []
-    for name, part, (mean, var) in zip(("high", "low"), (x.high, x.low), [s or (None, None) for s in stats]):
-      if part is None:
-        parts.append(None)
-        continue
-      ra_mean, ra_var, scale, bias = _BatchNormVariables(
-          part.shape[-1], self.param_dtype, self.use_scale, self.use_bias, self.scale_init, self.bias_init,
-          name=name)()
-      ra_mean.value = F.running_average(ra_mean.value, mean, self.momentum)
-      ra_var.value = F.running_average(ra_var.value, var, self.momentum)
-      parts.append(F.batch_norm(part, mean, var, scale, bias, self.epsilon, self.dtype))
-    return OctTensor(*parts)
+    if use_running_average or not execution.joint_norm_in_play() or self.is_initializing():
+      norm = functools.partial(nn.BatchNorm, **spec.part_settings(use_running_average))
+      return per_part(x, lambda name, part: norm(name=name)(part))
+    # Training with `execution.batch_stats` (which may sum both parts in one pass).
+    parts = [None if part is None else _BatchNormVariables(part.shape[-1], spec, name=name)
+             for name, part in (("high", x.high), ("low", x.low))]
+    y, averages = spec.train_with_batch_stats(x, [None if v is None else v.read() for v in parts])
+    for v, average in zip(parts, averages):
+      if v is not None:
+        v.mean.value, v.var.value = average
+    return y
 
 
-class OctConvBN(nn.Module):
+class OctConvBN(attributes(OctConvBNSpec), _SpecModule):
   """OctConv (no bias) -> OctBatchNorm -> optional activation on each part.
 
   The unit every octflax network is built from. Sub-modules: ``conv`` and ``bn``.
@@ -329,38 +230,10 @@ class OctConvBN(nn.Module):
     octave_axes, kernel_dilation: as in `OctConv` (``kernel_size`` gives the rank).
   """
 
-  features: int
-  kernel_size: int | Sequence[int]
-  alpha_in: float
-  alpha_out: float
-  strides: int | Sequence[int] = 1
-  feature_group_count: int = 1
-  activation: Callable[[Array], Array] | None = None
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-  axis_name: str | None = None
-  bn_scale_init: Initializer = nn.initializers.ones_init()
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  kernel_init: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-  pool_stride: bool = True
-  octave_axes: tuple[int, ...] | None = None
-  kernel_dilation: int | Sequence[int] = 1
+  SPEC = OctConvBNSpec
 
   @nn.compact
   def __call__(self, x: OctTensor | Array, train: bool = False) -> OctTensor:
-    vanilla = not (self.alpha_in or self.alpha_out)
-    y = OctConv(
-        self.features, self.kernel_size, self.alpha_in, self.alpha_out, strides=self.strides,
-        feature_group_count=self.feature_group_count, use_bias=False, dtype=self.dtype,
-        param_dtype=self.param_dtype, precision=self.precision, kernel_init=self.kernel_init,
-        pool_stride=self.pool_stride or not vanilla, octave_axes=self.octave_axes,
-        kernel_dilation=self.kernel_dilation, name="conv")(x)
-    y = OctBatchNorm(
-        use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
-        dtype=self.dtype, param_dtype=self.param_dtype, scale_init=self.bn_scale_init,
-        axis_name=self.axis_name, name="bn")(y)
-    if self.activation is not None:
-      y = y.map(self.activation)
-    return y
+    spec = self.spec
+    y = OctConv(**arguments(spec.conv), name="conv")(x)
+    return spec.activate(OctBatchNorm(**arguments(spec.norm(not train)), name="bn")(y))

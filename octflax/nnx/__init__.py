@@ -18,14 +18,5 @@ from octflax.nnx.convert import from_linen, to_linen
 from octflax.nnx.layers import OctBatchNorm, OctConv, OctConvBN, OctConvTranspose
 from octflax.nnx.trainer import TrainerModel, trainer_model
 
-__all__ = [
-    "OctBatchNorm",
-    "OctConv",
-    "OctConvBN",
-    "OctConvTranspose",
-    "TrainerModel",
-    "from_linen",
-    "models",
-    "to_linen",
-    "trainer_model",
-]
+__all__ = ["OctBatchNorm", "OctConv", "OctConvBN", "OctConvTranspose", "TrainerModel", "from_linen", "models",
+           "to_linen", "trainer_model"]
