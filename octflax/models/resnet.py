@@ -2,7 +2,8 @@
 
 One `ResNet` definition serves every variant; the variants are partials in
 `octflax.models`. Alpha placement comes from `stage_alphas` (stem vanilla, first
-block converts in, last stage at alpha 0, classifier on the high part).
+block converts in, last stage at alpha 0, classifier on the high part). The blocks and
+`ResNet` build the layers `octflax.models.structure` describes, as the NNX zoo does.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from octflax.functional import global_avg_pool, oct_add, oct_max_pool
+from octflax.functional import oct_add
 from octflax.layers import OctBatchNorm, OctConv
-from octflax.models.common import (
-    Classifier, ModuleDef, Network, backbone_features, block_kernel, block_strides, resplit,
-    stage_alphas)
+from octflax.models import structure
+from octflax.models.common import Classifier, ModuleDef, Network, backbone_features, resplit, stage_alphas
 from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
@@ -43,27 +43,9 @@ class OctSqueezeExcite(nn.Module):
   def __call__(self, x: OctTensor) -> OctTensor:
     x = as_oct(x)
     dtype = self.dtype or x.dtype
-    channels = x.channels
-    s = global_avg_pool(x)
-    s = relu(nn.Dense(max(channels // self.reduction, 1), dtype=dtype, name="reduce")(s))
-    s = jax.nn.sigmoid(nn.Dense(channels, dtype=dtype, name="expand")(s))
-    gates = OctTensor(high=None if x.high is None else s[:, : x.high_channels],
-                      low=None if x.low is None else s[:, x.high_channels:])
-    # [N, C] -> [N, 1, ..., 1, C] for any number of spatial axes.
-    return jax.tree.map(
-        lambda part, gate: part * jnp.expand_dims(gate, tuple(range(1, part.ndim - 1))).astype(part.dtype),
-        x, gates)
-
-
-def _shortcut(unit: ModuleDef, x: OctTensor, features: int, alpha_in: float, alpha_out: float,
-              strides: int, train: bool, time_kernel: int | None = None,
-              octave_axes: tuple[int, ...] | None = None) -> OctTensor:
-  """Projection (1x1 conv-BN, the only place a block's shape changes) or identity."""
-  if strides != 1 or x.channels != features:
-    flat = None if time_kernel is None else 1
-    return unit(features, block_kernel(1, flat), alpha_in, alpha_out,
-                strides=block_strides(strides, time_kernel), name="shortcut")(x, train)
-  return resplit(x, alpha_out, octave_axes)
+    layer = structure.SqueezeExcite(self.name, x.channels, self.reduction)
+    return structure.squeeze_excite(x, nn.Dense(layer.hidden, dtype=dtype, name="reduce"),
+                                    nn.Dense(layer.channels, dtype=dtype, name="expand"))
 
 
 class _ResidualBlock(nn.Module):
@@ -89,6 +71,20 @@ class _ResidualBlock(nn.Module):
   time_kernel: int | None = None
   octave_axes: tuple[int, ...] | None = None
 
+  def describe(self, in_features: int) -> structure.ResidualBlock:
+    """The block's layers for ``in_features`` input channels (`octflax.models.structure`)."""
+    raise NotImplementedError
+
+  @nn.compact
+  def __call__(self, x: OctTensor, train: bool) -> OctTensor:
+
+    def run(layer, y):
+      if isinstance(layer, structure.SqueezeExcite):
+        return OctSqueezeExcite(layer.reduction, name=layer.name)(y)
+      return self.unit(*layer.args, **layer.kwargs, name=layer.name)(y, train)
+
+    return self.describe(as_oct(x).channels).apply(x, run)
+
 
 class BasicBlock(_ResidualBlock):
   """Two 3x3 conv-BN units (post-activation); the first converts alpha_in -> alpha_out.
@@ -102,18 +98,9 @@ class BasicBlock(_ResidualBlock):
 
   expansion = 1
 
-  @nn.compact
-  def __call__(self, x: OctTensor, train: bool) -> OctTensor:
-    last_scale = nn.initializers.zeros_init() if self.zero_init_residual else nn.initializers.ones_init()
-    t = self.time_kernel
-    flat = None if t is None else 1  # the convs with no time extent in 3-D
-    y = self.unit(self.features, block_kernel(3, t), self.alpha_in, self.alpha_out,
-                  strides=block_strides(self.strides, t), activation=relu, name="conv1")(x, train)
-    y = self.unit(self.features, block_kernel(3, flat), self.alpha_out, self.alpha_out,
-                  bn_scale_init=last_scale, name="conv2")(y, train)
-    shortcut = _shortcut(self.unit, as_oct(x), self.features, self.alpha_in, self.alpha_out,
-                         self.strides, train, t, self.octave_axes)
-    return oct_add(y, shortcut).map(relu)
+  def describe(self, in_features: int) -> structure.ResidualBlock:
+    return structure.basic_block(in_features, self.features, self.alpha_in, self.alpha_out, self.strides,
+                                 self.zero_init_residual, self.time_kernel, self.octave_axes)
 
 
 class Bottleneck(_ResidualBlock):
@@ -133,24 +120,10 @@ class Bottleneck(_ResidualBlock):
   squeeze_excite: bool = False
   expansion = 4
 
-  @nn.compact
-  def __call__(self, x: OctTensor, train: bool) -> OctTensor:
-    width = int(self.features * self.base_width / 64) * self.groups
-    last_scale = nn.initializers.zeros_init() if self.zero_init_residual else nn.initializers.ones_init()
-    t = self.time_kernel
-    flat = None if t is None else 1  # the convs with no time extent in 3-D
-    y = self.unit(width, block_kernel(1, t), self.alpha_in, self.alpha_out, activation=relu,
-                  name="conv1")(x, train)
-    y = self.unit(width, block_kernel(3, flat), self.alpha_out, self.alpha_out,
-                  strides=block_strides(self.strides, t), feature_group_count=self.groups,
-                  activation=relu, name="conv2")(y, train)
-    y = self.unit(self.features * 4, block_kernel(1, flat), self.alpha_out, self.alpha_out,
-                  bn_scale_init=last_scale, name="conv3")(y, train)
-    if self.squeeze_excite:
-      y = OctSqueezeExcite(name="se")(y)
-    shortcut = _shortcut(self.unit, as_oct(x), self.features * 4, self.alpha_in, self.alpha_out,
-                         self.strides, train, t, self.octave_axes)
-    return oct_add(y, shortcut).map(relu)
+  def describe(self, in_features: int) -> structure.ResidualBlock:
+    return structure.bottleneck(in_features, self.features, self.alpha_in, self.alpha_out, self.strides,
+                                self.zero_init_residual, self.time_kernel, self.octave_axes, self.groups,
+                                self.base_width, self.squeeze_excite)
 
 
 class ResNet(Network):
@@ -186,11 +159,15 @@ class ResNet(Network):
   pool_stride: bool = True
 
   def __post_init__(self):
-    if self.stem not in ("imagenet", "cifar"):
-      raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
-    if len(self.stage_sizes) != len(self.widths):
-      raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} differ in length.")
+    structure.check_resnet(self.stage_sizes, self.widths, self.stem)
     super().__post_init__()
+
+  def layout(self, in_features: int) -> structure.ResNetLayout:
+    """The network's layers for images of ``in_features`` channels (`octflax.models.structure.resnet`)."""
+    block = getattr(self.block_cls, "func", self.block_cls)  # a class or a partial of one
+    return structure.resnet(self.stage_sizes, self.widths, self.alpha, stem=self.stem,
+                            stem_features=self.stem_features, in_features=in_features,
+                            expansion=getattr(block, "expansion", 1), num_classes=self.num_classes, dtype=self.dtype)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True, return_features: bool = False) -> Array | dict:
@@ -199,37 +176,21 @@ class ResNet(Network):
     The maps: ``stem`` (the stem's activation, stride 2 for 'imagenet' before its
     max-pool, 1 for 'cifar') and ``stage1``... (each stage's last block).
     """
-    if x.ndim != 4:
-      raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
     unit = self.unit_factory(self.pool_stride)
-    x = x.astype(self.dtype)
-    maps, strides = {}, {}
-    if self.stem == "imagenet":
-      # The vanilla stem of torchvision/Flax ResNets: a strided 7x7 conv is not an OctConv.
-      x = nn.Conv(self.stem_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                  dtype=self.dtype, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                  name="stem_conv")(x)
-      x = relu(self.batch_norm(train)(name="stem_bn")(x))
-      maps["stem"], strides["stem"] = x, (2, 2)
-      x, stride = oct_max_pool(x, 3, 2, ((1, 1), (1, 1))), 4
-    else:
-      x = unit(self.stem_features, 3, 0.0, 0.0, activation=relu, name="stem")(x, train)
-      maps["stem"], strides["stem"] = x, (1, 1)
-      stride = 1
-    alpha_in = 0.0
-    for stage, (num_blocks, width, alpha) in enumerate(
-        zip(self.stage_sizes, self.widths, stage_alphas(self.alpha, len(self.stage_sizes)))):
-      for block in range(num_blocks):
-        block_strides = 2 if stage > 0 and block == 0 else 1
-        x = self.block_cls(width, alpha_in, alpha, unit, strides=block_strides,
-                           zero_init_residual=self.zero_init_residual,
-                           name=f"stage{stage + 1}_block{block}")(x, train)
-        stride *= block_strides
-        alpha_in = alpha
-      maps[f"stage{stage + 1}"], strides[f"stage{stage + 1}"] = x, (stride, stride)
-    if return_features:
-      return backbone_features(maps, strides)
-    return Classifier(self.num_classes, self.dtype, name="head")(x)
+
+    def run(layer, y):
+      if isinstance(layer, structure.Block):
+        return self.block_cls(layer.features, layer.alpha_in, layer.alpha_out, unit, strides=layer.strides,
+                              zero_init_residual=self.zero_init_residual, name=layer.name)(y, train)
+      if isinstance(layer, structure.Unit):
+        return unit(*layer.args, **layer.kwargs, name=layer.name)(y, train)
+      if isinstance(layer, structure.Conv):  # the vanilla stem of torchvision/Flax ResNets
+        return nn.Conv(layer.features, dtype=self.dtype, name=layer.name, **layer.kwargs)(y)
+      if isinstance(layer, structure.Norm):
+        return self.batch_norm(train)(name=layer.name)(y)
+      return Classifier(layer.num_classes, self.dtype, name=layer.name)(y)
+
+    return self.layout(x.shape[-1]).apply(x, run, return_features)
 
 
 class PreActBlock(nn.Module):

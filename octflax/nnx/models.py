@@ -11,8 +11,9 @@ with `octflax.nnx.from_linen` / `to_linen`, PyTorch weights imported with
   model.eval()
   logits = model(images)      # [N, num_classes], float32
 
-Alpha placement (stem vanilla, first block converts in, last stage at alpha 0) comes
-from `octflax.models.stage_alphas`.
+The networks are those `octflax.models.structure` describes, which the Linen zoo builds
+too: alpha placement (stem vanilla, first block converts in, last stage at alpha 0), strides,
+widths, shortcuts and feature maps are not repeated here.
 """
 
 from __future__ import annotations
@@ -28,67 +29,56 @@ from flax import linen as nn
 from flax import nnx
 
 from octflax import models as linen_models
-from octflax.functional import global_avg_pool, oct_add, oct_max_pool
-from octflax.models.common import backbone_features, resplit, stage_alphas
+from octflax.models import structure
 from octflax.nnx.layers import OctConvBN
-from octflax.tensor import OctTensor, as_oct
+from octflax.tensor import OctTensor
 
 Array = jax.Array
-relu = jax.nn.relu
-_HE_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class OctSqueezeExcite(nnx.Module):
-  """Squeeze-and-excitation over both parts: one gate vector, split like the channels.
+  """Squeeze-and-excitation over both parts (`octflax.models.structure.squeeze_excite`).
 
   Sub-modules ``reduce`` (C -> max(C / reduction, 1)) and ``expand`` (-> C), as in Linen.
   """
 
   def __init__(self, channels: int, reduction: int = 16, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    self.reduce = nnx.Linear(channels, max(channels // reduction, 1), dtype=dtype, rngs=rngs)
-    self.expand = nnx.Linear(max(channels // reduction, 1), channels, dtype=dtype, rngs=rngs)
+    layer = structure.SqueezeExcite("se", channels, reduction)
+    self.reduce = nnx.Linear(channels, layer.hidden, dtype=dtype, rngs=rngs)
+    self.expand = nnx.Linear(layer.hidden, channels, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: OctTensor) -> OctTensor:
-    s = jax.nn.sigmoid(self.expand(relu(self.reduce(global_avg_pool(x)))))
-    gate_high, gate_low = s[:, : x.high_channels], s[:, x.high_channels:]
-    return OctTensor(
-        high=None if x.high is None else x.high * gate_high[:, None, None, :].astype(x.high.dtype),
-        low=None if x.low is None else x.low * gate_low[:, None, None, :].astype(x.low.dtype),
-    )
+    return structure.squeeze_excite(x, self.reduce, self.expand)
 
 
 class _Block(nnx.Module):
-  """The projection shortcut (1x1 conv-BN) or the identity, shared by both blocks."""
+  """A residual block built from its description (`structure.ResidualBlock`): one attribute per layer."""
 
-  def _make_shortcut(self, unit, in_features: int, features: int, alpha_in: float, alpha_out: float,
-                     strides: int) -> None:
-    self.alpha_out = alpha_out
-    self.strides = strides
-    projection = strides != 1 or in_features != features
-    self.shortcut = unit(in_features, features, 1, alpha_in, alpha_out, strides) if projection else None
+  def _build(self, block: structure.ResidualBlock, unit: Callable[..., OctConvBN], **se_settings: Any) -> None:
+    self.block = block
+    for layer in block.layers():
+      if isinstance(layer, structure.SqueezeExcite):
+        setattr(self, layer.name, OctSqueezeExcite(layer.channels, layer.reduction, **se_settings))
+      else:
+        setattr(self, layer.name, unit(layer.in_features, *layer.args, **layer.kwargs))
+    if block.shortcut is None:
+      self.shortcut = None
 
-  def _residual(self, x: OctTensor | Array, y: OctTensor) -> OctTensor:
-    shortcut = resplit(as_oct(x), self.alpha_out) if self.shortcut is None else self.shortcut(x)
-    return oct_add(y, shortcut).map(relu)
+  def __call__(self, x: OctTensor | Array) -> OctTensor:
+    return self.block.apply(x, lambda layer, y: getattr(self, layer.name)(y))
 
 
 class BasicBlock(_Block):
   """Two 3x3 conv-BN units (post-activation); the first converts alpha_in -> alpha_out.
 
-  Sub-modules ``conv1``, ``conv2`` and ``shortcut`` (where the shape changes).
+  Sub-modules ``conv1``, ``conv2`` and ``shortcut`` (where the shape changes; None otherwise).
   """
 
   expansion = 1
 
   def __init__(self, in_features: int, features: int, alpha_in: float, alpha_out: float, *,
                unit: Callable[..., OctConvBN], strides: int = 1, zero_init_residual: bool = False):
-    last_scale = nn.initializers.zeros_init() if zero_init_residual else nn.initializers.ones_init()
-    self.conv1 = unit(in_features, features, 3, alpha_in, alpha_out, strides, activation=relu)
-    self.conv2 = unit(features, features, 3, alpha_out, alpha_out, bn_scale_init=last_scale)
-    self._make_shortcut(unit, in_features, features, alpha_in, alpha_out, strides)
-
-  def __call__(self, x: OctTensor | Array) -> OctTensor:
-    return self._residual(x, self.conv2(self.conv1(x)))
+    self._build(structure.basic_block(in_features, features, alpha_in, alpha_out, strides, zero_init_residual), unit)
 
 
 class Bottleneck(_Block):
@@ -103,20 +93,11 @@ class Bottleneck(_Block):
                unit: Callable[..., OctConvBN], strides: int = 1, zero_init_residual: bool = False,
                groups: int = 1, base_width: int = 64, squeeze_excite: bool = False,
                dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    width = int(features * base_width / 64) * groups
-    last_scale = nn.initializers.zeros_init() if zero_init_residual else nn.initializers.ones_init()
-    self.conv1 = unit(in_features, width, 1, alpha_in, alpha_out, activation=relu)
-    self.conv2 = unit(width, width, 3, alpha_out, alpha_out, strides, feature_group_count=groups,
-                      activation=relu)
-    self.conv3 = unit(width, features * 4, 1, alpha_out, alpha_out, bn_scale_init=last_scale)
-    self.se = OctSqueezeExcite(features * 4, dtype=dtype, rngs=rngs) if squeeze_excite else None
-    self._make_shortcut(unit, in_features, features * 4, alpha_in, alpha_out, strides)
-
-  def __call__(self, x: OctTensor | Array) -> OctTensor:
-    y = self.conv3(self.conv2(self.conv1(x)))
-    if self.se is not None:
-      y = self.se(y)
-    return self._residual(x, y)
+    block = structure.bottleneck(in_features, features, alpha_in, alpha_out, strides, zero_init_residual,
+                                 groups=groups, base_width=base_width, squeeze_excite=squeeze_excite)
+    self._build(block, unit, dtype=dtype, rngs=rngs)
+    if not squeeze_excite:
+      self.se = None
 
 
 class Classifier(nnx.Module):
@@ -126,16 +107,17 @@ class Classifier(nnx.Module):
     self.fc = nnx.Linear(in_features, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: OctTensor | Array) -> Array:
-    return self.fc(global_avg_pool(x)).astype(jnp.float32)
+    return structure.classify(x, self.fc)
 
 
 class ResNet(nnx.Module):
   """Oct-ResNet (post-activation v1.5 for ImageNet, or CIFAR-style for small images) in NNX.
 
-  The NNX form of `octflax.models.ResNet`, with the same sub-modules (``stem`` or
-  ``stem_conv``/``stem_bn``, ``stage{s}_block{b}``, ``head``) and the same math. The
-  Linen zoo binds ResNeXt's ``groups``/``base_width`` and SE into its ``block_cls``
-  partial; here they are arguments of the network, which passes them to `Bottleneck`.
+  The NNX form of `octflax.models.ResNet`: both build the layers of
+  `octflax.models.structure.resnet` (``stem`` or ``stem_conv``/``stem_bn``,
+  ``stage{s}_block{b}``, ``head``) and run its forward pass. The Linen zoo binds ResNeXt's
+  ``groups``/``base_width`` and SE into its ``block_cls`` partial; here they are arguments
+  of the network, which passes them to `Bottleneck`.
 
   Args:
     stage_sizes, num_classes, alpha, widths, stem, stem_features, groups, base_width,
@@ -168,41 +150,25 @@ class ResNet(nnx.Module):
       in_features: int = 3,
       rngs: nnx.Rngs,
   ):
-    if stem not in ("imagenet", "cifar"):
-      raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}.")
-    if len(stage_sizes) != len(widths):
-      raise ValueError(f"stage_sizes {tuple(stage_sizes)} and widths {tuple(widths)} differ in length.")
-    if not isinstance(in_features, int) or in_features < 1:
-      raise ValueError(f"in_features must be a positive int (image channels), got {in_features!r}.")
-    self.dtype = dtype
-    self.stem_kind = stem
-    unit = functools.partial(OctConvBN, dtype=dtype, momentum=momentum, epsilon=epsilon,
-                             axis_name=axis_name, pool_stride=pool_stride, rngs=rngs)
-    if stem == "imagenet":
-      # The vanilla stem of torchvision/Flax ResNets: a strided 7x7 conv is not an OctConv.
-      self.stem_conv = nnx.Conv(in_features, stem_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
-                                use_bias=False, dtype=dtype, kernel_init=_HE_FAN_OUT, rngs=rngs)
-      self.stem_bn = nnx.BatchNorm(stem_features, momentum=momentum, epsilon=epsilon, dtype=dtype,
-                                   axis_name=axis_name, rngs=rngs)
-    else:
-      self.stem = unit(in_features, stem_features, 3, 0.0, 0.0, activation=relu)
+    self.layout = structure.resnet(stage_sizes, widths, alpha, stem=stem, stem_features=stem_features,
+                                   in_features=in_features, expansion=block_cls.expansion,
+                                   num_classes=num_classes, dtype=dtype)
+    norm = dict(momentum=momentum, epsilon=epsilon, dtype=dtype, axis_name=axis_name)
+    unit = functools.partial(OctConvBN, pool_stride=pool_stride, rngs=rngs, **norm)
     block_kwargs = {}
     if block_cls is Bottleneck:
-      block_kwargs = dict(groups=groups, base_width=base_width, squeeze_excite=squeeze_excite,
-                          dtype=dtype, rngs=rngs)
-    stage_blocks = []
-    channels, alpha_in = stem_features, 0.0
-    for stage, (num_blocks, width, stage_alpha) in enumerate(
-        zip(stage_sizes, widths, stage_alphas(alpha, len(stage_sizes)))):
-      names = tuple(f"stage{stage + 1}_block{block}" for block in range(num_blocks))
-      for block, name in enumerate(names):
-        setattr(self, name, block_cls(
-            channels, width, alpha_in, stage_alpha, unit=unit, strides=2 if stage > 0 and block == 0 else 1,
-            zero_init_residual=zero_init_residual, **block_kwargs))
-        channels, alpha_in = width * block_cls.expansion, stage_alpha
-      stage_blocks.append(names)
-    self.stage_blocks = tuple(stage_blocks)
-    self.head = Classifier(channels, num_classes, dtype=dtype, rngs=rngs)
+      block_kwargs = dict(groups=groups, base_width=base_width, squeeze_excite=squeeze_excite, dtype=dtype, rngs=rngs)
+    builders = {
+        structure.Conv: lambda c: nnx.Conv(c.in_features, c.features, dtype=dtype, rngs=rngs, **c.kwargs),
+        structure.Norm: lambda n: nnx.BatchNorm(n.features, rngs=rngs, **norm),
+        structure.Unit: lambda u: unit(u.in_features, *u.args, **u.kwargs),
+        structure.Block: lambda b: block_cls(b.in_features, b.features, b.alpha_in, b.alpha_out, unit=unit,
+                                             strides=b.strides, zero_init_residual=zero_init_residual,
+                                             **block_kwargs),
+        structure.Head: lambda h: Classifier(h.in_features, h.num_classes, dtype=dtype, rngs=rngs),
+    }
+    for layer in self.layout.layers():
+      setattr(self, layer.name, builders[type(layer)](layer))
 
   def __call__(self, x: Array, return_features: bool = False) -> Array | dict:
     """Logits ``[N, num_classes]`` (float32), or with ``return_features`` the backbone's maps.
@@ -213,26 +179,7 @@ class ResNet(nnx.Module):
         Linen model does: ``stem`` (before the ImageNet stem's max-pool), ``stage1``, ...
         and their ``strides``; the classifier is not run.
     """
-    if x.ndim != 4:
-      raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}.")
-    x = x.astype(self.dtype)
-    if self.stem_kind == "imagenet":
-      x = relu(self.stem_bn(self.stem_conv(x)))
-      maps, strides = {"stem": x}, {"stem": (2, 2)}
-      x, stride = oct_max_pool(x, 3, 2, ((1, 1), (1, 1))), 4
-    else:
-      x = self.stem(x)
-      maps, strides = {"stem": x}, {"stem": (1, 1)}
-      stride = 1
-    for stage, names in enumerate(self.stage_blocks):
-      for name in names:
-        block = getattr(self, name)
-        x = block(x)
-        stride *= block.strides
-      maps[f"stage{stage + 1}"], strides[f"stage{stage + 1}"] = x, (stride, stride)
-    if return_features:
-      return backbone_features(maps, strides)
-    return self.head(x)
+    return self.layout.apply(x, lambda layer, y: getattr(self, layer.name)(y), return_features)
 
 
 # Linen block class -> the NNX block built with the same arguments.
