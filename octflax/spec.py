@@ -44,7 +44,9 @@ def attributes(spec_cls: type) -> type:
   fields = [(f.name, f.type, dataclasses.field(default=f.default) if f.default is not dataclasses.MISSING
              else dataclasses.field()) for f in dataclasses.fields(spec_cls)]
   # No __repr__ / __eq__ of its own: the module's (Flax's) stay in effect.
-  return dataclasses.make_dataclass(f"{spec_cls.__name__}Attributes", fields, repr=False, eq=False)
+  base = dataclasses.make_dataclass(f"{spec_cls.__name__}Attributes", fields, repr=False, eq=False)
+  base.__module__ = spec_cls.__module__
+  return base
 
 
 def spec_from(spec_cls: type, owner: Any) -> Any:
