@@ -33,8 +33,11 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "fashion_mnist.py")
 EXIT_USAGE = 2  # A bad command line or config value: nothing ran.
 EXIT_FAILED = 1  # Missing data, an unusable working directory or checkpoints, or a diverged run.
-# Also: 75 (octflax.training.EXIT_STOPPED) after a SIGTERM or the first Ctrl-C: the step in flight
-# was checkpointed and the same command resumes; 130 after a second Ctrl-C (stopped at once).
+# Also: 73 (octflax.training.EXIT_WORKDIR_LOCKED) when another run holds the working directory
+# (nothing written); 74 (EXIT_WRITE_FAILED) when a file cannot be written (no space left, a quota or
+# file-size limit, a read-only folder; what was saved before is intact and the same command resumes);
+# 75 (EXIT_STOPPED) after a SIGTERM or the first Ctrl-C: the step in flight was checkpointed and the
+# same command resumes; 130 after a second Ctrl-C (stopped at once).
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Working directory: checkpoints, metrics.jsonl, summary.json, curves.png.")
@@ -115,7 +118,8 @@ def main(argv: Sequence[str]) -> int:
 
   from octflax.data import DataError  # pylint: disable=g-import-not-at-top
   from octflax.training import (  # pylint: disable=g-import-not-at-top
-      EXIT_INTERRUPTED, EXIT_STOPPED, ConfigError, RunStopped, TrainingError, train_and_evaluate)
+      EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_WORKDIR_LOCKED, EXIT_WRITE_FAILED, ConfigError, RunStopped,
+      TrainingError, WorkdirLockedError, WriteFailedError, train_and_evaluate)
 
   try:
     summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -125,6 +129,12 @@ def main(argv: Sequence[str]) -> int:
   except RunStopped as e:
     print(str(e), file=sys.stderr, flush=True)
     return EXIT_STOPPED
+  except WorkdirLockedError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return EXIT_WORKDIR_LOCKED
+  except WriteFailedError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return EXIT_WRITE_FAILED
   except (DataError, TrainingError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return EXIT_FAILED

@@ -18,8 +18,9 @@ from octflax.training.checkpoint import (
     CHECKPOINT_DIR, CheckpointStore, find_checkpoint, read_checkpoint, write_checkpoint)
 from octflax.training.config import DATA_SETS, check_config, default_config
 from octflax.training.errors import (
-    CheckpointError, CheckpointMismatchError, ConfigError, DivergenceError, RunStopped, TrainingError,
-    WorkdirError)
+    EXIT_WORKDIR_LOCKED, EXIT_WRITE_FAILED, CheckpointError, CheckpointMismatchError, ConfigError, DivergenceError,
+    RunStopped, TrainingError, WorkdirError, WorkdirLockedError, WriteFailedError)
+from octflax.training.lock import LOCK_FILE, WorkdirLock
 from octflax.training.optim import (
     learning_rate_schedule, make_optimizer, scaled_learning_rate, weight_decay_mask)
 from octflax.training.parallel import (
@@ -40,9 +41,15 @@ __all__ = [
     "CheckpointStore",
     "EXIT_INTERRUPTED",
     "EXIT_STOPPED",
+    "EXIT_WORKDIR_LOCKED",
+    "EXIT_WRITE_FAILED",
+    "LOCK_FILE",
     "RunStopped",
     "StopSignals",
     "WorkdirError",
+    "WorkdirLock",
+    "WorkdirLockedError",
+    "WriteFailedError",
     "build_data",
     "evaluate",
     "find_checkpoint",

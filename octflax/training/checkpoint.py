@@ -22,7 +22,13 @@ Damaged checkpoints (an array file cut short, a metadata file missing or
 unparsable, an unfinished ``*.orbax-checkpoint-tmp`` folder) are found when a
 run resumes: `CheckpointStore.restore_newest` names each one and why on one line,
 moves it aside to ``STEP.damaged`` (never deleting it) and resumes from the
-newest checkpoint that restores completely.
+newest checkpoint that restores completely. The reports of orbax's reader
+threads around such a failure are kept off the terminal (`octflax.training.quiet`).
+
+A save that cannot be written (no space left, a quota or file-size limit, a
+read-only folder) stops the run with one `WriteFailedError` line naming the
+newest intact checkpoint (`octflax.training.writes`); the failed save's
+unfinished folder is removed, every earlier checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -30,7 +36,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import re
+import shutil
 import sys
+import threading
 from typing import Any, Callable
 
 import jax
@@ -38,8 +48,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from octflax.training.errors import CheckpointError, CheckpointMismatchError
-from octflax.training.paths import resolve_path
+from octflax.training import quiet, writes
+from octflax.training.errors import CheckpointError, CheckpointMismatchError, WriteFailedError
+from octflax.training.paths import is_url, resolve_path
 from octflax.training.state import TrainState
 
 PyTree = Any
@@ -90,7 +101,8 @@ class _QuietOrbax:
     held, sys.stderr = sys.stderr, self._stderr
     sys.unraisablehook = self._hook
     if exc_type is not None:
-      _drop_closed_loop_reports()
+      # The caller reports the failure in one line; the late reports of the other reads are dropped.
+      quiet.failure_reported()
     for lg, level in zip(self._loggers, self._levels):
       lg.setLevel(level)
     if exc_type is None:
@@ -101,29 +113,39 @@ class _QuietOrbax:
     return False
 
 
-def _drop_closed_loop_reports() -> None:
-  """Drops the late "Event loop is closed" reports of a failed read's remaining reader threads.
+def _release_waiting_threads() -> None:
+  """Ends orbax's threads that wait for a signal of a save that failed before sending it.
 
-  After orbax gives up on a damaged checkpoint, the reads still in flight finish
-  on tensorstore's threads and try to hand their results to orbax's event loop,
-  already closed; each becomes an "exception ignored" report, any time later.
-  Other reports pass through.
+  Orbax starts a thread per part of a save, each waiting (up to its coordination
+  timeout, minutes) for a signal such as "the step directory was created". When
+  the save fails before that (the directory cannot be created), nothing sends
+  it, and these threads, not daemons, would keep the process from exiting after
+  it reported the failure. They are cancelled and woken: a cancelled thread ends
+  without running its part.
   """
-  previous = sys.unraisablehook
-  if getattr(previous, "_octflax_filter", False):
+  try:
+    from orbax.checkpoint._src.futures import future as orbax_future  # pylint: disable=g-import-not-at-top
+  except ImportError:
     return
-
-  def hook(report: Any) -> None:
-    if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed":
-      return
-    previous(report)
-
-  hook._octflax_filter = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
+  waiting = getattr(orbax_future, "_SignalingThread", None)
+  if waiting is None:
+    return
+  for thread in threading.enumerate():
+    if isinstance(thread, waiting) and thread.is_alive():
+      try:
+        thread.cancel()
+        orbax_future.set_signals(thread._receive_signals, operation_id=thread._operation_id)  # pylint: disable=protected-access
+      except Exception:  # pylint: disable=broad-except
+        pass
 
 
 def _why(error: BaseException) -> str:
-  text = " ".join(str(error).split())
+  # The innermost cause says what is wrong with the file ("ZSTD_decompressStream() failed", ...);
+  # orbax's wrappers around it add a TensorStore spec of many lines.
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = " ".join(str(error).split(" See full TensorStore details")[0].split())
+  text = re.sub(r' in OCDBT database at local file "[^"]*"', "", text)
   if len(text) > 160:
     text = text[:157] + "..."
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -276,6 +298,7 @@ class CheckpointStore:
     self._is_chief = is_chief
     self._report = report
     self._manager: ocp.CheckpointManager | None = None
+    self._pending: int | None = None  # The step whose save may still be writing in the background.
 
   @property
   def _path(self) -> epath.Path:
@@ -400,27 +423,100 @@ class CheckpointStore:
 
     Returns:
       False when checkpoint ``step`` already exists (nothing is written).
+
+    Raises:
+      WriteFailedError: this save, or the one before it (still writing in the
+        background), cannot be written: no space left, a quota or file-size
+        limit, a read-only folder.
     """
     manager = self._writer()
-    if step in manager.all_steps():
-      return False
-    meta = {"identity": self.identity, "config": _normalise(config or {}), "step": int(step),
-            **_normalise(extra or {})}
-    manager.save(int(step), args=ocp.args.Composite(**{
-        STATE_ITEM: ocp.args.StandardSave(state.checkpoint_items()), META_ITEM: ocp.args.JsonSave(meta)}))
+    try:
+      if step in manager.all_steps():
+        return False
+      meta = {"identity": self.identity, "config": _normalise(config or {}), "step": int(step),
+              **_normalise(extra or {})}
+      # Waits for the previous save first: its failure surfaces here.
+      manager.save(int(step), args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardSave(state.checkpoint_items()), META_ITEM: ocp.args.JsonSave(meta)}))
+    except Exception as e:  # pylint: disable=broad-except
+      failure = self._write_failure(e, step)
+      if failure is None:
+        raise
+      raise failure from None
+    self._pending = int(step)
     return True
 
+  def _write_failure(self, error: BaseException, step: int | None) -> WriteFailedError | None:
+    """The one-line error of a save that cannot be written (else None); gives the manager up."""
+    code = writes.cannot_write(error)
+    if code is None:
+      return None
+    quiet.failure_reported()
+    failed = writes.failed_checkpoint_step(error) or self._pending or step
+    self._give_up()
+    removed = self._remove_unfinished(failed) if failed is not None else False
+    return writes.write_failed(f"checkpoint {failed}", self.directory, code, self.directory, exclude=failed,
+                               removed=removed)
+
+  def _give_up(self) -> None:
+    manager, self._manager, self._pending = self._manager, None, None
+    if manager is None:
+      return
+    _release_waiting_threads()
+    for finish in (manager.wait_until_finished, manager.close):
+      try:
+        finish()
+      except Exception:  # pylint: disable=broad-except
+        pass  # The same failure again, already reported.
+
+  def _remove_unfinished(self, step: int) -> bool:
+    """Removes the unfinished folder of a failed save of ``step`` (never a finished checkpoint)."""
+    if not self._is_chief or is_url(self.directory) or jax.process_count() > 1:
+      return False  # The next run moves it aside (see restore_newest).
+    path = os.path.join(self.directory, f"{step}{_TMP_MARK}")
+    if not os.path.isdir(path):
+      return False
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.exists(path)
+
   def wait(self) -> None:
-    """Blocks until background writes are finished."""
+    """Blocks until background writes are finished.
+
+    Raises:
+      WriteFailedError: a save cannot be written.
+    """
     if self._manager is not None:
-      self._manager.wait_until_finished()
+      try:
+        self._manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        failure = self._write_failure(e, self._pending)
+        if failure is None:
+          raise
+        raise failure from None
 
   def close(self) -> None:
-    """Finishes background writes and releases the manager."""
-    if self._manager is not None:
+    """Finishes background writes and releases the manager.
+
+    Raises:
+      WriteFailedError: the last save cannot be written. Called while another
+        error propagates, it raises only if that error is not itself a failed
+        write (a run stopped by SIGTERM must not claim a checkpoint it could not
+        write).
+    """
+    propagating = sys.exc_info()[1]
+    if self._manager is None:
+      return
+    try:
       self._manager.wait_until_finished()
       self._manager.close()
-      self._manager = None
+      self._manager, self._pending = None, None
+    except Exception as e:  # pylint: disable=broad-except
+      failure = self._write_failure(e, self._pending)
+      if propagating is not None and (failure is None or writes.cannot_write(propagating) is not None):
+        return
+      if failure is None:
+        raise
+      raise failure from None
 
 
 __all__ = ["CHECKPOINT_DIR", "CheckpointStore", "DAMAGED_SUFFIX", "find_checkpoint", "read_checkpoint",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+EXIT_WORKDIR_LOCKED = 73  # sysexits' EX_CANTCREAT: another run holds the working directory; nothing written.
+EXIT_WRITE_FAILED = 74  # sysexits' EX_IOERR: a file could not be written (full disk, quota, read-only).
+
 
 class TrainingError(Exception):
   """Base class of the errors a training run stops with."""
@@ -52,3 +55,31 @@ class RunStopped(TrainingError):
     super().__init__(message)
     self.step = step
     self.signal_name = signal_name
+
+
+class WriteFailedError(TrainingError, OSError):
+  """A file of the run could not be written: no space left, a quota or a file-size limit
+  reached, or a folder that became read-only (``experiments.train`` exits with status 74,
+  `EXIT_WRITE_FAILED`).
+
+  Everything saved before is intact; the message names what was being written,
+  the newest intact checkpoint and what to do. The same command resumes once the
+  cause is gone.
+
+  Attributes:
+    errno: the operating system's error number (ENOSPC, EDQUOT, EFBIG, EROFS, EACCES, EPERM).
+    intact_step: the step of the newest intact checkpoint (None if there is none).
+  """
+
+  def __init__(self, message: str, errno: int, intact_step: int | None):
+    super().__init__(message)
+    self.errno = errno
+    self.intact_step = intact_step
+
+  def __str__(self) -> str:
+    return self.args[0]
+
+
+class WorkdirLockedError(TrainingError):
+  """Another run holds the working directory's lock (``experiments.train`` exits with status 73,
+  `EXIT_WORKDIR_LOCKED`); this run wrote nothing. The message names the holder."""

@@ -17,6 +17,8 @@ from typing import Any, Callable, TextIO
 
 from etils import epath
 
+from octflax.training.writes import overwrite_file, replace_file
+
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "curves.png"
@@ -57,7 +59,8 @@ class MetricsWriter:
         if record.get("step", 0) <= resume_step:
           self.records.append(record)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+    # Replaced whole: a failed or killed rewrite leaves the records of the earlier run in place.
+    replace_file(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
     self._file = self.path.open("a")
 
   def write(self, record: dict[str, Any]) -> None:
@@ -66,8 +69,11 @@ class MetricsWriter:
       return
     record = json.loads(json.dumps(record, default=float))
     self.records.append(record)
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    except OSError as e:  # Named, so that the run's one-line error says which file (see octflax.training.guard).
+      raise OSError(e.errno, e.strerror, str(self.path)) from None
     if self._mirror is not None:
       self._mirror.write(record)
 
@@ -168,6 +174,7 @@ class StepReporter:
     self._pending: collections.deque[tuple[int, Any]] = collections.deque()
     self._window: list[dict[str, float]] = []
     self._epoch: list[dict[str, float]] = []
+    self._carried = {"loss": 0.0, "accuracy": 0.0, "count": 0}  # Of the epoch's steps before a resume.
     self.finished_step = start_step
     self._start_step = start_step
     self._clock_step: int | None = None  # Timing starts at the first finished step (after compiling).
@@ -194,11 +201,31 @@ class StepReporter:
     self._window_start += seconds
 
   def take_epoch_means(self) -> dict[str, float | None]:
-    """Mean train loss and accuracy of the steps read since the last call."""
-    n = len(self._epoch)
-    means = {k: (sum(m[k] for m in self._epoch) / n if n else None) for k in ("loss", "accuracy")}
-    self._epoch = []
-    return {"train_loss": means["loss"], "train_accuracy": means["accuracy"]}
+    """Mean train loss and accuracy of the epoch's steps read since the last call (and before a resume)."""
+    totals = self.epoch_totals()
+    n = totals["count"]
+    self._epoch, self._carried = [], {"loss": 0.0, "accuracy": 0.0, "count": 0}
+    return {"train_loss": totals["loss"] / n if n else None, "train_accuracy": totals["accuracy"] / n if n else None}
+
+  def epoch_totals(self) -> dict[str, float]:
+    """``{'loss', 'accuracy'}`` summed over the epoch's read steps, and their ``count``.
+
+    Stored with each checkpoint; `resume_epoch` continues the sums, adding in
+    the same order, so a run resumed mid-epoch reports the epoch's means of an
+    uninterrupted run, bit for bit.
+    """
+    totals = dict(self._carried)
+    for m in self._epoch:
+      totals["loss"] += m["loss"]
+      totals["accuracy"] += m["accuracy"]
+      totals["count"] += 1
+    return totals
+
+  def resume_epoch(self, totals: dict[str, float] | None) -> None:
+    """Continues the epoch sums of `epoch_totals` (None: from zero)."""
+    if totals:
+      self._carried = {"loss": float(totals["loss"]), "accuracy": float(totals["accuracy"]),
+                       "count": int(totals["count"])}
 
   def images_per_second(self) -> float | None:
     """Over the finished steps after the first (which includes compiling)."""
@@ -257,8 +284,8 @@ def _is_ready(metrics: Any) -> bool:
 
 
 def write_json(path: epath.PathLike, value: Any) -> None:
-  """Writes ``value`` as indented JSON."""
-  epath.Path(path).write_text(json.dumps(value, indent=1, default=str) + "\n")
+  """Writes ``value`` as indented JSON (replacing the file whole: a failed write keeps the old one)."""
+  replace_file(path, json.dumps(value, indent=1, default=str) + "\n")
 
 
 def plot_curves(records: list[dict[str, Any]], path: epath.PathLike, title: str = "") -> bool:
@@ -296,7 +323,7 @@ def plot_curves(records: list[dict[str, Any]], path: epath.PathLike, title: str 
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=110)
   plt.close(fig)
-  epath.Path(path).write_bytes(buffer.getvalue())
+  overwrite_file(path, buffer.getvalue())  # In place: no room is needed for a second copy.
   return True
 
 

@@ -27,6 +27,7 @@ from octflax.training import monitoring, reporting
 from octflax.training.checkpoint import CHECKPOINT_DIR, CheckpointStore, read_checkpoint
 from octflax.training.config import check_config, to_json_dict
 from octflax.training.errors import CheckpointMismatchError, ConfigError, DivergenceError, RunStopped
+from octflax.training.guard import hold_workdir, run_guard
 from octflax.training.optim import learning_rate_schedule, make_optimizer, scaled_learning_rate
 from octflax.training.parallel import DataParallel, all_finite, describe_devices, num_params
 from octflax.training.paths import prepare_workdir, resolve_path
@@ -329,12 +330,14 @@ class Checkpointing:
                schedule: Any, steps_per_epoch: int, writer: reporting.MetricsWriter, last_good_step: int | None):
     self.store, self._parallel, self._config, self._schedule = store, parallel, config, schedule
     self._spe, self._writer, self.last_good_step = steps_per_epoch, writer, last_good_step
+    self.epoch_totals = dict  # The epoch's training sums so far, stored with each checkpoint (StepReporter's).
 
   def save(self, step: int, state: TrainState, train_seconds: float) -> None:
     host = self._parallel.get_state(state)
     if not all_finite(host.params):
       raise self.diverged(step, "the parameters became NaN or infinite")
-    if self.store.save(step, host, to_json_dict(self._config), extra={"train_seconds": train_seconds}):
+    if self.store.save(step, host, to_json_dict(self._config),
+                       extra={"train_seconds": train_seconds, "epoch_totals": self.epoch_totals()}):
       self.last_good_step = step
 
   def diverged(self, step: int, what: str) -> DivergenceError:
@@ -378,6 +381,7 @@ def _train_loader(config: ml_collections.ConfigDict, data: Data, epoch: int, sta
                               start_batch=start_batch, num_threads=config.data.num_threads)
 
 
+@run_guard  # The working directory's lock; a write that cannot succeed stops the run in one line.
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates the model of ``config``, resuming from ``workdir`` if it holds a checkpoint.
 
@@ -404,6 +408,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     CheckpointError: ``workdir`` holds checkpoints and none can be restored.
     DivergenceError: the loss or the parameters became NaN or infinite.
     RunStopped: a SIGTERM or SIGINT; the step in flight was checkpointed.
+    WorkdirLockedError: another run holds ``workdir``'s lock (nothing was written).
+    WriteFailedError: a file could not be written (no space left, a quota or
+      file-size limit, a read-only folder); what was saved before is intact.
   """
   check_config(config)
   config = with_resolved_paths(config)
@@ -413,6 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   window = monitoring.profile_window(config.profile_steps, data.total_steps)
   model = build_model(config, data.num_classes)
   workdir = prepare_workdir(workdir)  # Before anything compiles; after the config's checks, which write nothing.
+  hold_workdir(workdir, is_chief=is_chief)  # One run per working directory, from here until the run ends.
   store = CheckpointStore(f"{workdir}/{CHECKPOINT_DIR}", identity=run_identity(config, data),
                           keep=config.keep_checkpoints, is_chief=is_chief)
   store.check_identity()  # Before anything in the working directory is written.
@@ -438,6 +446,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer=writer, progress=progress, fetch=parallel.get_metrics, global_batch=data.global_batch,
       steps_per_epoch=spe, log_every=config.log_every_steps, learning_rate=lambda s: float(schedule(s)),
       on_nonfinite=saver.diverged, start_step=step)
+  reporter.resume_epoch(meta.get("epoch_totals"))  # A run resumed mid-epoch reports the whole epoch's means.
+  saver.epoch_totals = reporter.epoch_totals
   evaluations = Evaluations(parallel, data, config, writer, progress, reporter)
   train_seconds = lambda: float(meta.get("train_seconds", 0.0)) + time.time() - loop_start - evaluations.seconds
 
