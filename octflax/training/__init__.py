@@ -16,7 +16,7 @@ config from `default_config`::
 
 from octflax.training.checkpoint import (
     CHECKPOINT_DIR, CheckpointStore, find_checkpoint, read_checkpoint, write_checkpoint)
-from octflax.training.config import DATA_SETS, check_config, default_config
+from octflax.training.config import check_config, default_config
 from octflax.training.errors import (
     EXIT_WORKDIR_LOCKED, EXIT_WRITE_FAILED, CheckpointError, CheckpointMismatchError, ConfigError, DivergenceError,
     RunStopped, TrainingError, WorkdirError, WorkdirLockedError, WriteFailedError)
@@ -61,7 +61,6 @@ __all__ = [
     "write_checkpoint",
     "ConfigError",
     "DATA_AXIS",
-    "DATA_SETS",
     "DataParallel",
     "DivergenceError",
     "MetricsWriter",

@@ -12,12 +12,11 @@ from typing import Any, Iterator
 
 import ml_collections
 
-from octflax.data import FASHION_MNIST_DIR
+from octflax.data import FASHION_MNIST_DIR, list_sources
 from octflax.training.errors import ConfigError
 from octflax.training.monitoring import profile_window
 from octflax.training.parallel import PARALLEL_MODES
 
-DATA_SETS = ("fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic", "moving_fashion_mnist")
 MODEL_APIS = ("linen", "nnx")
 
 # Sub-trees whose keys are free (module attributes), not fields of the trainer.
@@ -174,7 +173,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
   require(config.model.api in MODEL_APIS, "model.api", " or ".join(map(repr, MODEL_APIS)))
   require(config.parallel in PARALLEL_MODES, "parallel", " or ".join(map(repr, PARALLEL_MODES)))
-  require(config.data.name in DATA_SETS, "data.name", "one of " + ", ".join(map(repr, DATA_SETS)))
+  require(config.data.name in list_sources(), "data.name", "one of " + ", ".join(map(repr, list_sources())))
   for field in ("num_epochs", "batch_size", "checkpoint_every_steps", "keep_checkpoints",
                 "log_every_steps", "eval_every_epochs"):
     require(_is_int(config[field]) and config[field] >= 1, field, "an integer >= 1")
@@ -203,5 +202,5 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(config.to_dict(), default=str))
 
 
-__all__ = ["DATA_SETS", "MODEL_APIS", "check_config", "default_config", "field_names", "to_json_dict",
+__all__ = ["MODEL_APIS", "check_config", "default_config", "field_names", "to_json_dict",
            "unknown_field_message"]

@@ -45,31 +45,15 @@ def build_datasets(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
     octflax.data.DataError: missing or malformed data (the message says how to fix it).
   """
   d = config.data
-  directory = resolve_path(d.dir) if d.dir else d.dir
-  if d.name == "fashion_mnist":
-    return (data_lib.fashion_mnist(directory, d.train_split, d.max_train_examples),
-            data_lib.fashion_mnist(directory, d.test_split, d.max_test_examples))
-  if d.name == "moving_fashion_mnist":  # clips [T, H, W, 1] (octflax.data.clips)
-    return (data_lib.moving_fashion_mnist(directory, d.train_split, d.max_train_examples),
-            data_lib.moving_fashion_mnist(directory, d.test_split, d.max_test_examples))
-  if d.name in ("cifar10", "cifar100"):
-    classes = 10 if d.name == "cifar10" else 100
-    return (data_lib.cifar(directory, classes, d.train_split, d.max_train_examples),
-            data_lib.cifar(directory, classes, d.test_split, d.max_test_examples))
-  if d.name == "image_folder":
-    sources = []
-    for split, count in ((d.train_split, d.max_train_examples), (d.test_split, d.max_test_examples)):
-      source = data_lib.image_folder(directory, split)
-      sources.append(data_lib.Subset(source, 0, count) if count else source)
-    if sources[0].num_classes != sources[1].num_classes:
-      raise data_lib.DataError(
-          f"{d.dir}: split {d.train_split!r} has {sources[0].num_classes} class folders but "
-          f"{d.test_split!r} has {sources[1].num_classes}; both splits need the same classes.")
-    return sources[0], sources[1]
-  size = d.image_size or 32
-  shape, classes = (size, size, 3), d.num_classes or 10
-  return (data_lib.synthetic(d.max_train_examples or 1024, shape, classes, seed=2 * int(config.seed)),
-          data_lib.synthetic(d.max_test_examples or 256, shape, classes, seed=2 * int(config.seed) + 1))
+  settings = dict(data_dir=resolve_path(d.dir) if d.dir else d.dir, image_size=d.image_size,
+                  num_classes=d.num_classes, seed=config.seed)
+  train = data_lib.get_source(d.name, d.train_split, max_examples=d.max_train_examples, **settings)
+  test = data_lib.get_source(d.name, d.test_split, max_examples=d.max_test_examples, **settings)
+  if train.num_classes != test.num_classes:
+    raise data_lib.DataError(
+        f"{d.dir or d.name}: split {d.train_split!r} has {train.num_classes} classes but "
+        f"{d.test_split!r} has {test.num_classes}; both splits need the same classes.")
+  return train, test
 
 
 @dataclasses.dataclass(frozen=True)
