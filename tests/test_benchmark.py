@@ -21,7 +21,8 @@ def _run(tmp_path, *args):
   return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("mode", ["inference", pytest.param("train", marks=pytest.mark.slow)])
+@pytest.mark.slow  # compiles and times four networks (about 8 s each mode)
+@pytest.mark.parametrize("mode", ["inference", "train"])
 def test_rows_have_the_issue_fields_and_ratios_to_alpha0_of_the_same_run(tmp_path, capsys, mode):
   rows = _run(tmp_path, "--models", "oct_resnet20", "--alphas", "0.5", "--batch", "2", "--mode", mode,
               "--image-size", "8", "--channels", "1", "--num-classes", "10")

@@ -359,6 +359,7 @@ def _write_image_folder(root: Path, per_class: int = 3) -> None:
       Image.fromarray(pixels).save(root / name / f"img{i}.JPEG", quality=90)
 
 
+@pytest.mark.slow  # converts and evaluates a network through the command
 def test_evaluate_command_on_an_imported_checkpoint(tmp_path, capsys, monkeypatch):
   from experiments import evaluate
 

@@ -24,7 +24,7 @@ from octflax import nnx as octnnx
 from octflax.resample import avg_pool2
 
 PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs")
-FORMS = PATH_FORMS + ("two_convs+slices", "shared_input+slices", "xla_cpu", "two_convs+xla_cpu")
+FORMS = PATH_FORMS + ("two_convs+slices", "two_convs+xla_cpu")
 
 
 def fast_jit(fn):

@@ -26,6 +26,7 @@ def _probe(*args: str, timeout: int = 240) -> str:
   return result.stdout
 
 
+@pytest.mark.slow  # a subprocess that lowers 14 train steps (about 8 s)
 def test_dry_run_lowers_every_form_for_cuda_and_writes_nothing(tmp_path):
   out, results = tmp_path / "out", tmp_path / "rows.jsonl"
   text = _probe("--dry", *SMALL, "--skip", "alphas,b256", "--out", str(out), "--results", str(results))

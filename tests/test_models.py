@@ -163,9 +163,12 @@ def test_list_models_is_sorted_and_complete():
 
 
 _DEEP = ("oct_resnet101", "oct_resnet152", "oct_resnet200", "oct_resnext101_32x4d")
+# Deeper or wider instances of a definition the default run already builds (slow marker).
+_SAME_DEFINITION = _DEEP + ("oct_resnet26", "oct_resnet34", "oct_resnet32", "oct_resnet56", "oct_wrn_16_8",
+                            "oct_wrn_28_10", "oct_c2d_resnet50", "oct_i3d_resnet50")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _DEEP else n
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SAME_DEFINITION else n
                                   for n in models.list_models()])
 def test_registry_builds_every_model(name):
   video = isinstance(models.get_model(name), models.VideoResNet)
@@ -256,6 +259,7 @@ def test_param_counts_match_the_closed_form_and_torchvision(name, kwargs, publis
     assert _num_params(_abstract(name, alpha, num_classes=num_classes)[1]) == published
 
 
+@pytest.mark.slow  # two ResNet-50 inits
 def test_se_resnet50_adds_exactly_the_squeeze_excite_parameters():
   r50 = _num_params(_abstract("oct_resnet50", 0.5)[1])
   se = _num_params(_abstract("oct_se_resnet50", 0.5)[1])
@@ -589,7 +593,9 @@ _FEATURE_STRIDES = {
 }
 
 
-@pytest.mark.parametrize("name", list(_FEATURE_STRIDES))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in ("oct_se_resnet50", "oct_resnext50_32x4d") else name
+    for name in _FEATURE_STRIDES])  # the SE and grouped ResNet-50s run the same block code as oct_resnet50
 def test_features_have_their_strides_and_octave_layout(name):
   shape = (2, 32, 32, 3)
   model = models.get_model(name, alpha=0.5, num_classes=10)

@@ -254,6 +254,7 @@ def test_imagenet_stem_and_bottleneck_with_squeeze_excite_match_linen():
                      stem_features=8)
 
 
+@pytest.mark.slow  # every backbone map of two networks in both front ends (about 6 s)
 def test_backbone_features_match_linen():
   # The shape of the other oct_resnet8 tests: their compiled operations are reused.
   x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
@@ -378,6 +379,7 @@ def test_train_steps_of_the_nnx_model_match_linen(parallel):
 # ----------------------------------------------------------------------------- docs
 
 
+@pytest.mark.slow  # the page's examples, run in full
 def test_the_nnx_page_runs_as_written():
   """docs/nnx.md: the Linen and NNX models agree; the nnx.Optimizer / nnx.jit loop trains."""
   blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "nnx.md").read_text(), flags=re.S)

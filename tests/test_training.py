@@ -302,6 +302,7 @@ def _restore_params(workdir: Path, config) -> dict:
   return variables["params"]
 
 
+@pytest.mark.slow  # two whole runs (test_jit_mesh_pmap_and_one_device_agree checks the steps by default)
 def test_trainer_gives_the_same_run_under_jit_and_pmap(tmp_path):
   write_fashion_mnist(tmp_path / "data", n_train=64, n_test=20)
   summaries, params = {}, {}

@@ -163,7 +163,7 @@ _SMALL = dict(stage_sizes=(1, 1), widths=(8, 16), stem_features=8, num_classes=5
 
 
 @pytest.mark.parametrize("block, alpha, octave_axes", [
-    (models.Bottleneck, 0.0, (1, 2)),
+    pytest.param(models.Bottleneck, 0.0, (1, 2), marks=pytest.mark.slow),
     pytest.param(models.Bottleneck, 0.5, (1, 2), marks=pytest.mark.slow),
     (models.Bottleneck, 0.5, (0, 1, 2)),
     pytest.param(models.BasicBlock, 0.5, (1, 2), marks=pytest.mark.slow)])
@@ -242,6 +242,7 @@ def test_video_macs_with_time_an_octave_axis():
   assert round(report.gmacs, 4) == 22.3075
 
 
+@pytest.mark.slow  # inits two video ResNet-50s
 def test_video_models_have_the_2d_parameter_count():
   for name in ("oct_i3d_resnet50", "oct_c2d_resnet50"):
     variables = _abstract_init(models.get_model(name, alpha=0.5), (1, 4, 32, 32, 3))
