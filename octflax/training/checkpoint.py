@@ -41,6 +41,7 @@ import re
 import shutil
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 import jax
@@ -476,8 +477,14 @@ class CheckpointStore:
     path = os.path.join(self.directory, f"{step}{_TMP_MARK}")
     if not os.path.isdir(path):
       return False
-    shutil.rmtree(path, ignore_errors=True)
-    return not os.path.exists(path)
+    # A writer thread of the failed save may still add files while the folder is removed: try
+    # again until it is gone and stays gone (the next run moves aside whatever is left).
+    for _ in range(40):
+      shutil.rmtree(path, ignore_errors=True)
+      time.sleep(0.05)
+      if not os.path.exists(path):
+        return True
+    return False
 
   def wait(self) -> None:
     """Blocks until background writes are finished.
