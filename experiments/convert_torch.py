@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from octflax import convert
-from octflax.training.paths import resolve_path
+from octflax.files import resolve_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -64,23 +64,16 @@ def _merge(config, stored: dict[str, Any]) -> None:
 
 
 def _config_for(meta: dict[str, Any], args: argparse.Namespace):
-  """The training config that describes the checkpoint's model and the data to evaluate on."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-
+  """The training config that describes the checkpoint's data and how to evaluate on it."""
   from octflax.training import default_config  # pylint: disable=g-import-not-at-top
 
   config = default_config()
-  identity = meta.get("identity", {})
   if meta.get("config"):  # Written by the trainer: its config, over the defaults (for fields added since).
     _merge(config, meta["config"])
   else:  # Imported: an ImageNet-style model, evaluated on an image folder.
-    config.model.name = identity.get("model.name", meta.get("arch"))
-    config.model.alpha = float(identity.get("model.alpha", meta.get("alpha", 0.0)))
-    config.model.overrides = ml_collections.ConfigDict(identity.get("model.overrides", {}))
     config.data.name = "image_folder"
     config.data.augment = "imagenet"
-    shape = identity.get("image_shape") or [224, 224, 3]
-    config.data.image_size = int(shape[0])
+    config.data.image_size = int(meta["identity"]["image_shape"][0])
     config.data.dir = ""
     config.eval_batch_size = 64
   if args.image_size:
@@ -93,48 +86,45 @@ def _config_for(meta: dict[str, Any], args: argparse.Namespace):
   return config
 
 
-def _test_source(config, args: argparse.Namespace, imported: bool):
-  from octflax import data  # pylint: disable=g-import-not-at-top
-  from octflax.training import resolve_path  # pylint: disable=g-import-not-at-top
-
-  d = config.data
-  if d.name == "image_folder" and not d.dir:
-    raise data.DataError("an imported checkpoint needs --data: a folder with one sub-folder of images per class.")
-  # An imported checkpoint's --data folder is itself the class folders (no split sub-folder).
-  split = args.split if args.split is not None else (None if imported and d.name == "image_folder" else d.test_split)
-  return data.get_source(d.name, split, data_dir=resolve_path(d.dir) if d.dir else d.dir,
-                         max_examples=d.max_test_examples, image_size=d.image_size, num_classes=d.num_classes,
-                         seed=config.seed)
-
-
 def evaluate_checkpoint(path: str, args: argparse.Namespace) -> dict[str, Any]:
   """Reads the checkpoint at ``path``, builds its model and data and returns the accuracies."""
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from octflax import data, training  # pylint: disable=g-import-not-at-top
+  from octflax import checkpoint, data  # pylint: disable=g-import-not-at-top
+  from octflax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from octflax.training import DataParallel, TrainState  # pylint: disable=g-import-not-at-top
+  from octflax.training.inputs import evaluate  # pylint: disable=g-import-not-at-top
+  from octflax.training.plan import data_settings  # pylint: disable=g-import-not-at-top
 
-  directory = training.find_checkpoint(path)
-  variables, meta = training.read_checkpoint(directory)
+  directory = checkpoint.find_checkpoint(path)
+  meta = checkpoint.read_meta(directory)
   imported = not meta.get("config")
   config = _config_for(meta, args)
-  num_classes = int(meta.get("identity", {}).get("num_classes") or meta.get("num_classes"))
-  source = _test_source(config, args, imported)
+  model, variables = checkpoint.load_model(
+      directory, dtype=jnp.bfloat16 if config.half_precision else jnp.float32, api=config.model.api)
+  num_classes = int(meta["identity"]["num_classes"])
+  settings = data_settings(config)
+  if settings.name == "image_folder" and not settings.dir:
+    raise data.DataError("an imported checkpoint needs --data: a folder with one sub-folder of images per class.")
+  # An imported checkpoint's --data folder is itself the class folders (no split sub-folder).
+  split = args.split if args.split is not None else (
+      None if imported and settings.name == "image_folder" else settings.test_split)
+  source = data.get_source(settings.name, split, data_dir=settings.dir, max_examples=settings.max_test_examples,
+                           image_size=settings.image_size, num_classes=settings.num_classes, seed=settings.seed)
   if source.num_classes > num_classes:
-    raise training.ConfigError(f"the data has {source.num_classes} classes but the model has {num_classes} "
-                               "outputs.")
-  model = training.build_model(config, num_classes)
-  parallel = training.DataParallel("jit")
-  state = training.TrainState(step=np.zeros((), np.int32), params=variables["params"],
-                              batch_stats=variables["batch_stats"], opt_state={}, rng=np.zeros(2, np.uint32),
-                              apply_fn=model.apply, tx=None)
+    raise ConfigError(f"the data has {source.num_classes} classes but the model has {num_classes} outputs.")
+  parallel = DataParallel("jit")
+  batch = parallel.batch_plan(config.eval_batch_size or config.batch_size, len(source), name="batch-size")
+  state = TrainState(step=np.zeros((), np.int32), params=variables["params"], batch_stats=variables["batch_stats"],
+                     opt_state={}, rng=np.zeros(2, np.uint32), apply_fn=model.apply, tx=None)
   start = time.perf_counter()
-  batch = parallel.local_batch_size(config.eval_batch_size or config.batch_size, "batch-size")
-  result = training.evaluate(parallel, parallel.put_state(state), source, batch_size=batch, config=config)
+  result = evaluate(parallel, parallel.put_state(state), source, settings, batch)
   seconds = time.perf_counter() - start
-  step = meta.get("step")
-  return {"checkpoint": directory, "step": step, "model": config.model.name, "alpha": float(config.model.alpha),
-          "data": config.data.name, "examples": len(source), "num_classes": num_classes,
-          "image_shape": list(data.input_shape(source, config.data.augment, config.data.image_size)),
+  return {"checkpoint": directory, "step": meta.get("step"), "model": meta["identity"]["model.name"],
+          "alpha": float(meta["identity"]["model.alpha"]), "data": settings.name, "examples": len(source),
+          "num_classes": num_classes,
+          "image_shape": list(data.input_shape(source, settings.augment, settings.image_size)),
           "top1": 100.0 * result["test_accuracy"],
           "top5": 100.0 * result["test_top5_accuracy"] if "test_top5_accuracy" in result else None,
           "loss": result["test_loss"], "seconds": seconds, "devices": jax.device_count()}
@@ -143,7 +133,7 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   from octflax.data import DataError  # pylint: disable=g-import-not-at-top
-  from octflax.training import TrainingError  # pylint: disable=g-import-not-at-top
+  from octflax.errors import TrainingError  # pylint: disable=g-import-not-at-top
 
   try:
     result = evaluate_checkpoint(args.workdir or args.checkpoint, args)
@@ -155,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
   print(f"{result['model']} a={result['alpha']:g}{at}: top-1 {result['top1']:.2f}%{top5} on "
         f"{result['examples']} images; {result['checkpoint']}", flush=True)
   if args.json:
-    from octflax.training import resolve_path  # pylint: disable=g-import-not-at-top
+    from octflax.files import resolve_path  # pylint: disable=g-import-not-at-top
 
     with open(resolve_path(args.json), "w") as f:
       json.dump(result, f, indent=2)

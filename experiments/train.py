@@ -117,9 +117,11 @@ def main(argv: Sequence[str]) -> int:
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
   from octflax.data import DataError  # pylint: disable=g-import-not-at-top
-  from octflax.training import (  # pylint: disable=g-import-not-at-top
-      EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_WORKDIR_LOCKED, EXIT_WRITE_FAILED, ConfigError, RunStopped,
-      TrainingError, WorkdirLockedError, WriteFailedError, train_and_evaluate)
+  from octflax.errors import (  # pylint: disable=g-import-not-at-top
+      EXIT_WORKDIR_LOCKED, EXIT_WRITE_FAILED, ConfigError, RunStopped, TrainingError, WorkdirLockedError,
+      WriteFailedError)
+  from octflax.training import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from octflax.training.preemption import EXIT_INTERRUPTED, EXIT_STOPPED  # pylint: disable=g-import-not-at-top
 
   try:
     summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -1,4 +1,4 @@
-"""The files of `octflax.convert`: PyTorch ``.pth`` files in, octflax checkpoints out and in.
+"""The files of `octflax.convert`: PyTorch ``.pth`` files in, octflax checkpoints out.
 
 `octflax.convert` re-exports everything here; the conversions themselves live there.
 """
@@ -11,7 +11,6 @@ from typing import Any, Mapping
 import numpy as np
 
 SOURCES = ("port", "torchvision")
-CHECKPOINT_FORMAT = "octflax-checkpoint/2"  # The trainer's format (octflax.training.checkpoint).
 
 
 def _check_source(source: str) -> str:
@@ -50,50 +49,24 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def save_checkpoint(directory: str | os.PathLike, variables: Mapping[str, Any], *, arch: str,
                     alpha: float, source: str = "port", image_size: int = 224, **meta: Any) -> str:
-  """Writes ``variables`` as an octflax checkpoint and returns its absolute path.
+  """Writes converted ``variables`` as an octflax checkpoint and returns its absolute path.
 
-  The format is the trainer's (`octflax.training.write_checkpoint`): ``DIR/state``
-  holds ``{'params', 'batch_stats'}``, ``DIR/meta`` the identity that rebuilds the
-  model (``model.name``, ``model.alpha``, ``model.overrides`` -- ``pool_stride``
-  False for torchvision's layout -- ``num_classes``, ``image_shape``) and
-  ``format``, ``arch``, ``alpha``, ``source``, ``num_classes``, ``pool_stride`` and
-  any ``meta``. ``experiments.evaluate --checkpoint DIR`` evaluates it and
+  The format is the trainer's (`octflax.checkpoint.write_checkpoint`): ``DIR/state``
+  holds ``{'params', 'batch_stats'}``, ``DIR/meta`` the `ModelIdentity` that rebuilds
+  the model (``pool_stride`` False for torchvision's layout, an ImageNet input of
+  ``image_size``) and ``source`` and any ``meta``.
+  ``octflax.checkpoint.load_model(DIR)`` gives the model back,
+  ``experiments.evaluate --checkpoint DIR`` evaluates it and
   ``--config.init_from=DIR`` fine-tunes from it. ``DIR`` must not exist yet.
   """
-  from octflax.training.checkpoint import write_checkpoint  # pylint: disable=g-import-not-at-top
+  from octflax.checkpoint import ModelIdentity, write_checkpoint  # pylint: disable=g-import-not-at-top
 
   _check_source(source)
   tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  num_classes = int(np.shape(tree["params"]["head"]["fc"]["kernel"])[1])
-  identity = {
-      "model.name": arch, "model.alpha": float(alpha),
-      "model.overrides": {} if source == "port" else {"pool_stride": False},
-      "data.name": "image_folder", "num_classes": num_classes, "image_shape": [image_size, image_size, 3],
-  }
-  info = {"format": CHECKPOINT_FORMAT, "identity": identity, "arch": arch, "alpha": float(alpha),
-          "source": source, "num_classes": num_classes, "pool_stride": source == "port", **meta}
-  return write_checkpoint(directory, tree, info)
+  identity = ModelIdentity(arch, alpha, num_classes=int(np.shape(tree["params"]["head"]["fc"]["kernel"])[1]),
+                           image_shape=(image_size, image_size, 3), data="image_folder",
+                           overrides={} if source == "port" else {"pool_stride": False})
+  return write_checkpoint(directory, tree, {**meta, "identity": identity.to_json(), "source": source})
 
 
-def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict]:
-  """Reads an octflax checkpoint: ``(variables, meta)``.
-
-  ``directory`` is one written by `save_checkpoint` or by the trainer (a run's
-  working directory gives its newest checkpoint; see
-  `octflax.training.read_checkpoint`). ``variables`` is ``{'params',
-  'batch_stats'}`` as NumPy arrays; ``meta['identity']`` names the model.
-
-  Raises:
-    ValueError: no checkpoint there, or one that cannot be read.
-  """
-  from octflax.training.checkpoint import read_checkpoint  # pylint: disable=g-import-not-at-top
-  from octflax.training.errors import CheckpointError  # pylint: disable=g-import-not-at-top
-
-  try:
-    return read_checkpoint(os.fspath(directory))
-  except CheckpointError as e:
-    raise ValueError(str(e)) from None
-
-
-__all__ = ["CHECKPOINT_FORMAT", "SOURCES", "load_checkpoint", "load_torch_checkpoint", "save_checkpoint",
-           "unwrap_state_dict"]
+__all__ = ["SOURCES", "load_torch_checkpoint", "save_checkpoint", "unwrap_state_dict"]

@@ -30,8 +30,9 @@ average), the default of every octflax model; epsilon is 1e-5 in both.
 Any missing key, unexpected key or wrong shape stops the import with one
 `ValueError` that lists all of them; nothing is skipped silently.
 
-The files (`load_torch_checkpoint` reads a ``.pth``, `save_checkpoint` / `load_checkpoint`
-write and read octflax checkpoints) are in `octflax._convert_files`, exported here too.
+The files (`load_torch_checkpoint` reads a ``.pth``, `save_checkpoint` writes the
+result as an octflax checkpoint, which `octflax.checkpoint.load_model` reads) are in
+`octflax._convert_files`, exported here.
 
 Example::
 
@@ -50,8 +51,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from octflax._convert_files import (CHECKPOINT_FORMAT, SOURCES, _check_source, load_checkpoint,
-                                    load_torch_checkpoint, save_checkpoint, unwrap_state_dict)
+from octflax._convert_files import SOURCES, _check_source, load_torch_checkpoint, save_checkpoint, unwrap_state_dict
 
 _PATH_ORDER = ("l2l", "l2h", "h2l", "h2h")  # the port's registration order of the four convs
 _UNITS = ("conv1", "conv2", "conv3", "shortcut")
@@ -400,8 +400,8 @@ def to_torch_state_dict(variables: Mapping[str, Any], *, arch: str, alpha: float
 
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "SOURCES", "detect_source", "expected_state_dict_shapes", "from_torch_state_dict",
-    "load_checkpoint", "load_torch_checkpoint", "model_for", "save_checkpoint",
+    "SOURCES", "detect_source", "expected_state_dict_shapes", "from_torch_state_dict",
+    "load_torch_checkpoint", "model_for", "save_checkpoint",
     "to_torch_state_dict", "unwrap_state_dict",
 ]
 

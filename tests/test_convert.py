@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import octflax.checkpoint
+import octflax.errors
 from octflax import convert, training
 
 # The PyTorch port's published Oct-ResNet-50 (alpha 0.5) state_dict listing: key and shape a line.
@@ -330,22 +332,42 @@ def test_checkpoint_round_trip(tmp_path):
   variables = _small_variables()
   out = convert.save_checkpoint(tmp_path / "ckpt", variables, arch="oct_resnet18", alpha=0.5,
                                 source="port")
-  restored, meta = convert.load_checkpoint(out)
+  restored, meta = octflax.checkpoint.read_checkpoint(out)
   _assert_trees_equal(restored, variables)
-  assert meta["arch"] == "oct_resnet18" and meta["alpha"] == 0.5 and meta["source"] == "port"
-  assert meta["num_classes"] == 10 and meta["pool_stride"] is True
-  assert meta["format"] == convert.CHECKPOINT_FORMAT
+  assert meta["source"] == "port" and meta["format"] == octflax.checkpoint.FORMAT
   # The trainer's format: what experiments.evaluate and --config.init_from read.
   assert meta["identity"] == {"model.name": "oct_resnet18", "model.alpha": 0.5, "model.overrides": {},
                               "data.name": "image_folder", "num_classes": 10, "image_shape": [224, 224, 3]}
-  variables, same = training.read_checkpoint(out)
-  assert same == meta
+  model, loaded = octflax.checkpoint.load_model(out)
+  _assert_trees_equal(loaded, variables)
+  assert (type(model).__name__, model.alpha, model.num_classes) == ("ResNet", 0.5, 10)
+  x = np.random.default_rng(0).normal(size=(1, 32, 32, 3)).astype(np.float32)
+  assert model.apply(loaded, x, train=False).shape == (1, 10)
   tv = convert.save_checkpoint(tmp_path / "tv", convert.from_torch_state_dict(
       random_state_dict(torchvision_shapes("oct_resnet18", 10)), arch="oct_resnet18", source="torchvision"),
       arch="oct_resnet18", alpha=0.0, source="torchvision")
-  assert training.read_checkpoint(tv)[1]["identity"]["model.overrides"] == {"pool_stride": False}
-  with pytest.raises(ValueError, match="holds no octflax checkpoint"):
-    convert.load_checkpoint(tmp_path / "nothing")
+  assert octflax.checkpoint.read_checkpoint(tv)[1]["identity"]["model.overrides"] == {"pool_stride": False}
+  assert octflax.checkpoint.load_model(tv)[0].pool_stride is False
+  with pytest.raises(octflax.errors.CheckpointError, match="holds no octflax checkpoint"):
+    octflax.checkpoint.read_checkpoint(tmp_path / "nothing")
+
+
+def test_checkpoint_of_the_older_imported_layout_is_migrated_as_it_is_read(tmp_path):
+  import orbax.checkpoint as ocp
+
+  variables = _small_variables()
+  old = tmp_path / "old"  # Written before the identity was stored: arch, alpha, num_classes, pool_stride.
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    checkpointer.save(old, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(variables),
+        meta=ocp.args.JsonSave({"arch": "oct_resnet18", "alpha": 0.5, "num_classes": 10, "pool_stride": False,
+                                "source": "torchvision"})))
+  _, meta = octflax.checkpoint.read_checkpoint(old)
+  assert meta["format"] == octflax.checkpoint.FORMAT
+  assert meta["identity"] == {"model.name": "oct_resnet18", "model.alpha": 0.5, "model.overrides": {"pool_stride": False},
+                              "data.name": "image_folder", "num_classes": 10, "image_shape": [224, 224, 3]}
+  model, _ = octflax.checkpoint.load_model(old)
+  assert model.pool_stride is False and model.alpha == 0.5
 
 
 def _write_image_folder(root: Path, per_class: int = 3) -> None:
@@ -467,12 +489,13 @@ def test_convert_torch_command(tmp_path, capsys):
   argv = [str(path), "--arch", "oct_resnet18", "--alpha", "0.5", "--out", str(out)]
   assert convert_torch.main(argv) == 0
   assert "source=port" in capsys.readouterr().out
-  variables, meta = convert.load_checkpoint(out)
-  assert meta["arch"] == "oct_resnet18" and meta["alpha"] == 0.5 and meta["source"] == "port"
-  assert meta["num_classes"] == 10 and meta["converted_from"] == str(path)
+  variables, meta = octflax.checkpoint.read_checkpoint(out)
+  identity = meta["identity"]
+  assert identity["model.name"] == "oct_resnet18" and identity["model.alpha"] == 0.5 and meta["source"] == "port"
+  assert identity["num_classes"] == 10 and meta["converted_from"] == str(path)
   _assert_trees_equal(variables, convert.from_torch_state_dict(sd, arch="oct_resnet18", alpha=0.5))
   assert variables["params"]["stage1_block0"]["conv1"]["bn"]["high"]["scale"].dtype == np.float32
-  assert meta["pool_stride"] is True
+  assert identity["model.overrides"] == {}  # The port's layout: the zoo's pool_stride=True.
   # An existing checkpoint is kept unless --force; a wrong alpha is one error listing.
   assert convert_torch.main(argv) == 1
   assert "--force" in capsys.readouterr().err
@@ -509,7 +532,7 @@ def test_fine_tune_an_imported_oct_resnet50_on_an_image_folder_with_other_classe
   assert "init_from: the checkpoint has 10 classes, this run 3: params/head/fc/bias, params/head/fc/kernel " \
          "re-initialised." in out
   assert summary["steps"] == 18 // 8 and 0 <= summary["test_accuracy"] <= 1
-  tuned, _ = training.read_checkpoint(str(tmp_path / "run"))
+  tuned, _ = octflax.checkpoint.read_checkpoint(str(tmp_path / "run"))
   assert tuned["params"]["head"]["fc"]["kernel"].shape == (2048, 3)
   # Two small steps from the imported weights: the stem moved, but little.
   stem, start = tuned["params"]["stem_conv"], variables["params"]["stem_conv"]

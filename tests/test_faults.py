@@ -27,9 +27,14 @@ import chex
 import numpy as np
 import pytest
 
+import octflax.files
+import octflax.errors
+import octflax.checkpoint
 from octflax import training
-from octflax.training import quiet, reporting, writes
-from octflax.training.checkpoint import CheckpointStore
+from octflax import files as writes
+from octflax.checkpoint import quiet
+from octflax.training import reporting
+from octflax.checkpoint import CheckpointStore
 from test_training import tiny_config, write_fashion_mnist
 
 
@@ -61,11 +66,11 @@ def checkpoint_steps(workdir: Path) -> list[str]:
 def test_paths_relative_absolute_home_and_urls_pass_through(monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
-  assert training.resolve_path("runs/a") == str(tmp_path / "runs" / "a")
-  assert training.resolve_path("~/runs/a") == str(tmp_path / "home" / "runs" / "a")
-  assert training.resolve_path(str(tmp_path / "x")) == str(tmp_path / "x")
+  assert octflax.files.resolve_path("runs/a") == str(tmp_path / "runs" / "a")
+  assert octflax.files.resolve_path("~/runs/a") == str(tmp_path / "home" / "runs" / "a")
+  assert octflax.files.resolve_path(str(tmp_path / "x")) == str(tmp_path / "x")
   for url in ("gs://bucket/runs/a", "s3://b/c", "https://example.org/x"):
-    assert training.resolve_path(url) == url
+    assert octflax.files.resolve_path(url) == url
 
 
 def test_relative_workdir_checkpoints_and_resumes(monkeypatch, tmp_path, data_dir):
@@ -78,7 +83,7 @@ def test_relative_workdir_checkpoints_and_resumes(monkeypatch, tmp_path, data_di
   assert checkpoint_steps(tmp_path / "runs" / "fashion_mnist") == ["2", "4"]
   # The stored config names the data by absolute path (evaluate --workdir works from anywhere);
   # the caller's config is left as it was.
-  assert training.read_checkpoint("runs/fashion_mnist")[1]["config"]["data"]["dir"] == str(tmp_path / "data")
+  assert octflax.checkpoint.read_checkpoint("runs/fashion_mnist")[1]["config"]["data"]["dir"] == str(tmp_path / "data")
   assert config.data.dir == "data"
   resumed = training.train_and_evaluate(small_config(Path("data"), num_epochs=2), "runs/fashion_mnist")
   assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 8
@@ -90,8 +95,8 @@ def test_data_dir_relative_and_home(monkeypatch, tmp_path, data_dir):
   monkeypatch.setenv("HOME", str(data_dir.parent))
   for given in (data_dir.name, f"~/{data_dir.name}"):
     config = small_config(Path(given))
-    train, _ = training.build_datasets(config)
-    assert len(train) == 32
+    _, splits = training.plan_run(config)
+    assert len(splits.train) == 32
 
 
 @pytest.mark.parametrize("case", ["file", "cannot_create"])
@@ -104,7 +109,7 @@ def test_unusable_workdir_stops_before_anything_runs(tmp_path, data_dir, case):
     (tmp_path / "blocker").write_text("a file")
     workdir = tmp_path / "blocker" / "run"
     expected = "cannot create"
-  with pytest.raises(training.WorkdirError, match=expected) as error:
+  with pytest.raises(octflax.errors.WorkdirError, match=expected) as error:
     training.train_and_evaluate(small_config(data_dir), str(workdir))
   assert "\n" not in str(error.value)
 
@@ -119,8 +124,8 @@ def test_workdir_probe_refuses_a_read_only_directory(tmp_path, monkeypatch):
     return real_open(path, *args, **kwargs)
 
   monkeypatch.setattr("builtins.open", refusing_open)
-  with pytest.raises(training.WorkdirError, match=r"cannot write in .*: Permission denied"):
-    training.prepare_workdir(str(tmp_path / "run"))
+  with pytest.raises(octflax.errors.WorkdirError, match=r"cannot write in .*: Permission denied"):
+    training.paths.prepare_workdir(str(tmp_path / "run"))
 
 
 def _damage(step_dir: Path, how: str) -> None:
@@ -172,8 +177,8 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_run_resumes(tmp_path, 
     assert summary["resumed_from_step"] == 6 and summary["steps"] == 8
     assert (workdir / "checkpoints" / "8.damaged").is_dir()  # Kept for the user to look at.
   assert "Traceback" not in err and "Exception ignored" not in err
-  got, _ = training.read_checkpoint(str(workdir))
-  want, _ = training.read_checkpoint(str(reference))
+  got, _ = octflax.checkpoint.read_checkpoint(str(workdir))
+  want, _ = octflax.checkpoint.read_checkpoint(str(reference))
   chex.assert_trees_all_close(got, want, rtol=0, atol=1e-6)
 
 
@@ -183,7 +188,7 @@ def test_no_checkpoint_restores_stops_and_changes_nothing(tmp_path, data_dir, re
   for step in ("2", "4", "6", "8"):
     _damage(workdir / "checkpoints" / step, "unparsable_metadata")
   before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
-  with pytest.raises(training.CheckpointError, match=r"no checkpoint in .* can be restored: 8: .*; 6: .*; 4: .*; 2: .*"
+  with pytest.raises(octflax.errors.CheckpointError, match=r"no checkpoint in .* can be restored: 8: .*; 6: .*; 4: .*; 2: .*"
                      r"Nothing was changed") as error:
     training.train_and_evaluate(small_config(data_dir, num_epochs=3), str(workdir))
   assert "\n" not in str(error.value)
@@ -204,7 +209,7 @@ def test_progress_counts_finished_steps_and_prints_plain_lines_off_a_terminal(tm
 
   reporter = reporting.StepReporter(
       writer=writer, progress=progress, fetch=fetch, global_batch=8, steps_per_epoch=3, log_every=2,
-      learning_rate=lambda s: 0.1, on_nonfinite=lambda s, w: FloatingPointError(w), start_step=0,
+      learning_rate=lambda s: 0.1, start_step=0,
       max_in_flight=2)
   for step in range(1, 7):
     # NumPy metrics are "finished" at once: each step is read as soon as it is dispatched.
@@ -239,7 +244,7 @@ def test_progress_waits_for_steps_beyond_the_in_flight_limit(tmp_path):
   writer = reporting.MetricsWriter(str(tmp_path), resume_step=None, enabled=False)
   reporter = reporting.StepReporter(
       writer=writer, progress=progress, fetch=fetch, global_batch=8, steps_per_epoch=10, log_every=5,
-      learning_rate=lambda s: 0.1, on_nonfinite=lambda s, w: FloatingPointError(w), start_step=0,
+      learning_rate=lambda s: 0.1, start_step=0,
       max_in_flight=3)
   for step in range(1, 6):
     reporter.dispatched(step, {"loss": Pending()})
@@ -277,7 +282,7 @@ def test_sigterm_checkpoints_the_step_in_flight_and_the_resumed_run_matches(tmp_
 
   monkeypatch.setattr(reporting.StepReporter, "dispatched", dispatched_then_terminated)
   workdir = tmp_path / "run"
-  with pytest.raises(training.RunStopped, match=r"stopped by SIGTERM at step 3 of 8; checkpoint saved") as error:
+  with pytest.raises(octflax.errors.RunStopped, match=r"stopped by SIGTERM at step 3 of 8; checkpoint saved") as error:
     training.train_and_evaluate(config, str(workdir))
   assert error.value.step == 3
   assert checkpoint_steps(workdir) == ["2", "3"]
@@ -285,11 +290,11 @@ def test_sigterm_checkpoints_the_step_in_flight_and_the_resumed_run_matches(tmp_
   assert [r["step"] for r in records if r["kind"] == "train"] == [2]  # Flushed before the exit.
   monkeypatch.undo()
 
-  assert not (workdir / training.LOCK_FILE).exists()  # Released on the way out.
+  assert not (workdir / training.lock.LOCK_FILE).exists()  # Released on the way out.
   summary = training.train_and_evaluate(config, str(workdir))
   assert summary["resumed_from_step"] == 3 and summary["steps"] == 8
-  got, _ = training.read_checkpoint(str(workdir))
-  want, _ = training.read_checkpoint(str(reference))
+  got, _ = octflax.checkpoint.read_checkpoint(str(workdir))
+  want, _ = octflax.checkpoint.read_checkpoint(str(reference))
   chex.assert_trees_all_close(got, want, rtol=0, atol=1e-6)
   # Resumed mid-epoch 1, the run still reports the whole epoch's training loss and accuracy.
   epochs = [[{k: r[k] for k in ("step", "train_loss", "train_accuracy")} for r in
@@ -318,7 +323,7 @@ def test_checkpoint_that_cannot_be_written_stops_in_one_line_and_the_same_call_r
   monkeypatch.setattr(CheckpointStore, "save", save_with_a_file_size_limit)
   previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # A write over the limit fails with EFBIG.
   try:
-    with pytest.raises(training.WriteFailedError) as error:
+    with pytest.raises(octflax.errors.WriteFailedError) as error:
       training.train_and_evaluate(config, str(workdir))
   finally:
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
@@ -335,15 +340,15 @@ def test_checkpoint_that_cannot_be_written_stops_in_one_line_and_the_same_call_r
   assert error.value.errno == 27 and error.value.intact_step == 6
   assert checkpoint_steps(workdir) == ["2", "4", "6"]
   assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "4", "6"]  # no unfinished folder left
-  assert not (workdir / training.LOCK_FILE).exists()
+  assert not (workdir / training.lock.LOCK_FILE).exists()
   gc.collect()
   out, err = capsys.readouterr()
   assert err == "" and "Traceback" not in out, err
 
   summary = training.train_and_evaluate(config, str(workdir))
   assert summary["resumed_from_step"] == 6 and summary["steps"] == 8
-  got, _ = training.read_checkpoint(str(workdir))
-  want, _ = training.read_checkpoint(str(reference))
+  got, _ = octflax.checkpoint.read_checkpoint(str(workdir))
+  want, _ = octflax.checkpoint.read_checkpoint(str(reference))
   chex.assert_trees_all_close(got, want, rtol=0, atol=0)
 
 
@@ -408,15 +413,15 @@ def test_reports_of_orbax_threads_are_held_then_printed_or_dropped_after_a_repor
 def test_a_run_on_a_locked_workdir_stops_in_one_line_and_writes_nothing(tmp_path, data_dir):
   workdir = tmp_path / "run"
   workdir.mkdir()
-  with training.WorkdirLock(str(workdir)):  # Held as another run holds it: a second open file's flock.
-    holder = json.loads((workdir / training.LOCK_FILE).read_text())
+  with training.lock.WorkdirLock(str(workdir)):  # Held as another run holds it: a second open file's flock.
+    holder = json.loads((workdir / training.lock.LOCK_FILE).read_text())
     assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname() and holder["started"]
     before = sorted((p.name, p.stat().st_mtime_ns) for p in workdir.iterdir())
-    with pytest.raises(training.WorkdirLockedError) as error:
+    with pytest.raises(octflax.errors.WorkdirLockedError) as error:
       training.train_and_evaluate(small_config(data_dir), str(workdir))
     assert str(error.value) == (
         f"{workdir} is in use by another run: pid {os.getpid()} on host {socket.gethostname()}, started "
-        f"{holder['started']} (lock file {workdir / training.LOCK_FILE}). This run wrote nothing; wait for that run "
+        f"{holder['started']} (lock file {workdir / training.lock.LOCK_FILE}). This run wrote nothing; wait for that run "
         "to end or stop it, or use another --workdir.")
     assert sorted((p.name, p.stat().st_mtime_ns) for p in workdir.iterdir()) == before
   assert list(workdir.iterdir()) == []  # Released: the file is gone.
@@ -434,25 +439,25 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_the_run_says_so(tmp_path,
       "print('locked', flush=True)\n"
       "time.sleep(600)"), str(workdir)], stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == "locked"
-  with pytest.raises(training.WorkdirLockedError, match=f"pid {holder.pid} on host"):
-    training.WorkdirLock(str(workdir)).acquire()
+  with pytest.raises(octflax.errors.WorkdirLockedError, match=f"pid {holder.pid} on host"):
+    training.lock.WorkdirLock(str(workdir)).acquire()
   holder.kill()  # SIGKILL: the file stays, its flock goes with the process.
   holder.wait()
   holder.stdout.close()
-  assert json.loads((workdir / training.LOCK_FILE).read_text())["pid"] == holder.pid
+  assert json.loads((workdir / training.lock.LOCK_FILE).read_text())["pid"] == holder.pid
   capsys.readouterr()
 
   summary = training.train_and_evaluate(small_config(data_dir), str(workdir))
   assert summary["steps"] == 4
   lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-  assert lines == [f"{workdir / training.LOCK_FILE} was left by pid {holder.pid} on host {socket.gethostname()}, "
+  assert lines == [f"{workdir / training.lock.LOCK_FILE} was left by pid {holder.pid} on host {socket.gethostname()}, "
                    "started then, which no longer runs; this run takes the lock over."]
-  assert not (workdir / training.LOCK_FILE).exists()
+  assert not (workdir / training.lock.LOCK_FILE).exists()
 
 
 def test_a_lock_left_on_another_host_is_kept(tmp_path):
-  (tmp_path / training.LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
-  with pytest.raises(training.WorkdirLockedError, match=r"pid 1 on host elsewhere, started then; this host cannot "
+  (tmp_path / training.lock.LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
+  with pytest.raises(octflax.errors.WorkdirLockedError, match=r"pid 1 on host elsewhere, started then; this host cannot "
                      r"tell whether that process still runs, so its lock is kept: delete .*run\.lock once it is gone"):
-    training.WorkdirLock(str(tmp_path)).acquire()
-  assert json.loads((tmp_path / training.LOCK_FILE).read_text())["host"] == "elsewhere"
+    training.lock.WorkdirLock(str(tmp_path)).acquire()
+  assert json.loads((tmp_path / training.lock.LOCK_FILE).read_text())["host"] == "elsewhere"

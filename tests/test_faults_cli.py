@@ -51,7 +51,7 @@ def limit(checkpoints=None):
 if mode == "limit_now":
   limit()
 
-from octflax.training import checkpoint
+from octflax import checkpoint
 
 original = checkpoint.CheckpointStore.save
 

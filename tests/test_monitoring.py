@@ -21,8 +21,10 @@ import jax
 import numpy as np
 import pytest
 
+import octflax.errors
 from octflax import cost, models, training
 from octflax.training import monitoring, reporting
+from octflax.training import summary as summary_lib
 from test_training import TINY, tiny_config, write_fashion_mnist
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -138,7 +140,7 @@ def test_summary_has_the_models_cost_and_the_devices_peak_memory(profiled):
   else:
     assert set(summary["peak_bytes_per_device"]) == set(reported)
     assert all(v > 0 for v in summary["peak_bytes_per_device"].values())
-  assert json.loads((workdir / reporting.SUMMARY_FILE).read_text())["macs_per_image"] == 28_264
+  assert json.loads((workdir / summary_lib.SUMMARY_FILE).read_text())["macs_per_image"] == 28_264
 
 
 def test_peak_memory_is_read_per_device_where_the_backend_reports_it():
@@ -181,7 +183,7 @@ def test_profile_window_traces_its_steps_and_says_where(profiled):
     ((7, 3), r"asks for steps 7 to 9, but the run has 8 steps"),
 ])
 def test_bad_profile_steps_stop_the_run_before_anything_is_written(tmp_path, data_dir, value, message):
-  with pytest.raises(training.ConfigError, match=message):
+  with pytest.raises(octflax.errors.ConfigError, match=message):
     training.train_and_evaluate(run_config(data_dir, profile_steps=value), str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
@@ -190,7 +192,7 @@ def test_profile_window_values():
   assert monitoring.profile_window((0, 0)) is None
   assert monitoring.profile_window((0,)) is None
   assert monitoring.profile_window([5, 3], total_steps=7) == (5, 7)
-  with pytest.raises(training.ConfigError, match="got 'a'"):
+  with pytest.raises(octflax.errors.ConfigError, match="got 'a'"):
     monitoring.profile_window("a")
 
 

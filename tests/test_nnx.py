@@ -12,6 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
+import octflax.checkpoint
 import octflax
 import octflax.nnx as onnx
 from octflax import models as linen_models
@@ -398,7 +399,7 @@ def test_trainer_with_the_nnx_api_follows_the_linen_loss_curve(tmp_path):
   import json
 
   from octflax import training
-  from octflax.training.checkpoint import write_checkpoint
+  from octflax.checkpoint import write_checkpoint
 
   # Both runs start from the same weights: a checkpoint of the Linen model's initial variables.
   linen = linen_models.get_model("oct_resnet8", alpha=0.25, num_classes=10)

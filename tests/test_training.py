@@ -21,6 +21,8 @@ import optax
 import pytest
 from flax import linen as nn
 
+import octflax.errors
+import octflax.checkpoint
 from octflax import data, models, training
 
 TINY = "test_tiny_cnn"
@@ -124,9 +126,11 @@ def test_one_train_and_eval_step_on_each_format(tmp_path, fmt):
     config = tiny_config(tmp_path, **{"data.name": "image_folder", "data.test_split": "val",
                                       "data.augment": "imagenet", "data.image_size": 16})
     shape = (16, 16, 3)
-  train_source, test_source = training.build_datasets(config)
+  plan, splits = training.plan_run(config)
+  train_source, test_source = splits.train, splits.test
+  assert plan.model.image_shape == shape and plan.model.num_classes == train_source.num_classes
   parallel = training.DataParallel("jit", jax.devices()[:1])
-  model = training.build_model(config, train_source.num_classes)
+  model = plan.build_model()
   tx = training.make_optimizer(0.1)
   state = parallel.put_state(training.create_train_state(model, tx, seed=0, input_shape=(1,) + shape))
   params_before = jax.device_get(state.params)
@@ -196,7 +200,7 @@ def test_jit_mesh_pmap_and_one_device_agree():
 
 def test_weight_decay_skips_batch_norm_and_biases():
   variables = TinyCNN().init(jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
-  mask = training.weight_decay_mask(variables["params"])
+  mask = training.optim.weight_decay_mask(variables["params"])
   flat = {"/".join(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(mask)}
   assert flat == {"Conv_0/kernel": True, "Conv_0/bias": False, "BatchNorm_0/scale": False,
                   "BatchNorm_0/bias": False, "Dense_0/kernel": True, "Dense_0/bias": False}
@@ -225,7 +229,7 @@ def test_sgd_nesterov_with_masked_weight_decay_matches_the_formula():
 
 
 def test_learning_rate_scaling_warmup_and_cosine():
-  peak = training.scaled_learning_rate(0.1, 1024)
+  peak = training.optim.scaled_learning_rate(0.1, 1024)
   assert peak == pytest.approx(0.4)
   schedule = training.learning_rate_schedule(peak, total_steps=110, warmup_steps=10)
   assert float(schedule(0)) == 0.0
@@ -249,7 +253,7 @@ def test_label_smoothing_and_mixup_losses():
   smoothed = training.cross_entropy_loss(logits, labels, label_smoothing=0.3)
   expected = -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2])
   np.testing.assert_allclose(smoothed, [expected], rtol=1e-6)
-  lam = training.mixup_weight(jax.random.key(0), 0.2)
+  lam = training.steps.mixup_weight(jax.random.key(0), 0.2)
   assert 0.0 <= float(lam) <= 1.0
 
 
@@ -260,7 +264,7 @@ def test_label_smoothing_and_mixup_losses():
 def test_batch_size_not_divisible_by_device_count(tmp_path):
   write_fashion_mnist(tmp_path / "data", n_train=32, n_test=8)
   config = tiny_config(tmp_path / "data", batch_size=12)
-  with pytest.raises(training.ConfigError, match=r"batch_size 12 is not divisible by the number of devices 8"):
+  with pytest.raises(octflax.errors.ConfigError, match=r"batch_size 12 is not divisible by the number of devices 8"):
     training.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
@@ -268,17 +272,16 @@ def test_batch_size_not_divisible_by_device_count(tmp_path):
 def test_unknown_field_in_a_config_file_is_refused(tmp_path):
   config = tiny_config(tmp_path)
   config.lerning_rate = 0.1
-  with pytest.raises(training.ConfigError, match=r"unknown config field 'lerning_rate'.*'learning_rate'"):
+  with pytest.raises(octflax.errors.ConfigError, match=r"unknown config field 'lerning_rate'.*'learning_rate'"):
     training.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_workdir_with_another_models_checkpoint_is_refused_untouched(tmp_path):
   write_fashion_mnist(tmp_path / "data", n_train=32, n_test=8)
   workdir = tmp_path / "run"
-  other = training.CheckpointStore(
+  other = octflax.checkpoint.CheckpointStore(
       str(workdir / "checkpoints"),
-      identity={"model.name": "oct_resnet56", "model.alpha": 0.5, "model.overrides": {},
-                "data.name": "fashion_mnist", "num_classes": 10, "image_shape": [28, 28, 1]})
+      identity=octflax.checkpoint.ModelIdentity("oct_resnet56", 0.5, 10, (28, 28, 1), data="fashion_mnist"))
   state = training.create_train_state(TinyCNN(), training.make_optimizer(0.1), seed=0, input_shape=(1, 28, 28, 1))
   other.save(7, state)
   other.close()
@@ -286,7 +289,7 @@ def test_workdir_with_another_models_checkpoint_is_refused_untouched(tmp_path):
   before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
 
   config = tiny_config(tmp_path / "data")
-  with pytest.raises(training.CheckpointMismatchError) as error:
+  with pytest.raises(octflax.errors.CheckpointMismatchError) as error:
     training.train_and_evaluate(config, str(workdir))
   message = str(error.value)
   assert "step 7" in message
@@ -298,7 +301,7 @@ def test_workdir_with_another_models_checkpoint_is_refused_untouched(tmp_path):
 
 def _restore_params(workdir: Path, config) -> dict:
   del config
-  variables, _ = training.read_checkpoint(str(workdir))  # The newest checkpoint of the run.
+  variables, _ = octflax.checkpoint.read_checkpoint(str(workdir))  # The newest checkpoint of the run.
   return variables["params"]
 
 
@@ -316,7 +319,7 @@ def test_trainer_gives_the_same_run_under_jit_and_pmap(tmp_path):
     assert (tmp_path / mode / "curves.png").stat().st_size > 1000
   jit, pmap = summaries["jit"], summaries["pmap"]
   assert jit["steps"] == pmap["steps"] == 8
-  assert jit["num_devices"] == 8 and jit["params"] == training.num_params(params["jit"])
+  assert jit["num_devices"] == 8 and jit["params"] == training.parallel.num_params(params["jit"])
   assert jit["test_loss"] == pytest.approx(pmap["test_loss"], rel=1e-5)
   assert jit["test_accuracy"] == pmap["test_accuracy"]
   assert jit["final_train_loss"] == pytest.approx(pmap["final_train_loss"], rel=1e-5)
@@ -330,8 +333,9 @@ def test_trainer_gives_the_same_run_under_jit_and_pmap(tmp_path):
 
 
 def test_half_precision_computes_in_bfloat16_and_keeps_float32_parameters(tmp_path):
-  config = tiny_config(tmp_path, half_precision=True)
-  model = training.build_model(config, num_classes=10)
+  write_fashion_mnist(tmp_path, n_train=16, n_test=5)
+  plan, _ = training.plan_run(tiny_config(tmp_path, half_precision=True))
+  model = plan.build_model()
   assert model.dtype == jnp.bfloat16
   parallel = training.DataParallel("jit", jax.devices()[:1])
   state = parallel.put_state(training.create_train_state(model, training.make_optimizer(0.1), seed=0,
@@ -358,7 +362,7 @@ def test_mixup_loss_is_the_mixture_of_the_two_labels_losses():
   @jax.jit
   def mixture_loss(state, images, labels):
     # The step's mixup weight comes from fold_in(step key, 0).
-    lam = training.mixup_weight(jax.random.fold_in(state.step_key(), 0), 0.4)
+    lam = training.steps.mixup_weight(jax.random.fold_in(state.step_key(), 0), 0.4)
     mixed = lam * images + (1 - lam) * images[::-1]
     logits = model.apply(state.variables, mixed, train=True, mutable=["batch_stats"])[0]
     loss = (lam * training.cross_entropy_loss(logits, labels, 0.1)
@@ -401,11 +405,11 @@ def test_init_from_loads_everything_but_a_head_of_another_class_count(tmp_path, 
   config = tiny_config(tmp_path / "data", **{"data.name": "synthetic", "data.image_size": 8,
                                               "data.max_train_examples": 16, "data.max_test_examples": 8})
   training.train_and_evaluate(config, str(tmp_path / "source"))
-  trained, _ = training.read_checkpoint(str(tmp_path / "source"))
+  trained, _ = octflax.checkpoint.read_checkpoint(str(tmp_path / "source"))
 
   tx = training.make_optimizer(0.1)
   fresh = training.create_train_state(TinyCNN(num_classes=4), tx, seed=0, input_shape=(1, 8, 8, 3))
-  loaded = training.init_from_checkpoint(fresh, str(tmp_path / "source"))
+  loaded = training.start.init_from_checkpoint(fresh, str(tmp_path / "source"))
   assert "init_from: the checkpoint has 10 classes, this run 4: params/Dense_0/bias, params/Dense_0/kernel " \
          "re-initialised." in capsys.readouterr().out
   chex.assert_trees_all_equal(loaded.params["Conv_0"], trained["params"]["Conv_0"])
@@ -421,8 +425,8 @@ def test_init_from_loads_everything_but_a_head_of_another_class_count(tmp_path, 
       return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
 
   other = training.create_train_state(Wider(num_classes=10), tx, seed=0, input_shape=(1, 8, 8, 3))
-  with pytest.raises(training.CheckpointMismatchError) as error:
-    training.init_from_checkpoint(other, str(tmp_path / "source"))
+  with pytest.raises(octflax.errors.CheckpointMismatchError) as error:
+    training.start.init_from_checkpoint(other, str(tmp_path / "source"))
   message = str(error.value)
   assert "(7 parameters differ)" in message  # conv 2, BatchNorm 4, dense kernel
   for line in ("params/Conv_0/kernel: checkpoint (3, 3, 3, 4), this model (3, 3, 3, 6)",
@@ -437,7 +441,7 @@ def test_init_from_in_the_config_starts_a_run_and_resuming_ignores_it(tmp_path, 
   config = tiny_config(tmp_path / "data", **{"data.name": "synthetic", "data.image_size": 8,
                                               "data.max_train_examples": 16, "data.max_test_examples": 8})
   training.train_and_evaluate(config, str(tmp_path / "source"))
-  trained, _ = training.read_checkpoint(str(tmp_path / "source"))
+  trained, _ = octflax.checkpoint.read_checkpoint(str(tmp_path / "source"))
   tuned = tiny_config(tmp_path / "data", **{"data.name": "synthetic", "data.image_size": 8, "data.num_classes": 3,
                                              "data.max_train_examples": 16, "data.max_test_examples": 8,
                                              "learning_rate": 1e-9, "weight_decay": 0.0, "num_epochs": 1,
@@ -445,7 +449,7 @@ def test_init_from_in_the_config_starts_a_run_and_resuming_ignores_it(tmp_path, 
   capsys.readouterr()
   summary = training.train_and_evaluate(tuned, str(tmp_path / "tuned"))
   assert "this run 3: params/Dense_0/bias, params/Dense_0/kernel re-initialised" in capsys.readouterr().out
-  got, _ = training.read_checkpoint(str(tmp_path / "tuned"))
+  got, _ = octflax.checkpoint.read_checkpoint(str(tmp_path / "tuned"))
   # A learning rate of 1e-9: the convolution is the source run's, to float32 rounding.
   chex.assert_trees_all_close(got["params"]["Conv_0"], trained["params"]["Conv_0"], atol=1e-6)
   assert got["params"]["Dense_0"]["kernel"].shape == (4, 3)
@@ -464,8 +468,8 @@ def test_model_api_nnx_trains_through_the_same_loop_and_unknown_apis_are_refused
   config.model.overrides.stem_features = 4
   summary = training.train_and_evaluate(config, str(tmp_path / "run"))
   assert summary["steps"] == 4 and 0 <= summary["test_accuracy"] <= 1
-  variables, meta = training.read_checkpoint(str(tmp_path / "run"))
+  variables, meta = octflax.checkpoint.read_checkpoint(str(tmp_path / "run"))
   assert meta["config"]["model"]["api"] == "nnx" and "params" in variables
   config.model.api = "haiku"
-  with pytest.raises(training.ConfigError, match=r"config.model.api must be 'linen' or 'nnx'; got 'haiku'"):
+  with pytest.raises(octflax.errors.ConfigError, match=r"config.model.api must be 'linen' or 'nnx'; got 'haiku'"):
     training.train_and_evaluate(config, str(tmp_path / "other"))

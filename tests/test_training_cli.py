@@ -24,7 +24,8 @@ import jax
 import numpy as np
 import pytest
 
-from octflax.training.checkpoint import find_checkpoint, read_state
+from octflax.checkpoint import find_checkpoint
+from octflax.checkpoint.format import read_state
 from test_training import write_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,14 +12,16 @@ them by name (`register_source` adds one)::
                                 augment='crop_flip'):
     ...  # batch['image'] float32 [128, 28, 28, 1], batch['label'] int32 [128]
 
-`split_validation` holds out the last examples of a source as a `Subset`, and
-`input_shape` is the shape of the images a loader gives (the model's input).
+`split_validation` holds out the last examples of a source as a `Subset`,
+`input_shape` is the shape of the images a loader gives (the model's input), and a
+`BatchPlan` holds a data-parallel run's batch arithmetic (``make_loader(plan=...)``).
 """
 
 from octflax.data.augment import AUGMENTATIONS
 from octflax.data.download import FASHION_MNIST_DIR, download_fashion_mnist, find_fashion_mnist
 from octflax.data.errors import DataError, MissingDataError
-from octflax.data.pipeline import EpochLoader, input_shape, make_loader, steps_per_epoch
+from octflax.data.batching import BatchPlan, steps_per_epoch
+from octflax.data.pipeline import EpochLoader, input_shape, make_loader
 from octflax.data.arrays import ArraySource
 from octflax.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, cifar
 from octflax.data.clips import MovingGarments, moving_fashion_mnist
@@ -32,6 +34,7 @@ from octflax.data.subset import Subset, split_validation
 __all__ = [
     "AUGMENTATIONS",
     "ArraySource",
+    "BatchPlan",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "CIFAR10_MEAN",

@@ -45,37 +45,9 @@ except (ImportError, AttributeError):  # Older grain releases.
 from octflax.data import augment as aug
 from octflax.data.errors import DataError
 from octflax.data.arrays import gather
+from octflax.data.batching import BatchPlan, check_int, steps_per_epoch
 
 Batch = dict[str, np.ndarray]
-
-
-def steps_per_epoch(num_examples: int, global_batch_size: int, *, drop_remainder: bool = True) -> int:
-  """Number of global batches in an epoch.
-
-  Args:
-    num_examples: examples in the data set.
-    global_batch_size: examples per global batch (per-process batch times the
-      number of processes).
-    drop_remainder: True for training (a final partial batch is dropped);
-      False for evaluation (it is padded), which rounds up.
-
-  Returns:
-    The number of batches.
-
-  Raises:
-    DataError: a negative count or a batch size below 1.
-  """
-  _check_int("num_examples", num_examples, 0)
-  _check_int("global_batch_size", global_batch_size, 1)
-  if drop_remainder:
-    return num_examples // global_batch_size
-  return -(-num_examples // global_batch_size)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise DataError(f"{name} must be an integer >= {minimum}; got {value!r}.")
-  return int(value)
 
 
 def epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
@@ -239,7 +211,7 @@ def input_shape(source: Any, augment: str = "none", image_size: int | None = Non
   """
   if augment not in aug.AUGMENTATIONS:
     raise DataError(f"augment must be one of {', '.join(map(repr, aug.AUGMENTATIONS))}; got {augment!r}.")
-  size = _check_int("image_size", image_size or 0, 0) or (224 if augment == "imagenet" else 0)
+  size = check_int("image_size", image_size or 0, 0) or (224 if augment == "imagenet" else 0)
   stored = getattr(source, "image_shape", None)
   if size:
     channels = stored[-1] if stored else len(source.mean)
@@ -277,7 +249,7 @@ def _output_shape(source: Any, augment: str, image_size: int | None) -> tuple[tu
 def make_loader(
     source: Any,
     *,
-    batch_size: int,
+    batch_size: int | None = None,
     train: bool,
     seed: int = 0,
     epoch: int = 0,
@@ -287,17 +259,25 @@ def make_loader(
     process_count: int | None = None,
     start_batch: int = 0,
     num_threads: int = 0,
+    plan: BatchPlan | None = None,
 ) -> Iterator[Batch]:
   """Batches of one epoch of `source` for this process, on grain.
 
+  The batch arithmetic comes from a `BatchPlan` (``plan``), or from
+  `batch_size`, `process_index` and `process_count`, which make the plan
+  ``BatchPlan(global_batch=batch_size * process_count, num_processes=process_count,
+  process_index=process_index, devices_per_process=1, ...)``; the loader does not
+  use the plan's devices.
+
   Training (``train=True``): the epoch's order is grain's shuffle with the
   seed `epoch_seeds` ``(seed, epoch)``; global batch ``k`` is positions
-  ``k*G .. k*G + G - 1`` of it (``G = batch_size * process_count``), process
-  ``p`` gets the ``p``-th `batch_size` slice, and the last partial global batch
-  is dropped. Evaluation (``train=False``): the order is the source's order, the
-  last global batch is padded (zero images, label 0, ``mask`` 0) so that every
-  example appears exactly once across processes and every process yields the
-  same number of batches.
+  ``k*G .. k*G + G - 1`` of it (``G = plan.global_batch``), process ``p`` gets
+  the ``p``-th ``plan.per_process`` slice, and the last partial global batch
+  is dropped: the epoch has ``plan.steps_per_epoch`` batches. Evaluation
+  (``train=False``): the order is the source's order, the last global batch is
+  padded (zero images, label 0, ``mask`` 0) so that every example appears
+  exactly once across processes and every process yields the same number of
+  batches.
 
   Augmentations (train only, except the resize of ``'imagenet'``) draw their
   numbers with grain's ``random_map``, a pure function of ``(seed, epoch,
@@ -316,7 +296,8 @@ def make_loader(
     source: a random-access source (``len``, ``source[i] -> {'image', 'label'}``)
       with ``mean``, ``std`` and ``image_shape`` attributes, like those of
       `octflax.data`.
-    batch_size: examples per batch on THIS process.
+    batch_size: examples per batch on THIS process (``plan.per_process``);
+      required unless `plan` is given, and not allowed with it.
     train: shuffle, augment and drop the remainder (True) or evaluate (False).
     seed: seed of the shuffle and the augmentations.
     epoch: epoch number (>= 0); each epoch has its own order and augmentations.
@@ -324,12 +305,17 @@ def make_loader(
     image_size: output side for ``'imagenet'`` or for resizing with
       ``'none'``; 0 or None keeps the stored size (224 for ``'imagenet'``):
       the batches' images have shape `input_shape` ``(source, augment, image_size)``.
-    process_index: this process's index; default ``jax.process_index()``.
-    process_count: number of processes; default ``jax.process_count()``.
+    process_index: this process's index; default ``jax.process_index()``
+      (not allowed with `plan`).
+    process_count: number of processes; default ``jax.process_count()``
+      (not allowed with `plan`).
     start_batch: first batch to yield (to resume mid-epoch); skipped batches
       cost nothing.
     num_threads: grain threads that build batches ahead; 0 builds each batch
       in the calling thread when it is asked for.
+    plan: the batch arithmetic (e.g. ``DataParallel.batch_plan``): per-process
+      batch, process index and count. For training, its ``steps_per_epoch``
+      must be that of ``len(source)`` examples.
 
   Returns:
     An `EpochLoader`, an iterator (with ``len``) of dicts of NumPy arrays:
@@ -338,7 +324,10 @@ def make_loader(
     ``'mask'`` float32 [batch_size], 1 for real examples and 0 for padding.
 
   Raises:
-    DataError: a bad argument, or a source without the needed attributes.
+    DataError: a bad argument (`plan` together with `batch_size`,
+      `process_index` or `process_count`; neither `plan` nor `batch_size`; a
+      training plan whose ``steps_per_epoch`` does not match the source), or a
+      source without the needed attributes.
   """
   for attr in ("__len__", "__getitem__", "mean", "std"):
     if not hasattr(source, attr):
@@ -346,32 +335,44 @@ def make_loader(
           f"source {source!r} has no {attr!r}; expected a random-access source with len(), "
           "source[i] -> {'image', 'label'}, and mean/std attributes (e.g. octflax.data.fashion_mnist())."
       )
-  batch_size = _check_int("batch_size", batch_size, 1)
-  epoch = _check_int("epoch", epoch, 0)
-  start_batch = _check_int("start_batch", start_batch, 0)
-  num_threads = _check_int("num_threads", num_threads, 0)
+  if plan is not None:
+    if not isinstance(plan, BatchPlan):
+      raise DataError(f"plan must be an octflax.data.BatchPlan; got {plan!r}.")
+    given = [f"{name}={value!r}" for name, value in (
+        ("batch_size", batch_size), ("process_index", process_index), ("process_count", process_count))
+             if value is not None]
+    if given:
+      raise DataError(
+          f"make_loader takes the batch size and the processes from plan or from batch_size/"
+          f"process_index/process_count, not both; got plan and {', '.join(given)}.")
+  elif batch_size is None:
+    raise DataError(
+        "make_loader needs batch_size (examples per batch on this process) or plan=BatchPlan(...).")
+  else:
+    batch_size = check_int("batch_size", batch_size, 1)
+  epoch = check_int("epoch", epoch, 0)
+  start_batch = check_int("start_batch", start_batch, 0)
+  num_threads = check_int("num_threads", num_threads, 0)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
     raise DataError(f"seed must be an integer; got {seed!r}.")
   if augment not in aug.AUGMENTATIONS:
     raise DataError(f"augment must be one of {', '.join(map(repr, aug.AUGMENTATIONS))}; got {augment!r}.")
   if image_size is not None:
-    image_size = _check_int("image_size", image_size, 0) or None
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  process_count = _check_int("process_count", process_count, 1)
-  process_index = _check_int("process_index", process_index, 0)
-  if process_index >= process_count:
-    raise DataError(
-        f"process_index must be in 0..{process_count - 1} (process_count={process_count}); "
-        f"got {process_index}."
-    )
+    image_size = check_int("image_size", image_size, 0) or None
 
   num_examples = len(source)
   if num_examples == 0:
     raise DataError(f"source {source!r} is empty.")
+  if plan is None:  # The same arithmetic as a given plan: the loader's one path.
+    if process_index is None or process_count is None:
+      import jax  # pylint: disable=g-import-not-at-top
+
+      process_index = jax.process_index() if process_index is None else process_index
+      process_count = jax.process_count() if process_count is None else process_count
+    process_count = check_int("process_count", process_count, 1)
+    plan = BatchPlan(global_batch=batch_size * process_count, num_processes=process_count,
+                     process_index=process_index, devices_per_process=1,
+                     steps_per_epoch=steps_per_epoch(num_examples, batch_size * process_count))
   mean = np.asarray(source.mean, dtype=np.float32).reshape(-1)
   std = np.asarray(source.std, dtype=np.float32).reshape(-1)
   if mean.shape != std.shape or not np.all(std > 0):
@@ -386,14 +387,18 @@ def make_loader(
         f"{out_shape[-1]} channels."
     )
 
-  global_batch_size = batch_size * process_count
-  num_batches = steps_per_epoch(num_examples, global_batch_size, drop_remainder=train)
+  num_batches = steps_per_epoch(num_examples, plan.global_batch, drop_remainder=train)
   if num_batches == 0:
     raise DataError(
-        f"global batch size {global_batch_size} (batch_size {batch_size} x {process_count} "
+        f"global batch size {plan.global_batch} (batch_size {plan.per_process} x {plan.num_processes} "
         f"processes) is larger than the {num_examples} examples of {source!r}; training drops "
         "partial batches, so an epoch would be empty. Use a smaller batch_size."
     )
+  if train and num_batches != plan.steps_per_epoch:
+    raise DataError(
+        f"plan.steps_per_epoch is {plan.steps_per_epoch}, but the {num_examples} examples of {source!r} "
+        f"make {num_batches} global batches of {plan.global_batch}: build the plan with "
+        f"num_examples={num_examples} (len(source)).")
   if start_batch > num_batches:
     raise DataError(f"start_batch must be in 0..{num_batches} (batches per epoch); got {start_batch}.")
 
@@ -404,9 +409,13 @@ def make_loader(
     if draws:
       positions = positions.random_map(_Draw(draws), seed=augment_seed)
   else:  # The source's order, padded to whole global batches.
-    positions = grain.MapDataset.range(num_batches * global_batch_size)
-  chunks = positions.batch(batch_size, drop_remainder=train)
-  local = chunks[process_index + start_batch * process_count : num_batches * process_count : process_count]
+    positions = grain.MapDataset.range(num_batches * plan.global_batch)
+  chunks = positions.batch(plan.per_process, drop_remainder=train)
+  count = plan.num_processes
+  local = chunks[plan.process_index + start_batch * count : num_batches * count : count]
   dataset = local.map(_Build(source, num_examples, bool(train), augment, out_shape, resize, mean, std))
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
-  return EpochLoader(dataset, read_options, num_batches, start_batch, global_batch_size)
+  return EpochLoader(dataset, read_options, num_batches, start_batch, plan.global_batch)
+
+
+__all__ = ["EpochLoader", "epoch_seeds", "input_shape", "make_loader"]

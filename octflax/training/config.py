@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import ml_collections
 
 from octflax.data import FASHION_MNIST_DIR, list_sources
-from octflax.training.errors import ConfigError
+from octflax.errors import ConfigError
 from octflax.training.monitoring import profile_window
 from octflax.training.parallel import PARALLEL_MODES
 
@@ -195,12 +195,5 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def to_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as plain JSON-able Python values."""
-  import json  # pylint: disable=g-import-not-at-top
-
-  return json.loads(json.dumps(config.to_dict(), default=str))
-
-
-__all__ = ["MODEL_APIS", "check_config", "default_config", "field_names", "to_json_dict",
+__all__ = ["MODEL_APIS", "check_config", "default_config", "field_names",
            "unknown_field_message"]

@@ -4,8 +4,8 @@
 directory's lock (`hold_workdir`, released on every way out: the end, an
 error, a SIGTERM or Ctrl-C stop), a file of the working directory that cannot
 be written stops the run with one `WriteFailedError` line (see
-`octflax.training.writes`), and orbax's background reports are held back
-(`octflax.training.quiet`).
+`octflax.files`), and orbax's background reports are held back
+(`octflax.checkpoint.quiet`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import os
 import sys
 from typing import Any, Callable
 
-from octflax.training import quiet, writes
-from octflax.training.checkpoint import CHECKPOINT_DIR
-from octflax.training.errors import TrainingError, WorkdirError, WorkdirLockedError, WriteFailedError
+from octflax import files
+from octflax.checkpoint import CHECKPOINT_DIR, quiet
+from octflax.errors import TrainingError, WorkdirError, WorkdirLockedError, WriteFailedError
 from octflax.training.lock import LOCK_FILE, WorkdirLock
-from octflax.training.paths import is_url
 
 
 class _Run:
@@ -52,7 +51,7 @@ def hold_workdir(workdir: str, *, is_chief: bool = True, say: Callable[[str], No
   if run is None:
     raise RuntimeError("hold_workdir is called within a function wrapped by run_guard")
   run.workdir = workdir
-  if is_url(workdir):
+  if files.is_url(workdir):
     return
   error = None
   if is_chief:
@@ -61,10 +60,10 @@ def hold_workdir(workdir: str, *, is_chief: bool = True, say: Callable[[str], No
     except (WorkdirLockedError, WorkdirError) as e:
       error = e
     except OSError as e:
-      code = writes.cannot_write(e)
+      code = files.cannot_write(e)
       if code is None:
         raise
-      error = writes.write_failed(f"its lock file {LOCK_FILE}", workdir, code, os.path.join(workdir, CHECKPOINT_DIR))
+      error = files.write_failed(f"its lock file {LOCK_FILE}", workdir, code, os.path.join(workdir, CHECKPOINT_DIR))
   import jax  # pylint: disable=g-import-not-at-top
 
   if jax.process_count() > 1:
@@ -87,14 +86,14 @@ def _in_workdir(path: Any, workdir: str) -> bool:
 
 
 def _as_write_failure(error: OSError, workdir: str) -> WriteFailedError | None:
-  code = writes.cannot_write(error)
+  code = files.cannot_write(error)
   if code is None:
     return None
   # A failed write often fails again while the run closes its files (a buffer that cannot be
   # flushed): the first error that names its file says what was being written.
-  for e in writes.chain(error):
-    if isinstance(e, OSError) and e.filename and writes.cannot_write(e) is not None:
-      error, code = e, writes.cannot_write(e)
+  for e in files.chain(error):
+    if isinstance(e, OSError) and e.filename and files.cannot_write(e) is not None:
+      error, code = e, files.cannot_write(e)
       break
   if not _in_workdir(error.filename, workdir):
     return None
@@ -103,7 +102,7 @@ def _as_write_failure(error: OSError, workdir: str) -> WriteFailedError | None:
     what, folder = os.path.basename(path), os.path.dirname(path)
   else:
     what, folder = "a file", workdir
-  return writes.write_failed(what, folder, code, os.path.join(workdir, CHECKPOINT_DIR))
+  return files.write_failed(what, folder, code, os.path.join(workdir, CHECKPOINT_DIR))
 
 
 def run_guard(train: Callable[..., Any]) -> Callable[..., Any]:
@@ -123,7 +122,7 @@ def run_guard(train: Callable[..., Any]) -> Callable[..., Any]:
           raise
         except OSError as e:
           own = isinstance(e, TrainingError) or type(e).__module__.startswith("octflax")  # Already one line.
-          failure = None if own or not run.workdir or is_url(run.workdir) else _as_write_failure(e, run.workdir)
+          failure = None if own or not run.workdir or files.is_url(run.workdir) else _as_write_failure(e, run.workdir)
           if failure is None:
             raise
           failed = True

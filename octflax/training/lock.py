@@ -29,7 +29,7 @@ import socket
 import sys
 from typing import Any, Callable
 
-from octflax.training.errors import WorkdirError, WorkdirLockedError
+from octflax.errors import WorkdirError, WorkdirLockedError
 
 LOCK_FILE = "run.lock"
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-from octflax.training.errors import ConfigError
+from octflax.errors import ConfigError
 
 PROFILE_DIR = "profile"
 EVENTS_PREFIX = "events"  # Files are named events.out.tfevents.TIME.HOST.START_STEP.PID.

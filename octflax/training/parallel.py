@@ -21,6 +21,7 @@ pmap, and dropout masks differ.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from typing import Any, Sequence
@@ -30,8 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from octflax import data as data_lib
 from octflax.execution import train_compiler_options
-from octflax.training.errors import ConfigError
+from octflax.errors import ConfigError
 from octflax.training.state import TrainState
 from octflax.training.steps import eval_step, train_step
 
@@ -82,6 +84,25 @@ def check_batch_size(global_batch_size: int, num_devices: int, name: str = "batc
         f"{name} {global_batch_size} is not divisible by the number of devices {num_devices}: "
         f"each device must get the same number of images. Use a multiple of {num_devices} "
         f"(e.g. --config.{name}={max(num_devices, global_batch_size // num_devices * num_devices)}).")
+
+
+def _devices_per_process(devices: Sequence[Any]) -> int:
+  """The number of devices of each process among ``devices`` (objects with a ``process_index``).
+
+  Raises:
+    ConfigError: no devices, or processes with different numbers of devices.
+  """
+  counts = collections.Counter(d.process_index for d in devices)
+  if not counts:
+    raise ConfigError("no devices: octflax's data-parallel runs need at least one device.")
+  first = min(counts)
+  for process in sorted(counts):
+    if counts[process] != counts[first]:
+      raise ConfigError(
+          f"process {process} has {counts[process]} device{'s' if counts[process] != 1 else ''}, "
+          f"process {first} has {counts[first]}: octflax's data-parallel runs need the same number "
+          "of devices on every process.")
+  return counts[first]
 
 
 class DataParallel:
@@ -169,14 +190,51 @@ class DataParallel:
       return model.clone(axis_name=DATA_AXIS)
     return model
 
-  def local_batch_size(self, global_batch_size: int, name: str = "batch_size") -> int:
-    """This process's share of a global batch (what its loader yields).
+  def batch_plan(self, global_batch: int, num_examples: int, *,
+                 name: str = "batch_size") -> data_lib.BatchPlan:
+    """The batch arithmetic of a global batch over these devices (`octflax.data.BatchPlan`).
 
-    ``local = global * local_devices / devices``; raises `ConfigError` (naming
-    the config field ``name``) unless the global batch splits evenly over the devices.
+    What `octflax.data.make_loader` takes as ``plan``: this process's share of
+    each global batch (``per_process``), its index (``jax.process_index()``)
+    and the number of processes.
+
+    Args:
+      global_batch: examples per step over all devices.
+      num_examples: examples of the data set the plan counts steps over
+        (`octflax.data.steps_per_epoch`, the partial last batch dropped). For
+        training, the training set (``len(source)``); for evaluation any
+        number, where ``steps_per_epoch`` 0 is fine (its loader pads the last
+        batch and counts its own batches).
+      name: the config field of ``global_batch``, named in the error.
+
+    Returns:
+      The plan.
+
+    Raises:
+      ConfigError: processes with different numbers of devices, this process
+        not among processes ``0 .. N - 1`` of the devices, or a global batch
+        that does not split evenly over the devices (the message names ``name``
+        and suggests a value).
+      DataError: a negative ``num_examples``.
     """
-    check_batch_size(global_batch_size, self.num_devices, name)
-    return global_batch_size * len(self.local_devices) // self.num_devices
+    per_process = _devices_per_process(self.devices)
+    processes = sorted({d.process_index for d in self.devices})
+    if processes != list(range(len(processes))) or jax.process_index() not in processes:
+      raise ConfigError(
+          f"the devices belong to processes {processes} and this is process {jax.process_index()}: "
+          "octflax's data-parallel runs need the devices of processes 0..N-1, this one among them "
+          "(pass devices=None for all devices).")
+    check_batch_size(global_batch, self.num_devices, name)
+    return data_lib.BatchPlan(global_batch=global_batch, num_processes=len(processes),
+                              process_index=jax.process_index(), devices_per_process=per_process,
+                              steps_per_epoch=data_lib.steps_per_epoch(num_examples, global_batch))
+
+  def local_batch_size(self, global_batch_size: int, name: str = "batch_size") -> int:
+    """This process's share of a global batch (what its loader yields): ``batch_plan(...).per_process``.
+
+    Raises `ConfigError` as `batch_plan` does (naming the config field ``name``).
+    """
+    return self.batch_plan(global_batch_size, 0, name=name).per_process
 
   # Placement -------------------------------------------------------------------
 

@@ -1,53 +1,13 @@
-"""Paths a user gives (working directory, data, checkpoints): relative, absolute, ``~`` or a URL.
-
-Every path that reaches the trainer, `experiments.evaluate` or
-`experiments.convert_torch` goes through `resolve_path` once, where it enters:
-orbax refuses relative paths, and a path resolved later (after a ``chdir`` or in
-a background thread) would name another place.
-"""
+"""The run's working directory: resolved (`octflax.files.resolve_path`), created and checked writable."""
 
 from __future__ import annotations
 
 import os
-import re
 
-from octflax.training.errors import WorkdirError
-
-# ``gs://bucket``, ``s3://...``, ``https://...``: anything with a scheme is passed through.
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+from octflax.errors import WorkdirError
+from octflax.files import is_url, resolve_path
 
 PROBE_FILE = ".octflax-write-probe"
-
-
-def is_url(path: str | os.PathLike) -> bool:
-  """True for ``scheme://...`` paths (``gs://``, ``s3://``, ``https://``)."""
-  return bool(_URL.match(os.fspath(path)))
-
-
-def resolve_path(path: str | os.PathLike) -> str:
-  """The absolute form of a local path (``~`` expanded); URLs unchanged.
-
-  ``resolve_path(p) = abspath(expanduser(p))`` for a local ``p``; a ``scheme://``
-  path is returned as given.
-
-  Args:
-    path: a path as the user wrote it.
-
-  Returns:
-    The path as a string.
-
-  Examples:
-    >>> resolve_path('gs://bucket/run')
-    'gs://bucket/run'
-    >>> resolve_path('~/run') == os.path.join(os.path.expanduser('~'), 'run')
-    True
-    >>> os.path.isabs(resolve_path('runs/a'))
-    True
-  """
-  path = os.fspath(path)
-  if is_url(path):
-    return path
-  return os.path.abspath(os.path.expanduser(path))
 
 
 def prepare_workdir(workdir: str | os.PathLike) -> str:
@@ -88,4 +48,4 @@ def prepare_workdir(workdir: str | os.PathLike) -> str:
   return path
 
 
-__all__ = ["PROBE_FILE", "is_url", "prepare_workdir", "resolve_path"]
+__all__ = ["PROBE_FILE", "prepare_workdir"]

@@ -1,4 +1,4 @@
-"""What a run reports: the progress line, metrics.jsonl, summary.json, curves.png.
+"""What a run reports as it goes: the progress line and metrics.jsonl (the end's files: `summary`).
 
 `StepReporter` receives each step's metrics as the step is dispatched and reads
 them back once the step has finished, so that the progress it shows (steps,
@@ -8,7 +8,6 @@ loss, images/s, ETA) is that of finished steps only.
 from __future__ import annotations
 
 import collections
-import io
 import json
 import math
 import sys
@@ -17,11 +16,9 @@ from typing import Any, Callable, TextIO
 
 from etils import epath
 
-from octflax.training.writes import overwrite_file, replace_file
+from octflax.files import replace_file
 
 METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CURVES_FILE = "curves.png"
 
 
 class MetricsWriter:
@@ -152,6 +149,19 @@ class Progress:
       self._bar = None
 
 
+class NonFiniteMetrics(Exception):
+  """A step's loss or gradient norm is NaN or infinite (`StepReporter` raises it; the trainer stops).
+
+  Attributes:
+    step: the step.
+    what: e.g. ``'the loss became nan'``.
+  """
+
+  def __init__(self, step: int, what: str):
+    super().__init__(f"{what} at step {step}")
+    self.step, self.what = step, what
+
+
 class StepReporter:
   """Reads finished steps' metrics back, checks them, logs them and moves the progress on.
 
@@ -166,10 +176,10 @@ class StepReporter:
 
   def __init__(self, *, writer: MetricsWriter, progress: Progress, fetch: Callable[[list[Any]], list[Any]],
                global_batch: int, steps_per_epoch: int, log_every: int, learning_rate: Callable[[int], float],
-               on_nonfinite: Callable[[int, str], Exception], start_step: int, max_in_flight: int = 3):
+               start_step: int, max_in_flight: int = 3):
     self._writer, self._progress, self._fetch = writer, progress, fetch
     self._global_batch, self._steps_per_epoch, self._log_every = global_batch, steps_per_epoch, log_every
-    self._learning_rate, self._on_nonfinite = learning_rate, on_nonfinite
+    self._learning_rate = learning_rate
     self._max_in_flight = max_in_flight
     self._pending: collections.deque[tuple[int, Any]] = collections.deque()
     self._window: list[dict[str, float]] = []
@@ -249,7 +259,7 @@ class StepReporter:
       m = {k: float(v) for k, v in m.items()}
       for key, what in (("loss", "the loss"), ("grad_norm", "the gradient norm")):
         if not math.isfinite(m[key]):
-          raise self._on_nonfinite(step, f"{what} became {m[key]}")
+          raise NonFiniteMetrics(step, f"{what} became {m[key]}")
       self._epoch.append(m)
       self._window.append(m)
       if step % self._log_every == 0:
@@ -283,49 +293,4 @@ def _is_ready(metrics: Any) -> bool:
   return all(x.is_ready() for x in jax.tree.leaves(metrics) if hasattr(x, "is_ready"))
 
 
-def write_json(path: epath.PathLike, value: Any) -> None:
-  """Writes ``value`` as indented JSON (replacing the file whole: a failed write keeps the old one)."""
-  replace_file(path, json.dumps(value, indent=1, default=str) + "\n")
-
-
-def plot_curves(records: list[dict[str, Any]], path: epath.PathLike, title: str = "") -> bool:
-  """Train, validation and test loss and accuracy per epoch (from the 'eval' records) as a PNG.
-
-  Returns:
-    False when there is no epoch to plot (nothing is written).
-  """
-  epochs = [r for r in records if r.get("kind") == "eval"]
-  if not epochs:
-    return False
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  x = [r["epoch"] for r in epochs]
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy (%)")):
-    scale = 100.0 if key == "accuracy" else 1.0
-    train = [(e, scale * r[f"train_{key}"]) for e, r in zip(x, epochs) if r.get(f"train_{key}") is not None]
-    if train:
-      ax.plot(*zip(*train), "o-", label="train")
-    for split, marker in (("validation", "^-"), ("test", "s-")):
-      points = [(e, scale * r[f"{split}_{key}"]) for e, r in zip(x, epochs) if r.get(f"{split}_{key}") is not None]
-      if points:
-        ax.plot(*zip(*points), marker, label=split)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    ax.legend()
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=110)
-  plt.close(fig)
-  overwrite_file(path, buffer.getvalue())  # In place: no room is needed for a second copy.
-  return True
-
-
-__all__ = ["CURVES_FILE", "METRICS_FILE", "MetricsWriter", "Progress", "SUMMARY_FILE", "StepReporter",
-           "format_duration", "plot_curves", "write_json"]
+__all__ = ["METRICS_FILE", "MetricsWriter", "NonFiniteMetrics", "Progress", "StepReporter", "format_duration"]

@@ -1,4 +1,4 @@
-"""Errors that stop a training run, each with a message that says what to do."""
+"""The errors of octflax's runs and checkpoints, each with a message that says what to do."""
 
 from __future__ import annotations
 

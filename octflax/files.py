@@ -1,4 +1,9 @@
-"""Writes that fail: out of space, over a quota or a file-size limit, or in a read-only folder.
+"""Paths as users give them, and writes that fail: out of space, over a quota or a file-size limit, read-only.
+
+Every path that reaches the trainer, `experiments.evaluate` or
+`experiments.convert_torch` goes through `resolve_path` once, where it enters:
+orbax refuses relative paths, and a path resolved later (after a ``chdir`` or in
+a background thread) would name another place.
 
 A run writes checkpoints (orbax, from background threads), ``metrics.jsonl``,
 ``summary.json``, ``curves.png`` and its lock file. When one of these writes fails
@@ -21,7 +26,7 @@ import os
 import re
 from typing import Iterator
 
-from octflax.training.errors import WriteFailedError
+from octflax.errors import WriteFailedError
 
 # What a write that cannot succeed (until someone acts) fails with.
 CANNOT_WRITE = (errno_lib.ENOSPC, errno_lib.EDQUOT, errno_lib.EFBIG, errno_lib.EROFS, errno_lib.EACCES,
@@ -29,6 +34,39 @@ CANNOT_WRITE = (errno_lib.ENOSPC, errno_lib.EDQUOT, errno_lib.EFBIG, errno_lib.E
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 _TEXTS = {os.strerror(code): code for code in CANNOT_WRITE}
 _TMP_STEP = re.compile(r"/(\d+)\.orbax-checkpoint-tmp")
+# ``gs://bucket``, ``s3://...``, ``https://...``: anything with a scheme is passed through.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str | os.PathLike) -> bool:
+  """True for ``scheme://...`` paths (``gs://``, ``s3://``, ``https://``)."""
+  return bool(_URL.match(os.fspath(path)))
+
+
+def resolve_path(path: str | os.PathLike) -> str:
+  """The absolute form of a local path (``~`` expanded); URLs unchanged.
+
+  ``resolve_path(p) = abspath(expanduser(p))`` for a local ``p``; a ``scheme://``
+  path is returned as given.
+
+  Args:
+    path: a path as the user wrote it.
+
+  Returns:
+    The path as a string.
+
+  Examples:
+    >>> resolve_path('gs://bucket/run')
+    'gs://bucket/run'
+    >>> resolve_path('~/run') == os.path.join(os.path.expanduser('~'), 'run')
+    True
+    >>> os.path.isabs(resolve_path('runs/a'))
+    True
+  """
+  path = os.fspath(path)
+  if is_url(path):
+    return path
+  return os.path.abspath(os.path.expanduser(path))
 
 
 def chain(error: BaseException) -> Iterator[BaseException]:
@@ -161,5 +199,5 @@ def write_failed(what: str, folder: str, code: int, checkpoint_dir: str, *, excl
   return WriteFailedError(f"{message}. {todo} and run the same command: {resume}.", code, intact)
 
 
-__all__ = ["CANNOT_WRITE", "cannot_write", "chain", "describe", "failed_checkpoint_step", "intact_checkpoints",
-           "overwrite_file", "replace_file", "write_failed"]
+__all__ = ["CANNOT_WRITE", "cannot_write", "chain", "describe", "failed_checkpoint_step", "intact_checkpoints", "is_url",
+           "overwrite_file", "replace_file", "resolve_path", "write_failed"]

@@ -1,0 +1,185 @@
+"""The run plan: everything a training run needs, built once from its config, as plain typed values.
+
+`plan_run` is the one reader of a training config (besides the entry points
+that load it): it checks it, resolves its paths, opens the data and returns a
+frozen `RunPlan` (the model's identity, the data settings, the batch plans of
+the data-parallel layer, the schedule's lengths, when to log, save and
+evaluate) with the opened `Splits`. Everything after it takes plain values::
+
+  plan, splits = plan_run(config)
+  plan.batch.per_device, plan.steps_per_epoch, plan.model.name
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+from octflax import data as data_lib
+from octflax.checkpoint import ModelIdentity
+from octflax.errors import ConfigError
+from octflax.files import resolve_path
+from octflax.training.config import check_config
+from octflax.training.inputs import DataSettings, Splits, open_splits
+from octflax.training.monitoring import profile_window
+from octflax.training.optim import scaled_learning_rate
+from octflax.training.parallel import DataParallel
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimization:
+  """The optimizer and its schedule (`octflax.training.optim`).
+
+  Attributes:
+    learning_rate: the peak learning rate of this run's global batch (scaled from per-256).
+    warmup_steps, total_steps: linear warm-up, then cosine decay to 0 at ``total_steps``.
+    momentum, nesterov, weight_decay, grad_clip_norm: as in `make_optimizer`.
+    label_smoothing, mixup_alpha: of the loss (`train_step`).
+  """
+
+  learning_rate: float
+  warmup_steps: int
+  total_steps: int
+  momentum: float
+  nesterov: bool
+  weight_decay: float
+  grad_clip_norm: float
+  label_smoothing: float
+  mixup_alpha: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """A training run, decided before anything is computed.
+
+  Attributes:
+    model: what is trained (and what its checkpoints record).
+    api: 'linen' or 'nnx'.
+    half_precision: compute in bfloat16.
+    data: where the examples come from.
+    batch, eval_batch: the data-parallel layer's batch plans of training and evaluation.
+    num_epochs: passes over the training split.
+    optimization: optimizer, schedule and loss settings.
+    parallel: 'jit' or 'pmap'.
+    seed: parameters, data order, augmentation, mixup.
+    init_from: a checkpoint to start from ('' = none), absolute.
+    checkpoint_every_steps, keep_checkpoints, log_every_steps, eval_every_epochs: when things happen.
+    profile: ``(first, last)`` step of the profile window, or None.
+    progress_bar: a progress bar (else plain lines).
+    config: the config as JSON values (stored with checkpoints and the summary).
+  """
+
+  model: ModelIdentity
+  api: str
+  half_precision: bool
+  data: DataSettings
+  batch: data_lib.BatchPlan
+  eval_batch: data_lib.BatchPlan
+  num_epochs: int
+  optimization: Optimization
+  parallel: str
+  seed: int
+  init_from: str
+  checkpoint_every_steps: int
+  keep_checkpoints: int
+  log_every_steps: int
+  eval_every_epochs: int
+  profile: tuple[int, int] | None
+  progress_bar: bool
+  config: dict[str, Any]
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.batch.steps_per_epoch
+
+  @property
+  def total_steps(self) -> int:
+    return self.num_epochs * self.batch.steps_per_epoch
+
+  @property
+  def dtype(self) -> Any:
+    return jnp.bfloat16 if self.half_precision else jnp.float32
+
+  def build_model(self) -> Any:
+    """The model of `model` under `api` at `dtype`.
+
+    Raises:
+      ConfigError: an unknown model name or override.
+    """
+    try:
+      return self.model.build(dtype=self.dtype, api=self.api)
+    except ValueError as e:
+      raise ConfigError(f"config.model: {e}") from None
+
+
+def to_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON-able Python values."""
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def data_settings(config: ml_collections.ConfigDict) -> DataSettings:
+  """The data settings of ``config`` (``data.dir`` made absolute)."""
+  d = config.data
+  return DataSettings(
+      name=d.name, dir=resolve_path(d.dir) if d.dir else "", train_split=d.train_split, test_split=d.test_split,
+      max_train_examples=d.max_train_examples, max_test_examples=d.max_test_examples,
+      validation_examples=d.validation_examples, augment=d.augment, image_size=d.image_size,
+      num_classes=d.num_classes, num_threads=d.num_threads, seed=config.seed)
+
+
+def plan_run(config: ml_collections.ConfigDict) -> tuple[RunPlan, Splits]:
+  """Checks ``config``, opens its data and decides the run.
+
+  Paths (``data.dir``, ``init_from``) are made absolute here (see
+  `octflax.files.resolve_path`), and the plan's ``config`` records them so, so
+  that a later ``experiments.evaluate --workdir`` finds the data from any directory.
+
+  Raises:
+    ConfigError: an unknown field, a value that cannot work, a batch size that
+      does not split over the devices or exceeds the data.
+    octflax.data.DataError: missing or malformed data.
+  """
+  check_config(config)
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for node, field in ((config.data, "dir"), (config, "init_from")):
+      if node[field]:
+        node[field] = resolve_path(node[field])
+  d = config.data
+  settings = data_settings(config)
+  splits = open_splits(settings)
+  devices = DataParallel(config.parallel)
+  batch = devices.batch_plan(config.batch_size, len(splits.train))
+  if batch.steps_per_epoch == 0:
+    raise ConfigError(
+        f"batch_size {config.batch_size} is larger than the {len(splits.train)} training examples; an epoch "
+        "would have no step. Use a smaller --config.batch_size.")
+  eval_batch = devices.batch_plan(config.eval_batch_size or config.batch_size, len(splits.test),
+                                  name="eval_batch_size")
+  total_steps = config.num_epochs * batch.steps_per_epoch
+  identity = ModelIdentity(
+      name=config.model.name, alpha=config.model.alpha, num_classes=splits.train.num_classes,
+      image_shape=data_lib.input_shape(splits.train, d.augment, d.image_size),
+      overrides=config.model.overrides.to_dict(), data=d.name)
+  optimization = Optimization(
+      learning_rate=scaled_learning_rate(config.learning_rate, config.batch_size),
+      warmup_steps=round(config.warmup_epochs * batch.steps_per_epoch), total_steps=total_steps,
+      momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay,
+      grad_clip_norm=config.grad_clip_norm, label_smoothing=config.label_smoothing,
+      mixup_alpha=config.mixup_alpha)
+  plan = RunPlan(
+      model=identity, api=config.model.api, half_precision=config.half_precision, data=settings, batch=batch,
+      eval_batch=eval_batch, num_epochs=config.num_epochs, optimization=optimization, parallel=config.parallel,
+      seed=config.seed, init_from=config.init_from, checkpoint_every_steps=config.checkpoint_every_steps,
+      keep_checkpoints=config.keep_checkpoints, log_every_steps=config.log_every_steps,
+      eval_every_epochs=config.eval_every_epochs, profile=profile_window(config.profile_steps, total_steps),
+      progress_bar=config.progress_bar, config=to_json_dict(config))
+  return plan, splits
+
+
+__all__ = ["Optimization", "RunPlan", "data_settings", "plan_run", "to_json_dict"]
