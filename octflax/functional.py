@@ -639,8 +639,8 @@ def oct_conv_transpose(
 
 
 __all__ = [
-    "PATHS", "PathParamShapes", "PathPlan", "avg_pool2", "batch_norm", "conv", "conv_transpose", "global_avg_pool", "is_depthwise", "low_spatial_size",
+    "PATHS", "PathParamShapes", "PathPlan", "batch_norm", "conv", "conv_transpose", "global_avg_pool", "is_depthwise",
     "oct_add", "oct_conv", "oct_conv_param_shapes", "oct_conv_transpose", "oct_map", "oct_max_pool", "oct_relu", "path_kernel_init",
     "is_strided", "plan_paths", "running_average", "strided_vanilla_conv", "with_biases",
-    "upsample2", "vanilla_kernel_shape",
+    "vanilla_kernel_shape",
 ]

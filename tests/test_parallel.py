@@ -1,4 +1,4 @@
-"""Tests of the batch arithmetic of `octflax.training.parallel.DataParallel`: `batch_plan`, `local_batch_size`.
+"""Tests of the batch arithmetic of `octflax.training.parallel.DataParallel`: `batch_plan`.
 
 The test session has 8 simulated CPU devices, all of process 0 (conftest.py); runs over
 several processes are simulated with stand-in devices that carry only a ``process_index``.
@@ -15,7 +15,7 @@ import pytest
 
 import octflax.errors
 from octflax import data
-from octflax.training import parallel as parallel_lib
+from octflax.training import devices as devices_lib
 from octflax.training.parallel import DataParallel
 
 UNEQUAL = ("octflax's data-parallel runs need the same number of devices on every process.")
@@ -37,7 +37,7 @@ def test_batch_plan_over_8_devices():
   assert plan == data.BatchPlan(global_batch=64, num_processes=1, process_index=0, devices_per_process=8,
                                 steps_per_epoch=15)
   assert (plan.num_devices, plan.per_process, plan.per_device) == (8, 64, 8)
-  assert parallel.local_batch_size(64) == 64
+  assert parallel.batch_plan(64, 0).per_process == 64
   # An evaluation may plan over fewer examples than a global batch: 0 steps.
   assert parallel.batch_plan(64, 10, name="eval_batch_size").steps_per_epoch == 0
 
@@ -47,7 +47,7 @@ def test_batch_plan_over_some_devices(mode):
   parallel = DataParallel(mode, jax.devices()[:4])
   plan = parallel.batch_plan(16, 100)
   assert (plan.num_devices, plan.per_process, plan.per_device, plan.steps_per_epoch) == (4, 16, 4, 6)
-  assert parallel.local_batch_size(8) == 8
+  assert parallel.batch_plan(8, 0).per_process == 8
 
 
 def test_batch_plan_refuses_a_batch_that_does_not_split():
@@ -58,7 +58,7 @@ def test_batch_plan_refuses_a_batch_that_does_not_split():
       "batch_size 12 is not divisible by the number of devices 8: each device must get the same number "
       "of images. Use a multiple of 8 (e.g. --config.batch_size=8).")
   with pytest.raises(octflax.errors.ConfigError) as excinfo:
-    parallel.local_batch_size(20, "eval_batch_size")
+    parallel.batch_plan(20, 0, name="eval_batch_size")
   assert message(excinfo) == (
       "eval_batch_size 20 is not divisible by the number of devices 8: each device must get the same "
       "number of images. Use a multiple of 8 (e.g. --config.eval_batch_size=16).")
@@ -71,9 +71,9 @@ def test_batch_plan_refuses_a_batch_that_does_not_split():
 
 
 def test_devices_per_process():
-  assert parallel_lib._devices_per_process(fake_devices(4, 4)) == 4
-  assert parallel_lib._devices_per_process(fake_devices(1)) == 1
-  assert parallel_lib._devices_per_process(jax.devices()) == 8
+  assert devices_lib.devices_per_process(fake_devices(4, 4)) == 4
+  assert devices_lib.devices_per_process(fake_devices(1)) == 1
+  assert devices_lib.devices_per_process(jax.devices()) == 8
   cases = [
       ((4, 2), "process 1 has 2 devices, process 0 has 4: " + UNEQUAL),
       ((2, 1), "process 1 has 1 device, process 0 has 2: " + UNEQUAL),
@@ -81,10 +81,10 @@ def test_devices_per_process():
   ]
   for counts, expected in cases:
     with pytest.raises(octflax.errors.ConfigError) as excinfo:
-      parallel_lib._devices_per_process(fake_devices(*counts))
+      devices_lib.devices_per_process(fake_devices(*counts))
     assert message(excinfo) == expected
   with pytest.raises(octflax.errors.ConfigError) as excinfo:
-    parallel_lib._devices_per_process([])
+    devices_lib.devices_per_process([])
   assert message(excinfo) == "no devices: octflax's data-parallel runs need at least one device."
 
 
@@ -96,7 +96,7 @@ def test_batch_plan_of_two_simulated_processes(monkeypatch):
   assert plan == data.BatchPlan(global_batch=64, num_processes=2, process_index=1, devices_per_process=4,
                                 steps_per_epoch=15)
   assert (plan.per_process, plan.per_device) == (32, 8)
-  assert parallel.local_batch_size(64) == 32
+  assert parallel.batch_plan(64, 0).per_process == 32
 
 
 def test_batch_plan_refuses_unequal_processes():
@@ -106,7 +106,7 @@ def test_batch_plan_refuses_unequal_processes():
     parallel.batch_plan(48, 1000)
   assert message(excinfo) == "process 1 has 2 devices, process 0 has 4: " + UNEQUAL
   with pytest.raises(octflax.errors.ConfigError) as excinfo:
-    parallel.local_batch_size(48)
+    parallel.batch_plan(48, 0).per_process
   assert message(excinfo) == "process 1 has 2 devices, process 0 has 4: " + UNEQUAL
 
 

@@ -319,7 +319,7 @@ def test_trainer_gives_the_same_run_under_jit_and_pmap(tmp_path):
     assert (tmp_path / mode / "curves.png").stat().st_size > 1000
   jit, pmap = summaries["jit"], summaries["pmap"]
   assert jit["steps"] == pmap["steps"] == 8
-  assert jit["num_devices"] == 8 and jit["params"] == training.parallel.num_params(params["jit"])
+  assert jit["num_devices"] == 8 and jit["params"] == training.state.num_params(params["jit"])
   assert jit["test_loss"] == pytest.approx(pmap["test_loss"], rel=1e-5)
   assert jit["test_accuracy"] == pmap["test_accuracy"]
   assert jit["final_train_loss"] == pytest.approx(pmap["final_train_loss"], rel=1e-5)

@@ -19,7 +19,8 @@ The errors a run stops with are in `octflax.errors`; checkpoints in
 
 from octflax.training.config import check_config, default_config
 from octflax.training.optim import learning_rate_schedule, make_optimizer
-from octflax.training.parallel import DataParallel, initialize_distributed
+from octflax.training.devices import initialize_distributed
+from octflax.training.parallel import DataParallel
 from octflax.training.plan import RunPlan, plan_run
 from octflax.training.preemption import StopSignals
 from octflax.training.state import TrainState, create_train_state

@@ -21,19 +21,17 @@ pmap, and dropout masks differ.
 
 from __future__ import annotations
 
-import collections
 import functools
-import math
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from octflax import data as data_lib
 from octflax.execution import train_compiler_options
 from octflax.errors import ConfigError
+from octflax.training.devices import check_batch_size, devices_per_process
 from octflax.training.state import TrainState
 from octflax.training.steps import eval_step, train_step
 
@@ -42,67 +40,6 @@ Batch = dict[str, Any]
 
 DATA_AXIS = "data"
 PARALLEL_MODES = ("jit", "pmap")
-
-
-def initialize_distributed(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-) -> None:
-  """Connects the processes of a multi-host run (`jax.distributed.initialize`).
-
-  Call once per process before any other JAX call. On Cloud TPU pods, SLURM and
-  other detected clusters the arguments may be left out; elsewhere give all
-  three. CPU processes exchange data through gloo.
-
-  Args:
-    coordinator_address: ``host:port`` of process 0.
-    num_processes: number of processes.
-    process_id: this process's index, ``0 .. num_processes - 1``.
-  """
-  try:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  except (AttributeError, KeyError, ValueError):  # A jax without the option: gloo is built in.
-    pass
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
-
-
-def describe_devices(devices: Sequence[jax.Device] | None = None) -> str:
-  """A short description such as ``'8 x TPU v4 (tpu), 2 processes'``."""
-  devices = list(jax.devices() if devices is None else devices)
-  kinds = sorted({f"{d.device_kind} ({d.platform})" for d in devices})
-  processes = len({d.process_index for d in devices})
-  text = f"{len(devices)} x {', '.join(kinds)}"
-  return text + (f", {processes} processes" if processes > 1 else "")
-
-
-def check_batch_size(global_batch_size: int, num_devices: int, name: str = "batch_size") -> None:
-  """Raises `ConfigError` unless the global batch splits evenly over the devices."""
-  if global_batch_size < 1 or global_batch_size % num_devices:
-    raise ConfigError(
-        f"{name} {global_batch_size} is not divisible by the number of devices {num_devices}: "
-        f"each device must get the same number of images. Use a multiple of {num_devices} "
-        f"(e.g. --config.{name}={max(num_devices, global_batch_size // num_devices * num_devices)}).")
-
-
-def _devices_per_process(devices: Sequence[Any]) -> int:
-  """The number of devices of each process among ``devices`` (objects with a ``process_index``).
-
-  Raises:
-    ConfigError: no devices, or processes with different numbers of devices.
-  """
-  counts = collections.Counter(d.process_index for d in devices)
-  if not counts:
-    raise ConfigError("no devices: octflax's data-parallel runs need at least one device.")
-  first = min(counts)
-  for process in sorted(counts):
-    if counts[process] != counts[first]:
-      raise ConfigError(
-          f"process {process} has {counts[process]} device{'s' if counts[process] != 1 else ''}, "
-          f"process {first} has {counts[first]}: octflax's data-parallel runs need the same number "
-          "of devices on every process.")
-  return counts[first]
 
 
 class DataParallel:
@@ -217,7 +154,7 @@ class DataParallel:
         and suggests a value).
       DataError: a negative ``num_examples``.
     """
-    per_process = _devices_per_process(self.devices)
+    per_process = devices_per_process(self.devices)
     processes = sorted({d.process_index for d in self.devices})
     if processes != list(range(len(processes))) or jax.process_index() not in processes:
       raise ConfigError(
@@ -228,13 +165,6 @@ class DataParallel:
     return data_lib.BatchPlan(global_batch=global_batch, num_processes=len(processes),
                               process_index=jax.process_index(), devices_per_process=per_process,
                               steps_per_epoch=data_lib.steps_per_epoch(num_examples, global_batch))
-
-  def local_batch_size(self, global_batch_size: int, name: str = "batch_size") -> int:
-    """This process's share of a global batch (what its loader yields): ``batch_plan(...).per_process``.
-
-    Raises `ConfigError` as `batch_plan` does (naming the config field ``name``).
-    """
-    return self.batch_plan(global_batch_size, 0, name=name).per_process
 
   # Placement -------------------------------------------------------------------
 
@@ -305,21 +235,4 @@ class DataParallel:
     return self._eval(state, batch)
 
 
-@jax.jit
-def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def all_finite(tree: PyTree) -> bool:
-  """True when every floating-point leaf of ``tree`` is finite (no NaN, no inf)."""
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-  return bool(_finite_flags(leaves)) if leaves else True
-
-
-def num_params(params: PyTree) -> int:
-  """Number of parameters of a tree of arrays."""
-  return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(params)))
-
-
-__all__ = ["DATA_AXIS", "DataParallel", "PARALLEL_MODES", "all_finite", "check_batch_size",
-           "describe_devices", "initialize_distributed", "num_params"]
+__all__ = ["DATA_AXIS", "DataParallel", "PARALLEL_MODES"]

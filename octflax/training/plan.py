@@ -36,13 +36,17 @@ class Optimization:
   """The optimizer and its schedule (`octflax.training.optim`).
 
   Attributes:
-    learning_rate: the peak learning rate of this run's global batch (scaled from per-256).
+    base_learning_rate: the config's peak learning rate per 256 images.
+    learning_rate: the peak learning rate of this run's global batch (`scaled_learning_rate`).
+    warmup_epochs: the config's warm-up, in epochs.
     warmup_steps, total_steps: linear warm-up, then cosine decay to 0 at ``total_steps``.
     momentum, nesterov, weight_decay, grad_clip_norm: as in `make_optimizer`.
     label_smoothing, mixup_alpha: of the loss (`train_step`).
   """
 
+  base_learning_rate: float
   learning_rate: float
+  warmup_epochs: float
   warmup_steps: int
   total_steps: int
   momentum: float
@@ -167,8 +171,9 @@ def plan_run(config: ml_collections.ConfigDict) -> tuple[RunPlan, Splits]:
       image_shape=data_lib.input_shape(splits.train, d.augment, d.image_size),
       overrides=config.model.overrides.to_dict(), data=d.name)
   optimization = Optimization(
+      base_learning_rate=config.learning_rate,
       learning_rate=scaled_learning_rate(config.learning_rate, config.batch_size),
-      warmup_steps=round(config.warmup_epochs * batch.steps_per_epoch), total_steps=total_steps,
+      warmup_epochs=config.warmup_epochs, warmup_steps=round(config.warmup_epochs * batch.steps_per_epoch), total_steps=total_steps,
       momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay,
       grad_clip_norm=config.grad_clip_norm, label_smoothing=config.label_smoothing,
       mixup_alpha=config.mixup_alpha)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -122,4 +123,20 @@ def create_train_state(
   return TrainState(apply_fn=model.apply, tx=tx, **items)
 
 
-__all__ = ["CHECKPOINT_FIELDS", "TrainState", "create_train_state"]
+@jax.jit
+def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def all_finite(tree: PyTree) -> bool:
+  """True when every floating-point leaf of ``tree`` is finite (no NaN, no inf)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return bool(_finite_flags(leaves)) if leaves else True
+
+
+def num_params(params: PyTree) -> int:
+  """Number of parameters of a tree of arrays."""
+  return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+
+
+__all__ = ["CHECKPOINT_FIELDS", "TrainState", "all_finite", "create_train_state", "num_params"]

@@ -12,7 +12,8 @@ from etils import epath
 
 from octflax.files import overwrite_file, replace_file
 from octflax.training import monitoring
-from octflax.training.parallel import describe_devices, num_params
+from octflax.training.devices import describe_devices
+from octflax.training.state import num_params
 
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "curves.png"

@@ -24,11 +24,12 @@ from octflax.training import summary as summary_lib
 from octflax.training.guard import hold_workdir, run_guard
 from octflax.training.inputs import Splits
 from octflax.training.optim import learning_rate_schedule, make_optimizer
-from octflax.training.parallel import DataParallel, all_finite
+from octflax.training.parallel import DataParallel
 from octflax.training.paths import prepare_workdir
 from octflax.training.plan import Optimization, RunPlan, plan_run
 from octflax.training.preemption import StopSignals
 from octflax.training.start import initial_state
+from octflax.training.state import all_finite
 
 
 @run_guard  # The working directory's lock; a write that cannot succeed stops the run in one line.
@@ -202,11 +203,11 @@ def divergence_message(step: int, what: str, plan: RunPlan, learning_rate: float
     kept = "No checkpoint had been saved yet, so there is nothing to resume from."
   else:
     kept = f"The last good checkpoint (step {last_good}) in {directory} is kept; a restart resumes from it."
-  c = plan.config
+  o = plan.optimization
   return (
       f"Training stopped: {what} at step {step} (epoch {(step - 1) // plan.steps_per_epoch + 1}, learning rate "
-      f"{learning_rate:.4g}). {kept} Try a lower --config.learning_rate (now {c['learning_rate']:g} per 256 "
-      f"images), a longer --config.warmup_epochs (now {c['warmup_epochs']:g}), gradient clipping "
+      f"{learning_rate:.4g}). {kept} Try a lower --config.learning_rate (now {o.base_learning_rate:g} per 256 "
+      f"images), a longer --config.warmup_epochs (now {o.warmup_epochs:g}), gradient clipping "
       "(--config.grad_clip_norm=1.0)" + (", or --config.half_precision=False" if plan.half_precision else "") + ".")
 
 
