@@ -22,7 +22,6 @@ Examples:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from typing import Sequence
@@ -54,57 +53,46 @@ def _fail(message: str, code: int) -> None:
   sys.exit(code)
 
 
-def _config_argument(argv: Sequence[str]) -> str:
-  """The config file named on the command line (``--config=F`` or ``--config F``)."""
-  path = DEFAULT_CONFIG
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      path = arg.split("=", 1)[1]
-    elif arg == "--config" and i + 1 < len(argv):
-      path = argv[i + 1]
-  if not os.path.exists(path) and ":" in path:  # FILE:ARGS, passed to get_config(ARGS).
-    path = path.split(":", 1)[0]
-  return path
+def split_command_line(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
+  """``(config file, its --config.FIELD=VALUE overrides, the other arguments)`` of a command line.
 
-
-def check_command_line(argv: Sequence[str]) -> None:
-  """Stops with one clear message when the config file or a ``--config.FIELD`` does not exist.
-
-  ml_collections would otherwise fail with a traceback while defining the flag.
+  ``--config F`` and ``--config.FIELD VALUE`` (space-separated) are read as
+  ``--config=F`` and ``--config.FIELD=VALUE``.
   """
-  path = _config_argument(argv)
+  source, overrides, rest = DEFAULT_CONFIG, [], [argv[0]]
+  args = list(argv[1:])
+  while args:
+    arg = args.pop(0)
+    if arg == "--config" and args:
+      source = args.pop(0)
+    elif arg.startswith("--config="):
+      source = arg.split("=", 1)[1]
+    elif arg.startswith(("--config.", "--noconfig.")):
+      if "=" not in arg and arg.startswith("--config.") and args and not args[0].startswith("-"):
+        arg = f"{arg}={args.pop(0)}"
+      overrides.append(arg)
+    else:
+      rest.append(arg)
+  return source, overrides, rest
+
+
+def load_command_line_config(source: str, overrides: list[str]):
+  """The checked config of the command line (`octflax.training.config.load_config`); exits 2 on an error."""
+  path = source if os.path.isfile(source) or ":" not in source else source.split(":", 1)[0]
   if not os.path.isfile(path):
     _fail(f"config file {path!r} does not exist. Configs are in {CONFIG_DIR}: "
           f"{', '.join(sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith('.py') and f[0] != '_'))}.",
           EXIT_USAGE)
-  spec = importlib.util.spec_from_file_location("_octflax_config_check", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    _fail(f"config file {path!r} has no get_config() function.", EXIT_USAGE)
-  config = module.get_config()
+  from octflax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from octflax.training.config import load_config  # pylint: disable=g-import-not-at-top
 
-  from octflax.training.config import field_names, unknown_field_message  # pylint: disable=g-import-not-at-top
-
-  known = list(field_names(config))
-  for arg in argv:
-    if not arg.startswith(("--config.", "--noconfig.")):
-      continue
-    name = arg.split("=", 1)[0].split(".", 1)[1]
-    node = config
-    for part in name.split("."):
-      if not hasattr(node, "keys") or part not in node:
-        flag = arg.split("=", 1)[0]
-        if name.startswith("model.overrides."):
-          present = ", ".join(sorted(config.model.overrides.keys())) or "none"
-          _fail(f"{flag}: {os.path.basename(path)} sets no model attribute {name.split('.', 2)[2]!r} in "
-                f"config.model.overrides (it sets: {present}). Attributes the config file does not set "
-                "can only be added in a config file (config.model.overrides.NAME = VALUE).", EXIT_USAGE)
-        _fail(unknown_field_message(name, known, f"from {flag}, config {os.path.basename(path)}"), EXIT_USAGE)
-      node = node[part]
+  try:
+    return load_config(source, overrides)
+  except ConfigError as e:
+    _fail(str(e), EXIT_USAGE)
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], config) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.workdir is None:
@@ -124,7 +112,7 @@ def main(argv: Sequence[str]) -> int:
   from octflax.training.preemption import EXIT_INTERRUPTED, EXIT_STOPPED  # pylint: disable=g-import-not-at-top
 
   try:
-    summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    summary = train_and_evaluate(config, FLAGS.workdir)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return EXIT_USAGE
@@ -154,13 +142,10 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-  """Checks the command line, defines the config flag and runs `main`."""
-  check_command_line(sys.argv)
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training config file (get_config()).",
-                                  lock_config=True)
-  app.run(main)
+  """Reads the config (once, checked) and the other flags, and runs `main`."""
+  source, overrides, rest = split_command_line(sys.argv)
+  config = load_command_line_config(source, overrides)
+  app.run(lambda argv: main(argv, config), argv=rest)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ PACKAGE = ROOT / "octflax"
 
 # The functions that may take the config object: its definition and checks, the plan builder, the entry point.
 CONFIG_READERS = {
-    "training/config.py": {"default_config", "check_config", "field_names", "require"},
+    "training/config.py": {"default_config", "check_config", "field_names", "load_config", "_override"},
     "training/plan.py": {"plan_run", "data_settings", "to_json_dict"},
     "training/trainer.py": {"train_and_evaluate"},
 }

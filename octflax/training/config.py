@@ -1,14 +1,18 @@
-"""The fields of a training config (an `ml_collections.ConfigDict`) and their checks.
+"""The fields of a training config (an `ml_collections.ConfigDict`), their checks, and config files.
 
 Every knob of a run is a field here; config files (``experiments/configs/*.py``)
 start from `default_config` and set what differs. A field that is not in
 `default_config` is an error, caught by `check_config` before anything runs.
+`load_config` reads a config file once, applies command-line overrides and checks the result.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
-from typing import Any, Iterator
+import importlib.util
+import os
+from typing import Any, Iterator, Sequence
 
 import ml_collections
 
@@ -191,9 +195,80 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   profile_window(config.profile_steps)  # START,COUNT or 0 (the run's length is checked by the trainer).
 
 
+def load_config(source: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The config of a config file, with command-line overrides applied, checked (`check_config`).
+
+  Args:
+    source: ``FILE`` or ``FILE:ARGS``: a Python file whose ``get_config()`` (or
+      ``get_config(ARGS)``) returns a config.
+    overrides: ``--config.FIELD=VALUE`` (parsed as the field's type: a tuple as
+      ``5,3``), ``--config.FIELD`` (a boolean field: True) or ``--noconfig.FIELD`` (False).
+
+  Raises:
+    ConfigError: no such file or no ``get_config``, an unknown field, a value
+      that does not parse or cannot work; the message names the field.
+  """
+  path, args = source, None
+  if not os.path.isfile(path) and ":" in path:
+    path, args = source.split(":", 1)
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist.")
+  spec = importlib.util.spec_from_file_location("octflax_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} has no get_config() function.")
+  config = module.get_config() if args is None else module.get_config(args)
+  for override in overrides:
+    _override(config, override, os.path.basename(path))
+  check_config(config)
+  return config
+
+
+def _override(config: ml_collections.ConfigDict, flag: str, file: str) -> None:
+  negate = flag.startswith("--noconfig.")
+  name, has_value, text = flag.split(".", 1)[1].partition("=")
+  *parents, last = name.split(".")
+  node = config
+  for part in parents + [last]:
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      if name.startswith("model.overrides."):
+        present = ", ".join(sorted(config.model.overrides.keys())) or "none"
+        raise ConfigError(
+            f"{flag.split('=')[0]}: {file} sets no model attribute {name.split('.', 2)[2]!r} in "
+            f"config.model.overrides (it sets: {present}). Attributes the config file does not set "
+            "can only be added in a config file (config.model.overrides.NAME = VALUE).")
+      raise ConfigError(unknown_field_message(name, list(field_names(config)), f"from {flag.split('=')[0]}, config {file}"))
+    parent, node = node, node[part]
+  try:
+    if isinstance(node, bool) or negate:
+      if negate or not has_value:
+        value = not negate
+      elif text.lower() in ("true", "1", "false", "0"):
+        value = text.lower() in ("true", "1")
+      else:
+        raise ValueError("expected true or false")
+    elif not has_value:
+      raise ValueError("a value is needed: --config.FIELD=VALUE")
+    elif isinstance(node, ml_collections.ConfigDict):
+      raise ValueError("it is a group of fields; set its fields one by one")
+    elif isinstance(node, str):
+      value = text
+    elif isinstance(node, (int, float)):
+      value = int(text) if isinstance(node, int) else float(text)
+    else:  # A tuple, a list or None: a Python literal ('5,3' is the tuple (5, 3); '0' is (0,)).
+      value = ast.literal_eval(text)
+      if isinstance(node, (tuple, list)):
+        value = type(node)(value if isinstance(value, (tuple, list)) else (value,))
+  except (ValueError, SyntaxError) as e:
+    raise ConfigError(f"{flag}: cannot set config.{name} ({type(node).__name__}): {e}.") from None
+  with parent.unlocked():
+    parent[last] = value
+
+
 def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-__all__ = ["MODEL_APIS", "check_config", "default_config", "field_names",
+__all__ = ["MODEL_APIS", "check_config", "default_config", "field_names", "load_config",
            "unknown_field_message"]
