@@ -225,7 +225,8 @@ def test_nd_octconv_macs_are_the_closed_form_of_d_octave_axes(kernel_size, octav
   assert octave.params == vanilla.params == math.prod(kernel_size) * 16 * 16
 
 
-@pytest.mark.parametrize("alpha", [0.125, 0.25, 0.5, 0.75])
+@pytest.mark.parametrize("alpha", [pytest.param(0.125, marks=pytest.mark.slow), pytest.param(0.25, marks=pytest.mark.slow),
+                                   0.5, pytest.param(0.75, marks=pytest.mark.slow)])  # A ResNet-50 trace each.
 def test_resnet50_layer_ratio_matches_table1(alpha):
   layer = "stage2_block1/conv2/conv"  # 3x3, 128 -> 128 channels, 28 x 28, alpha -> alpha
   vanilla = {l.name: l for l in _report("oct_resnet50", 0.0).layers}[layer]

@@ -318,7 +318,7 @@ def test_pytorch_port_weights_move_into_the_nnx_model():
 def test_trainer_model_has_linens_calling_convention():
   model = onnx.trainer_model("oct_resnet8", alpha=0.25, num_classes=10)
   linen = linen_models.get_model("oct_resnet8", alpha=0.25, num_classes=10)
-  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
+  x = jax.random.normal(jax.random.key(1), (4, 12, 12, 1))
   variables = model.init(jax.random.key(0), x, train=False)
   assert set(variables) == {"params", "batch_stats"}
   assert _shapes(variables) == _shapes(jax.eval_shape(functools.partial(linen.init, train=False),

@@ -257,7 +257,7 @@ def get_model(name: str, *, rngs: nnx.Rngs, in_features: int = 3, **kwargs: Any)
   Examples:
     >>> model = get_model('oct_resnet8', alpha=0.5, in_features=1, rngs=nnx.Rngs(0))
     >>> model.eval()
-    >>> model(jnp.zeros((2, 28, 28, 1))).shape
+    >>> model(jnp.zeros((2, 12, 12, 1))).shape
     (2, 10)
   """
   return from_linen_module(linen_description(name, **kwargs), in_features=in_features, rngs=rngs)
