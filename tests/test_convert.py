@@ -511,23 +511,23 @@ def test_convert_torch_command(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_fine_tune_an_imported_oct_resnet50_on_an_image_folder_with_other_classes(tmp_path, capsys):
+def test_fine_tune_an_imported_oct_resnet_on_an_image_folder_with_other_classes(tmp_path, capsys):
   from test_training import write_image_folder
 
-  sd = random_state_dict(port_shapes("oct_resnet50", 0.5, num_classes=10), seed=5)
-  variables = convert.from_torch_state_dict(sd, arch="oct_resnet50", alpha=0.5, source="port")
-  imported = convert.save_checkpoint(tmp_path / "imported", variables, arch="oct_resnet50", alpha=0.5)
+  sd = random_state_dict(port_shapes("oct_resnet26", 0.5, num_classes=10), seed=5)
+  variables = convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=0.5, source="port")
+  imported = convert.save_checkpoint(tmp_path / "imported", variables, arch="oct_resnet26", alpha=0.5)
   write_image_folder(tmp_path / "images", per_class=6)  # 3 classes (ant, bee, cat), train and val.
 
   config = training.default_config()
-  config.model.name, config.model.alpha = "oct_resnet50", 0.5
+  config.model.name, config.model.alpha = "oct_resnet26", 0.5
   config.data.name, config.data.dir = "image_folder", str(tmp_path / "images")
   config.data.train_split, config.data.test_split = "train", "val"
   config.data.augment, config.data.image_size = "imagenet", 32
   config.batch_size, config.num_epochs, config.learning_rate = 8, 1, 1e-3
   config.progress_bar = False
   config.init_from = imported
-  summary = training.train_and_evaluate(config, str(tmp_path / "run"))
+  summary = training.train_and_evaluate(config, str(tmp_path / "run"))  # ResNet-26: ResNet-50's blocks, fewer.
   out = capsys.readouterr().out
   assert "init_from: the checkpoint has 10 classes, this run 3: params/head/fc/bias, params/head/fc/kernel " \
          "re-initialised." in out
