@@ -21,7 +21,6 @@ migration (`_migrate`) as they are read. Any path orbax understands works,
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 import sys
@@ -34,7 +33,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from octflax.checkpoint import quiet
-from octflax.checkpoint.identity import ModelIdentity
+from octflax.checkpoint.identity import ModelIdentity, as_json
 from octflax.errors import CheckpointError
 from octflax.files import resolve_path
 
@@ -43,11 +42,6 @@ PyTree = Any
 FORMAT = "octflax-checkpoint/2"
 CHECKPOINT_DIR = "checkpoints"  # A run's checkpoints: WORKDIR/checkpoints/STEP/.
 STATE_ITEM, META_ITEM = "state", "meta"
-
-
-def _normalise(value: Any) -> Any:
-  """The value as JSON reads it back (tuples become lists, keys strings)."""
-  return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 class QuietOrbax:
@@ -145,7 +139,7 @@ def items(state: dict[str, PyTree], meta: dict[str, Any]) -> ocp.args.Composite:
   if "identity" not in meta:
     raise ValueError(f"a checkpoint's meta needs an 'identity' (see ModelIdentity.to_json); got {sorted(meta)}.")
   return ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
-                               META_ITEM: ocp.args.JsonSave(_normalise({**meta, "format": FORMAT}))})
+                               META_ITEM: ocp.args.JsonSave(as_json({**meta, "format": FORMAT}))})
 
 
 def write_checkpoint(path: epath.PathLike, state: dict[str, PyTree], meta: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 APIS = ("linen", "nnx")
 
 
-def _json(value: Any) -> Any:
+def as_json(value: Any) -> Any:
   """The value as JSON reads it back (tuples become lists, keys strings)."""
   return json.loads(json.dumps(value, sort_keys=True, default=str))
 
@@ -55,7 +55,7 @@ class ModelIdentity:
     object.__setattr__(self, "alpha", float(self.alpha))
     object.__setattr__(self, "num_classes", int(self.num_classes))
     object.__setattr__(self, "image_shape", tuple(int(n) for n in self.image_shape))
-    object.__setattr__(self, "overrides", _json(dict(self.overrides)))
+    object.__setattr__(self, "overrides", as_json(dict(self.overrides)))
 
   def to_json(self) -> dict[str, Any]:
     """The ``identity`` entry of a checkpoint's ``meta``."""
@@ -75,12 +75,6 @@ class ModelIdentity:
     return cls(name=entry["model.name"], alpha=entry["model.alpha"], num_classes=entry["num_classes"],
                image_shape=entry["image_shape"], overrides=entry.get("model.overrides") or {},
                data=entry.get("data.name") or "")
-
-  def differences(self, other: ModelIdentity) -> list[str]:
-    """One line per field where ``other`` (a checkpoint's) differs from this one (a run's)."""
-    ours, theirs = self.to_json(), other.to_json()
-    return [f"  {key}: checkpoint has {theirs[key]!r}, this run has {ours[key]!r}"
-            for key in ours if ours[key] != theirs[key]]
 
   def build(self, *, dtype: Any = jnp.float32, api: str = "linen") -> Any:
     """The model: the zoo's ``name`` at ``alpha`` with ``num_classes`` outputs and the overrides.
@@ -122,4 +116,4 @@ class ModelIdentity:
       raise ValueError(f"model overrides {overrides}: {e}") from None
 
 
-__all__ = ["APIS", "ModelIdentity"]
+__all__ = ["APIS", "ModelIdentity", "as_json"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from typing import Any
 
 import jax.numpy as jnp
@@ -22,6 +21,7 @@ import ml_collections
 
 from octflax import data as data_lib
 from octflax.checkpoint import ModelIdentity
+from octflax.checkpoint.identity import as_json
 from octflax.errors import ConfigError
 from octflax.files import resolve_path
 from octflax.training.config import check_config
@@ -123,7 +123,7 @@ class RunPlan:
 
 def to_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as plain JSON-able Python values."""
-  return json.loads(json.dumps(config.to_dict(), default=str))
+  return as_json(config.to_dict())
 
 
 def data_settings(config: ml_collections.ConfigDict) -> DataSettings:
