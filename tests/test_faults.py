@@ -9,6 +9,7 @@ tests/test_faults_cli.py, kills at random moments in tests/test_chaos.py.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 import json
@@ -403,6 +404,45 @@ def test_reports_of_orbax_threads_are_held_then_printed_or_dropped_after_a_repor
     sys.unraisablehook(late)
     assert printed == [late, mine, late]  # After a reported failure: dropped, from then on.
   finally:
+    for name in ("absl", "asyncio"):
+      logging.getLogger(name).removeFilter(state._filter)  # pylint: disable=protected-access
+
+
+def test_futures_left_with_a_tensorstore_status_are_dropped_after_a_reported_failure(monkeypatch):
+  logged = []
+  handler = logging.Handler()
+  handler.emit = logged.append
+  asyncio_logger = logging.getLogger("asyncio")
+  asyncio_logger.addHandler(handler)
+  state = quiet._State()  # pylint: disable=protected-access
+  monkeypatch.setattr(quiet, "_STATE", state)
+  monkeypatch.setattr(warnings, "_showwarnmsg", warnings._showwarnmsg)
+
+  def abandon(error: BaseException) -> None:
+    # A future given an error and never awaited, as tensorstore's reads leave them after orbax gave up:
+    # collected, it makes asyncio log "Future exception was never retrieved".
+    loop = asyncio.new_event_loop()
+    future = loop.create_future()
+    future.set_exception(error)
+    del future
+    gc.collect()
+    loop.close()
+
+  damaged = 'DATA_LOSS: Error reading "params.conv.kernel/.zarray" in OCDBT database: Error decoding b-tree node'
+  try:
+    with quiet.session():
+      quiet.failure_reported()
+      abandon(ValueError(damaged))
+      assert logged == []  # tensorstore's status, never raised in Python: dropped.
+      abandon(ValueError("mine"))
+      try:
+        raise ValueError("DATA_LOSS: raised by the program itself")
+      except ValueError as raised:
+        abandon(raised)  # It has a traceback, outside orbax and tensorstore: not theirs.
+    assert [str(r.exc_info[1]) for r in logged] == ["mine", "DATA_LOSS: raised by the program itself"]
+    assert all("Future exception was never retrieved" in r.getMessage() for r in logged)
+  finally:
+    asyncio_logger.removeHandler(handler)
     for name in ("absl", "asyncio"):
       logging.getLogger(name).removeFilter(state._filter)  # pylint: disable=protected-access
 

@@ -8,7 +8,10 @@ the same operation go on and end later, any time up to the interpreter's
 shutdown, each with a report of its own:
 
 - orbax's ERROR log lines (absl) with a traceback per failed thread;
-- asyncio's "Task exception was never retrieved" log lines for its tasks;
+- asyncio's "Task exception was never retrieved" log lines for its tasks, and
+  "Future exception was never retrieved" for the futures that await tensorstore's
+  reads: their error is tensorstore's status (``DATA_LOSS: ...``), made in C++ and
+  never raised in Python, so it carries no traceback to tell where it came from;
 - "Exception ignored in: <coroutine ...>" and "Event loop is closed" reports
   (`sys.unraisablehook`) when a coroutine is collected or a result arrives after
   its loop was closed, some of them while Python shuts down;
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import types
@@ -35,6 +39,17 @@ import warnings
 from typing import Any
 
 _HOLD, _DROP, _PASS = "hold", "drop", "pass"
+
+# The status codes that tensorstore's errors begin with ("DATA_LOSS: Error reading ...").
+_STATUS = re.compile(r"(CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|"
+                     r"PERMISSION_DENIED|RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|"
+                     r"UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED): ")
+
+
+def _is_tensorstore_status(error: Any) -> bool:
+  """An error tensorstore made from a C++ status and handed to an asyncio future: never raised in Python."""
+  return (isinstance(error, BaseException) and error.__traceback__ is None
+          and _STATUS.match(str(error)) is not None)
 
 
 def _package_dirs() -> tuple[str, ...]:
@@ -163,7 +178,8 @@ class _State:
 
   def is_orbax_record(self, record: logging.LogRecord) -> bool:
     if record.name == "asyncio":
-      if record.exc_info and self._traceback_in_dirs(record.exc_info[2]):
+      if record.exc_info and (self._traceback_in_dirs(record.exc_info[2])
+                              or _is_tensorstore_status(record.exc_info[1])):
         return True
       try:
         message = record.getMessage()
