@@ -11,6 +11,7 @@ and must give the same logits as octflax to 1e-4.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -368,6 +369,32 @@ def test_checkpoint_of_the_older_imported_layout_is_migrated_as_it_is_read(tmp_p
                               "data.name": "image_folder", "num_classes": 10, "image_shape": [224, 224, 3]}
   model, _ = octflax.checkpoint.load_model(old)
   assert model.pool_stride is False and model.alpha == 0.5
+
+
+def test_training_checkpoint_without_a_format_loses_the_fuse_override_as_it_is_read(tmp_path):
+  import orbax.checkpoint as ocp
+
+  variables = _small_variables()
+  # A training checkpoint written before meta.format: today's identity, with the execution choice `fuse`.
+  identity = {"model.name": "oct_resnet18", "model.alpha": 0.5, "model.overrides": {"fuse": True, "pool_stride": False},
+              "data.name": "image_folder", "num_classes": 10, "image_shape": [224, 224, 3]}
+  old = tmp_path / "checkpoints" / "4"
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    checkpointer.save(old, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(variables),
+        meta=ocp.args.JsonSave({"identity": identity, "config": {}, "step": 4})))
+  _, meta = octflax.checkpoint.read_checkpoint(old)
+  assert meta["format"] == octflax.checkpoint.FORMAT and meta["step"] == 4
+  assert meta["identity"] == {**identity, "model.overrides": {"pool_stride": False}}
+  model, _ = octflax.checkpoint.load_model(old)
+  assert model.pool_stride is False and model.alpha == 0.5
+  # A run with the same model (no fuse, which no longer exists) resumes it; another alpha is refused.
+  same = octflax.checkpoint.ModelIdentity("oct_resnet18", 0.5, 10, (224, 224, 3), overrides={"pool_stride": False},
+                                          data="image_folder")
+  octflax.checkpoint.CheckpointStore(str(old.parent), identity=same).check_identity()
+  other = dataclasses.replace(same, alpha=0.25)
+  with pytest.raises(octflax.errors.CheckpointMismatchError, match="model.alpha"):
+    octflax.checkpoint.CheckpointStore(str(old.parent), identity=other).check_identity()
 
 
 def _write_image_folder(root: Path, per_class: int = 3) -> None:

@@ -240,12 +240,21 @@ def load_model(path: str, *, dtype: Any = jnp.float32, api: str = "linen") -> tu
 def _migrate(meta: dict[str, Any]) -> dict[str, Any]:
   """``meta`` in today's layout (`FORMAT`).
 
-  The only older layout is that of imported checkpoints written before the
-  identity was stored (``octflax-checkpoint/1``): ``arch``, ``alpha``,
-  ``num_classes`` and ``pool_stride`` at the top, an ImageNet input.
+  Checkpoints written before ``format`` was stored are of two kinds. Imported
+  ones have ``arch``, ``alpha``, ``num_classes`` and ``pool_stride`` at the top
+  and an ImageNet input. Training checkpoints have today's ``identity``, but
+  its overrides may hold ``fuse``, which chose how OctConv's paths were
+  executed (one convolution per output part or two), not its variables: the
+  execution form is now the platform's (`octflax.execution`), so it is dropped.
   """
-  if meta.get("format") == FORMAT or "identity" in meta:
-    return {**meta, "format": FORMAT}
+  if meta.get("format") == FORMAT:
+    return meta
+  if "identity" in meta:
+    identity = dict(meta["identity"])
+    overrides = dict(identity.get("model.overrides") or {})
+    if overrides.pop("fuse", None) is not None:
+      identity["model.overrides"] = overrides
+    return {**meta, "identity": identity, "format": FORMAT}
   if "arch" in meta:
     identity = ModelIdentity(name=meta["arch"], alpha=meta.get("alpha", 0.0), num_classes=meta["num_classes"],
                              image_shape=(224, 224, 3), data="image_folder",
