@@ -123,9 +123,9 @@ class OctTensor:
 
   @property
   def batch_shape(self) -> tuple[int, ...]:
-    """Leading (batch) dimensions, shared by both parts."""
+    """``(N,)``, the batch axis of the ``[N, *spatial, C]`` layout, shared by both parts (any spatial rank)."""
     part = self.high if self.high is not None else self.low
-    return tuple(part.shape[:-3])
+    return tuple(part.shape[:1])
 
   def replace(self, **updates: Any) -> "OctTensor":
     """A copy with the given fields (``high``, ``low``) replaced."""

@@ -116,6 +116,9 @@ def test_channels_and_alpha_properties():
   assert t.alpha == 0.25
   assert t.dtype == jnp.float32
   assert t.batch_shape == (2,)
+  # Any spatial rank: sequences [N, L, C] and clips [N, T, H, W, C].
+  assert OctTensor(jnp.zeros((3, 9, 4)), jnp.zeros((3, 5, 4))).batch_shape == (3,)
+  assert OctTensor(jnp.zeros((2, 4, 8, 8, 4)), jnp.zeros((2, 4, 4, 4, 4))).batch_shape == (2,)
   only_low = OctTensor(None, jnp.zeros((3, 4, 4, 5), jnp.bfloat16))
   assert (only_low.high_channels, only_low.low_channels, only_low.channels, only_low.alpha) == (0, 5, 5, 1.0)
   assert only_low.dtype == jnp.bfloat16
