@@ -20,7 +20,7 @@ from flax import linen as nn
 from jax import lax
 
 from octflax.resample import avg_pool2, low_spatial_size, resolve_octave_axes, upsample2
-from octflax.tensor import OctTensor, as_oct, check_alpha, split_channels
+from octflax.tensor import OctTensor, as_oct, split_channels
 
 Array = jax.Array
 Initializer = Callable[..., Array]

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import serialization
 
-from octflax.resample import avg_pool2, low_spatial_size, resolve_octave_axes, upsample2
+from octflax.resample import avg_pool2, resolve_octave_axes, upsample2
 
 Array = jax.Array
 
