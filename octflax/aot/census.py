@@ -1,0 +1,336 @@
+"""What a compiled program launches: its kernels by class, with flops, bytes and the compiler's cycles.
+
+`kernels` reads the optimized HLO of a compiled program (``compiled.as_text()``, after XLA's
+fusion passes: the program the device runs) and returns one `Kernel` per launch of the entry
+computation, descending into ``while`` loops (times their known trip count), conditionals and
+calls. Instructions that launch nothing (parameters, tuples, bitcasts, constants) are skipped;
+an asynchronous pair (``all-reduce-start`` / ``-done``, ``copy-start`` / ``-done``) counts once.
+
+Each kernel gets one of `CLASSES`:
+
+- ``conv forward``, ``conv input-grad``, ``conv weight-grad``: a convolution (a cuDNN custom
+  call on a GPU, whose target says which, except that XLA runs some input gradients as forward
+  calls; a convolution fusion on a TPU), told apart by its source in jax: a convolution under
+  ``transpose(...)`` is a gradient, and the one that writes the kernel, whose output dimension
+  labels start with a spatial axis, the weight gradient;
+- ``gemm``: a matrix product (cuBLAS, a Triton gemm fusion, a dot fusion);
+- ``reduction fusion``: a fusion with a reduction (BatchNorm statistics, the loss, pooling);
+- ``loop fusion``: any other fusion of elementwise work;
+- ``data-movement fusion``: a fusion of reshapes, slices, concatenations, pads, broadcasts and
+  conversions only;
+- ``transpose``: a transpose, or a fusion of only a transpose and conversions;
+- ``copy``: a top-level copy (copy insertion's, e.g. around a donated buffer);
+- ``collective``: all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute;
+- ``other``: anything else (other custom calls, scatters, sorts, random numbers).
+
+Flops count 2 per multiply-accumulate of convolutions and matrix products only (elementwise
+work is memory-bound and counted in bytes); bytes are each kernel's operands read and outputs
+written, whole arrays (an upper bound where a fusion reads part of an operand).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+from typing import Iterable
+
+CLASSES = ("conv forward", "conv input-grad", "conv weight-grad", "gemm", "reduction fusion", "loop fusion",
+           "data-movement fusion", "transpose", "copy", "collective", "other")
+CONV_CLASSES = CLASSES[:3]
+
+_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2, "f16": 2,
+          "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_ARRAY = re.compile(r"\b(pred|bf16|f8e4m3fn|f8e5m2|c64|c128|[suf]\d+)\[([\d,]*)\]")
+_SILENT = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "opt-barrier",
+           "partition-id", "replica-id", "add-dependency", "domain", "copy-done", "all-reduce-done",
+           "all-gather-done", "collective-permute-done", "send-done", "recv-done", "async-done", "async-update"}
+_COLLECTIVES = {"all-reduce", "all-reduce-start", "all-gather", "all-gather-start", "reduce-scatter", "all-to-all",
+                "collective-permute", "collective-permute-start", "ragged-all-to-all"}
+_MOVES = {"copy", "transpose", "reshape", "bitcast", "slice", "concatenate", "pad", "broadcast", "reverse",
+          "dynamic-slice", "dynamic-update-slice", "parameter", "constant", "get-tuple-element", "tuple", "iota",
+          "convert", "bitcast-convert"}
+_STRUCTURAL = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+  """One kernel launch (or ``count`` launches of it, inside a loop).
+
+  Attributes:
+    name: the HLO instruction's name.
+    cls: one of `CLASSES`.
+    detail: the custom-call target, fusion kind or opcode behind the class.
+    flops: floating-point operations of convolutions and matrix products (all launches).
+    bytes: bytes read and written (all launches).
+    count: launches per program run (a loop's trip count, else 1).
+    cycles: the TPU compiler's estimated cycles (all launches; 0 where it gives none).
+    source: the jax operation it came from (the metadata's ``op_name``), '' when unknown.
+  """
+
+  name: str
+  cls: str
+  detail: str
+  flops: float
+  bytes: float
+  count: int
+  cycles: float
+  source: str
+
+
+@dataclasses.dataclass
+class _Instruction:
+  name: str
+  shape: str
+  op: str
+  operands: list[str]
+  attrs: str
+
+
+def _arrays(shape_text: str) -> list[tuple[str, tuple[int, ...]]]:
+  return [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims in _ARRAY.findall(shape_text)]
+
+
+def _nbytes(arrays: Iterable[tuple[str, tuple[int, ...]]]) -> float:
+  return float(sum(_BYTES.get(dtype, 4) * math.prod(dims) for dtype, dims in arrays))
+
+
+def _split_instruction(text: str) -> tuple[str, str, str, str]:
+  """``(shape, opcode, operands, attributes)`` of the right-hand side ``SHAPE opcode(OPERANDS), ATTRS``."""
+  if text.startswith("("):  # a tuple shape: up to its closing parenthesis
+    depth, end = 0, 0
+    for end, ch in enumerate(text):
+      depth += (ch == "(") - (ch == ")")
+      if depth == 0:
+        break
+    end += 1
+  else:
+    end = text.find(" ")
+  shape, rest = text[:end], text[end:]
+  m = re.match(r"\s*([a-z][\w\-]*)\(", rest)
+  if not m:
+    return shape, "", "", rest
+  depth, k = 1, m.end()
+  while k < len(rest) and depth:
+    depth += (rest[k] == "(") - (rest[k] == ")")
+    k += 1
+  return shape, m.group(1), rest[m.end():k - 1], rest[k:]
+
+
+def parse_module(hlo: str) -> tuple[dict[str, list[_Instruction]], str]:
+  """The computations of an HLO module's text (name -> instructions) and the entry's name."""
+  computations: dict[str, list[_Instruction]] = {}
+  entry, current = "", None
+  for line in hlo.splitlines():
+    if not line.strip():
+      continue
+    if not line[0].isspace():
+      m = re.match(r"^(ENTRY\s+)?%?([^\s(]+)", line)
+      current = m.group(2) if m and line.rstrip().endswith("{") else None
+      if current is not None:
+        computations[current] = []
+        entry = current if m.group(1) else entry
+      continue
+    m = re.match(r"^\s+(?:ROOT\s+)?%?([^\s=]+)\s*=\s*(.*)$", line)
+    if m and current is not None:
+      shape, op, operands, attrs = _split_instruction(m.group(2))
+      computations[current].append(_Instruction(m.group(1), shape, op, re.findall(r"%([\w.\-]+)", operands), attrs))
+  return computations, entry
+
+
+def _attr(attrs: str, key: str) -> str:
+  m = re.search(r"\b" + re.escape(key) + r'=("[^"]*"|\{[^}]*\}|[^,\s]+)', attrs)
+  return m.group(1).strip('"') if m else ""
+
+
+def _source(attrs: str) -> str:
+  m = re.search(r'op_name="([^"]*)"', attrs)
+  return m.group(1) if m else ""
+
+
+def _cycles(attrs: str) -> float:
+  m = re.search(r'"estimated_cycles"\s*:\s*"?(\d+)', attrs)
+  return float(m.group(1)) if m else 0.0
+
+
+def _body(computations, name: str, seen: set[str] | None = None) -> list[_Instruction]:
+  """The instructions of a called computation and of everything it calls (nested fusions)."""
+  seen = set() if seen is None else seen
+  if name in seen or name not in computations:
+    return []
+  seen.add(name)
+  out = []
+  for ins in computations[name]:
+    out.append(ins)
+    for callee in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", ins.attrs):
+      out += _body(computations, callee, seen)
+  return out
+
+
+def _conv_flops(out_shape: tuple[int, ...], rhs_shape: tuple[int, ...], dim_labels: str) -> float:
+  """2 * |output| * |rhs| / rhs's output-feature size: the MACs of any HLO convolution, doubled."""
+  try:
+    rhs_labels = dim_labels.split("_")[1].split("->")[0]
+    o = rhs_shape[rhs_labels.index("o")]
+  except (IndexError, ValueError):
+    return 0.0
+  return 2.0 * math.prod(out_shape) * math.prod(rhs_shape) / max(o, 1)
+
+
+def _dot_flops(out_shape: tuple[int, ...], lhs_shape: tuple[int, ...], attrs: str) -> float:
+  m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs) or re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]',
+                                                                         attrs)
+  dims = [int(d) for d in re.findall(r"\d+", m.group(1))] if m else []
+  return 2.0 * math.prod(out_shape) * math.prod(lhs_shape[d] for d in dims if d < len(lhs_shape))
+
+
+def _conv_kind(source: str, dim_labels: str) -> str:
+  """The class of an HLO convolution from its jax source and labels (see the module docstring)."""
+  if "transpose(" not in source:
+    return "conv forward"
+  out_labels = dim_labels.split("->")[-1]
+  return "conv weight-grad" if out_labels[:1].isdigit() else "conv input-grad"
+
+
+def _inner_flops(body: list[_Instruction], shapes: dict[str, list]) -> tuple[float, str]:
+  """Flops of the convolutions and dots inside a fusion body, and the class of the first one."""
+  flops, kind = 0.0, ""
+  for ins in body:
+    out = _arrays(ins.shape)
+    if ins.op == "convolution" and len(ins.operands) > 1 and out:
+      rhs = shapes.get(ins.operands[1]) or [("f32", ())]
+      labels = _attr(ins.attrs, "dim_labels")
+      flops += _conv_flops(out[0][1], rhs[0][1], labels)
+      kind = kind or _conv_kind(_source(ins.attrs), labels)
+    elif ins.op == "dot" and ins.operands and out:
+      lhs = shapes.get(ins.operands[0]) or [("f32", ())]
+      flops += _dot_flops(out[0][1], lhs[0][1], ins.attrs)
+      kind = kind or "gemm"
+  return flops, kind
+
+
+def _classify_custom_call(ins: _Instruction, operand_arrays: list[list], out_arrays: list) -> tuple[str, str, float]:
+  target = _attr(ins.attrs, "custom_call_target")
+  if target.startswith("__cudnn$conv"):
+    kind = ("conv input-grad" if "BackwardInput" in target else
+            "conv weight-grad" if "BackwardFilter" in target else "conv forward")
+    gradient_as_forward = kind == "conv forward" and "transpose(" in _source(ins.attrs)
+    labels = _attr(ins.attrs, "dim_labels")
+    first = lambda arrays: arrays[0][1] if arrays else ()
+    out = first(out_arrays)
+    # cuDNN's custom call keeps the forward convolution's labels: y = x * w.
+    w, y = ((first(operand_arrays[1]), first(operand_arrays[0])) if kind == "conv input-grad" else
+            (out, first(operand_arrays[1])) if kind == "conv weight-grad" else (first(operand_arrays[1]), out))
+    try:
+      c_out = y[labels.split("->")[1].index("f")]
+      flops = 2.0 * math.prod(y) * math.prod(w) / max(c_out, 1)
+    except (IndexError, ValueError):
+      flops = 0.0
+    # XLA runs some input gradients (e.g. of 1x1 convolutions) as forward cuDNN convolutions.
+    return "conv input-grad" if gradient_as_forward else kind, target, flops
+  if any(word in target for word in ("cublas", "gemm", "matmul")):
+    lhs = operand_arrays[0][0][1] if operand_arrays and operand_arrays[0] else ()
+    return "gemm", target, _dot_flops(out_arrays[0][1], lhs, ins.attrs) if out_arrays else 0.0
+  return "other", target, 0.0
+
+
+def kernels(hlo: str) -> list[Kernel]:
+  """The kernels an optimized HLO module launches per run (see the module docstring).
+
+  Args:
+    hlo: ``compiled.as_text()`` of a compiled function (its optimized HLO).
+
+  Returns:
+    One `Kernel` per launching instruction, in program order.
+  """
+  computations, entry = parse_module(hlo)
+  found: list[Kernel] = []
+
+  def visit(name: str, trips: int, seen: tuple[str, ...]) -> None:
+    if name in seen or name not in computations:
+      return
+    shapes = {ins.name: _arrays(ins.shape) for ins in computations[name]}
+    for ins in computations[name]:
+      if ins.op in _SILENT or not ins.op:
+        continue
+      if ins.op == "while":
+        m = re.search(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"', ins.attrs)
+        n = trips * (int(m.group(1)) if m else 1)
+        for key in ("body", "condition"):
+          visit(_attr(ins.attrs, key).lstrip("%"), n, seen + (name,))
+        continue
+      if ins.op in ("conditional", "call"):
+        for callee in re.findall(r"%([\w.\-]+)", _attr(ins.attrs, "branch_computations") or
+                                 _attr(ins.attrs, "to_apply")):
+          visit(callee, trips, seen + (name,))
+        continue
+      operand_arrays = [shapes.get(o, []) for o in ins.operands]
+      out_arrays = _arrays(ins.shape)
+      if len(out_arrays) > 1:  # cuDNN and friends return (result, u8[] workspace)
+        out_arrays = [a for a in out_arrays if a[0] != "u8"] or out_arrays
+      flops, detail = 0.0, ins.op
+      if ins.op == "custom-call":
+        cls, detail, flops = _classify_custom_call(ins, operand_arrays, out_arrays)
+      elif ins.op == "fusion":
+        body = _body(computations, _attr(ins.attrs, "calls").lstrip("%"))
+        ops = collections.Counter(i.op for i in body)
+        body_shapes = {i.name: _arrays(i.shape) for i in body}
+        flops, inner = _inner_flops(body, body_shapes)
+        detail = _attr(ins.attrs, "kind") or "fusion"
+        busy = set(ops) - _STRUCTURAL
+        if inner:
+          cls = inner
+        elif ops["reduce"] or ops["reduce-window"] or ops["select-and-scatter"]:
+          cls = "reduction fusion"
+        elif busy <= _MOVES and busy & {"transpose", "copy"} and busy <= {"transpose", "copy", "convert"}:
+          cls = "transpose"
+        elif busy <= _MOVES:
+          cls = "data-movement fusion"
+        elif ops["scatter"] or ops["sort"] or ops["custom-call"]:
+          cls = "other"
+        else:
+          cls = "loop fusion"
+      elif ins.op == "convolution":
+        labels = _attr(ins.attrs, "dim_labels")
+        cls = _conv_kind(_source(ins.attrs), labels)
+        rhs = operand_arrays[1] if len(operand_arrays) > 1 and operand_arrays[1] else [("f32", ())]
+        flops = _conv_flops(out_arrays[0][1], rhs[0][1], labels) if out_arrays else 0.0
+      elif ins.op == "dot":
+        cls = "gemm"
+        lhs = operand_arrays[0] if operand_arrays and operand_arrays[0] else [("f32", ())]
+        flops = _dot_flops(out_arrays[0][1], lhs[0][1], ins.attrs) if out_arrays else 0.0
+      elif ins.op in ("copy", "copy-start"):
+        cls = "copy"
+      elif ins.op == "transpose":
+        cls = "transpose"
+      elif ins.op in _COLLECTIVES or (ins.op == "async-start" and any(c in ins.attrs for c in _COLLECTIVES)):
+        cls = "collective"
+      else:
+        cls = "other"
+      moved = _nbytes(a for arrays in operand_arrays for a in arrays) + _nbytes(out_arrays)
+      found.append(Kernel(ins.name, cls, detail, flops * trips, moved * trips, trips, _cycles(ins.attrs) * trips,
+                          _source(ins.attrs)))
+
+  visit(entry, 1, ())
+  return found
+
+
+def by_class(found: Iterable[Kernel]) -> dict[str, int]:
+  """Launches per class, every class of `CLASSES` present (0 where none)."""
+  counts = dict.fromkeys(CLASSES, 0)
+  for k in found:
+    counts[k.cls] += k.count
+  return counts
+
+
+def collectives(found: Iterable[Kernel]) -> dict[str, int]:
+  """Launches per collective opcode (``all-reduce``, ``all-gather``, ...; ``-start`` dropped)."""
+  counts: collections.Counter[str] = collections.Counter()
+  for k in found:
+    if k.cls == "collective":
+      counts[k.detail.removesuffix("-start")] += k.count
+  return dict(counts)
+
+
+__all__ = ["CLASSES", "CONV_CLASSES", "Kernel", "by_class", "collectives", "kernels", "parse_module"]
