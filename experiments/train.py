@@ -14,8 +14,14 @@ SLURM and similar), or name the cluster with --coordinator_address,
 --num_processes and --process_id. --config.batch_size is the global batch; each
 host loads only its share of every batch.
 
+Ahead of time: --aot=TARGET compiles this run's train step for an accelerator on this host
+(h100, h200, tpu:v5e:2x2, tpu:v5e:16x16, tpu:v4:2x2x1, ...; needs pip install -e '.[aot]'), prints
+memory per chip against the chip's, the kernels, the collectives and an estimated step time,
+and exits without training (no --workdir needed).
+
 Examples:
   python -m experiments.train --workdir runs/fashion_mnist
+  python -m experiments.train --aot=tpu:v5e:2x2 --config experiments/configs/imagenet.py
   python -m experiments.train --workdir runs/cifar10 --config experiments/configs/cifar10.py \
       --config.data.dir=/data/cifar10 --config.model.alpha=0.5
 """
@@ -46,6 +52,9 @@ flags.DEFINE_bool("distributed", False,
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs; implies --distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_string("aot", None,
+                    "Compile this run's train step for TARGET (h100, h200, tpu:v5e:2x2, ...) on this host, "
+                    "print its memory, kernels and estimated time, and exit without training.")
 
 
 def _fail(message: str, code: int) -> None:
@@ -95,6 +104,8 @@ def load_command_line_config(source: str, overrides: list[str]):
 def main(argv: Sequence[str], config) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.aot:
+    return compile_ahead_of_time(config, FLAGS.aot)
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required.")
   if not FLAGS["verbosity"].present:
@@ -141,9 +152,31 @@ def main(argv: Sequence[str], config) -> int:
   return 0
 
 
+def compile_ahead_of_time(config, target: str) -> int:
+  """``--aot``: the run's train step compiled for ``target`` (`octflax.training.aot`); 0, or 1 with one line."""
+  from octflax.aot import TargetUnavailable  # pylint: disable=g-import-not-at-top
+  from octflax.data import DataError  # pylint: disable=g-import-not-at-top
+  from octflax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from octflax.training.aot import compile_run_step  # pylint: disable=g-import-not-at-top
+
+  try:
+    compile_run_step(config, target)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+  except (TargetUnavailable, DataError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return EXIT_FAILED
+  return 0
+
+
 def run() -> None:
   """Reads the config (once, checked) and the other flags, and runs `main`."""
   source, overrides, rest = split_command_line(sys.argv)
+  if any(arg == "--aot" or arg.startswith("--aot=") for arg in rest):
+    from octflax.aot import prepare_environment  # pylint: disable=g-import-not-at-top
+
+    prepare_environment()  # Before jax starts: it runs on the CPU and compiles for the target.
   config = load_command_line_config(source, overrides)
   app.run(lambda argv: main(argv, config), argv=rest)
 

@@ -6,6 +6,13 @@ computation, descending into ``while`` loops (times their known trip count), con
 calls. Instructions that launch nothing (parameters, tuples, bitcasts, constants) are skipped;
 an asynchronous pair (``all-reduce-start`` / ``-done``, ``copy-start`` / ``-done``) counts once.
 
+A TPU program also moves buffers between its HBM and on-chip memory with asynchronous
+copies and slices (``copy-start`` / ``slice-start`` whose result lies in another memory space,
+``S(1)`` in its layout): transfers overlapped with the kernels, not kernels, so not counted.
+On a TPU, an operation left outside any fusion is a kernel of its own and is classed as the
+fusion it would be part of (a lone ``reduce`` as a reduction fusion, a ``broadcast`` as data
+movement, a ``multiply`` as a loop fusion).
+
 Each kernel gets one of `CLASSES`:
 
 - ``conv forward``, ``conv input-grad``, ``conv weight-grad``: a convolution (a cuDNN custom
@@ -45,13 +52,17 @@ _BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e
 _ARRAY = re.compile(r"\b(pred|bf16|f8e4m3fn|f8e5m2|c64|c128|[suf]\d+)\[([\d,]*)\]")
 _SILENT = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "opt-barrier",
            "partition-id", "replica-id", "add-dependency", "domain", "copy-done", "all-reduce-done",
-           "all-gather-done", "collective-permute-done", "send-done", "recv-done", "async-done", "async-update"}
+           "all-gather-done", "collective-permute-done", "send-done", "recv-done", "async-done", "async-update",
+           "slice-done"}
 _COLLECTIVES = {"all-reduce", "all-reduce-start", "all-gather", "all-gather-start", "reduce-scatter", "all-to-all",
                 "collective-permute", "collective-permute-start", "ragged-all-to-all"}
 _MOVES = {"copy", "transpose", "reshape", "bitcast", "slice", "concatenate", "pad", "broadcast", "reverse",
           "dynamic-slice", "dynamic-update-slice", "parameter", "constant", "get-tuple-element", "tuple", "iota",
           "convert", "bitcast-convert"}
 _STRUCTURAL = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
+_ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "select", "compare", "exponential",
+                "log", "negate", "sqrt", "rsqrt", "abs", "and", "or", "not", "power", "tanh", "clamp", "xor",
+                "exponential-minus-one", "log-plus-one", "floor", "ceil", "sign", "is-finite", "remainder"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +148,12 @@ def parse_module(hlo: str) -> tuple[dict[str, list[_Instruction]], str]:
       shape, op, operands, attrs = _split_instruction(m.group(2))
       computations[current].append(_Instruction(m.group(1), shape, op, re.findall(r"%([\w.\-]+)", operands), attrs))
   return computations, entry
+
+
+def _is_transfer(shape: str) -> bool:
+  """Whether an async copy moves a buffer between memory spaces (``S(n)`` in its source's or destination's layout)."""
+  layouts = re.findall(r"(?:pred|bf16|f8e4m3fn|f8e5m2|c64|c128|[suf]\d+)\[[\d,]*\]\{([^}]*)\}", shape)
+  return any(re.search(r"S\([1-9]\)", layout) for layout in layouts[:2])
 
 
 def _attr(attrs: str, key: str) -> str:
@@ -300,8 +317,16 @@ def kernels(hlo: str) -> list[Kernel]:
         cls = "gemm"
         lhs = operand_arrays[0] if operand_arrays and operand_arrays[0] else [("f32", ())]
         flops = _dot_flops(out_arrays[0][1], lhs[0][1], ins.attrs) if out_arrays else 0.0
+      elif ins.op in ("copy-start", "slice-start") and _is_transfer(ins.shape):
+        continue  # a TPU DMA between memory spaces, overlapped with the kernels (see the module docstring)
       elif ins.op in ("copy", "copy-start"):
         cls = "copy"
+      elif ins.op in ("reduce", "reduce-window"):
+        cls = "reduction fusion"
+      elif ins.op in _MOVES:
+        cls = "data-movement fusion"
+      elif ins.op in _ELEMENTWISE:
+        cls = "loop fusion"
       elif ins.op == "transpose":
         cls = "transpose"
       elif ins.op in _COLLECTIVES or (ins.op == "async-start" and any(c in ins.attrs for c in _COLLECTIVES)):

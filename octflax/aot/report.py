@@ -125,11 +125,11 @@ class Report:
 
   def memory_line(self) -> str:
     m, have = self.memory, self.target.chip.memory_bytes
-    verdict = (f"fits, {(have - m['peak']) / GIB:.2f} GiB to spare" if self.fits else
-               f"DOES NOT FIT, {(m['peak'] - have) / GIB:.2f} GiB over")
-    return (f"memory per chip {m['peak'] / GIB:.2f} GiB of {have / GIB:.1f} GiB ({verdict}): "
-            f"arguments {m['argument'] / GIB:.2f}, outputs {m['output'] / GIB:.2f} "
-            f"({m['alias'] / GIB:.2f} of them over donated arguments), temporaries {m['temp'] / GIB:.2f}")
+    verdict = (f"fits, {size(have - m['peak'])} to spare" if self.fits else
+               f"DOES NOT FIT, {size(m['peak'] - have)} over")
+    return (f"memory per chip {size(m['peak'])} of {size(have)} ({verdict}): arguments {size(m['argument'])}, "
+            f"outputs {size(m['output'])} ({size(m['alias'])} of them over donated arguments), "
+            f"temporaries {size(m['temp'])}")
 
   def estimate_line(self) -> str:
     est = self.estimate_ms
@@ -153,6 +153,11 @@ class Report:
             "fits": self.fits, "roofline_ms": round(self.roofline_ms, 3),
             "estimated_ms": None if self.estimate_ms is None else round(self.estimate_ms, 3),
             "estimate_model": self.estimate_model}
+
+
+def size(nbytes: float) -> str:
+  """``nbytes`` in GiB, or MiB below 1 GiB: ``'9.05 GiB'``, ``'48.3 MiB'``."""
+  return f"{nbytes / GIB:.2f} GiB" if abs(nbytes) >= GIB else f"{nbytes / MIB:.1f} MiB"
 
 
 def memory_of(compiled: Any) -> dict[str, int]:

@@ -139,15 +139,17 @@ def get_target(name: str) -> Target:
 
 
 def prepare_environment() -> None:
-  """Sets what a deviceless compile needs, before jax initialises its backends.
+  """Sets what a deviceless compile needs; call it before jax initialises its backends.
 
-  The CPU runs jax (``JAX_PLATFORMS=cpu`` unless set); the CUDA plugin skips its driver check
-  and libtpu its metadata-server query, both of which fail on a host without the hardware.
+  jax runs on the CPU (``jax_platforms='cpu'``, unless ``JAX_PLATFORMS`` chose otherwise); the
+  CUDA plugin skips its driver check and libtpu its metadata-server query, both of which fail
+  on a host without the hardware.
   """
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  if not jax.config.jax_platforms:  # JAX_PLATFORMS unset: jax would try every installed platform
+    jax.config.update("jax_platforms", "cpu")
 
 
 def gpu_target_config(name: str) -> str:

@@ -21,8 +21,8 @@ computing the same numbers to float rounding with the same parameters:
   ``'xla_cpu'`` (`xla_cpu_conv`: 1x1 as a dot, channel counts padded to a multiple of 8).
 
 The default is `CPU_FORM` when a step is lowered for the CPU and `ACCELERATOR_FORM` otherwise,
-chosen per platform when the function is lowered (`jax.lax.platform_dependent`), so a step
-exported from a CPU for a GPU or TPU carries the accelerator form. `use_form` chooses one
+chosen per platform when the function is lowered (`jax.lax.platform_dependent`), never by the
+host, so a step lowered on a CPU for a GPU or TPU (`octflax.aot`) carries the accelerator form. `use_form` chooses one
 form for every OctConv and OctBatchNorm traced inside; `use_conv` replaces the path
 convolution of whatever form runs::
 
@@ -38,7 +38,8 @@ The measurements behind each default are in docs/benchmarks.md.
 """
 
 from octflax.execution.choice import (ACCELERATOR_FORM, CONVS, CPU_FORM, PROBE_FORMS, REFERENCE, Form, by_platform,
-                                      chosen_conv, chosen_form, current_conv, default_conv, use_conv, use_form)
+                                      chosen_conv, chosen_form, current_conv, default_conv, platform_conv, use_conv,
+                                      use_form)
 from octflax.execution.compiler import (inference_compiler_options, init_compiler_options, train_compiler_options,
                                         xla_accepts)
 from octflax.execution.cpu import xla_cpu_conv, xla_cpu_conv_unpadded
@@ -47,6 +48,7 @@ from octflax.execution.forms import batch_stats, batch_stats_in_form, joint_norm
 __all__ = [
     "ACCELERATOR_FORM", "CONVS", "CPU_FORM", "Form", "PROBE_FORMS", "REFERENCE", "batch_stats", "batch_stats_in_form",
     "by_platform", "chosen_conv", "chosen_form", "current_conv", "default_conv", "inference_compiler_options",
-    "init_compiler_options", "joint_norm_in_play", "oct_conv", "oct_conv_in_form", "train_compiler_options",
+    "init_compiler_options", "joint_norm_in_play", "oct_conv", "oct_conv_in_form", "platform_conv",
+    "train_compiler_options",
     "use_conv", "use_form", "xla_accepts", "xla_cpu_conv", "xla_cpu_conv_unpadded",
 ]

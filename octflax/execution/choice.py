@@ -91,9 +91,24 @@ PROBE_FORMS = ("shared_output", "shared_input", "two_convs", "slices", "joint", 
 _FORM: contextvars.ContextVar[Form | None] = contextvars.ContextVar("octflax_form", default=None)
 
 
+def platform_conv(x: jax.Array, kernel: jax.Array, feature_group_count: int = 1, precision: Any = None,
+                  kernel_dilation: Sequence[int] | None = None) -> jax.Array:
+  """The path convolution of the platform the function is lowered for: `CPU_FORM`'s or `ACCELERATOR_FORM`'s.
+
+  Decided when lowering (`jax.lax.platform_dependent`), never by the host, so a function
+  lowered on a CPU for a GPU or TPU runs the accelerator's convolution there.
+  """
+  settings = dict(feature_group_count=feature_group_count, precision=precision, kernel_dilation=kernel_dilation)
+  cpu, accelerator = CONVS[CPU_FORM.conv], CONVS[ACCELERATOR_FORM.conv]
+  if cpu is accelerator:
+    return cpu(x, kernel, **settings)
+  return lax.platform_dependent(x, kernel, cpu=functools.partial(cpu, **settings),
+                                default=functools.partial(accelerator, **settings))
+
+
 def default_conv() -> ConvFn:
-  """The default path convolution for the backend jax runs on now: `xla_cpu_conv` on CPU, else `functional.conv`."""
-  return CONVS[(CPU_FORM if jax.default_backend() == "cpu" else ACCELERATOR_FORM).conv]
+  """The default path convolution: `platform_conv`, the lowering platform's (`xla_cpu_conv` on CPU)."""
+  return platform_conv
 
 
 def chosen_conv() -> ConvFn | None:
@@ -180,5 +195,5 @@ def by_platform(fn: Callable[..., Any], *args: Any, relevant: Sequence[str] = tu
 
 __all__ = [
     "ACCELERATOR_FORM", "CONVS", "CPU_FORM", "Form", "PROBE_FORMS", "REFERENCE", "by_platform", "chosen_conv",
-    "chosen_form", "current_conv", "default_conv", "use_conv", "use_form",
+    "chosen_form", "current_conv", "default_conv", "platform_conv", "use_conv", "use_form",
 ]

@@ -9,8 +9,10 @@ XLA's defaults are kept everywhere except where a measurement showed a better ch
   XLA:CPU's own kernels instead of YNNPACK. The trainer's jit step uses it.
 - `init_compiler_options`: a one-off ``init`` on CPU, compiled without optimisation passes.
 
-Each returns None (XLA's defaults) on other backends, and on CPU when the installed XLA does
-not know the option, so the same code runs on every jax version octflax supports.
+Each takes the platform the program is compiled for (``'cpu'``, ``'cuda'``, ``'tpu'``; default:
+jax's default backend, the host's) and returns None (XLA's defaults) for other platforms, and on
+CPU when the installed XLA does not know the option, so the same code runs on every jax version
+octflax supports, and a program compiled on a CPU for a TPU gets no CPU option.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def xla_accepts(option: str, value: Any) -> bool:
   return True
 
 
-def inference_compiler_options() -> dict[str, Any] | None:
+def inference_compiler_options(platform: str | None = None) -> dict[str, Any] | None:
   """XLA options for compiling a network's forward pass (inference) on the default backend.
 
   On CPU, XLA:CPU also hands elementwise ops to YNNPACK, which runs each convolution or dot
@@ -74,10 +76,10 @@ def inference_compiler_options() -> dict[str, Any] | None:
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
                       compiler_options=octflax.inference_compiler_options())
   """
-  return _cpu_ynn_fusions(CPU_INFERENCE_YNN_FUSIONS)
+  return _cpu_ynn_fusions(CPU_INFERENCE_YNN_FUSIONS, platform)
 
 
-def train_compiler_options() -> dict[str, Any] | None:
+def train_compiler_options(platform: str | None = None) -> dict[str, Any] | None:
   """XLA options for compiling a train step (forward, backward and update) on the default backend.
 
   On CPU with jaxlib older than 0.12, YNNPACK keeps the dots and reductions, and XLA:CPU runs
@@ -95,7 +97,7 @@ def train_compiler_options() -> dict[str, Any] | None:
   """
   if _jaxlib_version() >= (0, 12):
     return None
-  return _cpu_ynn_fusions(CPU_TRAIN_YNN_FUSIONS)
+  return _cpu_ynn_fusions(CPU_TRAIN_YNN_FUSIONS, platform)
 
 
 def _jaxlib_version() -> tuple[int, ...]:
@@ -103,18 +105,23 @@ def _jaxlib_version() -> tuple[int, ...]:
   return tuple(int(part) for part in jax.lib.__version__.split(".")[:2])
 
 
-def _cpu_ynn_fusions(fusions: tuple[str, ...]) -> dict[str, Any] | None:
-  """``{YNN_FUSION_OPTION: fusions}`` on CPU when this XLA accepts them, else None."""
-  if jax.default_backend() != "cpu":
+def _compiles_for_cpu(platform: str | None) -> bool:
+  """Whether a program for ``platform`` (None: the default backend) is compiled by XLA:CPU on this host."""
+  return (platform or jax.default_backend()) == "cpu" and jax.default_backend() == "cpu"
+
+
+def _cpu_ynn_fusions(fusions: tuple[str, ...], platform: str | None) -> dict[str, Any] | None:
+  """``{YNN_FUSION_OPTION: fusions}`` for a CPU program when this XLA accepts them, else None."""
+  if not _compiles_for_cpu(platform):
     return None
   value = ",".join(fusions)
   return {YNN_FUSION_OPTION: value} if xla_accepts(YNN_FUSION_OPTION, value) else None
 
 
-def init_compiler_options() -> dict[str, Any] | None:
+def init_compiler_options(platform: str | None = None) -> dict[str, Any] | None:
   """XLA options for compiling a one-off initialisation: no optimisation passes on CPU.
 
   Initialisation runs once, and XLA:CPU's passes cost far more than they save there
   (docs/benchmarks.md); the initial values agree with an optimised compile to float32 rounding.
   """
-  return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  return {"xla_backend_optimization_level": 0} if _compiles_for_cpu(platform) else None

@@ -100,7 +100,7 @@ class DataParallel:
           functools.partial(train_step, **step_kwargs),
           in_shardings=(self._replicated, self._batch_sharding),
           out_shardings=(self._replicated, self._replicated),
-          donate_argnums=0, compiler_options=train_compiler_options())
+          donate_argnums=0, compiler_options=train_compiler_options(self.devices[0].platform))
       self._eval = jax.jit(eval_step, in_shardings=(self._replicated, self._batch_sharding),
                            out_shardings=self._replicated)
     else:
@@ -196,10 +196,23 @@ class DataParallel:
     state (a no-op under jit, where it is restored in place).
     """
     if self.mode == "jit":
-      return jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=self._replicated),
-          host_state)
+      return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self._replicated), host_state)
     return jax.tree.map(np.asarray, host_state)
+
+  def abstract_batch(self, global_batch: int, image_shape: Sequence[int]) -> Batch:
+    """A global training batch as shapes, sharded as `put_batch` places it (jit mode).
+
+    With `abstract_state`, what `jitted_train_step` lowers for without data (`octflax.aot`).
+    """
+    return {"image": jax.ShapeDtypeStruct((global_batch, *image_shape), np.float32, sharding=self._batch_sharding),
+            "label": jax.ShapeDtypeStruct((global_batch,), np.int32, sharding=self._batch_sharding)}
+
+  @property
+  def jitted_train_step(self) -> Any:
+    """The jit train step (jit mode), to ``.lower(state, batch)`` ahead of time."""
+    if self.mode != "jit":
+      raise ConfigError("only the jit step is lowered ahead of time; use --config.parallel=jit.")
+    return self._train
 
   def put_batch(self, batch: Batch) -> Batch:
     """Turns this process's share of a global batch into the step's input.

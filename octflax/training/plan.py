@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import jax.numpy as jnp
 import ml_collections
@@ -136,8 +136,8 @@ def data_settings(config: ml_collections.ConfigDict) -> DataSettings:
       num_classes=d.num_classes, num_threads=d.num_threads, seed=config.seed)
 
 
-def plan_run(config: ml_collections.ConfigDict) -> tuple[RunPlan, Splits]:
-  """Checks ``config``, opens its data and decides the run.
+def plan_run(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> tuple[RunPlan, Splits]:
+  """Checks ``config``, opens its data and decides the run over ``devices`` (default: all of jax's).
 
   Paths (``data.dir``, ``init_from``) are made absolute here (see
   `octflax.files.resolve_path`), and the plan's ``config`` records them so, so
@@ -157,7 +157,7 @@ def plan_run(config: ml_collections.ConfigDict) -> tuple[RunPlan, Splits]:
   d = config.data
   settings = data_settings(config)
   splits = open_splits(settings)
-  devices = DataParallel(config.parallel)
+  devices = DataParallel(config.parallel, devices)
   batch = devices.batch_plan(config.batch_size, len(splits.train))
   if batch.steps_per_epoch == 0:
     raise ConfigError(

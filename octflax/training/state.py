@@ -103,24 +103,41 @@ def create_train_state(
     >>> int(state.step)
     0
   """
-  key = jax.random.key(seed)
-  x = jnp.zeros(tuple(input_shape), jnp.float32)
-
-  @functools.partial(jax.jit, compiler_options=init_compiler_options())
-  def init():
-    variables = model.init(key, x, train=False)
-    params = variables["params"]
-    return {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "batch_stats": variables.get("batch_stats", {}),
-        "opt_state": tx.init(params),
-        "rng": jax.random.key_data(jax.random.fold_in(key, 1)),
-    }
-
-  items = jax.device_get(init())
+  init = functools.partial(_initial_items, model, tx, seed, tuple(input_shape))
+  items = jax.device_get(jax.jit(init, compiler_options=init_compiler_options())())
   items = jax.tree.map(np.asarray, items)
   return TrainState(apply_fn=model.apply, tx=tx, **items)
+
+
+def abstract_train_state(model: Any, tx: optax.GradientTransformation, *, input_shape: Sequence[int],
+                         sharding: Any = None) -> TrainState:
+  """The `TrainState` `create_train_state` would give, as shapes and dtypes only (nothing computed).
+
+  Args:
+    model, tx, input_shape: as in `create_train_state`.
+    sharding: placed on every leaf (e.g. a replicated `jax.sharding.NamedSharding`), or None.
+
+  Returns:
+    A `TrainState` whose array fields are `jax.ShapeDtypeStruct` (what ``jit(...).lower`` takes).
+  """
+  shapes = jax.eval_shape(functools.partial(_initial_items, model, tx, 0, tuple(input_shape)))
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), shapes)
+  return TrainState(apply_fn=model.apply, tx=tx, **shapes)
+
+
+def _initial_items(model: Any, tx: optax.GradientTransformation, seed: int, input_shape: tuple[int, ...]
+                   ) -> dict[str, PyTree]:
+  """The array fields of a fresh `TrainState` (see `create_train_state`)."""
+  key = jax.random.key(seed)
+  variables = model.init(key, jnp.zeros(input_shape, jnp.float32), train=False)
+  params = variables["params"]
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "batch_stats": variables.get("batch_stats", {}),
+      "opt_state": tx.init(params),
+      "rng": jax.random.key_data(jax.random.fold_in(key, 1)),
+  }
 
 
 @jax.jit
@@ -139,4 +156,4 @@ def num_params(params: PyTree) -> int:
   return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(params)))
 
 
-__all__ = ["CHECKPOINT_FIELDS", "TrainState", "all_finite", "create_train_state", "num_params"]
+__all__ = ["CHECKPOINT_FIELDS", "TrainState", "abstract_train_state", "all_finite", "create_train_state", "num_params"]
