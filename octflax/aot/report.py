@@ -34,14 +34,16 @@ class GpuModel:
 
   The default constants solve the two equations of the one GPU measurement the project has (one
   NVIDIA H200, jax 0.11.2, bfloat16, batch 128, Oct-ResNet-50 train step, state donated:
-  alpha 0 24.83 ms, alpha .5 36.26 ms, benchmarks/results/gpu/) with the census of the same two
-  steps compiled for ``h200`` (`calibrate`, docs/benchmarks.md "Accelerators without one");
-  the `flax.linen.Conv` ResNet-50 of that run (24.06 ms) is the out-of-sample check. Two points
-  and two constants: good for ranking programs, weak in absolute terms.
+  alpha 0 24.83 ms, alpha .5 36.26 ms; benchmarks/results/gpu/) with the census of the same two
+  steps compiled for ``h200`` by jax 0.12.0.1 (1,073 kernels and a roofline of 11.612 ms; 2,647
+  and 10.239 ms): ``python -m benchmarks.aot --target h200 --fit 0:24.83,0.5:36.26``. The
+  `flax.linen.Conv` ResNet-50 of that run is the out-of-sample check: 24.74 ms estimated, 24.06
+  measured. Two points and two constants: good for ranking programs, weak in absolute terms
+  (docs/benchmarks.md, "Accelerators without one").
   """
 
-  scale: float = 1.33
-  per_kernel_us: float = 8.8
+  scale: float = 1.358
+  per_kernel_us: float = 8.45
 
   def describe(self) -> str:
     return f"{self.scale:g} x roofline + {self.per_kernel_us:g} us per kernel"
