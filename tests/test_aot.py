@@ -129,8 +129,9 @@ def test_gpu_census_classes_and_counts():
   assert sum(classes.values()) == sum(k.count for k in found) == 13
   assert census.collectives(found) == {"all-reduce": 3}  # the loop's body, 3 trips; -done not counted
   by_name = {k.name: k for k in found}
-  # 2 * |y| * |w| / C_out: 2 * (4*6*6*8) * (8*3*3*8) / 8 for each convolution, whichever its direction.
-  assert by_name["fwd"].flops == by_name["bin"].flops == by_name["bf"].flops == 2 * 1152 * 576 / 8
+  # Each direction costs the forward convolution's MACs, taps on the padding not counted: a 3-tap
+  # window over a 6-wide axis padded by 1 reads 16 of its 18 (output, tap) pairs per axis.
+  assert by_name["fwd"].flops == by_name["bin"].flops == by_name["bf"].flops == 2 * (4 * 8) * 8 * 16 * 16
   assert by_name["gemm"].flops == 2 * 4 * 10 * 8
   assert by_name["relu"].flops == 0 and by_name["relu"].bytes == 2 * 1152 * 2
   # A forward cuDNN call whose source is a gradient is an input gradient.
@@ -145,8 +146,11 @@ def test_tpu_census_skips_memory_space_transfers_and_sums_cycles():
   assert classes["data-movement fusion"] == 1 and classes["reduction fusion"] == 1 and classes["collective"] == 1
   assert sum(classes.values()) == len(found) == 5
   assert sum(k.cycles for k in found) == 1200 + 800 + 10 + 90 + 100
-  wgrad = next(k for k in found if k.name == "dw")
-  assert wgrad.flops == 2 * (3 * 3 * 8 * 8) * (4 * 6 * 6 * 8) / 8
+  # Only taps that read the input count: on a 6-wide axis with padding 1, a 3-tap window reads
+  # 2 + 3 * 4 + 2 = 16 of its 18 (output, tap) pairs, for the input and the weight gradient alike.
+  by_name = {k.name: k for k in found}
+  assert by_name["dw"].flops == 2 * (8 * 8) * 4 * 16 * 16  # C_in x C_out, over the batch of 4
+  assert by_name["din"].flops == 2 * (4 * 8) * 8 * 16 * 16  # N x C_out, over C_in = 8
 
 
 def test_report_estimates_state_their_model():

@@ -18,9 +18,10 @@ Each kernel gets one of `CLASSES`:
 - ``conv forward``, ``conv input-grad``, ``conv weight-grad``: a convolution (a cuDNN custom
   call on a GPU, whose target says which, except that XLA runs some input gradients as forward
   calls; a convolution fusion on a TPU), told apart by its source in jax: a convolution under
-  ``transpose(...)`` is a gradient, and the one that writes the kernel, whose output dimension
-  labels start with a spatial axis, the weight gradient;
-- ``gemm``: a matrix product (cuBLAS, a Triton gemm fusion, a dot fusion);
+  ``transpose(...)`` is a gradient, and the one that takes the input's features in the batch
+  position (dimension labels ``f01b_...``) the weight gradient;
+- ``gemm``: a matrix product (cuBLAS, a Triton gemm fusion, a dot fusion, a TPU convolution
+  without spatial axes);
 - ``reduction fusion``: a fusion with a reduction (BatchNorm statistics, the loss, pooling);
 - ``loop fusion``: any other fusion of elementwise work;
 - ``data-movement fusion``: a fusion of reshapes, slices, concatenations, pads, broadcasts and
@@ -97,6 +98,7 @@ class _Instruction:
   op: str
   operands: list[str]
   attrs: str
+  args: str = ""
 
 
 def _arrays(shape_text: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -146,7 +148,8 @@ def parse_module(hlo: str) -> tuple[dict[str, list[_Instruction]], str]:
     m = re.match(r"^\s+(?:ROOT\s+)?%?([^\s=]+)\s*=\s*(.*)$", line)
     if m and current is not None:
       shape, op, operands, attrs = _split_instruction(m.group(2))
-      computations[current].append(_Instruction(m.group(1), shape, op, re.findall(r"%([\w.\-]+)", operands), attrs))
+      computations[current].append(
+          _Instruction(m.group(1), shape, op, re.findall(r"%([\w.\-]+)", operands), attrs, operands))
   return computations, entry
 
 
@@ -154,6 +157,21 @@ def _is_transfer(shape: str) -> bool:
   """Whether an async copy moves a buffer between memory spaces (``S(n)`` in its source's or destination's layout)."""
   layouts = re.findall(r"(?:pred|bf16|f8e4m3fn|f8e5m2|c64|c128|[suf]\d+)\[[\d,]*\]\{([^}]*)\}", shape)
   return any(re.search(r"S\([1-9]\)", layout) for layout in layouts[:2])
+
+
+def _trip_count(computations, loop: _Instruction) -> int:
+  """A while loop's trip count: XLA:GPU's ``known_trip_count``, else the bound its condition compares with."""
+  m = re.search(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"', loop.attrs)
+  if m:
+    return int(m.group(1))
+  condition = computations.get(_attr(loop.attrs, "condition").lstrip("%"), [])
+  constants = {i.name: i.args.strip() for i in condition if i.op == "constant"}
+  for ins in condition:  # i < N, the loop counter against a constant
+    if ins.op == "compare" and "direction=LT" in ins.attrs and len(ins.operands) == 2:
+      bound = constants.get(ins.operands[1], "")
+      if bound.isdigit():
+        return int(bound)
+  return 1
 
 
 def _attr(attrs: str, key: str) -> str:
@@ -185,14 +203,61 @@ def _body(computations, name: str, seen: set[str] | None = None) -> list[_Instru
   return out
 
 
-def _conv_flops(out_shape: tuple[int, ...], rhs_shape: tuple[int, ...], dim_labels: str) -> float:
-  """2 * |output| * |rhs| / rhs's output-feature size: the MACs of any HLO convolution, doubled."""
+def _window(attrs: str) -> dict[str, list[list[int]]]:
+  """An HLO convolution's ``window={size=3x3 stride=2x2 pad=1_1x1_1 lhs_dilate=.. rhs_dilate=..}``, per axis."""
+  m = re.search(r"window=\{([^}]*)\}", attrs)
+  fields = dict(item.split("=", 1) for item in m.group(1).split()) if m else {}
+  return {key: [[int(v) for v in axis.split("_")] for axis in value.split("x")] for key, value in fields.items()
+          if key in ("size", "stride", "pad", "lhs_dilate", "rhs_dilate")}
+
+
+def _valid_taps(out: int, size: int, window: int, stride: int, pad_low: int, lhs_dilate: int, rhs_dilate: int) -> int:
+  """(output position, window tap) pairs of one axis that read the input, not its padding."""
+  if lhs_dilate == 1:
+    total = 0
+    for o in range(out):  # taps k with 0 <= o * stride + k * rhs_dilate - pad_low < size
+      start = o * stride - pad_low
+      first = max(0, -(start // rhs_dilate)) if start < 0 else 0
+      last = min(window, -(-(size - start) // rhs_dilate))
+      total += max(0, last - first)
+    return total
+  span = (size - 1) * lhs_dilate + 1
+  return sum(1 for o in range(out) for k in range(window)
+             if 0 <= (pos := o * stride + k * rhs_dilate - pad_low) < span and pos % lhs_dilate == 0)
+
+
+def _conv_flops(ins: _Instruction, shapes: dict[str, list]) -> float:
+  """2 x the multiply-accumulates of an HLO convolution, counting only taps that read the input.
+
+  Padded taps are skipped (as XLA's own cost analysis does): the TPU compiler writes some
+  gradients as convolutions whose window is a whole feature map over a padded input, where
+  counting every tap would overstate the work by the window's size.
+  """
+  out = _arrays(ins.shape)
+  lhs = shapes.get(ins.operands[0]) if ins.operands else None
+  rhs = shapes.get(ins.operands[1]) if len(ins.operands) > 1 else None
+  if not (out and lhs and rhs):
+    return 0.0
+  return _taps_flops(out[0][1], lhs[0][1], rhs[0][1], _attr(ins.attrs, "dim_labels"), _window(ins.attrs))
+
+
+def _taps_flops(out_shape, lhs_shape, rhs_shape, labels: str, window: dict[str, list[list[int]]]) -> float:
+  """`_conv_flops` of ``out = conv(lhs, rhs)`` with ``labels`` (``b01f_01io->b01f``) and ``window``."""
+  if "->" not in labels or "_" not in labels:
+    return 0.0
+  (lhs_labels, rhs_labels), out_labels = labels.split("->")[0].split("_", 1), labels.split("->")[1]
   try:
-    rhs_labels = dim_labels.split("_")[1].split("->")[0]
-    o = rhs_shape[rhs_labels.index("o")]
+    spatial = [str(i) for i in range(sum(c.isdigit() for c in out_labels))]
+    pairs = 1
+    for axis, name in enumerate(spatial):
+      get = lambda key, default: window.get(key, [[default]] * len(spatial))[axis]
+      pairs *= _valid_taps(out_shape[out_labels.index(name)], lhs_shape[lhs_labels.index(name)],
+                           rhs_shape[rhs_labels.index(name)], get("stride", 1)[0], get("pad", 0)[0],
+                           get("lhs_dilate", 1)[0], get("rhs_dilate", 1)[0])
+    per_position = math.prod(out_shape) / max(math.prod(out_shape[out_labels.index(n)] for n in spatial), 1)
+    return 2.0 * per_position * rhs_shape[rhs_labels.index("i")] * pairs
   except (IndexError, ValueError):
     return 0.0
-  return 2.0 * math.prod(out_shape) * math.prod(rhs_shape) / max(o, 1)
 
 
 def _dot_flops(out_shape: tuple[int, ...], lhs_shape: tuple[int, ...], attrs: str) -> float:
@@ -204,10 +269,13 @@ def _dot_flops(out_shape: tuple[int, ...], lhs_shape: tuple[int, ...], attrs: st
 
 def _conv_kind(source: str, dim_labels: str) -> str:
   """The class of an HLO convolution from its jax source and labels (see the module docstring)."""
+  if dim_labels and not any(c.isdigit() for c in dim_labels):
+    return "gemm"  # no spatial axis: a matrix product the TPU compiler writes as a convolution
   if "transpose(" not in source:
     return "conv forward"
-  out_labels = dim_labels.split("->")[-1]
-  return "conv weight-grad" if out_labels[:1].isdigit() else "conv input-grad"
+  # The weight gradient convolves the input with the output gradient over the batch: jax lays
+  # the input's features where the batch goes ("f01b_i01o->01bf").
+  return "conv weight-grad" if dim_labels[:1] == "f" else "conv input-grad"
 
 
 def _inner_flops(body: list[_Instruction], shapes: dict[str, list]) -> tuple[float, str]:
@@ -216,10 +284,8 @@ def _inner_flops(body: list[_Instruction], shapes: dict[str, list]) -> tuple[flo
   for ins in body:
     out = _arrays(ins.shape)
     if ins.op == "convolution" and len(ins.operands) > 1 and out:
-      rhs = shapes.get(ins.operands[1]) or [("f32", ())]
-      labels = _attr(ins.attrs, "dim_labels")
-      flops += _conv_flops(out[0][1], rhs[0][1], labels)
-      kind = kind or _conv_kind(_source(ins.attrs), labels)
+      flops += _conv_flops(ins, shapes)
+      kind = kind or _conv_kind(_source(ins.attrs), _attr(ins.attrs, "dim_labels"))
     elif ins.op == "dot" and ins.operands and out:
       lhs = shapes.get(ins.operands[0]) or [("f32", ())]
       flops += _dot_flops(out[0][1], lhs[0][1], ins.attrs)
@@ -233,17 +299,14 @@ def _classify_custom_call(ins: _Instruction, operand_arrays: list[list], out_arr
     kind = ("conv input-grad" if "BackwardInput" in target else
             "conv weight-grad" if "BackwardFilter" in target else "conv forward")
     gradient_as_forward = kind == "conv forward" and "transpose(" in _source(ins.attrs)
-    labels = _attr(ins.attrs, "dim_labels")
     first = lambda arrays: arrays[0][1] if arrays else ()
     out = first(out_arrays)
-    # cuDNN's custom call keeps the forward convolution's labels: y = x * w.
-    w, y = ((first(operand_arrays[1]), first(operand_arrays[0])) if kind == "conv input-grad" else
-            (out, first(operand_arrays[1])) if kind == "conv weight-grad" else (first(operand_arrays[1]), out))
-    try:
-      c_out = y[labels.split("->")[1].index("f")]
-      flops = 2.0 * math.prod(y) * math.prod(w) / max(c_out, 1)
-    except (IndexError, ValueError):
-      flops = 0.0
+    # cuDNN's call keeps the forward convolution's labels and window, y = conv(x, w): the
+    # gradients' flops are the forward's.
+    x, w, y = ((out, first(operand_arrays[1]), first(operand_arrays[0])) if kind == "conv input-grad" else
+               (first(operand_arrays[0]), out, first(operand_arrays[1])) if kind == "conv weight-grad" else
+               (first(operand_arrays[0]), first(operand_arrays[1]), out))
+    flops = _taps_flops(y, x, w, _attr(ins.attrs, "dim_labels"), _window(ins.attrs))
     # XLA runs some input gradients (e.g. of 1x1 convolutions) as forward cuDNN convolutions.
     return "conv input-grad" if gradient_as_forward else kind, target, flops
   if any(word in target for word in ("cublas", "gemm", "matmul")):
@@ -272,8 +335,7 @@ def kernels(hlo: str) -> list[Kernel]:
       if ins.op in _SILENT or not ins.op:
         continue
       if ins.op == "while":
-        m = re.search(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"', ins.attrs)
-        n = trips * (int(m.group(1)) if m else 1)
+        n = trips * _trip_count(computations, ins)
         for key in ("body", "condition"):
           visit(_attr(ins.attrs, key).lstrip("%"), n, seen + (name,))
         continue
@@ -298,6 +360,9 @@ def kernels(hlo: str) -> list[Kernel]:
         busy = set(ops) - _STRUCTURAL
         if inner:
           cls = inner
+        elif busy & _COLLECTIVES:  # a TPU's asynchronous collective, wrapped in a fusion
+          cls = "collective"
+          detail = next(op for op in sorted(busy & _COLLECTIVES))
         elif ops["reduce"] or ops["reduce-window"] or ops["select-and-scatter"]:
           cls = "reduction fusion"
         elif busy <= _MOVES and busy & {"transpose", "copy"} and busy <= {"transpose", "copy", "convert"}:
@@ -309,10 +374,8 @@ def kernels(hlo: str) -> list[Kernel]:
         else:
           cls = "loop fusion"
       elif ins.op == "convolution":
-        labels = _attr(ins.attrs, "dim_labels")
-        cls = _conv_kind(_source(ins.attrs), labels)
-        rhs = operand_arrays[1] if len(operand_arrays) > 1 and operand_arrays[1] else [("f32", ())]
-        flops = _conv_flops(out_arrays[0][1], rhs[0][1], labels) if out_arrays else 0.0
+        cls = _conv_kind(_source(ins.attrs), _attr(ins.attrs, "dim_labels"))
+        flops = _conv_flops(ins, shapes)
       elif ins.op == "dot":
         cls = "gemm"
         lhs = operand_arrays[0] if operand_arrays and operand_arrays[0] else [("f32", ())]

@@ -61,13 +61,17 @@ GPU_CHIPS = {
 }
 GPU_TARGETS = tuple(GPU_CHIPS)
 
-# Per chip, from Google Cloud's TPU system-architecture pages (HBM, bf16 peak, HBM bandwidth).
-# clock_hz is the TensorCore clock the compiler's estimated cycles are counted in.
+# Per chip, as libtpu (0.0.42.1 and 0.0.50.1) describes it to its compiler: the TensorCore clock,
+# the HBM bandwidth its cost model uses (its "optimal_seconds" are bytes / this bandwidth), and
+# the HBM one program may use (what its out-of-memory message calls available: a little under
+# the chip's 16 / 32 / 96 / 31.5 GiB); the bf16 peaks are Google Cloud's published figures.
+# That the compiler's estimated cycles are TensorCore cycles at this clock is an assumption.
+_LIBTPU = "libtpu's embedded chip description (clock, bandwidth) and its HBM limit; peak: Cloud TPU docs"
 TPU_CHIPS = {
-    "v4": Chip("TPU v4", 32 * GIB, 275e12, 1.2e12, 1.05e9, "Cloud TPU v4 docs; clock: the TPU v4 paper (ISCA 2023)"),
-    "v5e": Chip("TPU v5 lite", 16 * GIB, 197e12, 8.19e11, 1.5e9, "Cloud TPU v5e docs"),
-    "v5p": Chip("TPU v5", 95 * GIB, 459e12, 2.765e12, 1.75e9, "Cloud TPU v5p docs"),
-    "v6e": Chip("TPU v6 lite", 32 * GIB, 918e12, 1.64e12, 1.75e9, "Cloud TPU v6e (Trillium) docs"),
+    "v4": Chip("TPU v4", int(30.75 * GIB), 275e12, 982473768960, 1.05e9, _LIBTPU),
+    "v5e": Chip("TPU v5 lite", int(15.75 * GIB), 197e12, 737660633088, 1.5e9, _LIBTPU),
+    "v5p": Chip("TPU v5", int(95.74 * GIB), 459e12, 2350420852736, 1.75e9, _LIBTPU),
+    "v6e": Chip("TPU v6 lite", int(31.25 * GIB), 918e12, 1638000000000, 1.75e9, _LIBTPU),
 }
 # TPU generations whose chips have two TensorCores that the compiler drives as one ("megacore").
 _MEGACORE = ("v4", "v5p")
@@ -148,6 +152,10 @@ def prepare_environment() -> None:
   os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  # Without a TPU VM's metadata, libtpu prints five lines of warnings at start; these settle it.
+  # They name no topology: each compile gives its own (`Target.devices`).
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-1")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   if not jax.config.jax_platforms:  # JAX_PLATFORMS unset: jax would try every installed platform
     jax.config.update("jax_platforms", "cpu")
 
