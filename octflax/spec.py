@@ -271,8 +271,8 @@ class OctBatchNormSpec:
   """Batch normalisation of each part with its own statistics (`octflax.OctBatchNorm`).
 
   Each part is a `flax.linen.BatchNorm` / `flax.nnx.BatchNorm` over its channels, built with
-  `part_settings`; `train_with_batch_stats` is the training step when the statistics come
-  from `octflax.execution.batch_stats` (which may sum both parts in one pass).
+  `part_settings`; `train_with_batch_stats` is the training step in the platform's form
+  (`octflax.execution.batch_norm`: both parts' statistics in one pass, or a hand-written gradient).
 
   Attributes:
     use_running_average: the mode when a call gives none (None: the call must).
@@ -297,7 +297,7 @@ class OctBatchNormSpec:
 
   def train_with_batch_stats(self, x: OctTensor, variables: Sequence[PartVariables | None]
                              ) -> tuple[OctTensor, tuple[tuple[Array, Array] | None, ...]]:
-    """Training mode with `execution.batch_stats`: each part normalised by its batch statistics.
+    """Training mode in the platform's form (`execution.batch_norm`): each part normalised by its batch statistics.
 
     ``y = (x - mean) rsqrt(var + epsilon) scale + bias`` (`functional.batch_norm`), and the
     running averages ``momentum * average + (1 - momentum) * statistic``: what
@@ -310,17 +310,13 @@ class OctBatchNormSpec:
     Returns:
       The output and, per part, the new running ``(mean, var)`` (None where the part is).
     """
-    outputs, averages = [], []
-    for part, v, stats in zip((x.high, x.low), variables, execution.batch_stats(x, self.axis_name)):
-      if part is None:
-        outputs.append(None)
-        averages.append(None)
-        continue
-      mean, var = stats
-      averages.append((F.running_average(v.mean, mean, self.momentum),
-                       F.running_average(v.var, var, self.momentum)))
-      outputs.append(F.batch_norm(part, mean, var, v.scale, v.bias, self.epsilon, self.dtype))
-    return OctTensor(*outputs), tuple(averages)
+    y, stats = execution.batch_norm(x, [None if v is None else v.scale for v in variables],
+                                    [None if v is None else v.bias for v in variables], self.epsilon, self.dtype,
+                                    self.axis_name)
+    averages = tuple(None if v is None else (F.running_average(v.mean, st[0], self.momentum),
+                                             F.running_average(v.var, st[1], self.momentum))
+                     for v, st in zip(variables, stats))
+    return y, averages
 
 
 @dataclasses.dataclass(frozen=True)

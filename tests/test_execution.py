@@ -166,7 +166,7 @@ def _bn_input(hw, alpha_in=0.5, dtype=jnp.float32):
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
-@pytest.mark.parametrize("form", ["joint", "joint+slices"])
+@pytest.mark.parametrize("form", ["joint", "joint+slices", "one_pass"])
 def test_joint_batchnorm_keeps_the_variables_and_values_of_per_part(hw, form):
   x = _bn_input(hw)
   bn = OctBatchNorm(momentum=0.9)
@@ -184,11 +184,12 @@ def test_joint_batchnorm_keeps_the_variables_and_values_of_per_part(hw, form):
   assert float(jnp.abs(stats["batch_stats"]["high"]["mean"] - variables["batch_stats"]["high"]["mean"]).max()) > 0.01
 
 
-def test_joint_batchnorm_in_bfloat16_and_with_one_part():
+@pytest.mark.parametrize("form", ["joint", "one_pass"])
+def test_joint_batchnorm_in_bfloat16_and_with_one_part(form):
   for x in (_bn_input((9, 6), dtype=jnp.bfloat16), _bn_input((9, 6), alpha_in=0)):
     bn = OctBatchNorm(momentum=0.9)
     variables = bn.init(jax.random.key(0), x, use_running_average=False)
-    with execution.use_form("joint"):
+    with execution.use_form(form):
       y, stats = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
     y_ref, stats_ref = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
     chex.assert_trees_all_equal_dtypes(y, y_ref)
@@ -206,12 +207,13 @@ def test_joint_batchnorm_averages_statistics_across_devices():
   bn = OctBatchNorm(momentum=0.5, axis_name="batch")
   variables = bn.init(jax.random.key(0), x, use_running_average=False)
   results = {}
-  for form in ("per_part", "joint"):
+  for form in ("per_part", "joint", "one_pass"):
     with execution.use_form(form):
       step = jax.pmap(lambda x: bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"]),
                       axis_name="batch", devices=devices)
       results[form] = step(xs)
   chex.assert_trees_all_close(results["joint"], results["per_part"], rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(results["one_pass"], results["per_part"], rtol=1e-5, atol=1e-5)
   stats = results["joint"][1]["batch_stats"]["high"]["mean"]
   chex.assert_trees_all_close(stats[0], stats[1])  # the same average on both devices
 
@@ -219,12 +221,67 @@ def test_joint_batchnorm_averages_statistics_across_devices():
 def test_nnx_joint_batchnorm_equals_its_per_part():
   x = _bn_input((7, 7))
   outputs = {}
-  for form in ("per_part", "joint"):
+  for form in ("per_part", "joint", "one_pass"):
     bn = octnnx.OctBatchNorm(11, 5 / 11, momentum=0.9, rngs=nnx.Rngs(0))
     with execution.use_form(form):
       y = bn(x)
     outputs[form] = (y, nnx.to_pure_dict(nnx.state(bn)))
   chex.assert_trees_all_close(outputs["joint"], outputs["per_part"], rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(outputs["one_pass"], outputs["per_part"], rtol=1e-5, atol=1e-5)
+
+
+def _bn_gradients(form, x, variables, bn, weights):
+  """Gradients of a loss that reads the output and the new statistics, w.r.t. x and the parameters."""
+
+  def loss(params, x):
+    y, new = bn.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, use_running_average=False,
+                      mutable=["batch_stats"])
+    stats = new["batch_stats"]
+    out = sum(jnp.sum(p.astype(jnp.float32) * w) for p, w in zip((y.high, y.low), weights) if p is not None)
+    return out + sum(jnp.sum(jnp.sin(v)) for v in jax.tree.leaves(stats))  # the statistics' cotangents count
+
+  with execution.use_form(form):
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
+def test_one_pass_batchnorm_gradient_equals_autodiff(hw, dtype, tol):
+  """The hand-written VJP against jax's differentiation of the per-part BatchNorm, under jit."""
+  x = _bn_input(hw, dtype=dtype)
+  bn = OctBatchNorm(momentum=0.9)
+  variables = bn.init(jax.random.key(0), x, use_running_average=False)
+  variables = jax.tree.map(lambda v: v + 0.3, variables)
+  rng = np.random.default_rng(2)
+  weights = [jnp.asarray(rng.standard_normal(p.shape), jnp.float32) for p in (x.high, x.low)]
+  reference = _bn_gradients("per_part", x, variables, bn, weights)
+  one_pass = _bn_gradients("one_pass", x, variables, bn, weights)
+  chex.assert_trees_all_equal_dtypes(one_pass, reference)
+  chex.assert_trees_all_close(jax.tree.map(lambda a: a.astype(jnp.float32), one_pass),
+                              jax.tree.map(lambda a: a.astype(jnp.float32), reference), rtol=tol, atol=tol)
+
+
+def test_one_pass_batchnorm_gradient_across_devices():
+  """Under `jax.pmap`, statistics and the backward pass's means average over the devices, as autodiff's."""
+  devices = jax.local_devices()[:2]
+  x = _bn_input((6, 5))
+  xs = jax.tree.map(lambda a: jnp.stack([a, 2 * a + 1]), x)
+  bn = OctBatchNorm(momentum=0.5, axis_name="batch")
+  variables = bn.init(jax.random.key(0), x, use_running_average=False)
+  rng = np.random.default_rng(3)
+  weights = [jnp.asarray(rng.standard_normal(p.shape), jnp.float32) for p in (x.high, x.low)]
+
+  def grads(form):
+    def loss(params, x):
+      y, _ = bn.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, use_running_average=False,
+                      mutable=["batch_stats"])
+      return sum(jnp.sum(p * w) for p, w in zip((y.high, y.low), weights))
+
+    with execution.use_form(form):
+      return jax.pmap(jax.grad(loss, argnums=(0, 1)), axis_name="batch", devices=devices)(
+          jax.tree.map(lambda a: jnp.stack([a, a]), variables["params"]), xs)
+
+  chex.assert_trees_all_close(grads("one_pass"), grads("per_part"), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- choosing a form
@@ -261,14 +318,19 @@ def _train_step_hlo(platform, form=None):
 
 
 def test_the_default_form_is_chosen_for_the_platform_lowered_for():
-  """Lowered from this CPU for a GPU, a step carries the accelerator form, not XLA:CPU's."""
-  on_cpu, on_gpu = _train_step_hlo("cpu"), _train_step_hlo("cuda")
-  assert execution.CPU_FORM.conv == "xla_cpu" and execution.ACCELERATOR_FORM.conv == "plain"
-  # XLA:CPU's form runs the 1x1 convolutions as dots; the accelerator form as convolutions.
+  """Lowered from this CPU for a GPU or a TPU, a step carries that platform's form, not XLA:CPU's."""
+  on_cpu, on_gpu, on_tpu = (_train_step_hlo(p) for p in ("cpu", "cuda", "tpu"))
+  reference = _train_step_hlo("cuda", "reference")
+  assert execution.CPU_FORM.conv == "xla_cpu" and execution.GPU_FORM.conv == execution.TPU_FORM.conv == "plain"
+  # XLA:CPU's form runs the 1x1 convolutions as dots; the accelerators' as convolutions.
   assert on_cpu.count("stablehlo.dot_general") > on_gpu.count("stablehlo.dot_general") + 10
-  assert on_gpu.count("stablehlo.convolution") > on_cpu.count("stablehlo.convolution")
-  chosen = _train_step_hlo("cuda", "two_convs")
-  assert chosen.count("stablehlo.convolution") < on_gpu.count("stablehlo.convolution")
+  assert on_tpu.count("stablehlo.convolution") == reference.count("stablehlo.convolution") > on_cpu.count(
+      "stablehlo.convolution")
+  # The GPU's form (two_convs): fewer, larger convolutions than the reference form.
+  assert execution.GPU_FORM.paths == "two_convs"
+  assert on_gpu.count("stablehlo.convolution") < reference.count("stablehlo.convolution")
+  # The TPU's form (slices) pools with strided slices, not a reshape and a sum.
+  assert execution.TPU_FORM.pool == "slices" and on_tpu != reference
 
 
 def test_cost_counts_the_equations_whatever_form_is_chosen():

@@ -25,6 +25,7 @@ CONFIG_READERS = {
     "training/config.py": {"default_config", "check_config", "field_names", "load_config", "_override"},
     "training/plan.py": {"plan_run", "data_settings", "to_json_dict"},
     "training/trainer.py": {"train_and_evaluate"},
+    "training/aot.py": {"compile_run_step", "_synthetic_stand_in"},  # the other entry point: --aot
 }
 
 

@@ -15,14 +15,17 @@ computing the same numbers to float rounding with the same parameters:
   one: ``'shared_output'``.
 - ``pool``: `avg_pool2`'s method, ``'reshape'`` (a reduction) or ``'slices'`` (a sum of
   strided slices, elementwise, which XLA can fuse into its reader).
-- ``norm``: ``'per_part'`` (each part's BatchNorm statistics as its own reduction) or
-  ``'joint'`` (both parts' statistics in one reduction; the same variables and values).
+- ``norm``: ``'per_part'`` (each part's BatchNorm statistics as its own reduction, the
+  gradient by jax), ``'joint'`` (both parts' statistics in one reduction), or ``'one_pass'``
+  (each part with a hand-written gradient: one reduction forward, one backward;
+  `octflax.execution.norm`); the same variables and values.
 - ``conv``: the stride-1 convolution each path runs, ``'plain'`` (`functional.conv`) or
   ``'xla_cpu'`` (`xla_cpu_conv`: 1x1 as a dot, channel counts padded to a multiple of 8).
 
-The default is `CPU_FORM` when a step is lowered for the CPU and `ACCELERATOR_FORM` otherwise,
-chosen per platform when the function is lowered (`jax.lax.platform_dependent`), never by the
-host, so a step lowered on a CPU for a GPU or TPU (`octflax.aot`) carries the accelerator form. `use_form` chooses one
+The default is the form of the platform a step is lowered for (`PLATFORM_FORMS`: `CPU_FORM`,
+`GPU_FORM`, `TPU_FORM`; `REFERENCE` elsewhere), chosen when the function is lowered
+(`jax.lax.platform_dependent`), never by the host, so a step lowered on a CPU for a GPU or TPU
+(`octflax.aot`) carries that accelerator's form. `use_form` chooses one
 form for every OctConv and OctBatchNorm traced inside; `use_conv` replaces the path
 convolution of whatever form runs::
 
@@ -37,16 +40,19 @@ The XLA compiler options octflax compiles with (`train_compiler_options`,
 The measurements behind each default are in docs/benchmarks.md.
 """
 
-from octflax.execution.choice import (ACCELERATOR_FORM, CONVS, CPU_FORM, PROBE_FORMS, REFERENCE, Form, by_platform,
+from octflax.execution.choice import (CONVS, CPU_FORM, GPU_FORM, PLATFORM_FORMS, PROBE_FORMS, REFERENCE, TPU_FORM, Form,
+                                      by_platform,
                                       chosen_conv, chosen_form, current_conv, default_conv, platform_conv, use_conv,
                                       use_form)
 from octflax.execution.compiler import (inference_compiler_options, init_compiler_options, train_compiler_options,
                                         xla_accepts)
 from octflax.execution.cpu import xla_cpu_conv, xla_cpu_conv_unpadded
-from octflax.execution.forms import batch_stats, batch_stats_in_form, joint_norm_in_play, oct_conv, oct_conv_in_form
+from octflax.execution.forms import (batch_norm, batch_norm_in_form, batch_stats, batch_stats_in_form, joint_norm_in_play,
+                                     oct_conv, oct_conv_in_form)
 
 __all__ = [
-    "ACCELERATOR_FORM", "CONVS", "CPU_FORM", "Form", "PROBE_FORMS", "REFERENCE", "batch_stats", "batch_stats_in_form",
+    "CONVS", "CPU_FORM", "Form", "GPU_FORM", "PLATFORM_FORMS", "PROBE_FORMS", "REFERENCE", "TPU_FORM", "batch_norm",
+    "batch_norm_in_form", "batch_stats", "batch_stats_in_form",
     "by_platform", "chosen_conv", "chosen_form", "current_conv", "default_conv", "inference_compiler_options",
     "init_compiler_options", "joint_norm_in_play", "oct_conv", "oct_conv_in_form", "platform_conv",
     "train_compiler_options",

@@ -26,7 +26,7 @@ _CONV_FN: contextvars.ContextVar[ConvFn | None] = contextvars.ContextVar("octfla
 #: The path convolutions a `Form` can name.
 CONVS: dict[str, ConvFn] = {"plain": functional.conv, "xla_cpu": xla_cpu_conv}
 PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs")
-NORM_FORMS = ("per_part", "joint")
+NORM_FORMS = ("per_part", "joint", "one_pass")
 _FIELDS = {"paths": PATH_FORMS, "pool": POOL_METHODS, "norm": NORM_FORMS, "conv": tuple(CONVS)}
 
 
@@ -80,10 +80,15 @@ class Form:
 REFERENCE = Form()
 #: The default when lowering for the CPU (docs/benchmarks.md, "CPU").
 CPU_FORM = Form(conv="xla_cpu")
-#: The default when lowering for a GPU or TPU. The forms below are candidates that
-#: `benchmarks/probes/gpu_step.py` times on a GPU; until a device run picks one, the default is
-#: the reference form.
-ACCELERATOR_FORM = Form()
+#: The default when lowering for an NVIDIA GPU: the form whose Oct-ResNet-50 train step
+#: has the lowest estimated time in the census for an H100 (docs/benchmarks.md, "Accelerators
+#: without one"; 2,092 kernels against the reference form's 2,631), until a GPU measures them.
+GPU_FORM = Form(paths="two_convs", norm="joint")
+#: The default when lowering for a TPU: the lowest sum of the compiler's estimated cycles for a
+#: TPU v5e (same section): pooling as strided slices, which the TPU compiler fuses.
+TPU_FORM = Form(pool="slices")
+#: The default form of each platform; any other platform runs `REFERENCE`.
+PLATFORM_FORMS = {"cpu": CPU_FORM, "cuda": GPU_FORM, "tpu": TPU_FORM}
 #: The forms the GPU probe times against the default (names for `Form.parse`).
 PROBE_FORMS = ("shared_output", "shared_input", "two_convs", "slices", "joint", "two_convs+slices",
                "two_convs+joint", "two_convs+slices+joint", "shared_input+slices+joint")
@@ -93,17 +98,13 @@ _FORM: contextvars.ContextVar[Form | None] = contextvars.ContextVar("octflax_for
 
 def platform_conv(x: jax.Array, kernel: jax.Array, feature_group_count: int = 1, precision: Any = None,
                   kernel_dilation: Sequence[int] | None = None) -> jax.Array:
-  """The path convolution of the platform the function is lowered for: `CPU_FORM`'s or `ACCELERATOR_FORM`'s.
+  """The path convolution of the platform the function is lowered for (its form's, `PLATFORM_FORMS`).
 
   Decided when lowering (`jax.lax.platform_dependent`), never by the host, so a function
   lowered on a CPU for a GPU or TPU runs the accelerator's convolution there.
   """
   settings = dict(feature_group_count=feature_group_count, precision=precision, kernel_dilation=kernel_dilation)
-  cpu, accelerator = CONVS[CPU_FORM.conv], CONVS[ACCELERATOR_FORM.conv]
-  if cpu is accelerator:
-    return cpu(x, kernel, **settings)
-  return lax.platform_dependent(x, kernel, cpu=functools.partial(cpu, **settings),
-                                default=functools.partial(accelerator, **settings))
+  return _per_platform(lambda form, x, kernel: CONVS[form.conv](x, kernel, **settings), (x, kernel), ("conv",))
 
 
 def default_conv() -> ConvFn:
@@ -176,24 +177,31 @@ def use_form(form: Form | str | None) -> Iterator[None]:
 
 
 def by_platform(fn: Callable[..., Any], *args: Any, relevant: Sequence[str] = tuple(_FIELDS)) -> Any:
-  """``fn(form, *args)`` in the chosen form, else per platform: `CPU_FORM` on CPU, `ACCELERATOR_FORM` elsewhere.
+  """``fn(form, *args)`` in the chosen form, else in the form of the platform lowered for (`PLATFORM_FORMS`).
 
-  ``relevant`` names the `Form` fields ``fn`` reads; when the two defaults agree on them (or
-  `use_conv` replaces the only difference, the convolution) ``fn`` is traced once. Otherwise
-  both are traced and `jax.lax.platform_dependent` keeps the one for the platform the
-  function is lowered for.
+  ``relevant`` names the `Form` fields ``fn`` reads; platforms whose forms agree on them (after
+  `use_conv`, which replaces the convolution) share one trace of ``fn``, and when all agree
+  ``fn`` is traced once. Otherwise `jax.lax.platform_dependent` keeps the trace of the platform
+  the function is lowered for.
   """
   form = _FORM.get()
   if form is not None:
     return fn(form, *args)
   fields = [f for f in relevant if not (f == "conv" and _CONV_FN.get() is not None)]
-  if all(getattr(CPU_FORM, f) == getattr(ACCELERATOR_FORM, f) for f in fields):
-    return fn(ACCELERATOR_FORM, *args)
-  return lax.platform_dependent(*args, cpu=functools.partial(fn, CPU_FORM),
-                                default=functools.partial(fn, ACCELERATOR_FORM))
+  return _per_platform(fn, args, fields)
+
+
+def _per_platform(fn: Callable[..., Any], args: Sequence[Any], fields: Sequence[str]) -> Any:
+  """``fn(form, *args)`` with the lowering platform's form, traced once per distinct form on ``fields``."""
+  key = lambda form: tuple(getattr(form, f) for f in fields)
+  branches = {platform: functools.partial(fn, form) for platform, form in PLATFORM_FORMS.items()
+              if key(form) != key(REFERENCE)}
+  if not branches:
+    return fn(REFERENCE, *args)
+  return lax.platform_dependent(*args, **branches, default=functools.partial(fn, REFERENCE))
 
 
 __all__ = [
-    "ACCELERATOR_FORM", "CONVS", "CPU_FORM", "Form", "PROBE_FORMS", "REFERENCE", "by_platform", "chosen_conv",
-    "chosen_form", "current_conv", "default_conv", "platform_conv", "use_conv", "use_form",
+    "CONVS", "CPU_FORM", "Form", "GPU_FORM", "PLATFORM_FORMS", "PROBE_FORMS", "REFERENCE", "TPU_FORM", "by_platform",
+    "chosen_conv", "chosen_form", "current_conv", "default_conv", "platform_conv", "use_conv", "use_form",
 ]

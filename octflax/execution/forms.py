@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from octflax import functional
-from octflax.execution.choice import ACCELERATOR_FORM, CONVS, CPU_FORM, Form, by_platform, chosen_conv, chosen_form
+from octflax.execution.choice import CONVS, PLATFORM_FORMS, Form, by_platform, chosen_conv, chosen_form
+from octflax.execution.norm import normalize
 from octflax.resample import window_sums
 from octflax.tensor import OctTensor, as_oct
 
@@ -101,9 +102,41 @@ def oct_conv_in_form(form: Form, x: OctTensor, kernels: Mapping[str, Array], bia
 
 
 def joint_norm_in_play() -> bool:
-  """Whether an OctBatchNorm traced now may compute its statistics jointly (`batch_stats`)."""
+  """Whether an OctBatchNorm traced now may train in a form other than ``'per_part'`` (`batch_norm`)."""
   form = chosen_form()
-  return "joint" in ({form.norm} if form is not None else {CPU_FORM.norm, ACCELERATOR_FORM.norm})
+  norms = {form.norm} if form is not None else {f.norm for f in PLATFORM_FORMS.values()}
+  return norms != {"per_part"}
+
+
+def batch_norm(x: OctTensor, scales: Sequence[Array | None], biases: Sequence[Array | None], epsilon: float,
+               dtype: Any = None, axis_name: str | None = None
+               ) -> tuple[OctTensor, tuple[tuple[Array, Array] | None, ...]]:
+  """BatchNorm's training step on both parts in the platform's form: ``(y, each part's (mean, var))``.
+
+  ``y`` is `functional.batch_norm` of each part with its batch statistics (`batch_stats`) and its
+  ``scales`` / ``biases`` entry (high, low); ``'one_pass'`` runs each part through
+  `octflax.execution.norm.normalize` (one reduction forward and one backward).
+  """
+  x = as_oct(x)
+  return by_platform(lambda form, high, low: batch_norm_in_form(form, OctTensor(high, low), scales, biases, epsilon,
+                                                                dtype, axis_name),
+                     x.high, x.low, relevant=("norm", "pool"))
+
+
+def batch_norm_in_form(form: Form, x: OctTensor, scales: Sequence[Array | None], biases: Sequence[Array | None],
+                       epsilon: float, dtype: Any = None, axis_name: str | None = None
+                       ) -> tuple[OctTensor, tuple[tuple[Array, Array] | None, ...]]:
+  """`batch_norm` in ``form``."""
+  parts = (x.high, x.low)
+  if form.norm == "one_pass":
+    results = [None if p is None else normalize(p, s, b, epsilon, dtype, axis_name)
+               for p, s, b in zip(parts, scales, biases)]
+    return (OctTensor(*(None if r is None else r[0] for r in results)),
+            tuple(None if r is None else (r[1], r[2]) for r in results))
+  stats = batch_stats_in_form(form, x, axis_name)
+  outputs = [None if p is None else functional.batch_norm(p, st[0], st[1], s, b, epsilon, dtype)
+             for p, st, s, b in zip(parts, stats, scales, biases)]
+  return OctTensor(*outputs), stats
 
 
 def batch_stats(x: OctTensor, axis_name: str | None = None) -> tuple[tuple[Array, Array] | None, ...]:
@@ -154,4 +187,5 @@ def batch_stats_in_form(form: Form, x: OctTensor, axis_name: str | None = None
   return tuple(stats)
 
 
-__all__ = ["batch_stats", "batch_stats_in_form", "joint_norm_in_play", "oct_conv", "oct_conv_in_form"]
+__all__ = ["batch_norm", "batch_norm_in_form", "batch_stats", "batch_stats_in_form", "joint_norm_in_play", "oct_conv",
+           "oct_conv_in_form"]
