@@ -138,6 +138,8 @@ def main(argv=None) -> int:
     base = reports.get((model, 0.0, "default"))
     ratio = report.estimate_ms / base.estimate_ms if base and report.estimate_ms and base.estimate_ms else None
     print(table_line(label, report, ratio), flush=True)
+    print(f"{'':<4}by part: " + ", ".join(f"{part} {n}" for part, n in aot.by_part(report.kernels).items()),
+          flush=True)
     row = {"date": date, "model": model, "alpha": alpha, "form": form, "batch": args.batch, "dtype": args.dtype,
            "image_size": args.image_size, **report.row(), "ratio_to_alpha0": None if ratio is None else round(ratio, 4)}
     if args.results:

@@ -119,6 +119,7 @@ def window_sums(x: Array, axes: Sequence[int], method: str = "reshape") -> Array
   return x.reshape(shape).sum(axis=tuple(summed))
 
 
+@jax.named_scope("avg_pool2")  # names its ops in profiles and in octflax.aot's census
 def avg_pool2(x: Array, octave_axes: Sequence[int] | None = None, *, spatial_dims: int = 2,
               method: str = "reshape") -> Array:
   """Average pooling by 2 on the octave axes, stride 2, ceil mode, averaging only elements inside the map.
@@ -173,6 +174,7 @@ def avg_pool2(x: Array, octave_axes: Sequence[int] | None = None, *, spatial_dim
   return total * jnp.asarray(inverse, x.dtype)
 
 
+@jax.named_scope("upsample2")
 def upsample2(x: Array, size: Sequence[int] | None = None, octave_axes: Sequence[int] | None = None, *,
               spatial_dims: int | None = None) -> Array:
   """Nearest-neighbour upsampling by 2 on the octave axes, cropped to ``size`` when given.

@@ -153,6 +153,28 @@ def test_tpu_census_skips_memory_space_transfers_and_sums_cycles():
   assert by_name["din"].flops == 2 * (4 * 8) * 8 * 16 * 16  # N x C_out, over C_in = 8
 
 
+def test_kernels_are_attributed_to_the_part_they_serve():
+  kernel = lambda cls, source: census.Kernel("k", cls, "", 0.0, 0.0, 1, 0.0, source)
+  model = "jit(step)/jvp(ResNet)/stage1_block0/conv2"
+  cases = {
+      ("conv weight-grad", f"jit(step)/transpose(jvp(ResNet))/stage1_block0/conv2/conv/conv_general_dilated"):
+          "convolutions",
+      ("transpose", f"{model}/conv/conv_general_dilated"): "casts and layout",
+      ("loop fusion", f"{model}/conv/convert_element_type"): "casts and layout",
+      ("reduction fusion", f"{model}/conv/avg_pool2/reduce_sum"): "pooling",
+      ("loop fusion", f"jit(step)/transpose(jvp(ResNet))/stage1_block0/conv2/conv/upsample2/reduce_sum"):
+          "upsampling",
+      ("reduction fusion", f"{model}/bn/reduce_sum"): "BatchNorm",
+      ("reduction fusion", "jit(step)/jvp(Net)/BatchNorm_0/reduce_sum"): "BatchNorm",
+      ("loop fusion", "jit(step)/add"): "optimizer",
+      ("loop fusion", f"{model}/max"): "other",
+  }
+  for (cls, source), part in cases.items():
+    assert census.part_of(kernel(cls, source)) == part, (cls, source)
+  counts = census.by_part([kernel(*case) for case in cases])
+  assert tuple(counts) == census.PARTS and sum(counts.values()) == len(cases)
+
+
 def test_report_estimates_state_their_model():
   target = aot.get_target("h100")
   found = census.kernels(GPU_HLO)

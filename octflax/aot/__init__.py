@@ -16,13 +16,13 @@ topology. The optimized program is the one the device would run, kernel for kern
 target's mesh. Install the plugins with ``pip install -e '.[aot]'`` (README).
 """
 
-from octflax.aot.census import CLASSES, Kernel, by_class, collectives, kernels
+from octflax.aot.census import CLASSES, PARTS, Kernel, by_class, by_part, collectives, kernels, part_of
 from octflax.aot.report import GPU_MODEL, GpuModel, Report, calibrate, compile_for
 from octflax.aot.targets import (GPU_TARGETS, TPU_CHIPS, Target, TargetUnavailable, get_target, list_targets,
                                  prepare_environment)
 
 __all__ = [
-    "CLASSES", "GPU_MODEL", "GPU_TARGETS", "GpuModel", "Kernel", "Report", "TPU_CHIPS", "Target", "TargetUnavailable",
-    "by_class", "calibrate", "collectives", "compile_for", "get_target", "kernels", "list_targets",
+    "CLASSES", "GPU_MODEL", "GPU_TARGETS", "GpuModel", "Kernel", "PARTS", "Report", "TPU_CHIPS", "Target",
+    "TargetUnavailable", "by_class", "by_part", "calibrate", "collectives", "compile_for", "get_target", "kernels", "list_targets", "part_of",
     "prepare_environment",
 ]

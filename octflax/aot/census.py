@@ -397,11 +397,54 @@ def kernels(hlo: str) -> list[Kernel]:
       else:
         cls = "other"
       moved = _nbytes(a for arrays in operand_arrays for a in arrays) + _nbytes(out_arrays)
+      source = _source(ins.attrs)
+      if not source and ins.op == "fusion":  # the fused computation's root (or last named op) names it
+        named = [i for i in computations.get(_attr(ins.attrs, "calls").lstrip("%"), []) if _source(i.attrs)]
+        source = _source(named[-1].attrs) if named else ""
       found.append(Kernel(ins.name, cls, detail, flops * trips, moved * trips, trips, _cycles(ins.attrs) * trips,
-                          _source(ins.attrs)))
+                          source))
 
   visit(entry, 1, ())
   return found
+
+
+PARTS = ("convolutions", "casts and layout", "BatchNorm", "pooling", "upsampling", "optimizer", "other")
+_NORM_SCOPE = re.compile(r"(^|/)(bn\w*|\w*_bn|\w*BatchNorm\w*)(/|$)")
+
+
+def part_of(kernel: Kernel) -> str:
+  """The part of a network and its train step a kernel serves, from its class and jax source.
+
+  ``convolutions`` (convolution and matrix-product kernels), ``casts and layout`` (transposes,
+  copies and dtype conversions: weights cast to the compute dtype and put in the layout the
+  convolution library wants, buffers copied around donated state), ``BatchNorm`` (kernels of a module named ``bn...``, ``..._bn`` or ``BatchNorm...``:
+  statistics, normalisation and their gradients), ``pooling`` and ``upsampling`` (kernels of
+  `octflax.resample.avg_pool2` / `upsample2`, forward or backward), ``optimizer`` (kernels outside
+  the differentiated function: the update of every parameter and optimizer state), ``other``
+  (activations, residual adds, joins and splits of the parts, the loss).
+  """
+  if kernel.cls in CONV_CLASSES or kernel.cls == "gemm":
+    return "convolutions"
+  source = kernel.source
+  if kernel.cls in ("transpose", "copy") or source.endswith("/convert_element_type"):
+    return "casts and layout"
+  if "/avg_pool2/" in source:
+    return "pooling"
+  if "/upsample2/" in source:
+    return "upsampling"
+  if _NORM_SCOPE.search(source):
+    return "BatchNorm"
+  if source and "jvp(" not in source and "transpose(" not in source:
+    return "optimizer"
+  return "other"
+
+
+def by_part(found: Iterable[Kernel]) -> dict[str, int]:
+  """Launches per `part_of`, every part of `PARTS` present (0 where none)."""
+  counts = dict.fromkeys(PARTS, 0)
+  for k in found:
+    counts[part_of(k)] += k.count
+  return counts
 
 
 def by_class(found: Iterable[Kernel]) -> dict[str, int]:
@@ -421,4 +464,5 @@ def collectives(found: Iterable[Kernel]) -> dict[str, int]:
   return dict(counts)
 
 
-__all__ = ["CLASSES", "CONV_CLASSES", "Kernel", "by_class", "collectives", "kernels", "parse_module"]
+__all__ = ["CLASSES", "CONV_CLASSES", "Kernel", "PARTS", "by_class", "by_part", "collectives", "kernels", "parse_module",
+           "part_of"]

@@ -150,7 +150,7 @@ class Report:
     """The JSON record of this report (without the HLO)."""
     return {"target": self.target.name, "device": self.target.chip.kind, "chips": self.target.num_chips,
             "jax": jax.__version__, "compile_s": round(self.compile_seconds, 1), "kernels": self.launches,
-            "classes": self.classes, "collectives": census.collectives(self.kernels), "flops": self.flops,
+            "classes": self.classes, "parts": census.by_part(self.kernels), "collectives": census.collectives(self.kernels), "flops": self.flops,
             "bytes": self.bytes, "memory": dict(self.memory), "memory_limit": self.target.chip.memory_bytes,
             "fits": self.fits, "roofline_ms": round(self.roofline_ms, 3),
             "estimated_ms": None if self.estimate_ms is None else round(self.estimate_ms, 3),
