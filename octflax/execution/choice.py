@@ -90,8 +90,9 @@ TPU_FORM = Form(pool="slices")
 #: The default form of each platform; any other platform runs `REFERENCE`.
 PLATFORM_FORMS = {"cpu": CPU_FORM, "cuda": GPU_FORM, "tpu": TPU_FORM}
 #: The forms the GPU probe times against the default (names for `Form.parse`).
-PROBE_FORMS = ("shared_output", "shared_input", "two_convs", "slices", "joint", "two_convs+slices",
-               "two_convs+joint", "two_convs+slices+joint", "shared_input+slices+joint")
+PROBE_FORMS = ("reference", "shared_output", "shared_input", "two_convs", "slices", "joint", "one_pass",
+               "two_convs+slices", "two_convs+joint", "two_convs+one_pass", "two_convs+slices+joint",
+               "shared_input+slices+joint")
 
 _FORM: contextvars.ContextVar[Form | None] = contextvars.ContextVar("octflax_form", default=None)
 

@@ -45,10 +45,20 @@ def normalize(x: Array, scale: Array | None, bias: Array | None, epsilon: float,
   return _normalize(x, scale_, bias_, float(epsilon), jnp.dtype(out_dtype), axis_name)
 
 
+def _sums(values: tuple[Array, ...]) -> tuple[Array, ...]:
+  """Each ``[..., C]`` value summed over all but its last axis, as one (variadic) reduction.
+
+  One reduction of several operands is one kernel (and one small finishing pass) where
+  separate sums of the same input are one finishing pass each.
+  """
+  axes = tuple(range(values[0].ndim - 1))
+  zeros = tuple(jnp.zeros((), v.dtype) for v in values)
+  return tuple(lax.reduce(values, zeros, lambda a, b: tuple(p + q for p, q in zip(a, b)), axes))
+
+
 def _mean_over_batch(values: list[Array], count: int, axis_name: str | None) -> list[Array]:
   """Each ``[..., C]`` value summed over all but its last axis, divided by ``count``, averaged over ``axis_name``."""
-  axes = tuple(range(values[0].ndim - 1))
-  means = [v.sum(axes) / count for v in values]
+  means = [total / count for total in _sums(tuple(values))]
   if axis_name is not None:
     means = list(lax.pmean(jnp.stack(means), axis_name))
   return means
@@ -77,8 +87,7 @@ def _backward(epsilon, out_dtype, axis_name, residuals, cotangents):
   count = math.prod(x.shape[:-1])
   centred = x32 - mean
   xhat = centred * r
-  axes = tuple(range(x.ndim - 1))
-  sum_dy, sum_dy_xhat = dy32.sum(axes), (dy32 * xhat).sum(axes)
+  sum_dy, sum_dy_xhat = _sums((dy32, dy32 * xhat))
   mean_dy, mean_dy_xhat = sum_dy / count, sum_dy_xhat / count
   if axis_name is not None:
     mean_dy, mean_dy_xhat, d_mean, d_var = lax.pmean(jnp.stack([mean_dy, mean_dy_xhat, d_mean, d_var]), axis_name)
