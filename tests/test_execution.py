@@ -166,7 +166,7 @@ def _bn_input(hw, alpha_in=0.5, dtype=jnp.float32):
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
-@pytest.mark.parametrize("form", ["joint", "joint+slices", "one_pass"])
+@pytest.mark.parametrize("form", ["joint", "joint+slices", "one_pass", "joint+one_pass", "joint+slices+one_pass"])
 def test_joint_batchnorm_keeps_the_variables_and_values_of_per_part(hw, form):
   x = _bn_input(hw)
   bn = OctBatchNorm(momentum=0.9)
@@ -184,7 +184,7 @@ def test_joint_batchnorm_keeps_the_variables_and_values_of_per_part(hw, form):
   assert float(jnp.abs(stats["batch_stats"]["high"]["mean"] - variables["batch_stats"]["high"]["mean"]).max()) > 0.01
 
 
-@pytest.mark.parametrize("form", ["joint", "one_pass"])
+@pytest.mark.parametrize("form", ["joint", "one_pass", "joint+one_pass"])
 def test_joint_batchnorm_in_bfloat16_and_with_one_part(form):
   for x in (_bn_input((9, 6), dtype=jnp.bfloat16), _bn_input((9, 6), alpha_in=0)):
     bn = OctBatchNorm(momentum=0.9)
@@ -207,13 +207,14 @@ def test_joint_batchnorm_averages_statistics_across_devices():
   bn = OctBatchNorm(momentum=0.5, axis_name="batch")
   variables = bn.init(jax.random.key(0), x, use_running_average=False)
   results = {}
-  for form in ("per_part", "joint", "one_pass"):
+  for form in ("per_part", "joint", "one_pass", "joint+one_pass"):
     with execution.use_form(form):
       step = jax.pmap(lambda x: bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"]),
                       axis_name="batch", devices=devices)
       results[form] = step(xs)
   chex.assert_trees_all_close(results["joint"], results["per_part"], rtol=1e-5, atol=1e-5)
   chex.assert_trees_all_close(results["one_pass"], results["per_part"], rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(results["joint+one_pass"], results["per_part"], rtol=1e-5, atol=1e-5)
   stats = results["joint"][1]["batch_stats"]["high"]["mean"]
   chex.assert_trees_all_close(stats[0], stats[1])  # the same average on both devices
 
@@ -221,7 +222,7 @@ def test_joint_batchnorm_averages_statistics_across_devices():
 def test_nnx_joint_batchnorm_equals_its_per_part():
   x = _bn_input((7, 7))
   outputs = {}
-  for form in ("per_part", "joint", "one_pass"):
+  for form in ("per_part", "joint", "one_pass", "joint+one_pass"):
     bn = octnnx.OctBatchNorm(11, 5 / 11, momentum=0.9, rngs=nnx.Rngs(0))
     with execution.use_form(form):
       y = bn(x)
@@ -244,9 +245,10 @@ def _bn_gradients(form, x, variables, bn, weights):
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
 
 
+@pytest.mark.parametrize("form", ["one_pass", "joint+one_pass", "joint+slices+one_pass"])
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 3e-2)])
 @pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
-def test_one_pass_batchnorm_gradient_equals_autodiff(hw, dtype, tol):
+def test_one_pass_batchnorm_gradient_equals_autodiff(hw, dtype, tol, form):
   """The hand-written VJP against jax's differentiation of the per-part BatchNorm, under jit."""
   x = _bn_input(hw, dtype=dtype)
   bn = OctBatchNorm(momentum=0.9)
@@ -255,13 +257,14 @@ def test_one_pass_batchnorm_gradient_equals_autodiff(hw, dtype, tol):
   rng = np.random.default_rng(2)
   weights = [jnp.asarray(rng.standard_normal(p.shape), jnp.float32) for p in (x.high, x.low)]
   reference = _bn_gradients("per_part", x, variables, bn, weights)
-  one_pass = _bn_gradients("one_pass", x, variables, bn, weights)
+  one_pass = _bn_gradients(form, x, variables, bn, weights)
   chex.assert_trees_all_equal_dtypes(one_pass, reference)
   chex.assert_trees_all_close(jax.tree.map(lambda a: a.astype(jnp.float32), one_pass),
                               jax.tree.map(lambda a: a.astype(jnp.float32), reference), rtol=tol, atol=tol)
 
 
-def test_one_pass_batchnorm_gradient_across_devices():
+@pytest.mark.parametrize("form", ["one_pass", "joint+one_pass"])
+def test_one_pass_batchnorm_gradient_across_devices(form):
   """Under `jax.pmap`, statistics and the backward pass's means average over the devices, as autodiff's."""
   devices = jax.local_devices()[:2]
   x = _bn_input((6, 5))
@@ -281,7 +284,7 @@ def test_one_pass_batchnorm_gradient_across_devices():
       return jax.pmap(jax.grad(loss, argnums=(0, 1)), axis_name="batch", devices=devices)(
           jax.tree.map(lambda a: jnp.stack([a, a]), variables["params"]), xs)
 
-  chex.assert_trees_all_close(grads("one_pass"), grads("per_part"), rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(grads(form), grads("per_part"), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- choosing a form
@@ -331,6 +334,7 @@ def test_the_default_form_is_chosen_for_the_platform_lowered_for():
   assert on_gpu.count("stablehlo.convolution") < reference.count("stablehlo.convolution")
   # The TPU's form (slices) pools with strided slices, not a reshape and a sum.
   assert execution.TPU_FORM.pool == "slices" and on_tpu != reference
+  assert execution.GPU_FORM.norm_grad == execution.TPU_FORM.norm_grad == "one_pass"
 
 
 def test_cost_counts_the_equations_whatever_form_is_chosen():

@@ -2,7 +2,7 @@
 
 `octflax.functional` holds the math (`functional.oct_conv`: each path its own convolution,
 exactly what `flax.linen.Conv` computes per path). This module owns every choice of how that
-math runs, so that models and checkpoints never carry one. A `Form` names four choices, each
+math runs, so that models and checkpoints never carry one. A `Form` names five choices, each
 computing the same numbers to float rounding with the same parameters:
 
 - ``paths``: ``'separate'`` (four convolutions, as written), ``'shared_output'`` (the paths
@@ -15,12 +15,12 @@ computing the same numbers to float rounding with the same parameters:
   one: ``'shared_output'``.
 - ``pool``: `avg_pool2`'s method, ``'reshape'`` (a reduction) or ``'slices'`` (a sum of
   strided slices, elementwise, which XLA can fuse into its reader).
-- ``norm``: ``'per_part'`` (each part's BatchNorm statistics as its own reduction, the
-  gradient by jax), ``'joint'`` (both parts' statistics in one reduction), or ``'one_pass'``
-  (each part with a hand-written gradient: one reduction forward, one backward;
-  `octflax.execution.norm`); the same variables and values.
+- ``norm``: ``'per_part'`` (each part's BatchNorm statistics as its own reduction) or
+  ``'joint'`` (both parts' statistics in one reduction); the same variables and values.
 - ``conv``: the stride-1 convolution each path runs, ``'plain'`` (`functional.conv`) or
   ``'xla_cpu'`` (`xla_cpu_conv`: 1x1 as a dot, channel counts padded to a multiple of 8).
+- ``norm_grad``: BatchNorm's gradient, ``'autodiff'`` (jax's) or ``'one_pass'`` (hand-written:
+  one reduction forward and one backward, per part or joint; `octflax.execution.norm`).
 
 The default is the form of the platform a step is lowered for (`PLATFORM_FORMS`: `CPU_FORM`,
 `GPU_FORM`, `TPU_FORM`; `REFERENCE` elsewhere), chosen when the function is lowered

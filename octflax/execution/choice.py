@@ -26,8 +26,9 @@ _CONV_FN: contextvars.ContextVar[ConvFn | None] = contextvars.ContextVar("octfla
 #: The path convolutions a `Form` can name.
 CONVS: dict[str, ConvFn] = {"plain": functional.conv, "xla_cpu": xla_cpu_conv}
 PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs")
-NORM_FORMS = ("per_part", "joint", "one_pass")
-_FIELDS = {"paths": PATH_FORMS, "pool": POOL_METHODS, "norm": NORM_FORMS, "conv": tuple(CONVS)}
+NORM_FORMS = ("per_part", "joint")
+NORM_GRADS = ("autodiff", "one_pass")
+_FIELDS = {"paths": PATH_FORMS, "pool": POOL_METHODS, "norm": NORM_FORMS, "conv": tuple(CONVS), "norm_grad": NORM_GRADS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Form:
   pool: str = "reshape"
   norm: str = "per_part"
   conv: str = "plain"
+  norm_grad: str = "autodiff"
 
   def __post_init__(self):
     for field, allowed in _FIELDS.items():
@@ -80,13 +82,15 @@ class Form:
 REFERENCE = Form()
 #: The default when lowering for the CPU (docs/benchmarks.md, "CPU").
 CPU_FORM = Form(conv="xla_cpu")
-#: The default when lowering for an NVIDIA GPU: the form whose Oct-ResNet-50 train step
-#: has the lowest estimated time in the census for an H100 (docs/benchmarks.md, "Accelerators
-#: without one"; 2,092 kernels against the reference form's 2,631), until a GPU measures them.
-GPU_FORM = Form(paths="two_convs", norm="joint")
+#: The default when lowering for an NVIDIA GPU: the form whose Oct-ResNet-50 train step has the
+#: lowest estimated time in the census for an H100 (docs/benchmarks.md, "Accelerators without
+#: one"): two convolutions per OctConv, both parts' BatchNorm in one reduction forward and one
+#: backward. No GPU has timed it yet.
+GPU_FORM = Form(paths="two_convs", norm="joint", norm_grad="one_pass")
 #: The default when lowering for a TPU: the lowest sum of the compiler's estimated cycles for a
-#: TPU v5e (same section): pooling as strided slices, which the TPU compiler fuses.
-TPU_FORM = Form(pool="slices")
+#: TPU v5e (same section): pooling as strided slices, which the TPU compiler fuses, and
+#: BatchNorm's hand-written gradient per part (a joint reduction costs the TPU more).
+TPU_FORM = Form(pool="slices", norm_grad="one_pass")
 #: The default form of each platform; any other platform runs `REFERENCE`.
 PLATFORM_FORMS = {"cpu": CPU_FORM, "cuda": GPU_FORM, "tpu": TPU_FORM}
 #: The forms the GPU probe times against the default (names for `Form.parse`).

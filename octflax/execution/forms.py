@@ -102,10 +102,10 @@ def oct_conv_in_form(form: Form, x: OctTensor, kernels: Mapping[str, Array], bia
 
 
 def joint_norm_in_play() -> bool:
-  """Whether an OctBatchNorm traced now may train in a form other than ``'per_part'`` (`batch_norm`)."""
+  """Whether an OctBatchNorm traced now may train in a form other than per-part autodiff (`batch_norm`)."""
   form = chosen_form()
-  norms = {form.norm} if form is not None else {f.norm for f in PLATFORM_FORMS.values()}
-  return norms != {"per_part"}
+  forms = [form] if form is not None else list(PLATFORM_FORMS.values())
+  return any(f.norm != "per_part" or f.norm_grad != "autodiff" for f in forms)
 
 
 def batch_norm(x: OctTensor, scales: Sequence[Array | None], biases: Sequence[Array | None], epsilon: float,
@@ -114,13 +114,14 @@ def batch_norm(x: OctTensor, scales: Sequence[Array | None], biases: Sequence[Ar
   """BatchNorm's training step on both parts in the platform's form: ``(y, each part's (mean, var))``.
 
   ``y`` is `functional.batch_norm` of each part with its batch statistics (`batch_stats`) and its
-  ``scales`` / ``biases`` entry (high, low); ``'one_pass'`` runs each part through
-  `octflax.execution.norm.normalize` (one reduction forward and one backward).
+  ``scales`` / ``biases`` entry (high, low). With ``norm_grad='one_pass'`` the parts go through
+  `octflax.execution.norm.normalize` (one reduction forward and one backward, for both parts
+  together under ``norm='joint'``).
   """
   x = as_oct(x)
   return by_platform(lambda form, high, low: batch_norm_in_form(form, OctTensor(high, low), scales, biases, epsilon,
                                                                 dtype, axis_name),
-                     x.high, x.low, relevant=("norm", "pool"))
+                     x.high, x.low, relevant=("norm", "pool", "norm_grad"))
 
 
 def batch_norm_in_form(form: Form, x: OctTensor, scales: Sequence[Array | None], biases: Sequence[Array | None],
@@ -128,11 +129,15 @@ def batch_norm_in_form(form: Form, x: OctTensor, scales: Sequence[Array | None],
                        ) -> tuple[OctTensor, tuple[tuple[Array, Array] | None, ...]]:
   """`batch_norm` in ``form``."""
   parts = (x.high, x.low)
-  if form.norm == "one_pass":
-    results = [None if p is None else normalize(p, s, b, epsilon, dtype, axis_name)
-               for p, s, b in zip(parts, scales, biases)]
-    return (OctTensor(*(None if r is None else r[0] for r in results)),
-            tuple(None if r is None else (r[1], r[2]) for r in results))
+  if form.norm_grad == "one_pass":
+    present = [i for i, p in enumerate(parts) if p is not None]
+    results = normalize([parts[i] for i in present], [scales[i] for i in present], [biases[i] for i in present],
+                        epsilon, dtype, axis_name, joint=form.pool if form.norm == "joint" else None)
+    by_part: list[Any] = [None, None]
+    for i, result in zip(present, results):
+      by_part[i] = result
+    return (OctTensor(*(None if r is None else r[0] for r in by_part)),
+            tuple(None if r is None else (r[1], r[2]) for r in by_part))
   stats = batch_stats_in_form(form, x, axis_name)
   outputs = [None if p is None else functional.batch_norm(p, st[0], st[1], s, b, epsilon, dtype)
              for p, st, s, b in zip(parts, stats, scales, biases)]
