@@ -44,13 +44,12 @@ import math
 import re
 from typing import Iterable
 
+from octflax.aot.hlo import Instruction, arrays, attr, body, cycles, nbytes, parse_module, source
+
 CLASSES = ("conv forward", "conv input-grad", "conv weight-grad", "gemm", "reduction fusion", "loop fusion",
            "data-movement fusion", "transpose", "copy", "collective", "other")
 CONV_CLASSES = CLASSES[:3]
 
-_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2, "f16": 2,
-          "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-_ARRAY = re.compile(r"\b(pred|bf16|f8e4m3fn|f8e5m2|c64|c128|[suf]\d+)\[([\d,]*)\]")
 _SILENT = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "opt-barrier",
            "partition-id", "replica-id", "add-dependency", "domain", "copy-done", "all-reduce-done",
            "all-gather-done", "collective-permute-done", "send-done", "recv-done", "async-done", "async-update",
@@ -91,80 +90,18 @@ class Kernel:
   source: str
 
 
-@dataclasses.dataclass
-class _Instruction:
-  name: str
-  shape: str
-  op: str
-  operands: list[str]
-  attrs: str
-  args: str = ""
-
-
-def _arrays(shape_text: str) -> list[tuple[str, tuple[int, ...]]]:
-  return [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims in _ARRAY.findall(shape_text)]
-
-
-def _nbytes(arrays: Iterable[tuple[str, tuple[int, ...]]]) -> float:
-  return float(sum(_BYTES.get(dtype, 4) * math.prod(dims) for dtype, dims in arrays))
-
-
-def _split_instruction(text: str) -> tuple[str, str, str, str]:
-  """``(shape, opcode, operands, attributes)`` of the right-hand side ``SHAPE opcode(OPERANDS), ATTRS``."""
-  if text.startswith("("):  # a tuple shape: up to its closing parenthesis
-    depth, end = 0, 0
-    for end, ch in enumerate(text):
-      depth += (ch == "(") - (ch == ")")
-      if depth == 0:
-        break
-    end += 1
-  else:
-    end = text.find(" ")
-  shape, rest = text[:end], text[end:]
-  m = re.match(r"\s*([a-z][\w\-]*)\(", rest)
-  if not m:
-    return shape, "", "", rest
-  depth, k = 1, m.end()
-  while k < len(rest) and depth:
-    depth += (rest[k] == "(") - (rest[k] == ")")
-    k += 1
-  return shape, m.group(1), rest[m.end():k - 1], rest[k:]
-
-
-def parse_module(hlo: str) -> tuple[dict[str, list[_Instruction]], str]:
-  """The computations of an HLO module's text (name -> instructions) and the entry's name."""
-  computations: dict[str, list[_Instruction]] = {}
-  entry, current = "", None
-  for line in hlo.splitlines():
-    if not line.strip():
-      continue
-    if not line[0].isspace():
-      m = re.match(r"^(ENTRY\s+)?%?([^\s(]+)", line)
-      current = m.group(2) if m and line.rstrip().endswith("{") else None
-      if current is not None:
-        computations[current] = []
-        entry = current if m.group(1) else entry
-      continue
-    m = re.match(r"^\s+(?:ROOT\s+)?%?([^\s=]+)\s*=\s*(.*)$", line)
-    if m and current is not None:
-      shape, op, operands, attrs = _split_instruction(m.group(2))
-      computations[current].append(
-          _Instruction(m.group(1), shape, op, re.findall(r"%([\w.\-]+)", operands), attrs, operands))
-  return computations, entry
-
-
 def _is_transfer(shape: str) -> bool:
   """Whether an async copy moves a buffer between memory spaces (``S(n)`` in its source's or destination's layout)."""
   layouts = re.findall(r"(?:pred|bf16|f8e4m3fn|f8e5m2|c64|c128|[suf]\d+)\[[\d,]*\]\{([^}]*)\}", shape)
   return any(re.search(r"S\([1-9]\)", layout) for layout in layouts[:2])
 
 
-def _trip_count(computations, loop: _Instruction) -> int:
+def _trip_count(computations, loop: Instruction) -> int:
   """A while loop's trip count: XLA:GPU's ``known_trip_count``, else the bound its condition compares with."""
   m = re.search(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"', loop.attrs)
   if m:
     return int(m.group(1))
-  condition = computations.get(_attr(loop.attrs, "condition").lstrip("%"), [])
+  condition = computations.get(attr(loop.attrs, "condition").lstrip("%"), [])
   constants = {i.name: i.args.strip() for i in condition if i.op == "constant"}
   for ins in condition:  # i < N, the loop counter against a constant
     if ins.op == "compare" and "direction=LT" in ins.attrs and len(ins.operands) == 2:
@@ -172,35 +109,6 @@ def _trip_count(computations, loop: _Instruction) -> int:
       if bound.isdigit():
         return int(bound)
   return 1
-
-
-def _attr(attrs: str, key: str) -> str:
-  m = re.search(r"\b" + re.escape(key) + r'=("[^"]*"|\{[^}]*\}|[^,\s]+)', attrs)
-  return m.group(1).strip('"') if m else ""
-
-
-def _source(attrs: str) -> str:
-  m = re.search(r'op_name="([^"]*)"', attrs)
-  return m.group(1) if m else ""
-
-
-def _cycles(attrs: str) -> float:
-  m = re.search(r'"estimated_cycles"\s*:\s*"?(\d+)', attrs)
-  return float(m.group(1)) if m else 0.0
-
-
-def _body(computations, name: str, seen: set[str] | None = None) -> list[_Instruction]:
-  """The instructions of a called computation and of everything it calls (nested fusions)."""
-  seen = set() if seen is None else seen
-  if name in seen or name not in computations:
-    return []
-  seen.add(name)
-  out = []
-  for ins in computations[name]:
-    out.append(ins)
-    for callee in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", ins.attrs):
-      out += _body(computations, callee, seen)
-  return out
 
 
 def _window(attrs: str) -> dict[str, list[list[int]]]:
@@ -226,19 +134,19 @@ def _valid_taps(out: int, size: int, window: int, stride: int, pad_low: int, lhs
              if 0 <= (pos := o * stride + k * rhs_dilate - pad_low) < span and pos % lhs_dilate == 0)
 
 
-def _conv_flops(ins: _Instruction, shapes: dict[str, list]) -> float:
+def _conv_flops(ins: Instruction, shapes: dict[str, list]) -> float:
   """2 x the multiply-accumulates of an HLO convolution, counting only taps that read the input.
 
   Padded taps are skipped (as XLA's own cost analysis does): the TPU compiler writes some
   gradients as convolutions whose window is a whole feature map over a padded input, where
   counting every tap would overstate the work by the window's size.
   """
-  out = _arrays(ins.shape)
+  out = arrays(ins.shape)
   lhs = shapes.get(ins.operands[0]) if ins.operands else None
   rhs = shapes.get(ins.operands[1]) if len(ins.operands) > 1 else None
   if not (out and lhs and rhs):
     return 0.0
-  return _taps_flops(out[0][1], lhs[0][1], rhs[0][1], _attr(ins.attrs, "dim_labels"), _window(ins.attrs))
+  return _taps_flops(out[0][1], lhs[0][1], rhs[0][1], attr(ins.attrs, "dim_labels"), _window(ins.attrs))
 
 
 def _taps_flops(out_shape, lhs_shape, rhs_shape, labels: str, window: dict[str, list[list[int]]]) -> float:
@@ -278,14 +186,14 @@ def _conv_kind(source: str, dim_labels: str) -> str:
   return "conv weight-grad" if dim_labels[:1] == "f" else "conv input-grad"
 
 
-def _inner_flops(body: list[_Instruction], shapes: dict[str, list]) -> tuple[float, str]:
+def _inner_flops(body: list[Instruction], shapes: dict[str, list]) -> tuple[float, str]:
   """Flops of the convolutions and dots inside a fusion body, and the class of the first one."""
   flops, kind = 0.0, ""
   for ins in body:
-    out = _arrays(ins.shape)
+    out = arrays(ins.shape)
     if ins.op == "convolution" and len(ins.operands) > 1 and out:
       flops += _conv_flops(ins, shapes)
-      kind = kind or _conv_kind(_source(ins.attrs), _attr(ins.attrs, "dim_labels"))
+      kind = kind or _conv_kind(source(ins.attrs), attr(ins.attrs, "dim_labels"))
     elif ins.op == "dot" and ins.operands and out:
       lhs = shapes.get(ins.operands[0]) or [("f32", ())]
       flops += _dot_flops(out[0][1], lhs[0][1], ins.attrs)
@@ -293,12 +201,12 @@ def _inner_flops(body: list[_Instruction], shapes: dict[str, list]) -> tuple[flo
   return flops, kind
 
 
-def _classify_custom_call(ins: _Instruction, operand_arrays: list[list], out_arrays: list) -> tuple[str, str, float]:
-  target = _attr(ins.attrs, "custom_call_target")
+def _classify_custom_call(ins: Instruction, operand_arrays: list[list], out_arrays: list) -> tuple[str, str, float]:
+  target = attr(ins.attrs, "custom_call_target")
   if target.startswith("__cudnn$conv"):
     kind = ("conv input-grad" if "BackwardInput" in target else
             "conv weight-grad" if "BackwardFilter" in target else "conv forward")
-    gradient_as_forward = kind == "conv forward" and "transpose(" in _source(ins.attrs)
+    gradient_as_forward = kind == "conv forward" and "transpose(" in source(ins.attrs)
     first = lambda arrays: arrays[0][1] if arrays else ()
     out = first(out_arrays)
     # cuDNN's call keeps the forward convolution's labels and window, y = conv(x, w): the
@@ -306,7 +214,7 @@ def _classify_custom_call(ins: _Instruction, operand_arrays: list[list], out_arr
     x, w, y = ((out, first(operand_arrays[1]), first(operand_arrays[0])) if kind == "conv input-grad" else
                (first(operand_arrays[0]), out, first(operand_arrays[1])) if kind == "conv weight-grad" else
                (first(operand_arrays[0]), first(operand_arrays[1]), out))
-    flops = _taps_flops(y, x, w, _attr(ins.attrs, "dim_labels"), _window(ins.attrs))
+    flops = _taps_flops(y, x, w, attr(ins.attrs, "dim_labels"), _window(ins.attrs))
     # XLA runs some input gradients (e.g. of 1x1 convolutions) as forward cuDNN convolutions.
     return "conv input-grad" if gradient_as_forward else kind, target, flops
   if any(word in target for word in ("cublas", "gemm", "matmul")):
@@ -330,33 +238,32 @@ def kernels(hlo: str) -> list[Kernel]:
   def visit(name: str, trips: int, seen: tuple[str, ...]) -> None:
     if name in seen or name not in computations:
       return
-    shapes = {ins.name: _arrays(ins.shape) for ins in computations[name]}
+    shapes = {ins.name: arrays(ins.shape) for ins in computations[name]}
     for ins in computations[name]:
       if ins.op in _SILENT or not ins.op:
         continue
       if ins.op == "while":
         n = trips * _trip_count(computations, ins)
         for key in ("body", "condition"):
-          visit(_attr(ins.attrs, key).lstrip("%"), n, seen + (name,))
+          visit(attr(ins.attrs, key).lstrip("%"), n, seen + (name,))
         continue
       if ins.op in ("conditional", "call"):
-        for callee in re.findall(r"%([\w.\-]+)", _attr(ins.attrs, "branch_computations") or
-                                 _attr(ins.attrs, "to_apply")):
+        for callee in re.findall(r"%([\w.\-]+)", attr(ins.attrs, "branch_computations") or
+                                 attr(ins.attrs, "to_apply")):
           visit(callee, trips, seen + (name,))
         continue
       operand_arrays = [shapes.get(o, []) for o in ins.operands]
-      out_arrays = _arrays(ins.shape)
+      out_arrays = arrays(ins.shape)
       if len(out_arrays) > 1:  # cuDNN and friends return (result, u8[] workspace)
         out_arrays = [a for a in out_arrays if a[0] != "u8"] or out_arrays
       flops, detail = 0.0, ins.op
       if ins.op == "custom-call":
         cls, detail, flops = _classify_custom_call(ins, operand_arrays, out_arrays)
       elif ins.op == "fusion":
-        body = _body(computations, _attr(ins.attrs, "calls").lstrip("%"))
-        ops = collections.Counter(i.op for i in body)
-        body_shapes = {i.name: _arrays(i.shape) for i in body}
-        flops, inner = _inner_flops(body, body_shapes)
-        detail = _attr(ins.attrs, "kind") or "fusion"
+        fused = body(computations, attr(ins.attrs, "calls").lstrip("%"))
+        ops = collections.Counter(i.op for i in fused)
+        flops, inner = _inner_flops(fused, {i.name: arrays(i.shape) for i in fused})
+        detail = attr(ins.attrs, "kind") or "fusion"
         busy = set(ops) - _STRUCTURAL
         if inner:
           cls = inner
@@ -374,7 +281,7 @@ def kernels(hlo: str) -> list[Kernel]:
         else:
           cls = "loop fusion"
       elif ins.op == "convolution":
-        cls = _conv_kind(_source(ins.attrs), _attr(ins.attrs, "dim_labels"))
+        cls = _conv_kind(source(ins.attrs), attr(ins.attrs, "dim_labels"))
         flops = _conv_flops(ins, shapes)
       elif ins.op == "dot":
         cls = "gemm"
@@ -396,13 +303,13 @@ def kernels(hlo: str) -> list[Kernel]:
         cls = "collective"
       else:
         cls = "other"
-      moved = _nbytes(a for arrays in operand_arrays for a in arrays) + _nbytes(out_arrays)
-      source = _source(ins.attrs)
-      if not source and ins.op == "fusion":  # the fused computation's root (or last named op) names it
-        named = [i for i in computations.get(_attr(ins.attrs, "calls").lstrip("%"), []) if _source(i.attrs)]
-        source = _source(named[-1].attrs) if named else ""
-      found.append(Kernel(ins.name, cls, detail, flops * trips, moved * trips, trips, _cycles(ins.attrs) * trips,
-                          source))
+      moved = nbytes(a for operand in operand_arrays for a in operand) + nbytes(out_arrays)
+      origin = source(ins.attrs)
+      if not origin and ins.op == "fusion":  # the fused computation's root (or last named op) names it
+        named = [i for i in computations.get(attr(ins.attrs, "calls").lstrip("%"), []) if source(i.attrs)]
+        origin = source(named[-1].attrs) if named else ""
+      found.append(Kernel(ins.name, cls, detail, flops * trips, moved * trips, trips, cycles(ins.attrs) * trips,
+                          origin))
 
   visit(entry, 1, ())
   return found
@@ -425,16 +332,16 @@ def part_of(kernel: Kernel) -> str:
   """
   if kernel.cls in CONV_CLASSES or kernel.cls == "gemm":
     return "convolutions"
-  source = kernel.source
-  if kernel.cls in ("transpose", "copy") or source.endswith("/convert_element_type"):
+  origin = kernel.source
+  if kernel.cls in ("transpose", "copy") or origin.endswith("/convert_element_type"):
     return "casts and layout"
-  if "/avg_pool2/" in source:
+  if "/avg_pool2/" in origin:
     return "pooling"
-  if "/upsample2/" in source:
+  if "/upsample2/" in origin:
     return "upsampling"
-  if _NORM_SCOPE.search(source):
+  if _NORM_SCOPE.search(origin):
     return "BatchNorm"
-  if source and "jvp(" not in source and "transpose(" not in source:
+  if origin and "jvp(" not in origin and "transpose(" not in origin:
     return "optimizer"
   return "other"
 
