@@ -37,6 +37,7 @@ targets_lib.prepare_environment()
 
 import jax  # noqa: E402  (after prepare_environment: jax must start on the CPU)
 import jax.numpy as jnp  # noqa: E402
+from jax.experimental.layout import Format, Layout  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from benchmarks import networks  # noqa: E402
@@ -51,8 +52,13 @@ SHORT = {"conv forward": "fwd", "conv input-grad": "bw-in", "conv weight-grad": 
 
 
 def compile_case(target: aot.Target, mesh: Mesh, model: str, alpha: float, form: str, batch: int, dtype: str,
-                 image_size: int, num_classes: int) -> aot.Report:
-  """One train step of ``model`` at ``alpha`` in ``form``, compiled for ``target``."""
+                 image_size: int, num_classes: int, state_layout: str = "default") -> aot.Report:
+  """One train step of ``model`` at ``alpha`` in ``form``, compiled for ``target``.
+
+  ``state_layout='auto'`` lets XLA choose the layout of the (donated) state in device memory
+  (`jax.experimental.layout.Layout.AUTO`), e.g. cuDNN's for the kernels, in place of the
+  logical row-major one.
+  """
   net = networks.build_model(model, alpha, num_classes, DTYPES[dtype])
   replicated, sharded = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
   one = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
@@ -63,20 +69,25 @@ def compile_case(target: aot.Target, mesh: Mesh, model: str, alpha: float, form:
     state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state)
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32, sharding=sharded)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
-    return aot.compile_for(target, jax.jit(make_step(net), donate_argnums=0), state, images, labels)
+    jitted = jax.jit(make_step(net), donate_argnums=0)
+    if state_layout == "auto":
+      formats = jax.tree.map(lambda _: Format(Layout.AUTO, replicated), state)
+      jitted = jax.jit(make_step(net), donate_argnums=0, in_shardings=(formats, sharded, sharded),
+                       out_shardings=(formats, replicated))
+    return aot.compile_for(target, jitted, state, images, labels)
 
 
 def table_line(label: str, report: aot.Report | None, ratio: float | None = None) -> str:
   if report is None:
     cells = [f"{'compile s':>9}", f"{'kernels':>7}"] + [f"{SHORT[c]:>6}" for c in aot.CLASSES] + \
         [f"{'TFLOP':>7}", f"{'GB':>7}", f"{'GiB/chip':>8}", f"{'est. ms':>8}", f"{'/ a0':>5}"]
-    return f"{label:<40}" + " ".join(cells)
+    return f"{label:<48}" + " ".join(cells)
   est = report.estimate_ms
   cells = [f"{report.compile_seconds:9.1f}", f"{report.launches:7d}"] + \
       [f"{report.classes[c]:6d}" for c in aot.CLASSES] + \
       [f"{report.flops / 1e12:7.3f}", f"{report.bytes / 1e9:7.2f}", f"{report.memory['peak'] / 2**30:8.2f}",
        f"{est:8.2f}" if est is not None else f"{'-':>8}", f"{ratio:5.2f}" if ratio else f"{'':>5}"]
-  return f"{label:<40}" + " ".join(cells)
+  return f"{label:<48}" + " ".join(cells)
 
 
 def parse_args(argv):
@@ -90,6 +101,8 @@ def parse_args(argv):
   p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="compute dtype (parameters float32)")
   p.add_argument("--image-size", type=int, default=224)
   p.add_argument("--num-classes", type=int, default=1000)
+  p.add_argument("--state-layout", choices=("default", "auto"), default="default",
+                 help="the state's layout in device memory: row-major, or chosen by XLA (Layout.AUTO)")
   p.add_argument("--results", default=DEFAULT_RESULTS, help="JSON lines appended here ('' = none)")
   p.add_argument("--hlo", default="", help="folder for each case's optimized HLO (gzipped)")
   p.add_argument("--fit", default="", help="ALPHA:MS,ALPHA:MS measured (default form): fit the GPU model")
@@ -128,11 +141,12 @@ def main(argv=None) -> int:
   reports: dict[tuple[str, float, str], aot.Report] = {}
   for model, alpha, form in cases(args):
     label = model if model == "flax_resnet50" else f"{model} a={alpha:g} {form}"
+    label += " [state layout auto]" if args.state_layout == "auto" else ""
     try:
       report = compile_case(target, mesh, model, alpha, form, args.batch, args.dtype, args.image_size,
-                            args.num_classes)
+                            args.num_classes, args.state_layout)
     except Exception as e:  # noqa: BLE001 - one case failing to compile must not lose the others
-      print(f"{label:<40}FAILED: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
+      print(f"{label:<48}FAILED: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
       continue
     reports[model, alpha, form] = report
     base = reports.get((model, 0.0, "default"))
@@ -141,7 +155,7 @@ def main(argv=None) -> int:
     print(f"{'':<4}by part: " + ", ".join(f"{part} {n}" for part, n in aot.by_part(report.kernels).items()),
           flush=True)
     row = {"date": date, "model": model, "alpha": alpha, "form": form, "batch": args.batch, "dtype": args.dtype,
-           "image_size": args.image_size, **report.row(), "ratio_to_alpha0": None if ratio is None else round(ratio, 4)}
+           "image_size": args.image_size, "state_layout": args.state_layout, **report.row(), "ratio_to_alpha0": None if ratio is None else round(ratio, 4)}
     if args.results:
       os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
       with open(args.results, "a") as f:
