@@ -14,8 +14,7 @@ from jax import lax
 
 from octflax import functional
 from octflax.execution.choice import CONVS, PLATFORM_FORMS, Form, by_platform, chosen_conv, chosen_form
-from octflax.execution.norm import normalize
-from octflax.resample import window_sums
+from octflax.execution.norm import batch_means, joinable, normalize
 from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
@@ -160,25 +159,11 @@ def batch_stats_in_form(form: Form, x: OctTensor, axis_name: str | None = None
   """`batch_stats` in ``form``: ``'joint'`` sums both parts in one reduction, ``'per_part'`` one each."""
   parts = [None if p is None else p.astype(jnp.promote_types(p.dtype, jnp.float32)) for p in (x.high, x.low)]
   present = [p for p in parts if p is not None]
-  if form.norm == "joint" and len(present) == 2 and parts[0].ndim == parts[1].ndim:
-    high, low = parts
-    # Each high channel's sums over its 2^k windows land on the low grid (zeros pad odd sizes),
-    # then one reduction over [N, *low, C_h + C_l] gives both parts' sums of x and x^2.
-    axes = [i for i in range(1, high.ndim - 1) if low.shape[i] != high.shape[i]]
-    pads = [(0, 0)] + [(0, 2 * low.shape[i] - high.shape[i]) if i in axes else (0, 0)
-                       for i in range(1, high.ndim - 1)] + [(0, 0)]
-    windowed = lambda a: a if not axes else window_sums(jnp.pad(a, pads), axes, form.pool)
-    both = jnp.concatenate([windowed(high), low], axis=-1)
-    both2 = jnp.concatenate([windowed(high * high), low * low], axis=-1)
-    reduce_axes = tuple(range(both.ndim - 1))
-    counts = jnp.concatenate([jnp.full(high.shape[-1], high.size // high.shape[-1], both.dtype),
-                              jnp.full(low.shape[-1], low.size // low.shape[-1], both.dtype)])
-    mean, mean2 = both.sum(reduce_axes) / counts, both2.sum(reduce_axes) / counts
-    if axis_name is not None:
-      mean, mean2 = tuple(lax.pmean(jnp.stack([mean, mean2]), axis_name))
-    var = jnp.maximum(0.0, mean2 - mean * mean)
-    c_high = high.shape[-1]
-    return (mean[:c_high], var[:c_high]), (mean[c_high:], var[c_high:])
+  if form.norm == "joint" and joinable(present):
+    # One reduction over [N, *low, C_h + C_l] gives both parts' sums of x and x^2.
+    plain_sums = lambda values: tuple(v.sum(tuple(range(v.ndim - 1))) for v in values)
+    means = batch_means([(p, p * p) for p in present], form.pool, axis_name, plain_sums)
+    return tuple((m, jnp.maximum(0.0, m2 - m * m)) for m, m2 in means)
   stats = []
   for p in parts:
     if p is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,33 +60,41 @@ def normalize(parts: Sequence[Array], scales: Sequence[Array | None], biases: Se
                      for x, s, b in zip(parts, scales, biases))
   scales = tuple(jnp.ones(x.shape[-1:], jnp.float32) if s is None else s for x, s in zip(parts, scales))
   biases = tuple(jnp.zeros(x.shape[-1:], jnp.float32) if b is None else b for x, b in zip(parts, biases))
-  if joint is not None and not _joinable(parts):
+  if joint is not None and not joinable(parts):
     joint = None
   ys, means, variances = _normalize(tuple(parts), scales, biases, float(epsilon), out_dtypes, axis_name, joint)
   return list(zip(ys, means, variances))
 
 
-def _joinable(parts: Sequence[Array]) -> bool:
+def joinable(parts: Sequence[Array]) -> bool:
   """Whether the second part's grid is the first's halved (ceil) on some axes and equal on the others."""
   if len(parts) != 2 or parts[0].ndim != parts[1].ndim or parts[0].shape[0] != parts[1].shape[0]:
     return False
   return all(lo in (hi, -(-hi // 2)) for hi, lo in zip(parts[0].shape[1:-1], parts[1].shape[1:-1]))
 
 
-def _batch_means(pairs: Sequence[tuple[Array, Array]], joint: str | None, axis_name: str | None
-                 ) -> list[tuple[Array, Array]]:
-  """Per part, the batch means of its two ``[..., C]`` quantities: one variadic reduction in all (joint) or per part."""
+def batch_means(pairs: Sequence[tuple[Array, Array]], joint: str | None, axis_name: str | None,
+                sums: Callable[[tuple[Array, ...]], tuple[Array, ...]] | None = None) -> list[tuple[Array, Array]]:
+  """Per part, the batch means of its two ``[..., C]`` quantities, averaged over ``axis_name``.
+
+  With ``joint`` (a `window_sums` method) the first part's sums over its 2^k windows land on
+  the second part's grid (zeros pad odd sizes) and one reduction over ``[N, *low, C_h + C_l]``
+  sums both parts; otherwise one reduction per part. ``sums`` reduces a tuple of arrays over
+  all but their last axis: by default one variadic reduction (no jax gradient; `normalize`
+  writes its own), ``lambda vs: tuple(v.sum(axes) ...)`` where jax must differentiate it.
+  """
+  sums = sums or _sums
   counts = [math.prod(a.shape[:-1]) for a, _ in pairs]
   if joint is not None:
     (h1, h2), (l1, l2) = pairs
     axes = [i for i in range(1, h1.ndim - 1) if l1.shape[i] != h1.shape[i]]
     pads = [(0, 2 * l1.shape[i] - h1.shape[i]) if i in axes else (0, 0) for i in range(h1.ndim)]
     on_low = lambda a: window_sums(jnp.pad(a, pads), axes, joint) if axes else a
-    sums = _sums((jnp.concatenate([on_low(h1), l1], -1), jnp.concatenate([on_low(h2), l2], -1)))
+    both = sums((jnp.concatenate([on_low(h1), l1], -1), jnp.concatenate([on_low(h2), l2], -1)))
     c = h1.shape[-1]
-    sums_per_part = [(sums[0][:c], sums[1][:c]), (sums[0][c:], sums[1][c:])]
+    sums_per_part = [(both[0][:c], both[1][:c]), (both[0][c:], both[1][c:])]
   else:
-    sums_per_part = [_sums(pair) for pair in pairs]
+    sums_per_part = [sums(pair) for pair in pairs]
   means = [(s1 / n, s2 / n) for (s1, s2), n in zip(sums_per_part, counts)]
   if axis_name is not None:
     means = [tuple(lax.pmean(jnp.stack(m), axis_name)) for m in means]
@@ -107,7 +115,7 @@ def _normalize(parts, scales, biases, epsilon, out_dtypes, axis_name, joint):
 
 def _forward(parts, scales, biases, epsilon, out_dtypes, axis_name, joint):
   xs = [x.astype(jnp.float32) for x in parts]
-  stats = _batch_means([(x, x * x) for x in xs], joint, axis_name)
+  stats = batch_means([(x, x * x) for x in xs], joint, axis_name)
   means = tuple(m for m, _ in stats)
   variances = tuple(jnp.maximum(0.0, m2 - m * m) for m, m2 in stats)
   rs = tuple(lax.rsqrt(v + epsilon) for v in variances)
@@ -123,7 +131,7 @@ def _backward(epsilon, out_dtypes, axis_name, joint, residuals, cotangents):
   centred = [x - m for x, m in zip(xs, means)]
   xhats = [c * r for c, r in zip(centred, rs)]
   dys = [dy.astype(jnp.float32) for dy in dys]
-  grads = _batch_means([(dy, dy * xh) for dy, xh in zip(dys, xhats)], joint, None)
+  grads = batch_means([(dy, dy * xh) for dy, xh in zip(dys, xhats)], joint, None)
   counts = [math.prod(x.shape[:-1]) for x in parts]
   dxs, dscales, dbiases = [], [], []
   for x, dy, c, xh, r, s, (mean_dy, mean_dy_xhat), d_mean, d_var, n in zip(
@@ -139,4 +147,4 @@ def _backward(epsilon, out_dtypes, axis_name, joint, residuals, cotangents):
 
 _normalize.defvjp(_forward, _backward)
 
-__all__ = ["normalize"]
+__all__ = ["batch_means", "joinable", "normalize"]
