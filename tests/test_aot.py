@@ -312,6 +312,17 @@ def test_trainer_aot_on_a_four_chip_tpu_slice(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@needs_cuda
+def test_trainer_aot_without_the_data_compiles_for_the_runs_shapes(tmp_path):
+  """The ImageNet config on a host without ImageNet: synthetic images of the run's size, its classes."""
+  result = _train_cli("--aot=h100", "--config", "experiments/configs/imagenet.py", "--config.model.name=oct_resnet8",
+                      "--config.batch_size=8", "--config.eval_batch_size=8", "--config.data.image_size=16",
+                      f"--config.data.dir={tmp_path / 'no_imagenet'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "compiling for synthetic 16x16x3 images and 1000 classes" in result.stdout
+  assert "global batch 8 (8 per chip), bfloat16" in result.stdout and "estimated step" in result.stdout
+
+
 @pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="checks the message shown when the CUDA plugin is missing")
 def test_trainer_aot_without_the_plugin_says_what_to_install():
   result = _train_cli("--aot=h100")

@@ -82,6 +82,7 @@ def _synthetic_stand_in(config: ml_collections.ConfigDict) -> ml_collections.Con
   stand_in = copy.deepcopy(config)
   with stand_in.unlocked():
     stand_in.data.name, stand_in.data.dir = "synthetic", ""
+    stand_in.data.train_split, stand_in.data.test_split = "train", "test"
     stand_in.data.image_size, stand_in.data.num_classes = size, d.num_classes or 1000
     stand_in.data.max_train_examples = config.batch_size
     stand_in.data.max_test_examples = config.eval_batch_size or config.batch_size
