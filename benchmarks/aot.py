@@ -17,7 +17,8 @@ library picks for the target's platform) or any `octflax.execution.Form` name.
 
 Needs the target's plugin: ``pip install -e '.[aot]'`` (README).
 ``--fit 0:24.83,0.5:36.26`` solves the GPU model's two constants from two measured step times
-(ms, alpha in the default form) and this run's census of them (docs/benchmarks.md).
+(ms, at those alphas in the first of ``--forms``) and this run's census of them
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def parse_args(argv):
                  help="the state's layout in device memory: row-major, or chosen by XLA (Layout.AUTO)")
   p.add_argument("--results", default=DEFAULT_RESULTS, help="JSON lines appended here ('' = none)")
   p.add_argument("--hlo", default="", help="folder for each case's optimized HLO (gzipped)")
-  p.add_argument("--fit", default="", help="ALPHA:MS,ALPHA:MS measured (default form): fit the GPU model")
+  p.add_argument("--fit", default="", help="ALPHA:MS,ALPHA:MS measured (first of --forms): fit the GPU model")
   return p.parse_args(argv)
 
 
@@ -177,10 +178,10 @@ def fit(args, reports) -> int:
   points = []
   for item in args.fit.split(","):
     alpha, ms = (float(v) for v in item.split(":"))
-    report = next((r for (m, a, f), r in reports.items() if a == alpha and f == "default" and m != "flax_resnet50"),
-                  None)
+    form = args.forms.split(",")[0]
+    report = next((r for (m, a, f), r in reports.items() if a == alpha and f == form and m != "flax_resnet50"), None)
     if report is None:
-      print(f"error: --fit {item}: no default-form case at alpha {alpha:g} in this run.", file=sys.stderr)
+      print(f"error: --fit {item}: no {form!r} case at alpha {alpha:g} in this run.", file=sys.stderr)
       return 2
     points.append((report.roofline_ms, report.launches, ms))
   model = aot.calibrate(points)

@@ -36,10 +36,12 @@ class GpuModel:
   NVIDIA H200, jax 0.11.2, bfloat16, batch 128, Oct-ResNet-50 train step, state donated:
   alpha 0 24.83 ms, alpha .5 36.26 ms; benchmarks/results/gpu/) with the census of the same two
   steps compiled for ``h200`` by jax 0.12.0.1 (1,073 kernels and a roofline of 11.612 ms; 2,647
-  and 10.239 ms): ``python -m benchmarks.aot --target h200 --fit 0:24.83,0.5:36.26``. The
-  `flax.linen.Conv` ResNet-50 of that run is the out-of-sample check: 24.74 ms estimated, 24.06
-  measured. Two points and two constants: good for ranking programs, weak in absolute terms
-  (docs/benchmarks.md, "Accelerators without one").
+  and 10.239 ms, flops then counting every tap). Refitted on today's census (flops of taps that
+  read the input; ``python -m benchmarks.aot --target h200 --models oct_resnet50,flax_resnet50
+  --forms reference --fit 0:24.83,0.5:36.26``) they are 1.344 and 8.74 us, which moves the
+  estimates of docs/benchmarks.md by under 1%; the `flax.linen.Conv` ResNet-50 of that run is
+  the out-of-sample check: 24.74 ms estimated, 24.06 measured. Two points and two constants:
+  good for ranking programs, weak in absolute terms ("Accelerators without one").
   """
 
   scale: float = 1.358
