@@ -92,8 +92,9 @@ GPU_FORM = Form(paths="two_convs", norm="joint", norm_grad="one_pass")
 #: stays jax's: the TPU compiler fuses it into the convolutions around it, which the hand-written
 #: gradient and the joint reduction prevent (Oct-ResNet-50 at alpha 0: 100.0 ms against 75.2).
 TPU_FORM = Form(pool="slices")
-#: The default form of each platform; any other platform runs `REFERENCE`.
+#: The default form of each platform; any other platform (e.g. ``rocm``) runs `GPU_FORM`.
 PLATFORM_FORMS = {"cpu": CPU_FORM, "cuda": GPU_FORM, "tpu": TPU_FORM}
+_OTHER_PLATFORMS_FORM = GPU_FORM
 #: The forms the GPU probe times against the default (names for `Form.parse`).
 PROBE_FORMS = ("reference", "shared_output", "shared_input", "two_convs", "slices", "joint", "one_pass",
                "two_convs+slices", "two_convs+joint", "two_convs+one_pass", "two_convs+slices+joint",
@@ -198,13 +199,26 @@ def by_platform(fn: Callable[..., Any], *args: Any, relevant: Sequence[str] = tu
 
 
 def _per_platform(fn: Callable[..., Any], args: Sequence[Any], fields: Sequence[str]) -> Any:
-  """``fn(form, *args)`` with the lowering platform's form, traced once per distinct form on ``fields``."""
-  key = lambda form: tuple(getattr(form, f) for f in fields)
-  branches = {platform: functools.partial(fn, form) for platform, form in PLATFORM_FORMS.items()
-              if key(form) != key(REFERENCE)}
-  if not branches:
-    return fn(REFERENCE, *args)
-  return lax.platform_dependent(*args, **branches, default=functools.partial(fn, REFERENCE))
+  """``fn(form, *args)`` with the lowering platform's form, traced once per distinct form on ``fields``.
+
+  Platforms whose forms agree on ``fields`` share one branch of `jax.lax.platform_dependent`
+  (which joins equal branches), and those that agree with the other platforms' form use its
+  default branch: tracing stays at one trace per distinct form.
+  """
+  def key(form: Form) -> tuple[str, ...]:
+    # Pooling matters to BatchNorm's statistics only when they sum windows (joint).
+    norm_only = "norm" in fields and "paths" not in fields
+    return tuple(getattr(form, f) for f in fields if not (f == "pool" and norm_only and form.norm != "joint"))
+
+  default_key = key(_OTHER_PLATFORMS_FORM)
+  branches: dict[tuple[str, ...], Callable[..., Any]] = {}
+  per_platform = {}
+  for platform, form in PLATFORM_FORMS.items():
+    if key(form) != default_key:
+      per_platform[platform] = branches.setdefault(key(form), functools.partial(fn, form))
+  if not per_platform:
+    return fn(_OTHER_PLATFORMS_FORM, *args)
+  return lax.platform_dependent(*args, **per_platform, default=functools.partial(fn, _OTHER_PLATFORMS_FORM))
 
 
 __all__ = [
