@@ -203,13 +203,19 @@ def _per_platform(fn: Callable[..., Any], args: Sequence[Any], fields: Sequence[
 
   Platforms whose forms agree on ``fields`` share one branch of `jax.lax.platform_dependent`
   (which joins equal branches), and those that agree with the other platforms' form use its
-  default branch: tracing stays at one trace per distinct form.
+  default branch: tracing stays at one trace per distinct form. Called eagerly (no tracer among
+  ``args``), the form is that of the platform the arrays are on.
   """
   def key(form: Form) -> tuple[str, ...]:
     # Pooling matters to BatchNorm's statistics only when they sum windows (joint).
     norm_only = "norm" in fields and "paths" not in fields
     return tuple(getattr(form, f) for f in fields if not (f == "pool" and norm_only and form.norm != "joint"))
 
+  arrays = [a for a in jax.tree.leaves(args) if isinstance(a, jax.Array)]
+  if arrays and not any(isinstance(a, jax.core.Tracer) for a in arrays):
+    # Run eagerly, not traced: nothing is lowered for another platform, the arrays' device runs it.
+    platform = next(iter(arrays[0].devices())).platform
+    return fn(PLATFORM_FORMS.get(platform, _OTHER_PLATFORMS_FORM), *args)
   default_key = key(_OTHER_PLATFORMS_FORM)
   branches: dict[tuple[str, ...], Callable[..., Any]] = {}
   per_platform = {}
