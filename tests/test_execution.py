@@ -306,7 +306,8 @@ def test_form_names_parse_and_print_back():
       pass
 
 
-def _train_step_hlo(platform, form=None):
+def _train_step_hlo(platforms, form=None):
+  """The StableHLO of an Oct-ResNet-8 gradient step lowered for each of ``platforms`` (one trace)."""
   model = models.get_model("oct_resnet8", alpha=0.5, num_classes=10)
   x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
@@ -317,13 +318,13 @@ def _train_step_hlo(platform, form=None):
 
   with execution.use_form(form):
     traced = jax.jit(jax.grad(loss)).trace(variables["params"], variables["batch_stats"], x)
-  return traced.lower(lowering_platforms=(platform,)).as_text()
+  return [traced.lower(lowering_platforms=(platform,)).as_text() for platform in platforms]
 
 
 def test_the_default_form_is_chosen_for_the_platform_lowered_for():
   """Lowered from this CPU for a GPU or a TPU, a step carries that platform's form, not XLA:CPU's."""
-  on_cpu, on_gpu, on_tpu = (_train_step_hlo(p) for p in ("cpu", "cuda", "tpu"))
-  reference = _train_step_hlo("cuda", "reference")
+  on_cpu, on_gpu, on_tpu = _train_step_hlo(("cpu", "cuda", "tpu"))
+  reference, = _train_step_hlo(("cuda",), "reference")
   assert execution.CPU_FORM.conv == "xla_cpu" and execution.GPU_FORM.conv == execution.TPU_FORM.conv == "plain"
   # XLA:CPU's form runs the 1x1 convolutions as dots; the accelerators' as convolutions.
   assert on_cpu.count("stablehlo.dot_general") > on_gpu.count("stablehlo.dot_general") + 10
