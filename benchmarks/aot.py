@@ -3,7 +3,8 @@ r"""The train step of zoo networks compiled for a GPU or a TPU slice on this CPU
   python -m benchmarks.aot --target h100 --models oct_resnet50 --alphas 0,0.5 --batch 128
 
 For every model x alpha x form it compiles one full train step (forward, backward, SGD with
-Nesterov momentum, BatchNorm statistics; the state donated; the step of
+Nesterov momentum, BatchNorm statistics; the state donated and kept in the layouts XLA
+chooses, as the trainer keeps it, or row-major with ``--state-layout default``; the step of
 `benchmarks/probes/gpu_step.py`, which times the same step on a GPU) for ``--target``, with the
 batch sharded over the target's chips, and prints one table row: compile seconds, the kernels it
 launches by class (`octflax.aot.census`), flops and bytes, memory per chip, the estimated step
@@ -53,12 +54,12 @@ SHORT = {"conv forward": "fwd", "conv input-grad": "bw-in", "conv weight-grad": 
 
 
 def compile_case(target: aot.Target, mesh: Mesh, model: str, alpha: float, form: str, batch: int, dtype: str,
-                 image_size: int, num_classes: int, state_layout: str = "default") -> aot.Report:
+                 image_size: int, num_classes: int, state_layout: str = "auto") -> aot.Report:
   """One train step of ``model`` at ``alpha`` in ``form``, compiled for ``target``.
 
-  ``state_layout='auto'`` lets XLA choose the layout of the (donated) state in device memory
-  (`jax.experimental.layout.Layout.AUTO`), e.g. cuDNN's for the kernels, in place of the
-  logical row-major one.
+  ``state_layout='auto'`` (the trainer's, `octflax.training.DataParallel`) lets XLA choose the
+  layout of the (donated) state in device memory (`jax.experimental.layout.Layout.AUTO`), e.g.
+  cuDNN's for the kernels; ``'default'`` keeps the logical row-major one.
   """
   net = networks.build_model(model, alpha, num_classes, DTYPES[dtype])
   replicated, sharded = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
@@ -102,8 +103,8 @@ def parse_args(argv):
   p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="compute dtype (parameters float32)")
   p.add_argument("--image-size", type=int, default=224)
   p.add_argument("--num-classes", type=int, default=1000)
-  p.add_argument("--state-layout", choices=("default", "auto"), default="default",
-                 help="the state's layout in device memory: row-major, or chosen by XLA (Layout.AUTO)")
+  p.add_argument("--state-layout", choices=("default", "auto"), default="auto",
+                 help="the state's layout in device memory: chosen by XLA (Layout.AUTO, as the trainer keeps it) or row-major")
   p.add_argument("--results", default=DEFAULT_RESULTS, help="JSON lines appended here ('' = none)")
   p.add_argument("--hlo", default="", help="folder for each case's optimized HLO (gzipped)")
   p.add_argument("--fit", default="", help="ALPHA:MS,ALPHA:MS measured (first of --forms): fit the GPU model")
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
   reports: dict[tuple[str, float, str], aot.Report] = {}
   for model, alpha, form in cases(args):
     label = model if model == "flax_resnet50" else f"{model} a={alpha:g} {form}"
-    label += " [state layout auto]" if args.state_layout == "auto" else ""
+    label += " [state row-major]" if args.state_layout == "default" else ""
     try:
       report = compile_case(target, mesh, model, alpha, form, args.batch, args.dtype, args.image_size,
                             args.num_classes, args.state_layout)

@@ -14,7 +14,7 @@ default OUT/jax_cache) with XLA's per-fusion autotune cache inside it.
 
 Every case is a full train step (forward, backward, SGD with Nesterov momentum, BatchNorm
 statistics; bfloat16 compute, float32 parameters; batch 128, 224 x 224, 1000 classes; the state
-donated). In order: Oct-ResNet-50 at alpha 0 and .5 as shipped (form "default": no
+donated and kept in the layouts XLA chooses, as `octflax.training.DataParallel` keeps it). In order: Oct-ResNet-50 at alpha 0 and .5 as shipped (form "default": no
 `octflax.execution.use_form`); the PyTorch peers when torch has CUDA (`torch_reference.OctResNet`
 at alpha 0 and .5 and torchvision's ResNet-50, bf16 autocast, channels_last); alpha .5 in each of
 `octflax.execution.PROBE_FORMS`; ResNet-50 written with `flax.linen.Conv`; then, while the budget
@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental.layout import Format, Layout
 
 from benchmarks import networks
 from octflax import execution
@@ -182,7 +183,9 @@ class Builder:
       shapes = jax.eval_shape(init, one)
       spec = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {}),
               "opt": jax.eval_shape(TX.init, shapes["params"])}
-      traced = jax.jit(make_step(net), donate_argnums=0).trace(spec, images, labels)
+      auto = Format(Layout.AUTO)  # the state's layouts chosen by XLA, as the trainer's step
+      traced = jax.jit(make_step(net), donate_argnums=0, in_shardings=(auto, None, None),
+                       out_shardings=(auto, None)).trace(spec, images, labels)
       platforms = ("cuda",) if args.dry and args.dry_platform == "cuda" else None
       lowered = traced.lower(lowering_platforms=platforms) if platforms else traced.lower()
       case.convolutions, ops = count_ops(lowered.as_text())
@@ -196,7 +199,7 @@ class Builder:
     state["opt"] = jax.jit(TX.init)(state["params"])
     compiled = lowered.compile(case.options)
     case.hlo = compiled.as_text()
-    holder = {"state": state}
+    holder = {"state": jax.device_put(state, compiled.input_formats[0][0], donate=True)}
 
     def run_async():
       holder["state"], holder["loss"] = compiled(holder["state"], images, labels)

@@ -7,7 +7,12 @@ Both wrappers run the same `train_step` and give the same numbers:
   all processes (each process contributes its own share with
   `jax.make_array_from_process_local_data`); the state is replicated and
   donated. XLA inserts the gradient all-reduce and the cross-device BatchNorm
-  reductions itself.
+  reductions itself. The train step keeps the state in device memory in the
+  layouts XLA chooses for it (`jax.experimental.layout.Layout.AUTO`): on a GPU,
+  a convolution's kernel in cuDNN's layout, so that the step updates each donated
+  weight in place where a row-major state costs a transpose and two copies per
+  weight. A state entering the step (fresh, restored) is laid out once; what
+  leaves the device (checkpoints, `get_state`) is in the logical layout.
 - ``'pmap'``: `jax.pmap` over this process's devices (collectives span all
   processes). The state carries a leading device axis; the step averages
   gradients, BatchNorm statistics and metrics with ``lax.pmean`` over the
@@ -26,6 +31,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental.layout import Format, Layout
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from octflax import data as data_lib
@@ -96,11 +102,15 @@ class DataParallel:
       # The train step compiles with octflax's train options (on CPU, 0.79-1.00x the time of
       # XLA's defaults; `octflax.execution.compiler`), the eval step with XLA's defaults. jax.pmap takes
       # no compiler options, so the pmap steps keep XLA's defaults.
+      # The state in the layouts XLA picks (Layout.AUTO); `train_step` lays a state out for them.
+      state_format = Format(Layout.AUTO, self._replicated)
       self._train = jax.jit(
           functools.partial(train_step, **step_kwargs),
-          in_shardings=(self._replicated, self._batch_sharding),
-          out_shardings=(self._replicated, self._replicated),
+          in_shardings=(state_format, self._batch_sharding),
+          out_shardings=(state_format, self._replicated),
           donate_argnums=0, compiler_options=train_compiler_options(self.devices[0].platform))
+      self._compiled: dict[Any, Any] = {}  # (state treedef, batch avals) -> `_compiled_step`'s triple
+      self._laid_out: Any = None  # the last state the step returned, already in its formats
       self._eval = jax.jit(eval_step, in_shardings=(self._replicated, self._batch_sharding),
                            out_shardings=self._replicated)
     else:
@@ -240,8 +250,33 @@ class DataParallel:
   # Steps -----------------------------------------------------------------------
 
   def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, PyTree]:
-    """`train_step` on all devices; ``state`` is donated (do not use it afterwards)."""
-    return self._train(state, batch)
+    """`train_step` on all devices; ``state`` is donated (do not use it afterwards).
+
+    Under jit the step is compiled once per batch shape with the state's layouts left to XLA; a
+    state that is not the step's own last output is first put in those layouts (`state_formats`).
+    """
+    if self.mode != "jit":
+      return self._train(state, batch)
+    compiled, formats, stable = self._compiled_step(state, batch)
+    if state is not self._laid_out:
+      state = jax.device_put(state, formats, donate=True)
+    state, metrics = compiled(state, batch)
+    self._laid_out = state if stable else None
+    return state, metrics
+
+  def state_formats(self, state: TrainState, batch: Batch) -> PyTree:
+    """The formats (layout and sharding) the jit train step keeps ``state`` in, for batches like ``batch``."""
+    return self._compiled_step(state, batch)[1]
+
+  def _compiled_step(self, state: TrainState, batch: Batch) -> tuple[Any, PyTree, bool]:
+    """The compiled jit step for these shapes, its state formats, and whether its output state keeps them."""
+    abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    key = (jax.tree.structure(state), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(batch)))
+    if key not in self._compiled:
+      compiled = self._train.lower(abstract(state), abstract(batch)).compile()
+      formats = compiled.input_formats[0][0]
+      self._compiled[key] = (compiled, formats, compiled.output_formats[0] == formats)
+    return self._compiled[key]
 
   def eval_step(self, state: TrainState, batch: Batch) -> PyTree:
     """`eval_step` on all devices: sums over the global batch."""
