@@ -15,7 +15,24 @@ from octflax import models
 
 
 def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
-  """ResNet-50 v1.5 written with `flax.linen.Conv` only (strided convs, as Flax's example)."""
+  """ResNet-50 v1.5 written with `flax.linen.Conv` only (strided convs, as Flax's example).
+
+  Its modules are named as the Oct-ResNet-50's (``stem_conv``, ``stem_bn``, ``stageS_blockB`` with
+  units ``conv1`` .. ``conv3`` and ``shortcut``, each a ``conv`` and a ``bn``, ``head/fc``), so its
+  parameter tree equals the Oct-ResNet-50's at any alpha.
+  """
+
+  class Unit(nn.Module):
+    features: int
+    kernel: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x, train):
+      k = self.kernel
+      x = nn.Conv(self.features, (k, k), (self.strides, self.strides), padding=[((k - 1) // 2,) * 2] * 2,
+                  use_bias=False, dtype=dtype, name="conv")(x)
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name="bn")(x)
 
   class Block(nn.Module):
     features: int
@@ -23,27 +40,30 @@ def vanilla_resnet50(num_classes: int, dtype: Any) -> nn.Module:
 
     @nn.compact
     def __call__(self, x, train):
-      conv = lambda f, k, s=1, name=None: nn.Conv(f, (k, k), (s, s), padding=[((k - 1) // 2,) * 2] * 2,
-                                                  use_bias=False, dtype=dtype, name=name)
-      norm = lambda name, zero=False: nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                                   epsilon=1e-5, dtype=dtype, name=name)
-      y = nn.relu(norm("bn1")(conv(self.features, 1, name="conv1")(x)))
-      y = nn.relu(norm("bn2")(conv(self.features, 3, self.strides, name="conv2")(y)))
-      y = norm("bn3")(conv(self.features * 4, 1, name="conv3")(y))
+      y = nn.relu(Unit(self.features, 1, name="conv1")(x, train))
+      y = nn.relu(Unit(self.features, 3, self.strides, name="conv2")(y, train))
+      y = Unit(self.features * 4, 1, name="conv3")(y, train)
       if self.strides != 1 or x.shape[-1] != self.features * 4:
-        x = norm("bn_shortcut")(conv(self.features * 4, 1, self.strides, name="shortcut")(x))
+        x = Unit(self.features * 4, 1, self.strides, name="shortcut")(x, train)
       return nn.relu(y + x)
+
+  class Head(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(num_classes, dtype=dtype, name="fc")(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
 
   class Net(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = True):
-      x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, dtype=dtype)(x.astype(dtype))
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)(x))
+      x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, dtype=dtype,
+                  name="stem_conv")(x.astype(dtype))
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                               name="stem_bn")(x))
       x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
       for stage, blocks in enumerate((3, 4, 6, 3)):
         for block in range(blocks):
-          x = Block(64 * 2**stage, 2 if stage and not block else 1)(x, train)
-      return nn.Dense(num_classes, dtype=dtype)(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
+          x = Block(64 * 2**stage, 2 if stage and not block else 1, name=f"stage{stage + 1}_block{block}")(x, train)
+      return Head(name="head")(x)
 
   return Net()
 

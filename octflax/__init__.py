@@ -11,6 +11,8 @@ from octflax.execution import inference_compiler_options, train_compiler_options
 from octflax.execution import use_conv, use_form
 from octflax.functional import (
     global_avg_pool,
+    join_kernel_blocks,
+    kernel_blocks,
     oct_add,
     oct_conv,
     oct_conv_param_shapes,
@@ -18,7 +20,6 @@ from octflax.functional import (
     oct_map,
     oct_max_pool,
     oct_relu,
-    path_kernel_init,
 )
 from octflax.layers import OctBatchNorm, OctConv, OctConvBN, OctConvTranspose
 from octflax.resample import avg_pool2, low_spatial_size, upsample2
@@ -38,6 +39,8 @@ __all__ = [
     "functional",
     "global_avg_pool",
     "inference_compiler_options",
+    "join_kernel_blocks",
+    "kernel_blocks",
     "low_spatial_size",
     "merge",
     "oct_add",
@@ -47,7 +50,6 @@ __all__ = [
     "oct_map",
     "oct_max_pool",
     "oct_relu",
-    "path_kernel_init",
     "split_channels",
     "train_compiler_options",
     "upsample2",

@@ -84,11 +84,12 @@ def model_for(arch: str, alpha: float = 0.0, source: str = "port", **kwargs: Any
 
 
 @functools.lru_cache(maxsize=16)
-def _variable_shapes(arch: str, alpha: float, source: str, num_classes: int) -> dict:
-  """``{'params': ..., 'batch_stats': ...}`` of shape tuples, without computing anything."""
+def _model_layers(arch: str, alpha: float, source: str, num_classes: int):
+  """The model of ``arch`` for ``source``, its abstract variables and its octave layers (`octave_layers`)."""
   import jax
   import jax.numpy as jnp
 
+  from octflax.layers import octave_layers
   from octflax.models.resnet import ResNet
 
   model = model_for(arch, alpha, source, num_classes=num_classes)
@@ -97,10 +98,29 @@ def _variable_shapes(arch: str, alpha: float, source: str, num_classes: int) -> 
         f"arch {arch!r} has no PyTorch layout here; supported are the ImageNet Oct-ResNets and "
         "Oct-ResNeXts (oct_resnet18/26/34/50/101/152/200, oct_resnext50_32x4d, "
         "oct_resnext101_32x4d).")
-  abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32), train=False))
-  shapes = jax.tree.map(lambda a: (tuple(a.shape), np.dtype(a.dtype).name), dict(abstract))
-  return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+  x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+  layers = octave_layers(model, x, train=False)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  return abstract, layers
+
+
+@functools.lru_cache(maxsize=16)
+def _variable_shapes(arch: str, alpha: float, source: str, num_classes: int) -> dict:
+  """``{'params': ..., 'batch_stats': ...}`` of shape tuples in the PyTorch layouts' view: per path and part.
+
+  The port holds one convolution per OctConv path and one BatchNorm per part; octflax one kernel
+  per OctConv whose blocks are the paths, and one BatchNorm's variables per OctBatchNorm whose
+  channels the parts share (`octflax.checkpoint.format2`). The key map works in the port's view;
+  the import joins it (`format2.join`), the export splits into it (`format2.split`).
+  """
+  import jax
+
+  from octflax.checkpoint import format2
+
+  abstract, layers = _model_layers(arch, alpha, source, num_classes)
+  view = jax.eval_shape(lambda v: {c: format2.split(v.get(c, {}), layers) for c in ("params", "batch_stats")},
+                        dict(abstract))
+  return jax.tree.map(lambda a: (tuple(a.shape), np.dtype(a.dtype).name), view)
 
 
 # ----------------------------------------------------------------------------- key map
@@ -206,6 +226,10 @@ def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
   return tree
 
 
+def _numpy_tree(tree: Mapping[str, Any]) -> dict:
+  return {k: _numpy_tree(v) if isinstance(v, Mapping) else np.asarray(v) for k, v in tree.items()}
+
+
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
   for name in path[:-1]:
     tree = tree.setdefault(name, {})
@@ -294,7 +318,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, arch: str, alpha: fl
 
   Returns:
     ``{'params': ..., 'batch_stats': ...}`` (nested dicts of float32 `jax.Array`s) for
-    ``model_for(arch, alpha, source, num_classes=num_classes)``. For
+    ``model_for(arch, alpha, source, num_classes=num_classes)``: the port's four convolutions
+    of a unit become the blocks of its OctConv's one kernel (`octflax.functional.kernel_blocks`). For
     ``source='torchvision'`` that model has ``pool_stride=False``: torchvision's strided
     convs are not the OctConv's pool-then-conv, and the weights give the published
     accuracy only in the model built that way.
@@ -303,6 +328,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, arch: str, alpha: fl
     ValueError: listing every missing key, unexpected key and key of the wrong shape
       (with the expected and the given shape), or for an unknown arch/source.
   """
+  import jax
   import jax.numpy as jnp
 
   alpha = _normalise_alpha(alpha)
@@ -348,7 +374,9 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, arch: str, alpha: fl
         f"num_classes={num_classes}): {len(missing)} missing, {len(unexpected)} unexpected, "
         f"{len(wrong)} of the wrong shape (a wrong arch, alpha or source gives many):\n"
         + "\n".join(problems))
-  return variables
+  from octflax.checkpoint import format2
+
+  return jax.tree.map(jnp.asarray, format2.join(variables))
 
 
 def to_torch_state_dict(variables: Mapping[str, Any], *, arch: str, alpha: float = 0.0,
@@ -368,35 +396,44 @@ def to_torch_state_dict(variables: Mapping[str, Any], *, arch: str, alpha: float
     num_classes = int(np.shape(params["head"]["fc"]["kernel"])[1])
   except (KeyError, TypeError, IndexError):
     raise ValueError(f"variables have no classifier params['head']['fc']['kernel'] of {arch}.") from None
-  entries, shapes = _key_map(arch, alpha, source, num_classes)
+  entries, port_shapes = _key_map(arch, alpha, source, num_classes)
+  from octflax.checkpoint import format2
+
   tree = {"params": params, "batch_stats": stats}
-  state_dict, problems = {}, []
-  for entry in entries:
-    if entry.kind == "count":
-      state_dict[entry.key] = np.asarray(0, dtype=np.int64)
-      continue
-    name = "/".join((entry.collection,) + entry.path)
-    expected = _get(shapes[entry.collection], entry.path)[0]
-    try:
-      value = _get(tree[entry.collection], entry.path)
-    except (KeyError, TypeError):
-      problems.append(f"  missing variable: {name} (expected shape {_format_shape(expected)})")
-      continue
-    value = np.asarray(value)
-    if value.shape != expected:
-      problems.append(f"  wrong shape: {name} (expected shape {_format_shape(expected)}, "
-                      f"got shape {_format_shape(value.shape)})")
-      continue
-    state_dict[entry.key] = _to_torch_layout(entry.kind, value.astype(np.float32))
-  known = {"/".join((e.collection,) + e.path) for e in entries if e.collection}
+  if format2.holds(tree):  # already in the port's view (per path and part), as format 2 held it
+    shapes = port_shapes
+  else:
+    abstract, layers = _model_layers(arch, alpha, source, num_classes)
+    shapes = {c: _shape_tree(abstract.get(c, {})) for c in ("params", "batch_stats")}
+  problems = []
   for collection in ("params", "batch_stats"):
+    for path in _leaf_paths(shapes[collection]):
+      name = "/".join((collection,) + path)
+      expected = _get(shapes[collection], path)[0]
+      try:
+        value = np.asarray(_get(tree[collection], path))
+      except (KeyError, TypeError):
+        problems.append(f"  missing variable: {name} (expected shape {_format_shape(expected)})")
+        continue
+      if value.shape != expected:
+        problems.append(f"  wrong shape: {name} (expected shape {_format_shape(expected)}, "
+                        f"got shape {_format_shape(value.shape)})")
+    known = set(_leaf_paths(shapes[collection]))
     for path in _leaf_paths(tree[collection]):
-      if "/".join((collection,) + path) not in known:
+      if path not in known:
         problems.append(f"  unexpected variable: {'/'.join((collection,) + path)}")
   if problems:
     raise ValueError(f"variables do not match {arch} (alpha={alpha}, source={source!r}):\n"
                      + "\n".join(problems))
-  return state_dict
+  if shapes is not port_shapes:  # today's variables as the port's convolutions per path and BatchNorms per part
+    tree = {c: format2.split(_numpy_tree(t), layers) for c, t in tree.items()}
+  return {e.key: np.asarray(0, dtype=np.int64) if e.kind == "count" else
+          _to_torch_layout(e.kind, np.asarray(_get(tree[e.collection], e.path)).astype(np.float32)) for e in entries}
+
+
+def _shape_tree(tree: Mapping[str, Any]) -> dict:
+  """Nested dicts of ``(shape,)`` (the key map's leaves) for a tree of arrays or shapes."""
+  return {k: _shape_tree(v) if isinstance(v, Mapping) else (tuple(v.shape),) for k, v in tree.items()}
 
 
 __all__ = [

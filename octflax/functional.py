@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from jax import lax
 
@@ -245,26 +246,102 @@ def vanilla_kernel_shape(kernel_size: Sequence[int], in_channels: int, features:
   return (*tuple(kernel_size), in_channels // feature_group_count, features)
 
 
-def path_kernel_init(kernel_init: Initializer, vanilla_shape: Sequence[int]) -> Initializer:
-  """An initialiser for one path's kernel: draw the vanilla kernel, keep this path's block.
+def _block_slices(in_channels: int, features: int, alpha_in: float, alpha_out: float, feature_group_count: int
+                  ) -> tuple[dict[str, slice], dict[str, slice]]:
+  """The rows (of each input part, per group) and columns (of each output part) of the one kernel."""
+  out_high = split_channels(features, alpha_out)[0]
+  if is_depthwise(in_channels, features, feature_group_count):
+    rows = {"h": slice(None), "l": slice(None)}  # [*k, 1, C]: each channel reads itself
+  else:
+    in_rows = split_channels(in_channels, alpha_in)[0] // feature_group_count
+    rows = {"h": slice(0, in_rows), "l": slice(in_rows, None)}
+  return rows, {"h": slice(0, out_high), "l": slice(out_high, None)}
 
-  Fan-in/fan-out based initialisers (LeCun, He, Glorot) then see the conv's true fans, so
-  every path is drawn from the vanilla conv's distribution:
-  ``init(key, shape, dtype) = kernel_init(key, vanilla_shape, dtype)[..., :shape[-2], :shape[-1]]``.
+
+def kernel_blocks(kernel: Array, bias: Array | None, in_channels: int, alpha_in: float, alpha_out: float,
+                  feature_group_count: int = 1) -> tuple[dict[str, Array], dict[str, Array]]:
+  """The paths' kernels and biases as blocks of an OctConv's one kernel and bias.
+
+  An OctConv carries the parameters of the vanilla conv it replaces: ``kernel``
+  ``[*kernel_size, C_in / groups, C_out]`` (`vanilla_kernel_shape`, `flax.linen.Conv`'s) and
+  ``bias`` ``[C_out]``. Path ``a2b`` is the block of the rows of input part ``a`` (per group:
+  the first ``C_in^H / groups`` rows are the high part's) and the columns of output part ``b``
+  (the first ``C_out^H``): ``h2h = W[..., :C_in^H/g, :C_out^H]``, ``h2l = W[..., :C_in^H/g,
+  C_out^H:]``, ``l2h = W[..., C_in^H/g:, :C_out^H]``, ``l2l = W[..., C_in^H/g:, C_out^H:]``. A
+  depthwise kernel ``[*k, 1, C]`` splits by columns only (``h2h``, ``l2l``). Each output part's
+  bias is ``bias[:C_out^H]`` / ``bias[C_out^H:]``, given to its direct path (or to the cross path
+  where the direct one is absent), as `oct_conv_param_shapes` places it. At alpha 0 the only
+  block, ``h2h``, is the whole kernel. `join_kernel_blocks` is the inverse.
 
   Args:
-    kernel_init: an initialiser ``(key, shape, dtype) -> Array``.
-    vanilla_shape: `vanilla_kernel_shape` of the layer.
+    kernel: ``[*kernel_size, C_in / groups, C_out]``.
+    bias: ``[C_out]`` or None.
+    in_channels: C_in (both input parts together).
+    alpha_in, alpha_out: shares of low-frequency input and output channels.
+    feature_group_count: groups.
 
   Returns:
-    An initialiser with the same signature for a path's (smaller) kernel shape.
+    ``(kernels, biases)``: ``{path: block}`` for the present paths (`oct_conv_param_shapes`) and
+    ``{path: bias}`` for the paths that carry one.
+
+  Raises:
+    ValueError: a kernel or bias whose shape is not the vanilla conv's.
+
+  Examples:
+    >>> kernels, _ = kernel_blocks(jnp.ones((3, 3, 8, 16)), None, 8, 0.5, 0.25)
+    >>> {p: k.shape for p, k in kernels.items()}
+    {'h2h': (3, 3, 4, 12), 'h2l': (3, 3, 4, 4), 'l2h': (3, 3, 4, 12), 'l2l': (3, 3, 4, 4)}
   """
-  vanilla_shape = tuple(vanilla_shape)
+  features = kernel.shape[-1]
+  expected = vanilla_kernel_shape(kernel.shape[:-2], in_channels, features, feature_group_count)
+  if tuple(kernel.shape) != expected:
+    raise ValueError(f"an OctConv kernel for {in_channels} input channels in {feature_group_count} group(s) is "
+                     f"[*kernel_size, {in_channels // feature_group_count}, C_out]; got {tuple(kernel.shape)}.")
+  if bias is not None and tuple(bias.shape) != (features,):
+    raise ValueError(f"an OctConv bias is [C_out] = ({features},); got {tuple(bias.shape)}.")
+  shapes = oct_conv_param_shapes(kernel.shape[:-2], in_channels, features, alpha_in, alpha_out,
+                                 feature_group_count, bias is not None)
+  rows, cols = _block_slices(in_channels, features, alpha_in, alpha_out, feature_group_count)
+  kernels = {p: kernel[..., rows[p[0]], cols[p[2]]] for p in shapes}
+  biases = {p: bias[cols[p[2]]] for p, s in shapes.items() if s.bias is not None}
+  return kernels, biases
 
-  def init(key, shape, dtype=jnp.float32):
-    return kernel_init(key, vanilla_shape, dtype)[..., : shape[-2], : shape[-1]]
 
-  return init
+def join_kernel_blocks(kernels: Mapping[str, Any], biases: Mapping[str, Any] | None = None
+                       ) -> tuple[Any, Any | None]:
+  """An OctConv's one kernel and bias from its paths' blocks: the inverse of `kernel_blocks`.
+
+  Works on NumPy and jax arrays (what checkpoints of the four-kernel layout and PyTorch ports
+  hold). The paths present say the layout: ``{'h2h', 'l2l'}`` alone is depthwise (blocks side by
+  side); otherwise ``[[h2h, h2l], [l2h, l2l]]`` by (input rows, output columns).
+
+  Args:
+    kernels: ``{path: [*kernel_size, c_in / groups, c_out]}`` for the present paths.
+    biases: ``{path: [c_out]}`` for the paths that carry the output parts' biases (or None).
+
+  Returns:
+    ``(kernel, bias)``; ``bias`` is None without biases.
+
+  Examples:
+    >>> k, b = join_kernel_blocks(*kernel_blocks(jnp.arange(48.0).reshape(1, 1, 6, 8), jnp.arange(8.0), 6, 0.5, 0.5))
+    >>> k.shape, b.tolist()
+    ((1, 1, 6, 8), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+  """
+  unknown = set(kernels) - set(PATHS)
+  if not kernels or unknown:
+    raise ValueError(f"kernel blocks are named among {list(PATHS)} (at least one); got {sorted(kernels)}.")
+  cat = jnp.concatenate if any(isinstance(k, jax.Array) for k in kernels.values()) else np.concatenate
+  if set(kernels) == {"h2h", "l2l"}:  # only depthwise layers have the direct paths without the cross ones
+    kernel = cat([kernels["h2h"], kernels["l2l"]], axis=-1)  # depthwise: the parts' channels side by side
+  else:
+    rows = [cat([kernels[p] for p in pair if p in kernels], axis=-1)
+            for pair in (("h2h", "h2l"), ("l2h", "l2l")) if any(p in kernels for p in pair)]
+    kernel = rows[0] if len(rows) == 1 else cat(rows, axis=-2)
+  biases = dict(biases or {})
+  if not biases:
+    return kernel, None
+  parts = [next((biases[p] for p in paths if p in biases), None) for paths in (("h2h", "l2h"), ("l2l", "h2l"))]
+  return kernel, cat([b for b in parts if b is not None], axis=-1)
 
 
 # ----------------------------------------------------------------------------- OctConv
@@ -640,7 +717,7 @@ def oct_conv_transpose(
 
 __all__ = [
     "PATHS", "PathParamShapes", "PathPlan", "batch_norm", "conv", "conv_transpose", "global_avg_pool", "is_depthwise",
-    "oct_add", "oct_conv", "oct_conv_param_shapes", "oct_conv_transpose", "oct_map", "oct_max_pool", "oct_relu", "path_kernel_init",
+    "oct_add", "oct_conv", "oct_conv_param_shapes", "oct_conv_transpose", "oct_map", "oct_max_pool", "oct_relu", "kernel_blocks", "join_kernel_blocks",
     "is_strided", "plan_paths", "running_average", "strided_vanilla_conv", "with_biases",
     "vanilla_kernel_shape",
 ]

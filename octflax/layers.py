@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from octflax import execution
 from octflax.spec import (OctBatchNormSpec, OctConvBNSpec, OctConvSpec, OctConvTransposeSpec, PartVariables,
-                          PathParams, arguments, attributes, per_part, spec_from)
+                          arguments, attributes, spec_from)
 from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
@@ -33,30 +32,17 @@ class _SpecModule(nn.Module):
     return spec_from(self.SPEC, self)
 
 
-class _PathWeights(nn.Module):
-  """The ``kernel`` and optional ``bias`` of one OctConv path (`spec.PathParams`)."""
+def _convolve(module: nn.Module, spec: OctConvSpec | OctConvTransposeSpec, x: OctTensor | Array,
+              **call: Any) -> OctTensor:
+  """Checks ``x``, creates the layer's ``kernel`` and ``bias`` (`spec.params`) and applies ``spec``.
 
-  params: PathParams
-
-  @nn.compact
-  def __call__(self) -> tuple[Array, Array | None]:
-    p = self.params
-    kernel = self.param("kernel", p.kernel_init, p.kernel, p.dtype)
-    return kernel, None if p.bias is None else self.param("bias", p.bias_init, p.bias, p.dtype)
-
-
-def _convolve(spec: OctConvSpec | OctConvTransposeSpec, x: OctTensor | Array, **call: Any) -> OctTensor:
-  """Checks ``x``, creates the path parameters (sub-modules ``h2h``, ...) and applies ``spec``.
-
-  Called inside a compact ``__call__``, so that the ``_PathWeights`` belong to its module.
+  Called inside ``module``'s compact ``__call__``, so that the parameters belong to it.
   """
   x = spec.input(x)
-  kernels, biases = {}, {}
-  for path, params in spec.paths(x.channels).items():
-    kernels[path], bias = _PathWeights(params, name=path)()
-    if bias is not None:
-      biases[path] = bias
-  return spec.apply(x, kernels, biases, **call)
+  p = spec.params(x.channels)
+  kernel = module.param("kernel", p.kernel_init, p.kernel, p.dtype)
+  bias = None if p.bias is None else module.param("bias", p.bias_init, p.bias, p.dtype)
+  return spec.apply(x, kernel, bias, **call)
 
 
 class OctConv(attributes(OctConvSpec), _SpecModule):
@@ -71,11 +57,12 @@ class OctConv(attributes(OctConvSpec), _SpecModule):
   (P: average pool by 2, U: nearest upsample by 2, on the octave axes; stride 2
   average-pools the input first and never runs a strided conv). The number of spatial axes
   comes from ``kernel_size`` as in `flax.linen.Conv`: ``(k,)`` on ``[N, L, C]``, ``(k, k)``
-  (or an int) on NHWC, ``(k, k, k)`` on ``[N, T, H, W, C]``. Parameters are the
-  sub-collections ``h2h``, ``h2l``, ``l2h``, ``l2l`` (those present), each a ``kernel``
-  ``[*kernel_size, in / groups, out]`` plus a ``bias`` for the path that carries the output
-  part's bias (`functional.oct_conv_param_shapes`). Their total equals the parameter count of
-  the vanilla conv for every alpha. With ``alpha_in = alpha_out = 0`` it computes what
+  (or an int) on NHWC, ``(k, k, k)`` on ``[N, T, H, W, C]``. Its parameters are
+  `flax.linen.Conv`'s: one ``kernel`` ``[*kernel_size, in / groups, out]`` and a ``bias``
+  ``[out]``, at every alpha. The paths are blocks of the kernel (`functional.kernel_blocks`:
+  the high input part's rows and the high output part's columns come first), so the weights of
+  a vanilla conv start an OctConv of the same shape at any alpha. With
+  ``alpha_in = alpha_out = 0`` it computes what
   `flax.linen.Conv` computes (bit for bit under
   ``octflax.execution.use_conv(octflax.functional.conv)``; by default on CPU the paths run
   through `octflax.execution.xla_cpu_conv`, equal to float32 rounding). How the paths are
@@ -97,8 +84,7 @@ class OctConv(attributes(OctConvSpec), _SpecModule):
     dtype: compute dtype (None: inferred from inputs and params).
     param_dtype: parameter dtype.
     precision: `jax.lax.Precision` for the convolutions.
-    kernel_init, bias_init: initialisers; the kernel initialiser sees the vanilla
-      kernel's shape (`functional.path_kernel_init`).
+    kernel_init, bias_init: initialisers of the kernel and bias (the vanilla conv's shapes).
     pool_stride: True (default, the OctConv semantics) runs stride 2 as an average
       pool and a stride-1 conv. False runs a strided conv (symmetric padding) and is
       allowed only for ``alpha_in = alpha_out = 0``: it makes a vanilla layer compute
@@ -119,7 +105,7 @@ class OctConv(attributes(OctConvSpec), _SpecModule):
 
   @nn.compact
   def __call__(self, x: OctTensor | Array) -> OctTensor:
-    return _convolve(self.spec, x)
+    return _convolve(self, self.spec, x)
 
 
 class OctConvTranspose(attributes(OctConvTransposeSpec), _SpecModule):
@@ -134,10 +120,10 @@ class OctConvTranspose(attributes(OctConvTransposeSpec), _SpecModule):
 
   At stride 2 the high output is twice the input's high size and the low output half of that
   (ceil) on the octave axes; ``output_size`` (a call argument) gives the high output's size
-  instead, so that a decoder restores an encoder's odd sizes. Parameters ``h2h``, ``h2l``,
-  ``l2h``, ``l2l`` (those present), each a ``kernel`` ``[*kernel_size, in, out]`` and a bias on
-  the path that carries its output part's bias: the same total as `flax.linen.ConvTranspose`
-  of the same shape. With ``alpha_in = alpha_out = 0`` it computes what
+  instead, so that a decoder restores an encoder's odd sizes. Parameters: those of
+  `flax.linen.ConvTranspose`, a ``kernel`` ``[*kernel_size, in, out]`` and a ``bias`` ``[out]``,
+  the paths read as blocks (`functional.kernel_blocks`). With ``alpha_in = alpha_out = 0`` it
+  computes what
   `flax.linen.ConvTranspose` (``padding='SAME'``) computes.
 
   Attributes:
@@ -164,36 +150,20 @@ class OctConvTranspose(attributes(OctConvTransposeSpec), _SpecModule):
   @nn.compact
   def __call__(self, x: OctTensor | Array, output_size: Sequence[int] | None = None) -> OctTensor:
     """Applies the layer; ``output_size`` is the high output's spatial size (default ``s * n``)."""
-    return _convolve(self.spec, x, output_size=output_size)
-
-
-class _BatchNormVariables(nn.Module):
-  """The variables of one `flax.linen.BatchNorm` over ``features`` channels, same names, shapes and inits."""
-
-  features: int
-  spec: OctBatchNormSpec
-
-  def setup(self):
-    shape, spec = (self.features,), self.spec
-    self.mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), shape)
-    self.var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), shape)
-    self.scale = self.param("scale", spec.scale_init, shape, spec.param_dtype) if spec.use_scale else None
-    self.bias = self.param("bias", spec.bias_init, shape, spec.param_dtype) if spec.use_bias else None
-
-  def read(self) -> PartVariables:
-    return PartVariables(self.mean.value, self.var.value, self.scale, self.bias)
+    return _convolve(self, self.spec, x, output_size=output_size)
 
 
 class OctBatchNorm(attributes(OctBatchNormSpec), _SpecModule):
   """Batch normalisation of each part with its own statistics and affine parameters.
 
-  Sub-modules ``high`` and ``low`` hold the variables of a `flax.linen.BatchNorm` over the
-  channel axis (``batch_stats``: ``mean``, ``var``; ``params``: ``scale``, ``bias``) and
-  compute what it computes. In training, the statistics come from
-  `octflax.execution.batch_stats`, which may sum both parts in one pass (the ``'joint'``
-  form); otherwise each part is a `flax.linen.BatchNorm`. ``axis_name`` defaults to None
-  (jit over a mesh needs none); pass the pmap axis name to average statistics across
-  devices under `jax.pmap`.
+  Its variables are those of one `flax.linen.BatchNorm` over all the input's channels
+  (``batch_stats``: ``mean``, ``var``; ``params``: ``scale``, ``bias``; each ``[C_h + C_l]``,
+  the high part's channels first), so that a vanilla network's BatchNorm starts it at any
+  alpha. Each part is normalised with its channels' variables, as a `flax.linen.BatchNorm` over
+  that part computes; in training the statistics come from `octflax.execution.batch_norm`,
+  which may sum both parts in one pass or run a hand-written gradient (the platform's form).
+  ``axis_name`` defaults to None (jit over a mesh needs none); pass the pmap axis name to
+  average statistics across devices under `jax.pmap`.
   """
 
   SPEC = OctBatchNormSpec
@@ -202,16 +172,16 @@ class OctBatchNorm(attributes(OctBatchNormSpec), _SpecModule):
   def __call__(self, x: OctTensor | Array, use_running_average: bool | None = None) -> OctTensor:
     spec, x = self.spec, as_oct(x)
     use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
-    if use_running_average or not execution.joint_norm_in_play() or self.is_initializing():
-      norm = functools.partial(nn.BatchNorm, **spec.part_settings(use_running_average))
-      return per_part(x, lambda name, part: norm(name=name)(part))
-    # Training with `execution.batch_stats` (which may sum both parts in one pass).
-    parts = [None if part is None else _BatchNormVariables(part.shape[-1], spec, name=name)
-             for name, part in (("high", x.high), ("low", x.low))]
-    y, averages = spec.train_with_batch_stats(x, [None if v is None else v.read() for v in parts])
-    for v, average in zip(parts, averages):
-      if v is not None:
-        v.mean.value, v.var.value = average
+    if self.is_initializing():  # as flax.linen.BatchNorm: no cross-device statistics outside the mapped step
+      spec = dataclasses.replace(spec, axis_name=None)
+    shape = (x.channels,)
+    mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), shape)
+    var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), shape)
+    scale = self.param("scale", spec.scale_init, shape, spec.param_dtype) if spec.use_scale else None
+    bias = self.param("bias", spec.bias_init, shape, spec.param_dtype) if spec.use_bias else None
+    y, average = spec.apply(x, PartVariables(mean.value, var.value, scale, bias), use_running_average)
+    if average is not None and not self.is_initializing():
+      mean.value, var.value = average
     return y
 
 
@@ -237,3 +207,26 @@ class OctConvBN(attributes(OctConvBNSpec), _SpecModule):
     spec = self.spec
     y = OctConv(**arguments(spec.conv), name="conv")(x)
     return spec.activate(OctBatchNorm(**arguments(spec.norm(not train)), name="bn")(y))
+
+
+def octave_layers(model: nn.Module, *args: Any, **kwargs: Any) -> dict[tuple[str, ...], tuple[Any, int]]:
+  """``{module path: (spec, channels)}`` of the octave layers ``model.init(key, *args, **kwargs)`` builds.
+
+  ``channels`` is an OctConv's or OctConvTranspose's input channels and an OctBatchNorm's high
+  part's: what reading a layer's one set of variables as its paths' or parts' needs
+  (`functional.kernel_blocks`, `octflax.checkpoint.format2.split`), which the shapes alone do not
+  say. Traced abstractly (`jax.eval_shape`).
+  """
+  found: dict[tuple[str, ...], tuple[Any, int]] = {}
+
+  def record(next_fun, fn_args, fn_kwargs, context):
+    module = context.module
+    if context.method_name == "__call__" and isinstance(module, (OctConv, OctConvTranspose, OctBatchNorm)):
+      x = as_oct(fn_args[0])
+      channels = x.channels if not isinstance(module, OctBatchNorm) else 0 if x.high is None else x.high.shape[-1]
+      found[tuple(module.path)] = (module.spec, channels)
+    return next_fun(*fn_args, **fn_kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
+  return found

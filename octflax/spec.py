@@ -2,9 +2,10 @@
 
 A spec is a frozen dataclass holding one layer's settings, checked when it is built (every
 argument error is raised there, naming the argument), with the pure functions a front end
-needs around them: the parameters of each path for a number of input channels (shapes,
-dtype, initialisers), the check of an input's channel split, and ``apply``, which casts
-the input and the parameters to the compute dtype and runs the layer through
+needs around them: the parameters for a number of input channels (the vanilla conv's one
+``kernel`` and ``bias``: shapes, dtype, initialisers), the check of an input's channel split,
+and ``apply``, which casts the input and the parameters to the compute dtype, splits the
+kernel into the paths' blocks (`functional.kernel_blocks`) and runs the layer through
 `octflax.execution.oct_conv` or `functional.oct_conv_transpose`.
 
 The front ends are shells that hold the variables: a Linen module takes its attributes
@@ -12,8 +13,8 @@ from a spec's fields (`attributes`: the same names, order and defaults), an NNX 
 keyword settings; both build the spec at construction and call it::
 
   spec = OctConvSpec(16, 3, alpha_in=0.5, alpha_out=0.5)
-  params = spec.paths(in_features=8)     # {'h2h': PathParams(kernel=(3, 3, 4, 8), ...), ...}
-  y = spec.apply(x, kernels, biases)     # what octflax.OctConv and octflax.nnx.OctConv compute
+  params = spec.params(in_features=8)    # ConvParams(kernel=(3, 3, 8, 16), bias=(16,), ...)
+  y = spec.apply(x, kernel, bias)        # what octflax.OctConv and octflax.nnx.OctConv compute
 """
 
 from __future__ import annotations
@@ -82,10 +83,11 @@ def _hashable(value: Any) -> Any:
   return value if value is None or isinstance(value, (numbers.Integral, str)) else tuple(value)
 
 
-class PathParams(NamedTuple):
-  """One OctConv path's parameters: ``kernel`` and ``bias`` shapes (bias None: none), dtype, initialisers.
+class ConvParams(NamedTuple):
+  """An OctConv's parameters: ``kernel`` and ``bias`` shapes (bias None: none), dtype, initialisers.
 
-  ``kernel_init`` draws the vanilla kernel and keeps this path's block (`functional.path_kernel_init`).
+  The shapes of the vanilla conv's (`functional.vanilla_kernel_shape`); the paths read blocks of
+  them (`functional.kernel_blocks`).
   """
 
   kernel: tuple[int, ...]
@@ -116,8 +118,11 @@ class _PathConv:
     for name in ("kernel_size", "strides", "octave_axes", "kernel_dilation"):
       object.__setattr__(self, name, _hashable(getattr(self, name)))
 
-  def paths(self, in_features: int) -> dict[str, PathParams]:
-    """The present paths' parameters for ``in_features`` input channels (`functional.oct_conv_param_shapes`).
+  def params(self, in_features: int) -> ConvParams:
+    """The layer's ``kernel`` ``[*kernel_size, in_features / groups, features]`` and ``bias`` ``[features]``.
+
+    The kernel initialiser sees the vanilla kernel (its fans are the conv's), so every path's
+    block is drawn from the vanilla conv's distribution.
 
     Raises:
       ValueError: ``in_features`` is not a positive int, or the groups do not divide a path.
@@ -125,12 +130,15 @@ class _PathConv:
     if not isinstance(in_features, numbers.Integral) or isinstance(in_features, bool) or in_features < 1:
       raise ValueError(f"in_features must be a positive int, got {in_features!r}.")
     kernel_size = F.kernel_size_tuple(self.kernel_size)
-    shapes = F.oct_conv_param_shapes(kernel_size, in_features, self.features, self.alpha_in, self.alpha_out,
-                                     self.groups, self.use_bias)
-    vanilla = F.vanilla_kernel_shape(kernel_size, in_features, self.features, self.groups)
-    kernel_init = F.path_kernel_init(self.kernel_init, vanilla)
-    return {path: PathParams(s.kernel, s.bias, self.param_dtype, kernel_init, self.bias_init)
-            for path, s in shapes.items()}
+    F.oct_conv_param_shapes(kernel_size, in_features, self.features, self.alpha_in, self.alpha_out, self.groups)
+    return ConvParams(F.vanilla_kernel_shape(kernel_size, in_features, self.features, self.groups),
+                      (self.features,) if self.use_bias else None, self.param_dtype, self.kernel_init, self.bias_init)
+
+  def paths(self, in_features: int) -> dict[str, F.PathParamShapes]:
+    """The present paths and the shapes of their blocks (`functional.oct_conv_param_shapes`)."""
+    self.params(in_features)
+    return F.oct_conv_param_shapes(F.kernel_size_tuple(self.kernel_size), in_features, self.features, self.alpha_in,
+                                   self.alpha_out, self.groups, self.use_bias)
 
   def input(self, x: OctTensor | Array, in_features: int | None = None) -> OctTensor:
     """``x`` as an OctTensor, checked to be split at ``alpha_in`` (``in_features`` channels: default its own)."""
@@ -138,12 +146,16 @@ class _PathConv:
     return check_split(x, self.layer, "in_features", x.channels if in_features is None else in_features,
                        "alpha_in", self.alpha_in)
 
-  def cast(self, x: OctTensor, kernels: dict[str, Array], biases: dict[str, Array]
-           ) -> tuple[OctTensor, dict[str, Array], dict[str, Array]]:
-    """Input, kernels and biases in the compute dtype: ``dtype``, or the one they promote to."""
-    dtype = self.dtype or jnp.result_type(*(p for p in (x.high, x.low) if p is not None), *kernels.values())
-    return (x.map(lambda p: p.astype(dtype)), {p: k.astype(dtype) for p, k in kernels.items()},
-            {p: b.astype(dtype) for p, b in biases.items()})
+  def blocks(self, x: OctTensor, kernel: Array, bias: Array | None
+             ) -> tuple[OctTensor, dict[str, Array], dict[str, Array]]:
+    """Input, path kernels and biases in the compute dtype: ``dtype``, or the one they promote to.
+
+    The kernel and bias are cast once, then split into the paths' blocks (`functional.kernel_blocks`).
+    """
+    dtype = self.dtype or jnp.result_type(*(p for p in (x.high, x.low) if p is not None), kernel)
+    kernels, biases = F.kernel_blocks(kernel.astype(dtype), None if bias is None else bias.astype(dtype), x.channels,
+                                      self.alpha_in, self.alpha_out, self.groups)
+    return x.map(lambda p: p.astype(dtype)), kernels, biases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +181,8 @@ class OctConvSpec(_PathConv):
 
   Examples:
     >>> spec = OctConvSpec(16, 3, 0.5, 0.5)
+    >>> spec.params(8).kernel
+    (3, 3, 8, 16)
     >>> {path: p.kernel for path, p in spec.paths(8).items()}
     {'h2h': (3, 3, 4, 8), 'h2l': (3, 3, 4, 8), 'l2h': (3, 3, 4, 8), 'l2l': (3, 3, 4, 8)}
     >>> OctConvSpec(16, 3, 1.5, 0.5)
@@ -209,12 +223,12 @@ class OctConvSpec(_PathConv):
   def groups(self) -> int:
     return self.feature_group_count
 
-  def apply(self, x: OctTensor, kernels: dict[str, Array], biases: dict[str, Array]) -> OctTensor:
-    """The layer's output for the checked input ``x`` (`input`) and the path parameters.
+  def apply(self, x: OctTensor, kernel: Array, bias: Array | None = None) -> OctTensor:
+    """The layer's output for the checked input ``x`` (`input`), its ``kernel`` and ``bias`` (`params`).
 
-    ``y = execution.oct_conv(x, kernels, biases, ...)`` in the compute dtype (`cast`).
+    ``y = execution.oct_conv(x, kernels, biases, ...)`` of the paths' blocks in the compute dtype (`blocks`).
     """
-    x, kernels, biases = self.cast(x, kernels, biases)
+    x, kernels, biases = self.blocks(x, kernel, bias)
     return execution.oct_conv(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
                               kernel_dilation=self.kernel_dilation, precision=self.precision,
                               pool_stride=self.pool_stride)
@@ -248,17 +262,17 @@ class OctConvTransposeSpec(_PathConv):
   def __post_init__(self):
     self._check()
 
-  def apply(self, x: OctTensor, kernels: dict[str, Array], biases: dict[str, Array],
+  def apply(self, x: OctTensor, kernel: Array, bias: Array | None = None,
             output_size: Sequence[int] | None = None) -> OctTensor:
-    """``functional.oct_conv_transpose(x, kernels, biases, ...)`` in the compute dtype (`cast`)."""
-    x, kernels, biases = self.cast(x, kernels, biases)
+    """``functional.oct_conv_transpose`` of the paths' blocks in the compute dtype (`blocks`)."""
+    x, kernels, biases = self.blocks(x, kernel, bias)
     return F.oct_conv_transpose(x, kernels, biases, strides=self.strides, octave_axes=self.octave_axes,
                                 kernel_dilation=self.kernel_dilation, output_size=output_size,
                                 precision=self.precision)
 
 
 class PartVariables(NamedTuple):
-  """One part's BatchNorm variables: running ``mean`` and ``var``, ``scale`` and ``bias`` (None: absent)."""
+  """BatchNorm variables over some channels: running ``mean`` and ``var``, ``scale`` and ``bias`` (None: absent)."""
 
   mean: Array
   var: Array
@@ -270,9 +284,12 @@ class PartVariables(NamedTuple):
 class OctBatchNormSpec:
   """Batch normalisation of each part with its own statistics (`octflax.OctBatchNorm`).
 
-  Each part is a `flax.linen.BatchNorm` / `flax.nnx.BatchNorm` over its channels, built with
-  `part_settings`; `train_with_batch_stats` is the training step in the platform's form
-  (`octflax.execution.batch_norm`: both parts' statistics in one pass, or a hand-written gradient).
+  The layer holds the variables of one `flax.linen.BatchNorm` over all ``C = C_h + C_l``
+  channels (``mean``, ``var``, ``scale``, ``bias``, each ``[C]``); the high part owns the first
+  ``C_h`` channels of each (`parts`) and is normalised as a BatchNorm over its channels computes,
+  the low part likewise with the rest. `apply` runs both; in training through
+  `train_with_batch_stats`, the platform's form (`octflax.execution.batch_norm`: both parts'
+  statistics in one pass, or a hand-written gradient).
 
   Attributes:
     use_running_average: the mode when a call gives none (None: the call must).
@@ -291,9 +308,37 @@ class OctBatchNormSpec:
   bias_init: Initializer = initializers.zeros
   axis_name: str | None = None
 
-  def part_settings(self, use_running_average: bool | None) -> dict[str, Any]:
-    """The keyword arguments of each part's `flax.linen.BatchNorm` or `flax.nnx.BatchNorm`."""
-    return {**arguments(self), "use_running_average": use_running_average}
+  @staticmethod
+  def parts(x: OctTensor, variables: PartVariables) -> tuple[PartVariables | None, PartVariables | None]:
+    """Each part's slice of the layer's variables: the high part's ``C_h`` channels first (None: no part).
+
+    Raises:
+      ValueError: variables over another number of channels than ``x`` has.
+    """
+    channels = variables.mean.shape[-1]
+    if channels != x.channels:
+      raise ValueError(f"OctBatchNorm: the input has {x.channels} channels (both parts), its variables {channels}.")
+    c_high = 0 if x.high is None else x.high.shape[-1]
+    take = lambda v, sl: None if v is None else v[sl]
+    return tuple(None if part is None else PartVariables(*(take(v, sl) for v in variables))
+                 for part, sl in ((x.high, slice(0, c_high)), (x.low, slice(c_high, channels))))
+
+  def apply(self, x: OctTensor, variables: PartVariables, use_running_average: bool
+            ) -> tuple[OctTensor, tuple[Array, Array] | None]:
+    """Normalises both parts with their channels of ``variables`` (the layer's, over all channels).
+
+    Returns:
+      The output and, in training, the new running ``(mean, var)`` over all channels
+      (`train_with_batch_stats`); None with ``use_running_average``.
+    """
+    parts = self.parts(x, variables)
+    if use_running_average:
+      return OctTensor(*(None if p is None else F.batch_norm(p, v.mean, v.var, v.scale, v.bias, self.epsilon,
+                                                             self.dtype)
+                         for p, v in zip((x.high, x.low), parts))), None
+    y, averages = self.train_with_batch_stats(x, parts)
+    present = [a for a in averages if a is not None]
+    return y, tuple(jnp.concatenate([a[i] for a in present]) for i in (0, 1))
 
   def train_with_batch_stats(self, x: OctTensor, variables: Sequence[PartVariables | None]
                              ) -> tuple[OctTensor, tuple[tuple[Array, Array] | None, ...]]:
@@ -378,5 +423,5 @@ class OctConvBNSpec:
     return y if self.activation is None else y.map(self.activation)
 
 
-__all__ = ["OctBatchNormSpec", "OctConvBNSpec", "OctConvSpec", "OctConvTransposeSpec", "PartVariables", "PathParams",
+__all__ = ["ConvParams", "OctBatchNormSpec", "OctConvBNSpec", "OctConvSpec", "OctConvTransposeSpec", "PartVariables",
            "arguments", "attributes", "check_split", "per_part", "spec_from"]

@@ -154,6 +154,39 @@ def path_channels(c_in: int, c_out: int, alpha_in: float, alpha_out: float):
   return {p: io for p, io in paths.items() if io[0] and io[1]}
 
 
+def blocks(kernel, bias, c_in: int, alpha_in: float, alpha_out: float, groups: int = 1, depthwise: bool = False):
+  """The paths' kernels and biases in an OctConv's one kernel [..., C_in / groups, C_out] and bias [C_out].
+
+  docs/design.md, "Parameters": path a2b is the block of input part a's rows (the high part's
+  C_in^H / groups rows first) and output part b's columns (the high part's C_out^H first); a
+  depthwise kernel [..., 1, C] splits by columns only, into h2h and l2l. Each output part's bias
+  goes to its direct path, or to the cross path when the direct one is absent.
+
+  Returns:
+    ``(kernels, biases, groups_per_path)``.
+  """
+  c_out = kernel.shape[-1]
+  paths = path_channels(c_in, c_out, alpha_in, alpha_out)
+  out_high = split(c_out, alpha_out)[0]
+  cols = {"h": slice(0, out_high), "l": slice(out_high, c_out)}
+  if depthwise:
+    paths = {p: io for p, io in paths.items() if p in ("h2h", "l2l")}
+    kernels = {p: kernel[..., :, cols[p[2]]] for p in paths}
+    per_path_groups = {p: io[0] for p, io in paths.items()}
+  else:
+    in_rows = split(c_in, alpha_in)[0] // groups
+    rows = {"h": slice(0, in_rows), "l": slice(in_rows, kernel.shape[-2])}
+    kernels = {p: kernel[..., rows[p[0]], cols[p[2]]] for p in paths}
+    per_path_groups = {p: groups for p in paths}
+  biases = {}
+  if bias is not None:
+    for direct, cross in (("h2h", "l2h"), ("l2l", "h2l")):
+      carrier = next((p for p in (direct, cross) if p in paths), None)
+      if carrier is not None:
+        biases[carrier] = bias[cols[carrier[2]]]
+  return kernels, biases, per_path_groups
+
+
 # ----------------------------------------------------------------------------- any number of spatial axes
 #
 # docs/design.md, "Spatial rank and octave axes": the low part has ceil(n/2) of the high part's

@@ -22,7 +22,9 @@ import pytest
 
 import octflax.checkpoint
 import octflax.errors
-from octflax import convert, training
+from octflax import convert, models, training
+from octflax.checkpoint import format2
+from octflax.layers import octave_layers
 
 # The PyTorch port's published Oct-ResNet-50 (alpha 0.5) state_dict listing: key and shape a line.
 REFERENCE = Path(__file__).resolve().parent / "data" / "pytorch_port_oct_resnet50_state_dict.txt"
@@ -170,6 +172,12 @@ def test_import_places_every_tensor():
   variables = convert.from_torch_state_dict(sd, arch="oct_resnet26", alpha=0.5)  # layout detected
   params, stats = variables["params"], variables["batch_stats"]
   hwio = lambda w: np.transpose(w, (2, 3, 1, 0))
+  # The port's convolutions per path and BatchNorms per part are blocks and slices of the one
+  # kernel and BatchNorm of each unit (format2.split gives that view; test_checkpoint pins it).
+  layers = octave_layers(convert.model_for("oct_resnet26", 0.5, "port", num_classes=10), jnp.zeros((1, 64, 64, 3)),
+                         train=False)
+  params, stats = format2.split(params, layers), format2.split(stats, layers)
+  assert params["stage1_block1"]["conv2"]["conv"]["h2l"]["kernel"].shape == (3, 3, 32, 32)
   checks = [
       (params["stem_conv"]["kernel"], hwio(sd["conv1.weight"])),
       (params["stem_bn"]["scale"], sd["bn1.weight"]),
@@ -291,14 +299,14 @@ def test_wrong_alpha_or_layout_is_reported():
 def test_to_torch_reports_bad_variables():
   variables = convert.from_torch_state_dict(
       random_state_dict(torchvision_shapes("oct_resnet18", 10)), arch="oct_resnet18")
-  variables["params"]["stage1_block0"]["conv1"]["conv"]["h2h"]["kernel"] = np.zeros((1, 1, 64, 64))
+  variables["params"]["stage1_block0"]["conv1"]["conv"]["kernel"] = np.zeros((1, 1, 64, 64))
   del variables["batch_stats"]["stem_bn"]["mean"]
   variables["params"]["extra"] = {"kernel": np.zeros(2)}
   with pytest.raises(ValueError) as info:
     convert.to_torch_state_dict(variables, arch="oct_resnet18", source="torchvision")
   message = str(info.value)
   assert "missing variable: batch_stats/stem_bn/mean (expected shape (64,))" in message
-  assert ("wrong shape: params/stage1_block0/conv1/conv/h2h/kernel (expected shape (3, 3, 64, 64), "
+  assert ("wrong shape: params/stage1_block0/conv1/conv/kernel (expected shape (3, 3, 64, 64), "
           "got shape (1, 1, 64, 64))") in message
   assert "unexpected variable: params/extra/kernel" in message
 
@@ -565,3 +573,26 @@ def test_fine_tune_an_imported_oct_resnet_on_an_image_folder_with_other_classes(
   stem, start = tuned["params"]["stem_conv"], variables["params"]["stem_conv"]
   difference = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), stem, start)
   assert 0 < max(jax.tree.leaves(difference)) < 0.1
+
+
+def test_a_vanilla_resnet_starts_an_oct_resnet_at_any_alpha(tmp_path):
+  """torchvision's ResNet-18 (alpha 0, strided convs) initialises Oct-ResNet-18 at alpha .5 as it is:
+  the same variables, each OctConv's paths being blocks of the vanilla kernel."""
+  sd = random_state_dict(torchvision_shapes("oct_resnet18", 10), seed=3)
+  variables = convert.from_torch_state_dict(sd, arch="oct_resnet18", source="torchvision")
+  path = convert.save_checkpoint(tmp_path / "resnet18", variables, arch="oct_resnet18", alpha=0.0,
+                                 source="torchvision")
+  model = models.get_model("oct_resnet18", alpha=0.5, num_classes=10)
+  fresh = training.create_train_state(model, training.make_optimizer(0.1), seed=0, input_shape=(1, 32, 32, 3))
+  loaded = training.start.init_from_checkpoint(fresh, path)
+  for name, values in (("params", variables["params"]), ("batch_stats", variables["batch_stats"])):
+    flat = jax.tree_util.tree_leaves_with_path(values)
+    assert len(flat) == len(jax.tree.leaves(getattr(loaded, name)))
+    for key_path, value in flat:
+      got = loaded.params if name == "params" else loaded.batch_stats
+      for key in key_path:
+        got = got[key.key]
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(value), err_msg=jax.tree_util.keystr(key_path))
+  logits = model.apply({"params": loaded.params, "batch_stats": loaded.batch_stats}, jnp.ones((1, 32, 32, 3)),
+                       train=False)
+  assert logits.shape == (1, 10) and bool(jnp.all(jnp.isfinite(logits)))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 import numpy_reference as ref
 from octflax import OctBatchNorm, OctConvBN, OctTensor
@@ -56,6 +57,12 @@ def bn_reference(x, mean, var, scale, bias):
   return (x - np.asarray(mean)) / np.sqrt(np.asarray(var, np.float64) + EPS) * np.asarray(scale) + np.asarray(bias)
 
 
+def parts_of(tree, c_high):
+  """Each part's channels of one BatchNorm's variables (a dict of [C] vectors): the high part's first."""
+  return {"high": {k: np.asarray(v)[:c_high] for k, v in tree.items()},
+          "low": {k: np.asarray(v)[c_high:] for k, v in tree.items()}}
+
+
 def batch_moments(x):
   x = np.asarray(x, np.float64)
   return x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))  # biased variance, as flax.linen.BatchNorm
@@ -64,16 +71,15 @@ def batch_moments(x):
 # ---------------------------------------------------------------------- OctBatchNorm
 
 
-def test_batchnorm_variables_are_per_part():
+def test_batchnorm_variables_are_one_flax_batchnorms_over_both_parts():
   x = oct_input(0, 2, (6, 5), 3, 2)
   variables = jax.eval_shape(OctBatchNorm(use_running_average=False).init, jax.random.key(0), x)
-  assert set(variables["params"]) == {"high", "low"}
-  assert set(variables["batch_stats"]) == {"high", "low"}
-  chex.assert_shape(variables["batch_stats"]["high"]["mean"], (3,))
-  chex.assert_shape(variables["batch_stats"]["low"]["var"], (2,))
-  chex.assert_shape(variables["params"]["low"]["scale"], (2,))
+  vanilla = jax.eval_shape(nn.BatchNorm(use_running_average=False).init, jax.random.key(0), jnp.zeros((2, 6, 5, 5)))
+  chex.assert_trees_all_equal_shapes_and_dtypes(variables, vanilla)
+  assert set(variables["params"]) == {"scale", "bias"} and set(variables["batch_stats"]) == {"mean", "var"}
+  chex.assert_shape(variables["batch_stats"]["mean"], (5,))
   only_high = jax.eval_shape(OctBatchNorm(use_running_average=False).init, jax.random.key(0), x.high)
-  assert set(only_high["batch_stats"]) == {"high"}
+  chex.assert_shape(only_high["params"]["scale"], (3,))
 
 
 @pytest.mark.parametrize("momentum", [0.9, 0.99])
@@ -87,11 +93,11 @@ def test_batchnorm_train_uses_each_parts_own_statistics(momentum, hw):
   for part in ("high", "low"):
     xp = getattr(x, part)
     mean, var = batch_moments(xp)
-    params = variables["params"][part]
-    old = variables["batch_stats"][part]
+    params = parts_of(variables["params"], 3)[part]
+    old = parts_of(variables["batch_stats"], 3)[part]
     np.testing.assert_allclose(np.asarray(getattr(y, part)),
                                bn_reference(xp, mean, var, params["scale"], params["bias"]), **TOL)
-    new = updates["batch_stats"][part]
+    new = parts_of(updates["batch_stats"], 3)[part]
     np.testing.assert_allclose(np.asarray(new["mean"]),
                                momentum * np.asarray(old["mean"]) + (1 - momentum) * mean, **TOL)
     np.testing.assert_allclose(np.asarray(new["var"]),
@@ -104,7 +110,7 @@ def test_batchnorm_eval_uses_running_averages():
   variables = random_variables(bn, x, seed=3)
   y = fast_jit(bn.apply)(variables, x)
   for part in ("high", "low"):
-    stats, params = variables["batch_stats"][part], variables["params"][part]
+    stats, params = parts_of(variables["batch_stats"], 2)[part], parts_of(variables["params"], 2)[part]
     np.testing.assert_allclose(np.asarray(getattr(y, part)),
                                bn_reference(getattr(x, part), stats["mean"], stats["var"], params["scale"],
                                             params["bias"]), **TOL)
@@ -119,10 +125,13 @@ def test_batchnorm_with_one_part():
   bn = OctBatchNorm(use_running_average=False)
   variables = random_variables(bn, x)
   y, updates = fast_jit(lambda v, x: bn.apply(v, x, mutable=["batch_stats"]))(variables, x)
-  assert y.high is None and set(updates["batch_stats"]) == {"low"}
+  assert y.high is None
+  chex.assert_shape(updates["batch_stats"]["mean"], (3,))
   mean, var = batch_moments(x.low)
-  p = variables["params"]["low"]
+  p = variables["params"]
   np.testing.assert_allclose(np.asarray(y.low), bn_reference(x.low, mean, var, p["scale"], p["bias"]), **TOL)
+  np.testing.assert_allclose(np.asarray(updates["batch_stats"]["mean"]),
+                             0.99 * np.asarray(variables["batch_stats"]["mean"]) + 0.01 * mean, **TOL)
 
 
 @pytest.mark.parametrize("devices", [2, 4])
@@ -146,26 +155,29 @@ def test_batchnorm_under_pmap_averages_statistics_across_devices(devices):
   # ... and per-device statistics alone would differ: the test can tell.
   local = jax.tree.map(lambda a: a[0], sharded)
   _, upd_local = fast_jit(lambda v, x: single.apply(v, x, mutable=["batch_stats"]))(variables, local)
-  assert not np.allclose(np.asarray(upd_local["batch_stats"]["high"]["mean"]),
-                         np.asarray(upd_s["batch_stats"]["high"]["mean"]), rtol=1e-3, atol=1e-3)
+  assert not np.allclose(np.asarray(upd_local["batch_stats"]["mean"][:3]),
+                         np.asarray(upd_s["batch_stats"]["mean"][:3]), rtol=1e-3, atol=1e-3)
 
 
 # ------------------------------------------------------------------------ OctConvBN
 
 
-def conv_bn_reference(x, variables, stride, train, activation, momentum=0.9):
+def conv_bn_reference(x, variables, stride, train, activation, alpha_out, momentum=0.9):
   conv = variables["params"]["conv"]
-  assert all("bias" not in p for p in conv.values()), "the conv of a conv-BN unit has no bias"
-  kernels = {p: np.asarray(v["kernel"]) for p, v in conv.items()}
+  assert set(conv) == {"kernel"}, "the conv of a conv-BN unit has no bias"
+  c_in = sum(p.shape[-1] for p in (x.high, x.low) if p is not None)
+  alpha_in = 0.0 if x.low is None else x.low.shape[-1] / c_in
+  kernels, _, _ = ref.blocks(np.asarray(conv["kernel"]), None, c_in, alpha_in, alpha_out)
   yh, yl = ref.oct_conv(None if x.high is None else np.asarray(x.high),
                         None if x.low is None else np.asarray(x.low), kernels, None, stride)
+  c_high = 0 if yh is None else yh.shape[-1]
   out, new_stats = {}, {}
   for part, y in (("high", yh), ("low", yl)):
     if y is None:
       out[part] = None
       continue
-    params = variables["params"]["bn"][part]
-    stats = variables["batch_stats"]["bn"][part]
+    params = parts_of(variables["params"]["bn"], c_high)[part]
+    stats = parts_of(variables["batch_stats"]["bn"], c_high)[part]
     if train:
       mean, var = batch_moments(y)
       new_stats[part] = (momentum * np.asarray(stats["mean"]) + (1 - momentum) * mean,
@@ -191,7 +203,7 @@ def test_octconvbn_forward(train, stride, alpha_in, alpha_out):
     y, updates = fast_jit(lambda v, x: unit.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
   else:
     y = fast_jit(lambda v, x: unit.apply(v, x, train=False))(variables, x)
-  expected, new_stats = conv_bn_reference(x, variables, stride, train, lambda a: np.maximum(a, 0))
+  expected, new_stats = conv_bn_reference(x, variables, stride, train, lambda a: np.maximum(a, 0), alpha_out)
   h_out = 7 if stride == 1 else 4
   w_out = 6 if stride == 1 else 3
   oh, ol = ref.split(c_out, alpha_out)
@@ -201,7 +213,7 @@ def test_octconvbn_forward(train, stride, alpha_in, alpha_out):
   chex.assert_trees_all_close(y, expected, **TOL)
   if train:
     for part, (mean, var) in new_stats.items():
-      got = updates["batch_stats"]["bn"][part]
+      got = parts_of(updates["batch_stats"]["bn"], oh)[part]
       np.testing.assert_allclose(np.asarray(got["mean"]), mean, **TOL)
       np.testing.assert_allclose(np.asarray(got["var"]), var, **TOL)
 

@@ -22,6 +22,8 @@ import pytest
 from flax import linen as nn
 
 from octflax import OctConv, OctTensor, models
+from octflax.checkpoint import format2
+from octflax.layers import octave_layers
 
 PATHS = {"h2h", "h2l", "l2h", "l2l"}
 R50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (base width, blocks)
@@ -45,6 +47,19 @@ def _abstract(name: str, alpha: float, shape=(2, 32, 32, 3), **kwargs):
   model = models.get_model(name, alpha=alpha, **kwargs)
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
   return jax.eval_shape(lambda inp: model.init_with_output(jax.random.key(0), inp, train=False), x)
+
+
+def _per_path_and_part(model, variables, shape):
+  """``variables`` read as each OctConv's path kernels and each OctBatchNorm's parts (`format2.split`):
+  where alpha places low parts shows there."""
+  layers = octave_layers(model, jnp.zeros(shape, jnp.float32), train=False)
+  return jax.eval_shape(lambda v: {c: format2.split(t, layers) for c, t in v.items()}, dict(variables))
+
+
+def _abstract_paths(name: str, alpha: float, shape=(2, 32, 32, 3), **kwargs):
+  """`_abstract`'s variables per path and part (`_per_path_and_part`)."""
+  model = models.get_model(name, alpha=alpha, **kwargs)
+  return _per_path_and_part(model, _abstract(name, alpha, shape, **kwargs)[1], shape)
 
 
 def _num_params(variables) -> int:
@@ -296,7 +311,7 @@ def _expected_r50_paths(stage: int, block: int, conv: str) -> set[str]:
 
 
 def test_resnet50_alpha_placement():
-  variables = _abstract("oct_resnet50", 0.5)[1]
+  variables = _abstract_paths("oct_resnet50", 0.5)
   params = variables["params"]
   # Stem: a vanilla flax Conv and BatchNorm, not an OctConv.
   assert set(params["stem_conv"]) == {"kernel"}
@@ -320,7 +335,7 @@ def test_resnet50_alpha_placement():
 @pytest.mark.parametrize("name", ["oct_resnet50", "oct_resnet20", "oct_wrn_16_4", "oct_mobilenet_v1",
                                   "oct_mobilenet_v2", "oct_resnext50_32x4d"])
 def test_alpha_zero_has_only_high_to_high_paths(name):
-  variables = _abstract(name, 0.0)[1]
+  variables = _abstract_paths(name, 0.0)
   convs = _conv_paths(variables["params"])
   assert convs
   for path, kernels in convs.items():
@@ -351,7 +366,7 @@ def test_cifar_nets_alpha_placement(name, alpha):
 
 def test_resnext_grouped_kernel_shapes():
   alpha, groups = 0.5, 32
-  convs = _conv_paths(_abstract("oct_resnext50_32x4d", alpha)[1]["params"])
+  convs = _conv_paths(_abstract_paths("oct_resnext50_32x4d", alpha)["params"])
   for stage, (base, _) in enumerate(R50_STAGES, start=1):
     width = base * 4 // 64 * groups  # 4 channels per group at base 64
     a = alpha if stage < 4 else 0.0
@@ -371,7 +386,7 @@ def test_resnext_grouped_kernel_shapes():
 
 @pytest.mark.parametrize("name", ["oct_mobilenet_v1", "oct_mobilenet_v2"])
 def test_mobilenet_depthwise_has_only_intra_frequency_paths(name):
-  convs = _conv_paths(_abstract(name, 0.5)[1]["params"])
+  convs = _conv_paths(_abstract_paths(name, 0.5)["params"])
   depthwise = {p: k for p, k in convs.items() if "depthwise" in p}
   assert depthwise
   octave = 0
@@ -503,10 +518,11 @@ def test_batch_stats_update_per_part():
   chex.assert_tree_all_finite(logits)
   chex.assert_trees_all_equal_shapes(updates["batch_stats"], variables["batch_stats"])
   conv_out = updates["intermediates"][block]["conv1"]["conv"]["__call__"][0]
-  old = variables["batch_stats"][block]["conv1"]["bn"]
-  new = updates["batch_stats"][block]["conv1"]["bn"]
-  assert set(new) == {"high", "low"}
-  chex.assert_shape([new["high"]["mean"], new["low"]["mean"]], [(16,), (16,)])
+  chex.assert_shape(updates["batch_stats"][block]["conv1"]["bn"]["mean"], (32,))  # both parts' channels
+  split = lambda stats: {part: {k: np.asarray(v)[sl] for k, v in stats.items()}
+                         for part, sl in (("high", slice(0, 16)), ("low", slice(16, 32)))}
+  old = split(variables["batch_stats"][block]["conv1"]["bn"])
+  new = split(updates["batch_stats"][block]["conv1"]["bn"])
   for part in ("high", "low"):
     y = np.asarray(getattr(conv_out, part), np.float64)
     mean, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
@@ -529,6 +545,7 @@ def test_zero_init_residual_zeroes_the_last_bn_scale(block_cls, last, zero):
   # An 'rbg' key: the same initialisers, far less to compile than threefry for a one-off init.
   key = jax.random.key(0, impl="rbg")
   params = jax.jit(lambda x: model.init(key, x, train=False))(x)["params"]
+  params = jax.tree.map(np.asarray, format2.split(params, octave_layers(model, x, train=False)))
   for block in ("stage1_block0", "stage2_block0"):
     units = params[block]
     assert last in units
@@ -553,7 +570,7 @@ def test_block_partial_keeps_groups_and_squeeze_excite():
                         stem_features=8, alpha=0.5, num_classes=3)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
                              jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
-  params = variables["params"]["stage1_block0"]
+  params = _per_path_and_part(model, variables, (1, 8, 8, 3))["params"]["stage1_block0"]
   width = int(8 * 16 / 64) * 4  # 8 channels, 4 groups of 2
   c_l = _n_low(width, 0.5)
   assert _conv_paths(params)["conv2/conv"] == {
@@ -641,3 +658,21 @@ def test_features_are_the_blocks_outputs_and_feed_the_classifier():
   merged = features["stage1"].merge()
   chex.assert_shape(merged, (2, 15, 17, 16))
   np.testing.assert_array_equal(merged[:, ::2, ::2, 8:], features["stage1"].low)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_oct_resnet50_variables_are_the_vanilla_resnet50s(alpha):
+  """One kernel per OctConv and one BatchNorm per OctBatchNorm: the tree of the nn.Conv ResNet-50, name for name."""
+  from benchmarks.networks import vanilla_resnet50
+
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  init = lambda model: jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  ours = init(models.get_model("oct_resnet50", alpha=alpha, num_classes=1000))
+  vanilla = init(vanilla_resnet50(1000, jnp.float32))
+  chex.assert_trees_all_equal_shapes_and_dtypes(ours, vanilla)
+  assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(vanilla)
+  # ... so the vanilla network's variables run the Oct-ResNet at this alpha as they are.
+  filled = _filled(vanilla)
+  logits = jax.eval_shape(lambda v: models.get_model("oct_resnet50", alpha=alpha, num_classes=1000).apply(
+      v, jnp.zeros(x.shape), train=False), filled)
+  assert logits.shape == (1, 1000)

@@ -108,20 +108,23 @@ def test_depthwise_octconv_has_only_intra_paths_as_in_linen():
   linen = octflax.OctConv(16, 3, 0.5, 0.5, feature_group_count=16)
   variables = _perturbed(linen.init(jax.random.key(0), x))
   conv = onnx.OctConv(16, 16, 3, 0.5, 0.5, feature_group_count=16, rngs=nnx.Rngs(0))
-  assert sorted(onnx.to_linen(conv)["params"]) == ["h2h", "l2l"]
-  assert _shapes(onnx.to_linen(conv)) == _shapes(variables)
+  assert _shapes(onnx.to_linen(conv)) == _shapes(variables) == {"params": {"bias": (16,), "kernel": (3, 3, 1, 16)}}
+  assert sorted(conv.spec.paths(16)) == ["h2h", "l2l"]
   onnx.from_linen(variables, conv)
   _assert_trees_close(conv(x), linen.apply(variables, x))
 
 
 def test_octconv_kernels_have_the_vanilla_conv_fan_in():
-  # Every path's kernel is drawn as a block of the whole (vanilla) kernel: lecun_normal's
-  # std is sqrt(1 / (3 * 3 * 128)) for every path, not sqrt(1 / (3 * 3 * 64)) of its own input.
+  # The one kernel is drawn as the vanilla conv's, so every path's block has lecun_normal's std
+  # sqrt(1 / (3 * 3 * 128)), not sqrt(1 / (3 * 3 * 64)) of the path's own input.
   conv = onnx.OctConv(128, 128, 3, 0.5, 0.5, kernel_init=jax.nn.initializers.lecun_normal(),
                       rngs=nnx.Rngs(0))
-  for path, weights in onnx.to_linen(conv)["params"].items():
-    assert weights["kernel"].shape == (3, 3, 64, 64)
-    np.testing.assert_allclose(np.std(weights["kernel"]), np.sqrt(1 / (9 * 128)), rtol=0.03, err_msg=path)
+  kernel = onnx.to_linen(conv)["params"]["kernel"]
+  assert kernel.shape == (3, 3, 128, 128)
+  blocks, _ = octflax.kernel_blocks(kernel, None, 128, 0.5, 0.5)
+  for path, block in blocks.items():
+    assert block.shape == (3, 3, 64, 64)
+    np.testing.assert_allclose(np.std(block), np.sqrt(1 / (9 * 128)), rtol=0.03, err_msg=path)
 
 
 def test_octconv_rejects_bad_arguments_and_inputs():
@@ -184,14 +187,14 @@ def test_from_linen_lists_every_mismatch():
   unit = onnx.OctConvBN(12, 16, 3, 0.25, 0.5, rngs=nnx.Rngs(0))
   variables = onnx.to_linen(unit)
   params = jax.tree.map(np.asarray, variables["params"])
-  params["conv"]["h2h"]["kernel"] = np.zeros((3, 3, 5, 8), np.float32)
-  del params["conv"]["l2l"]
+  params["conv"]["kernel"] = np.zeros((3, 3, 5, 8), np.float32)
+  del params["bn"]["scale"]
   params["extra"] = {"kernel": np.zeros((1,), np.float32)}
   with pytest.raises(ValueError) as info:
     onnx.from_linen({"params": params, "batch_stats": variables["batch_stats"]}, unit)
   message = str(info.value)
-  assert "conv/h2h/kernel: shape (3, 3, 5, 8), the model has (3, 3, 9, 8)" in message
-  assert "missing conv/l2l/kernel (3, 3, 3, 8)" in message
+  assert "conv/kernel: shape (3, 3, 5, 8), the model has (3, 3, 12, 16)" in message
+  assert "missing bn/scale (16,)" in message
   assert "unexpected extra/kernel (1,)" in message
   with pytest.raises(ValueError, match=r"collection\(s\) \['cache'\]"):
     onnx.from_linen({"cache": {}}, unit)

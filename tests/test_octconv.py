@@ -83,29 +83,16 @@ def np_part(p):
   return None if p is None else np.asarray(p, np.float64)
 
 
-def check_params_layout(params, c_in, c_out, alpha_in, alpha_out, k, groups, depthwise, use_bias):
-  """Paths, HWIO kernel shapes and one bias per output part, as the design states."""
-  kh, kw = (k, k) if isinstance(k, int) else k
-  paths = ref.path_channels(c_in, c_out, alpha_in, alpha_out)
-  if depthwise:
-    paths = {p: io for p, io in paths.items() if p in ("h2h", "l2l")}
-    per_path_groups = {p: io[0] for p, io in paths.items()}
-  else:
-    per_path_groups = {p: groups for p in paths}
-  assert set(params) == set(paths), (sorted(params), sorted(paths))
-  for p, (ci, co) in paths.items():
-    chex.assert_shape(params[p]["kernel"], (kh, kw, ci // per_path_groups[p], co))
-  bias_paths = [p for p in params if "bias" in params[p]]
+def path_params(params, c_in, c_out, alpha_in, alpha_out, k, groups=1, depthwise=False, use_bias=True):
+  """The layer's parameters checked to be `flax.linen.Conv`'s (one HWIO kernel, one bias) and read
+  as the paths' blocks by the reference's rule: ``(kernels, biases, groups per path)``."""
+  kernel_size = (k, k) if isinstance(k, int) else tuple(k)
+  assert set(params) == ({"kernel", "bias"} if use_bias else {"kernel"}), sorted(params)
+  chex.assert_shape(params["kernel"], (*kernel_size, 1 if depthwise else c_in // groups, c_out))
   if use_bias:
-    for direct, cross in (("h2h", "l2h"), ("l2l", "h2l")):
-      writers = [p for p in (direct, cross) if p in paths]
-      carriers = [p for p in writers if p in bias_paths]
-      assert len(carriers) == (1 if writers else 0), (writers, carriers)
-      for p in carriers:
-        chex.assert_shape(params[p]["bias"], (paths[p][1],))
-  else:
-    assert bias_paths == []
-  return per_path_groups
+    chex.assert_shape(params["bias"], (c_out,))
+  return ref.blocks(np.asarray(params["kernel"]), np.asarray(params["bias"]) if use_bias else None, c_in,
+                    alpha_in, alpha_out, groups, depthwise)
 
 
 def run_case(*, c_in, c_out, alpha_in, alpha_out, hw, k=3, stride=1, groups=1, use_bias=True,
@@ -118,11 +105,8 @@ def run_case(*, c_in, c_out, alpha_in, alpha_out, hw, k=3, stride=1, groups=1, u
   variables = init_variables(conv, x, seed)
   with execution.use_form(form):
     y = fast_jit(conv.apply)(variables, x)
-  params = variables["params"]
-  per_path_groups = check_params_layout(params, c_in, c_out, alpha_in, alpha_out, k, groups,
-                                        depthwise, use_bias)
-  kernels = {p: np.asarray(v["kernel"]) for p, v in params.items()}
-  biases = {p: np.asarray(v["bias"]) for p, v in params.items() if "bias" in v}
+  kernels, biases, per_path_groups = path_params(variables["params"], c_in, c_out, alpha_in, alpha_out, k, groups,
+                                                 depthwise, use_bias)
   yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low), kernels, biases, stride, per_path_groups)
   high_shape, low_shape = expected_out_shapes(n, hw, c_in, c_out, alpha_in, alpha_out, stride)
   assert (y.high is None) == (high_shape is None)
@@ -214,12 +198,9 @@ def test_params_from_init_match_reference():
   conv = OctConv(6, 3, 0.5, 0.25, strides=2, bias_init=BIAS_INIT)
   x = make_input(4, 2, (7, 6), 8, 0.5)
   variables = fast_jit(conv.init)(jax.random.key(0), x)
-  params = variables["params"]
-  check_params_layout(params, 8, 6, 0.5, 0.25, 3, 1, False, True)
+  kernels, biases, _ = path_params(variables["params"], 8, 6, 0.5, 0.25, 3)
   y = fast_jit(conv.apply)(variables, x)
-  yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low),
-                        {p: np.asarray(v["kernel"]) for p, v in params.items()},
-                        {p: np.asarray(v["bias"]) for p, v in params.items() if "bias" in v}, stride=2)
+  yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low), kernels, biases, stride=2)
   chex.assert_shape(y.high, (2, 4, 3, 5))
   chex.assert_shape(y.low, (2, 2, 2, 1))
   chex.assert_trees_all_close(y, OctTensor(yh, yl), **TOL)
@@ -304,12 +285,12 @@ def _alpha_zero_and_flax_conv(k, use_bias, hw):
   x = make_input(k, 2, hw, 5, 0.0).high
   conv = OctConv(7, k, 0.0, 0.0, use_bias=use_bias)
   variables = init_variables(conv, x)
-  assert set(variables["params"]) == {"h2h"}
+  assert set(variables["params"]) == ({"kernel", "bias"} if use_bias else {"kernel"})
   flax_conv = nn.Conv(7, (k, k), padding="SAME", use_bias=use_bias)
-  # The parameter layout of the h2h path is flax.linen.Conv's.
+  # The parameter layout is flax.linen.Conv's.
   chex.assert_trees_all_equal_shapes_and_dtypes(
-      variables["params"]["h2h"], jax.eval_shape(flax_conv.init, jax.random.key(0), x)["params"])
-  expected = flax_conv.apply({"params": variables["params"]["h2h"]}, x)
+      variables["params"], jax.eval_shape(flax_conv.init, jax.random.key(0), x)["params"])
+  expected = flax_conv.apply({"params": variables["params"]}, x)
   return conv, variables, x, expected
 
 
@@ -337,7 +318,7 @@ def test_alpha_zero_grouped_equals_flax_conv_bit_for_bit():
   x = make_input(0, 2, (6, 5), 8, 0.0).high
   conv = OctConv(4, 3, 0.0, 0.0, feature_group_count=2)
   variables = init_variables(conv, x)
-  expected = nn.Conv(4, (3, 3), feature_group_count=2).apply({"params": variables["params"]["h2h"]}, x)
+  expected = nn.Conv(4, (3, 3), feature_group_count=2).apply({"params": variables["params"]}, x)
   np.testing.assert_array_equal(np.asarray(conv.apply(variables, x).high), np.asarray(expected))
 
 
@@ -347,7 +328,7 @@ def test_pool_stride_false_is_a_strided_conv_with_symmetric_padding(hw):
   conv = OctConv(4, 3, 0.0, 0.0, strides=2, pool_stride=False)
   variables = init_variables(conv, x)
   y = fast_jit(conv.apply)(variables, x)
-  p = variables["params"]["h2h"]
+  p = variables["params"]
   expected = ref.conv2d(x, p["kernel"], stride=2) + np.asarray(p["bias"])
   chex.assert_shape(y.high, (1, math.ceil(hw[0] / 2), math.ceil(hw[1] / 2), 4))
   chex.assert_trees_all_close(y.high, expected, **TOL)
@@ -636,16 +617,8 @@ def run_nd_case(*, spatial, k, c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, str
   x = make_input_nd(seed, n, spatial, c_in, alpha_in, octave_axes)
   variables = init_variables(conv, x, seed)
   y = fast_jit(conv.apply)(variables, x)
-  params = variables["params"]
-  paths = ref.path_channels(c_in, c_out, alpha_in, alpha_out)
-  if depthwise:
-    paths = {p: io for p, io in paths.items() if p in ("h2h", "l2l")}
-  assert set(params) == set(paths)
-  path_groups = {p: (io[0] if depthwise else groups) for p, io in paths.items()}
-  for p, (ci, co) in paths.items():
-    chex.assert_shape(params[p]["kernel"], (*k, ci // path_groups[p], co))
-  kernels = {p: np.asarray(v["kernel"]) for p, v in params.items()}
-  biases = {p: np.asarray(v["bias"]) for p, v in params.items() if "bias" in v}
+  kernels, biases, path_groups = path_params(variables["params"], c_in, c_out, alpha_in, alpha_out, k, groups,
+                                             depthwise)
   stride_t = (strides,) * rank if isinstance(strides, int) else strides
   dilation_t = (dilation,) * rank if isinstance(dilation, int) else dilation
   yh, yl = ref.oct_conv_nd(np_part(x.high), np_part(x.low), kernels, biases, stride_t, path_groups,
@@ -712,11 +685,11 @@ def test_nd_alpha_zero_equals_flax_conv_bit_for_bit_with_cpu_choices_off(rank, k
   variables = init_variables(conv, x)
   flax_conv = nn.Conv(6, kernel_size, kernel_dilation=dilation, padding="SAME")
   chex.assert_trees_all_equal_shapes_and_dtypes(
-      variables["params"]["h2h"], jax.eval_shape(flax_conv.init, jax.random.key(0), x)["params"])
+      variables["params"], jax.eval_shape(flax_conv.init, jax.random.key(0), x)["params"])
   with execution.use_conv(F.conv):
     y = conv.apply(variables, x)
   assert y.low is None
-  np.testing.assert_array_equal(np.asarray(y.high), np.asarray(flax_conv.apply({"params": variables["params"]["h2h"]}, x)))
+  np.testing.assert_array_equal(np.asarray(y.high), np.asarray(flax_conv.apply({"params": variables["params"]}, x)))
 
 
 def test_nd_alpha_zero_strided_conv_equals_flax_conv_with_symmetric_padding():
@@ -725,7 +698,7 @@ def test_nd_alpha_zero_strided_conv_equals_flax_conv_with_symmetric_padding():
   variables = init_variables(conv, x)
   flax_conv = nn.Conv(4, (3, 3, 3), strides=(1, 2, 2), kernel_dilation=(1, 1, 2), padding=[(1, 1), (1, 1), (2, 2)])
   np.testing.assert_array_equal(np.asarray(conv.apply(variables, x).high),
-                                np.asarray(flax_conv.apply({"params": variables["params"]["h2h"]}, x)))
+                                np.asarray(flax_conv.apply({"params": variables["params"]}, x)))
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 1.0])
@@ -791,13 +764,7 @@ def run_transpose_case(*, spatial, k, c_in=8, c_out=8, alpha_in=0.5, alpha_out=0
   x = make_input_nd(seed, n, spatial, c_in, alpha_in, octave_axes)
   variables = init_variables(layer, x, seed)
   y = fast_jit(layer.apply, static_argnums=2)(variables, x, output_size)
-  params = variables["params"]
-  paths = ref.path_channels(c_in, c_out, alpha_in, alpha_out)
-  assert set(params) == set(paths)
-  for p, (ci, co) in paths.items():
-    chex.assert_shape(params[p]["kernel"], (*k, ci, co))
-  kernels = {p: np.asarray(v["kernel"]) for p, v in params.items()}
-  biases = {p: np.asarray(v["bias"]) for p, v in params.items() if "bias" in v}
+  kernels, biases, _ = path_params(variables["params"], c_in, c_out, alpha_in, alpha_out, k)
   stride_t = (strides,) * rank if isinstance(strides, int) else strides
   dilation_t = (dilation,) * rank if isinstance(dilation, int) else dilation
   yh, yl = ref.oct_conv_transpose_nd(np_part(x.high), np_part(x.low), kernels, biases, stride_t, octave_axes,
@@ -854,11 +821,11 @@ def test_alpha_zero_octconv_transpose_equals_flax_conv_transpose_bit_for_bit(k, 
   flax_layer = nn.ConvTranspose(6, k, strides=(strides,) * len(k) if isinstance(strides, int) else strides,
                                 kernel_dilation=(dilation,) * len(k), padding="SAME")
   chex.assert_trees_all_equal_shapes_and_dtypes(
-      variables["params"]["h2h"], jax.eval_shape(flax_layer.init, jax.random.key(0), x)["params"])
+      variables["params"], jax.eval_shape(flax_layer.init, jax.random.key(0), x)["params"])
   y = layer.apply(variables, x)
   assert y.low is None
   np.testing.assert_array_equal(np.asarray(y.high),
-                                np.asarray(flax_layer.apply({"params": variables["params"]["h2h"]}, x)))
+                                np.asarray(flax_layer.apply({"params": variables["params"]}, x)))
 
 
 @pytest.mark.parametrize("alpha_in,alpha_out", [(0.0, 0.0), (0.5, 0.5), (0.0, 0.5), (0.25, 0.75), (1.0, 0.0)])

@@ -41,10 +41,11 @@ def test_spec_gives_the_linen_parameter_shapes():
   layer = octflax.OctConv(16, (3, 3), 0.5, 0.25, feature_group_count=2)
   x = octflax.OctTensor.from_array(jnp.ones((1, 8, 8, 8)), 0.5)
   variables = jax.eval_shape(layer.init, jax.random.key(0), x)["params"]
-  paths = layer.spec.paths(8)
-  assert {p: v["kernel"].shape for p, v in variables.items()} == {p: s.kernel for p, s in paths.items()}
-  assert {p: v["bias"].shape for p, v in variables.items() if "bias" in v} == {
-      p: s.bias for p, s in paths.items() if s.bias is not None}
+  params = layer.spec.params(8)
+  assert (variables["kernel"].shape, variables["bias"].shape) == (params.kernel, params.bias) == ((3, 3, 4, 16), (16,))
+  # The paths are the blocks of that kernel whose shapes `paths` gives.
+  blocks, _ = octflax.kernel_blocks(jnp.zeros(params.kernel), None, 8, 0.5, 0.25, 2)
+  assert {p: b.shape for p, b in blocks.items()} == {p: s.kernel for p, s in layer.spec.paths(8).items()}
 
 
 def test_settings_are_checked_in_both_front_ends():

@@ -44,10 +44,11 @@ def fill_variables(module, x, seed=0):
       shapes)
 
 
-def np_kernels(variables):
-  p = variables["params"]
-  return ({k: np.asarray(v["kernel"]) for k, v in p.items()},
-          {k: np.asarray(v["bias"]) for k, v in p.items() if "bias" in v})
+def np_kernels(params, c_in, alpha_in, alpha_out):
+  """The paths' kernels and biases of an OctConv's parameters, by the reference's block rule."""
+  kernels, biases, _ = ref.blocks(np.asarray(params["kernel"]),
+                                  np.asarray(params["bias"]) if "bias" in params else None, c_in, alpha_in, alpha_out)
+  return kernels, biases
 
 
 # -------------------------------------------------------------------- channel split
@@ -268,7 +269,7 @@ def test_grad_wrt_octtensor_input_is_the_reference_adjoint(alpha_in, alpha_out, 
   assert isinstance(g, OctTensor)
   chex.assert_trees_all_equal_shapes_and_dtypes(g, x)
   chex.assert_tree_all_finite(g)
-  kernels, _ = np_kernels(variables)
+  kernels, _ = np_kernels(variables["params"], 8, alpha_in, alpha_out)
   for seed in (10, 20):
     v = oct_rand(seed, 2, (5, 7), 8, alpha_in)
     lhs = sum(float(np.vdot(np.asarray(a, np.float64), np.asarray(b, np.float64)))
@@ -298,9 +299,7 @@ def test_grad_wrt_params_matches_finite_differences():
   def ref_loss(t):
     params = jax.tree.map(lambda p, d: np.asarray(p, np.float64) + t * np.asarray(d, np.float64),
                           variables["params"], direction)
-    yh, yl = ref.oct_conv(np.asarray(x.high), np.asarray(x.low),
-                          {k: v["kernel"] for k, v in params.items()},
-                          {k: v["bias"] for k, v in params.items() if "bias" in v})
+    yh, yl = ref.oct_conv(np.asarray(x.high), np.asarray(x.low), *np_kernels(params, 4, 0.5, 0.5))
     return np.sum(yh ** 2) + np.sum(np.sin(yl))
 
   eps = 1e-4

@@ -13,7 +13,8 @@ A checkpoint is a directory holding two orbax items:
 `octflax.checkpoint.CheckpointStore` a run's series of them
 (``WORKDIR/checkpoints/STEP/``). `find_checkpoint`, `read_checkpoint` and
 `load_model` read any of them; older layouts are brought up to date by one
-migration (`_migrate`) as they are read. Any path orbax understands works,
+migration as they are read (`_migrate` for the meta, `read_state` for the arrays:
+format 2 held an OctConv's kernels per path and an OctBatchNorm's variables per part, `format2`). Any path orbax understands works,
 ``gs://`` buckets included; local paths are made absolute
 (`octflax.files.resolve_path`).
 """
@@ -32,14 +33,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from octflax.checkpoint import quiet
+from octflax.checkpoint import format2, quiet
 from octflax.checkpoint.identity import ModelIdentity, as_json
 from octflax.errors import CheckpointError
 from octflax.files import resolve_path
 
 PyTree = Any
 
-FORMAT = "octflax-checkpoint/2"
+FORMAT = "octflax-checkpoint/3"
 CHECKPOINT_DIR = "checkpoints"  # A run's checkpoints: WORKDIR/checkpoints/STEP/.
 STATE_ITEM, META_ITEM = "state", "meta"
 
@@ -108,7 +109,12 @@ def read_meta(path: epath.PathLike) -> dict[str, Any]:
 
 
 def read_state(path: epath.PathLike, target: PyTree | None = None) -> PyTree:
-  """The ``state`` item of the checkpoint directory ``path``.
+  """The ``state`` item of the checkpoint directory ``path``, in today's layout.
+
+  A state of format 2, whose OctConvs hold one kernel per path and OctBatchNorms one set of
+  variables per part, is read to the host and brought to one set per layer (`format2.join`: the
+  parameters, the statistics and what mirrors the parameters, such as the optimizer's momentum)
+  before it takes ``target``'s placement.
 
   Args:
     path: the checkpoint directory.
@@ -118,16 +124,44 @@ def read_state(path: epath.PathLike, target: PyTree | None = None) -> PyTree:
 
   Returns:
     A dict of arrays.
+
+  Raises:
+    ValueError: the stored arrays do not fit ``target`` (names or shapes).
+    Exception: whatever orbax raises for a missing or damaged item.
   """
   path = epath.Path(path) / STATE_ITEM
   with QuietOrbax(), ocp.StandardCheckpointer() as checkpointer:
-    if target is None:
-      metadata = checkpointer.metadata(path)
-      tree = getattr(metadata, "item_metadata", metadata)
-      tree = getattr(tree, "tree", tree)
-      target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), dict(tree))
-    target = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, (np.generic, int, float)) else x, target)
-    return checkpointer.restore(path, target)
+    metadata = checkpointer.metadata(path)
+    stored = getattr(metadata, "item_metadata", metadata)
+    stored = dict(getattr(stored, "tree", stored))
+    if target is not None and not format2.holds(stored):
+      target = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, (np.generic, int, float)) else x, target)
+      return checkpointer.restore(path, target)
+    host = format2.join(checkpointer.restore(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype),
+                                                                           stored)))
+  return host if target is None else _placed(host, target)
+
+
+def _placed(host: PyTree, target: PyTree) -> PyTree:
+  """``host`` (read without a target) in ``target``'s structure, dtypes and placement, matched by key path."""
+  def name(key_path: Any) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in key_path)
+
+  stored = {name(p): v for p, v in jax.tree_util.tree_flatten_with_path(host)[0]}
+  wanted, treedef = jax.tree_util.tree_flatten_with_path(target)
+  missing = [name(p) for p, _ in wanted if name(p) not in stored]
+  if missing or len(stored) != len(wanted):
+    extra = sorted(set(stored) - {name(p) for p, _ in wanted})
+    raise ValueError(f"the stored arrays do not fit this state: missing {missing[:3]}, unexpected {extra[:3]}")
+  leaves = []
+  for key_path, t in wanted:
+    value = np.asarray(stored[name(key_path)])
+    if value.shape != tuple(np.shape(t)):
+      raise ValueError(f"{name(key_path)} is stored with shape {value.shape}, expected {tuple(np.shape(t))}")
+    value = value.astype(t.dtype)
+    sharding = getattr(t, "sharding", None)
+    leaves.append(value if sharding is None else jax.device_put(value, sharding))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def items(state: dict[str, PyTree], meta: dict[str, Any]) -> ocp.args.Composite:
@@ -240,15 +274,16 @@ def load_model(path: str, *, dtype: Any = jnp.float32, api: str = "linen") -> tu
 def _migrate(meta: dict[str, Any]) -> dict[str, Any]:
   """``meta`` in today's layout (`FORMAT`).
 
-  Checkpoints written before ``format`` was stored are of two kinds. Imported
+  Format 2 differs from 3 in the state only (the octave layers' variables per path and part),
+  which `read_state` migrates. Checkpoints written before ``format`` was stored are of two kinds. Imported
   ones have ``arch``, ``alpha``, ``num_classes`` and ``pool_stride`` at the top
   and an ImageNet input. Training checkpoints have today's ``identity``, but
   its overrides may hold ``fuse``, which chose how OctConv's paths were
   executed (one convolution per output part or two), not its variables: the
   execution form is now the platform's (`octflax.execution`), so it is dropped.
   """
-  if meta.get("format") == FORMAT:
-    return meta
+  if meta.get("format") in (FORMAT, "octflax-checkpoint/2"):
+    return {**meta, "format": FORMAT}
   if "identity" in meta:
     identity = dict(meta["identity"])
     overrides = dict(identity.get("model.overrides") or {})

@@ -47,14 +47,14 @@ from octflax.execution.choice import (CONVS, CPU_FORM, GPU_FORM, PLATFORM_FORMS,
 from octflax.execution.compiler import (inference_compiler_options, init_compiler_options, train_compiler_options,
                                         xla_accepts)
 from octflax.execution.cpu import xla_cpu_conv, xla_cpu_conv_unpadded
-from octflax.execution.forms import (batch_norm, batch_norm_in_form, batch_stats, batch_stats_in_form, joint_norm_in_play,
+from octflax.execution.forms import (batch_norm, batch_norm_in_form, batch_stats, batch_stats_in_form,
                                      oct_conv, oct_conv_in_form)
 
 __all__ = [
     "CONVS", "CPU_FORM", "Form", "GPU_FORM", "PLATFORM_FORMS", "PROBE_FORMS", "REFERENCE", "TPU_FORM", "batch_norm",
     "batch_norm_in_form", "batch_stats", "batch_stats_in_form",
     "by_platform", "chosen_conv", "chosen_form", "current_conv", "default_conv", "inference_compiler_options",
-    "init_compiler_options", "joint_norm_in_play", "oct_conv", "oct_conv_in_form", "platform_conv",
+    "init_compiler_options", "oct_conv", "oct_conv_in_form", "platform_conv",
     "train_compiler_options",
     "use_conv", "use_form", "xla_accepts", "xla_cpu_conv", "xla_cpu_conv_unpadded",
 ]

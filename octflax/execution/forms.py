@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from octflax import functional
-from octflax.execution.choice import CONVS, PLATFORM_FORMS, Form, by_platform, chosen_conv, chosen_form
+from octflax.execution.choice import CONVS, Form, by_platform, chosen_conv
 from octflax.execution.norm import batch_means, joinable, normalize
 from octflax.tensor import OctTensor, as_oct
 
@@ -100,13 +100,6 @@ def oct_conv_in_form(form: Form, x: OctTensor, kernels: Mapping[str, Array], bia
 # ----------------------------------------------------------------------------- OctBatchNorm forms
 
 
-def joint_norm_in_play() -> bool:
-  """Whether an OctBatchNorm traced now may train in a form other than per-part autodiff (`batch_norm`)."""
-  form = chosen_form()
-  forms = [form] if form is not None else list(PLATFORM_FORMS.values())
-  return any(f.norm != "per_part" or f.norm_grad != "autodiff" for f in forms)
-
-
 def batch_norm(x: OctTensor, scales: Sequence[Array | None], biases: Sequence[Array | None], epsilon: float,
                dtype: Any = None, axis_name: str | None = None
                ) -> tuple[OctTensor, tuple[tuple[Array, Array] | None, ...]]:
@@ -177,5 +170,5 @@ def batch_stats_in_form(form: Form, x: OctTensor, axis_name: str | None = None
   return tuple(stats)
 
 
-__all__ = ["batch_norm", "batch_norm_in_form", "batch_stats", "batch_stats_in_form", "joint_norm_in_play", "oct_conv",
+__all__ = ["batch_norm", "batch_norm_in_form", "batch_stats", "batch_stats_in_form", "oct_conv",
            "oct_conv_in_form"]

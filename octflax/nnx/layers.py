@@ -18,44 +18,33 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp  # pylint: disable=unused-import  (the examples use it)
+import jax.numpy as jnp
 from flax import nnx
 
-from octflax import execution
-from octflax import functional as F
 from octflax.spec import (OctBatchNormSpec, OctConvBNSpec, OctConvSpec, OctConvTransposeSpec, PartVariables,
-                          PathParams, arguments, check_split, per_part)
-from octflax.tensor import OctTensor, as_oct, split_channels
+                          arguments, check_split)
+from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
 
 
-class _PathWeights(nnx.Module):
-  """The ``kernel`` (HWIO) and optional ``bias`` of one OctConv path (Linen's sub-collection).
-
-  Drawn from ``rngs.params()`` in that order (`spec.PathParams` has their shapes and initialisers).
-  """
-
-  def __init__(self, params: PathParams, rngs: nnx.Rngs):
-    self.kernel = nnx.Param(params.kernel_init(rngs.params(), params.kernel, params.dtype))
-    if params.bias is not None:
-      self.bias = nnx.Param(params.bias_init(rngs.params(), params.bias, params.dtype))
-
-
 class _PathConv(nnx.Module):
-  """An OctConv or OctConvTranspose: the spec, ``in_features`` and the paths ``h2h``, ... (those present)."""
+  """An OctConv or OctConvTranspose: the spec, ``in_features``, the ``kernel`` and the ``bias`` (if any).
+
+  The kernel, then the bias, are drawn from ``rngs.params()`` (`spec.ConvParams` has their
+  shapes and initialisers); the paths read blocks of them (`octflax.functional.kernel_blocks`).
+  """
 
   def _build(self, spec: OctConvSpec | OctConvTransposeSpec, in_features: int, rngs: nnx.Rngs) -> None:
     self.spec = spec
-    for path, params in spec.paths(in_features).items():
-      setattr(self, path, _PathWeights(params, rngs))
+    p = spec.params(in_features)
+    self.kernel = nnx.Param(p.kernel_init(rngs.params(), p.kernel, p.dtype))
+    self.bias = None if p.bias is None else nnx.Param(p.bias_init(rngs.params(), p.bias, p.dtype))
     self.in_features = in_features
 
   def _convolve(self, x: OctTensor | Array, **call: Any) -> OctTensor:
     x = self.spec.input(x, self.in_features)
-    paths = {p: getattr(self, p) for p in F.PATHS if hasattr(self, p)}
-    biases = {p: w.bias[...] for p, w in paths.items() if hasattr(w, "bias")}
-    return self.spec.apply(x, {p: w.kernel[...] for p, w in paths.items()}, biases, **call)
+    return self.spec.apply(x, self.kernel[...], None if self.bias is None else self.bias[...], **call)
 
 
 class OctConv(_PathConv):
@@ -67,11 +56,10 @@ class OctConv(_PathConv):
 
   (P: average pool by 2, U: nearest upsample by 2, on the octave axes; stride 2
   average-pools the input first; `octflax.functional.oct_conv` has the general equations).
-  Its state holds the sub-modules ``h2h``, ``h2l``, ``l2h``, ``l2l`` (those present), each
-  with a ``kernel`` ``[*kernel_size, in / groups, out]`` and a ``bias`` where the Linen layer
-  has one (`octflax.functional.oct_conv_param_shapes`), drawn from the vanilla kernel's
-  distribution (`octflax.functional.path_kernel_init`): the Linen layer's names, shapes and
-  initialisation. ``spec`` is its `octflax.spec.OctConvSpec`.
+  Its state holds `flax.nnx.Conv`'s parameters: a ``kernel`` ``[*kernel_size, in / groups, out]``
+  and a ``bias`` ``[out]`` (None without), the paths read as blocks of them
+  (`octflax.functional.kernel_blocks`): the Linen layer's names, shapes and initialisation.
+  ``spec`` is its `octflax.spec.OctConvSpec`.
 
   Args:
     in_features: input channels C_in (both parts together).
@@ -109,8 +97,8 @@ class OctConvTranspose(_PathConv):
     Y^H = C(T(X^H; W^hh)) + C(U(T(X^L; W^lh)))
     Y^L = C(T(X^L; W^ll)) + C(T(P(X^H); W^hl))
 
-  State: ``h2h``, ``h2l``, ``l2h``, ``l2l`` (those present), each a ``kernel``
-  ``[*kernel_size, in, out]`` and a ``bias`` where the Linen layer has one.
+  State: `flax.nnx.ConvTranspose`'s ``kernel`` ``[*kernel_size, in, out]`` and ``bias`` ``[out]``
+  (None without), the paths read as blocks (`octflax.functional.kernel_blocks`).
 
   Args:
     in_features, out_features: channels of input and output (both parts together).
@@ -140,16 +128,16 @@ class OctConvTranspose(_PathConv):
 class OctBatchNorm(nnx.Module):
   """Batch normalisation of each part with its own statistics and affine parameters.
 
-  Sub-modules ``high`` and ``low`` are `flax.nnx.BatchNorm`s over the channels of each
-  part (absent when the part is), as in `octflax.OctBatchNorm`; in training, where
-  `octflax.execution.batch_stats` may compute both parts' statistics in one pass,
-  `octflax.spec.OctBatchNormSpec.train_with_batch_stats` normalises with their variables.
+  The NNX form of `octflax.OctBatchNorm`: the variables of one `flax.nnx.BatchNorm` over all
+  ``num_features`` channels (``mean``, ``var``: ``nnx.BatchStat``; ``scale``, ``bias``:
+  ``nnx.Param`` or None; each ``[num_features]``, the high part's channels first), each part
+  normalised with its channels (`octflax.spec.OctBatchNormSpec.apply`).
 
   Args:
     num_features: channels C of the input (both parts together).
-    alpha: the input's share of low-frequency channels (`split_channels` gives the parts).
+    alpha: the input's share of low-frequency channels (`octflax.split_channels` gives the parts).
     use_running_average: the initial mode (``model.eval()`` / ``.train()`` switch it).
-    rngs: unused by the initialisers of BatchNorm, required by NNX's signature.
+    rngs: the ``params`` stream's key goes to ``scale_init`` and ``bias_init``, as in `flax.nnx.BatchNorm`.
     **settings: keyword-only ``momentum``, ``epsilon``, ``dtype``, ``param_dtype``,
       ``use_bias``, ``use_scale``, ``scale_init``, ``bias_init``, ``axis_name``: as in
       `flax.nnx.BatchNorm` (`octflax.spec.OctBatchNormSpec` has the defaults).
@@ -157,26 +145,25 @@ class OctBatchNorm(nnx.Module):
 
   def __init__(self, num_features: int, alpha: float, *, use_running_average: bool = False, rngs: nnx.Rngs,
                **settings: Any):
-    self.spec = OctBatchNormSpec(use_running_average, **settings)
+    self.spec = spec = OctBatchNormSpec(use_running_average, **settings)
     self.num_features = num_features
     self.alpha = float(alpha)
-    for part, count in zip(("high", "low"), split_channels(num_features, alpha)):
-      norm = nnx.BatchNorm(count, **self.spec.part_settings(use_running_average), rngs=rngs) if count else None
-      setattr(self, part, norm)
+    self.use_running_average = use_running_average
+    shape, key = (num_features,), rngs.params()
+    self.mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones(shape, jnp.float32))
+    self.scale = nnx.Param(spec.scale_init(key, shape, spec.param_dtype)) if spec.use_scale else None
+    self.bias = nnx.Param(spec.bias_init(key, shape, spec.param_dtype)) if spec.use_bias else None
 
   def __call__(self, x: OctTensor | Array, use_running_average: bool | None = None) -> OctTensor:
     x = check_split(as_oct(x), "OctBatchNorm", "num_features", self.num_features, "alpha", self.alpha)
-    norms = (self.high, self.low)
     if use_running_average is None:
-      use_running_average = next(n for n in norms if n is not None).use_running_average
-    if use_running_average or not execution.joint_norm_in_play():
-      return per_part(x, lambda name, part: getattr(self, name)(part, use_running_average=use_running_average))
-    variables = [None if n is None else PartVariables(n.mean[...], n.var[...], *(
-        None if p is None else p[...] for p in (n.scale, n.bias))) for n in norms]
-    y, averages = self.spec.train_with_batch_stats(x, variables)
-    for norm, average in zip(norms, averages):
-      if average is not None:
-        norm.mean[...], norm.var[...] = average
+      use_running_average = self.use_running_average
+    read = lambda v: None if v is None else v[...]
+    y, average = self.spec.apply(x, PartVariables(self.mean[...], self.var[...], read(self.scale), read(self.bias)),
+                                 use_running_average)
+    if average is not None:
+      self.mean[...], self.var[...] = average
     return y
 
 
