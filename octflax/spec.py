@@ -331,37 +331,30 @@ class OctBatchNormSpec:
       The output and, in training, the new running ``(mean, var)`` over all channels
       (`train_with_batch_stats`); None with ``use_running_average``.
     """
-    parts = self.parts(x, variables)
-    if use_running_average:
-      return OctTensor(*(None if p is None else F.batch_norm(p, v.mean, v.var, v.scale, v.bias, self.epsilon,
-                                                             self.dtype)
-                         for p, v in zip((x.high, x.low), parts))), None
-    y, averages = self.train_with_batch_stats(x, parts)
-    present = [a for a in averages if a is not None]
-    return y, tuple(jnp.concatenate([a[i] for a in present]) for i in (0, 1))
+    parts = self.parts(x, variables)  # checks the channel count too
+    if not use_running_average:
+      return self.train_with_batch_stats(x, variables)
+    return OctTensor(*(None if p is None else F.batch_norm(p, v.mean, v.var, v.scale, v.bias, self.epsilon, self.dtype)
+                       for p, v in zip((x.high, x.low), parts))), None
 
-  def train_with_batch_stats(self, x: OctTensor, variables: Sequence[PartVariables | None]
-                             ) -> tuple[OctTensor, tuple[tuple[Array, Array] | None, ...]]:
+  def train_with_batch_stats(self, x: OctTensor, variables: PartVariables) -> tuple[OctTensor, tuple[Array, Array]]:
     """Training mode in the platform's form (`execution.batch_norm`): each part normalised by its batch statistics.
 
-    ``y = (x - mean) rsqrt(var + epsilon) scale + bias`` (`functional.batch_norm`), and the
-    running averages ``momentum * average + (1 - momentum) * statistic``: what
-    `flax.linen.BatchNorm` computes and updates.
+    ``y = (x - mean) rsqrt(var + epsilon) scale + bias`` (`functional.batch_norm`) per part, and
+    the running averages ``momentum * average + (1 - momentum) * statistic``: what
+    `flax.linen.BatchNorm` computes and updates, over each part's channels.
 
     Args:
       x: the input.
-      variables: per part (high, low), its `PartVariables`, None where the part is.
+      variables: the layer's variables over all of ``x``'s channels (the high part's first).
 
     Returns:
-      The output and, per part, the new running ``(mean, var)`` (None where the part is).
+      The output and the new running ``(mean, var)`` over all channels.
     """
-    y, stats = execution.batch_norm(x, [None if v is None else v.scale for v in variables],
-                                    [None if v is None else v.bias for v in variables], self.epsilon, self.dtype,
-                                    self.axis_name)
-    averages = tuple(None if v is None else (F.running_average(v.mean, st[0], self.momentum),
-                                             F.running_average(v.var, st[1], self.momentum))
-                     for v, st in zip(variables, stats))
-    return y, averages
+    y, (mean, var) = execution.batch_norm(x, variables.scale, variables.bias, self.epsilon, self.dtype,
+                                          self.axis_name)
+    return y, (F.running_average(variables.mean, mean, self.momentum), F.running_average(variables.var, var,
+                                                                                         self.momentum))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ from octflax.layers import octave_layers
 from tests.test_training import tiny_config, write_fashion_mnist
 
 FORMAT2_RUN = Path(__file__).parent / "data" / "format2_run"
-FORMAT2_JAX = "0.10.2"  # the fixture's compiler: the same one computes the same bits
+FORMAT2_JAX = "0.10.2"  # the fixture's compiler
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -33,10 +33,13 @@ def _flat(tree) -> dict[str, np.ndarray]:
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def test_a_format2_run_resumes_bit_for_bit(tmp_path):
+def test_a_format2_run_resumes_where_it_stopped(tmp_path):
   """The run saved at format 2 resumes at step 4 and ends with the variables it had at step 8, joined.
 
-  Bit for bit under the fixture's jax; another XLA may round differently, so elsewhere to 1e-5.
+  The arrays are restored bit for bit (`join` copies blocks); the four steps after them agree to
+  float32 rounding, a few ulps under the fixture's jax: the new BatchNorm updates its running
+  statistics over the whole channel vector, which XLA fuses (and rounds) otherwise. Another XLA
+  may round more differently, so elsewhere to 1e-5.
   """
   workdir = tmp_path / "run"
   shutil.copytree(FORMAT2_RUN, workdir, ignore=shutil.ignore_patterns("*.npz"))
@@ -58,11 +61,9 @@ def test_a_format2_run_resumes_bit_for_bit(tmp_path):
   got = _flat(variables)
   assert sorted(got) == sorted(expected)
   assert any(k.endswith("conv1/conv/kernel") for k in got)  # one kernel per OctConv, now
+  tolerance = dict(rtol=1e-6, atol=1e-7) if jax.__version__ == FORMAT2_JAX else dict(rtol=1e-5, atol=1e-6)
   for key in expected:
-    if jax.__version__ == FORMAT2_JAX:
-      np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
-    else:
-      np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(got[key], expected[key], **tolerance, err_msg=key)
 
 
 def test_reading_a_format2_checkpoint_joins_parameters_and_momentum():

@@ -14,7 +14,7 @@ from jax import lax
 
 from octflax import functional
 from octflax.execution.choice import CONVS, Form, by_platform, chosen_conv
-from octflax.execution.norm import batch_means, joinable, normalize
+from octflax.execution.norm import batch_means, channel_slices, joinable, normalize
 from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
@@ -100,40 +100,37 @@ def oct_conv_in_form(form: Form, x: OctTensor, kernels: Mapping[str, Array], bia
 # ----------------------------------------------------------------------------- OctBatchNorm forms
 
 
-def batch_norm(x: OctTensor, scales: Sequence[Array | None], biases: Sequence[Array | None], epsilon: float,
-               dtype: Any = None, axis_name: str | None = None
-               ) -> tuple[OctTensor, tuple[tuple[Array, Array] | None, ...]]:
-  """BatchNorm's training step on both parts in the platform's form: ``(y, each part's (mean, var))``.
+def batch_norm(x: OctTensor, scale: Array | None, bias: Array | None, epsilon: float, dtype: Any = None,
+               axis_name: str | None = None) -> tuple[OctTensor, tuple[Array, Array]]:
+  """BatchNorm's training step on both parts in the platform's form: ``(y, (mean, var))``.
 
-  ``y`` is `functional.batch_norm` of each part with its batch statistics (`batch_stats`) and its
-  ``scales`` / ``biases`` entry (high, low). With ``norm_grad='one_pass'`` the parts go through
+  ``scale``, ``bias`` and the returned batch statistics run over all of ``x``'s channels, the
+  high part's first (`octflax.OctBatchNorm`'s variables); each part is `functional.batch_norm`
+  with its channels of them. With ``norm_grad='one_pass'`` the parts go through
   `octflax.execution.norm.normalize` (one reduction forward and one backward, for both parts
   together under ``norm='joint'``).
   """
   x = as_oct(x)
-  return by_platform(lambda form, high, low: batch_norm_in_form(form, OctTensor(high, low), scales, biases, epsilon,
+  return by_platform(lambda form, high, low: batch_norm_in_form(form, OctTensor(high, low), scale, bias, epsilon,
                                                                 dtype, axis_name),
                      x.high, x.low, relevant=("norm", "pool", "norm_grad"))
 
 
-def batch_norm_in_form(form: Form, x: OctTensor, scales: Sequence[Array | None], biases: Sequence[Array | None],
-                       epsilon: float, dtype: Any = None, axis_name: str | None = None
-                       ) -> tuple[OctTensor, tuple[tuple[Array, Array] | None, ...]]:
+def batch_norm_in_form(form: Form, x: OctTensor, scale: Array | None, bias: Array | None, epsilon: float,
+                       dtype: Any = None, axis_name: str | None = None) -> tuple[OctTensor, tuple[Array, Array]]:
   """`batch_norm` in ``form``."""
-  parts = (x.high, x.low)
+  present = [p for p in (x.high, x.low) if p is not None]
   if form.norm_grad == "one_pass":
-    present = [i for i, p in enumerate(parts) if p is not None]
-    results = normalize([parts[i] for i in present], [scales[i] for i in present], [biases[i] for i in present],
-                        epsilon, dtype, axis_name, joint=form.pool if form.norm == "joint" else None)
-    by_part: list[Any] = [None, None]
-    for i, result in zip(present, results):
-      by_part[i] = result
-    return (OctTensor(*(None if r is None else r[0] for r in by_part)),
-            tuple(None if r is None else (r[1], r[2]) for r in by_part))
-  stats = batch_stats_in_form(form, x, axis_name)
-  outputs = [None if p is None else functional.batch_norm(p, st[0], st[1], s, b, epsilon, dtype)
-             for p, st, s, b in zip(parts, stats, scales, biases)]
-  return OctTensor(*outputs), stats
+    ys, mean, var = normalize(present, scale, bias, epsilon, dtype, axis_name,
+                              joint=form.pool if form.norm == "joint" else None)
+    ys = iter(ys)
+    return OctTensor(*(None if p is None else next(ys) for p in (x.high, x.low))), (mean, var)
+  stats = [st for st in batch_stats_in_form(form, x, axis_name) if st is not None]
+  take = lambda v, s: None if v is None else v[s]
+  ys = iter([functional.batch_norm(p, m, v, take(scale, s), take(bias, s), epsilon, dtype)
+             for p, (m, v), s in zip(present, stats, channel_slices(present))])
+  whole = tuple(stats[0][i] if len(stats) == 1 else jnp.concatenate([st[i] for st in stats]) for i in (0, 1))
+  return OctTensor(*(None if p is None else next(ys) for p in (x.high, x.low))), whole
 
 
 def batch_stats(x: OctTensor, axis_name: str | None = None) -> tuple[tuple[Array, Array] | None, ...]:
@@ -155,8 +152,8 @@ def batch_stats_in_form(form: Form, x: OctTensor, axis_name: str | None = None
   if form.norm == "joint" and joinable(present):
     # One reduction over [N, *low, C_h + C_l] gives both parts' sums of x and x^2.
     plain_sums = lambda values: tuple(v.sum(tuple(range(v.ndim - 1))) for v in values)
-    means = batch_means([(p, p * p) for p in present], form.pool, axis_name, plain_sums)
-    return tuple((m, jnp.maximum(0.0, m2 - m * m)) for m, m2 in means)
+    mean, mean2 = batch_means([(p, p * p) for p in present], form.pool, axis_name, plain_sums)
+    return tuple((mean[s], jnp.maximum(0.0, mean2[s] - mean[s] * mean[s])) for s in channel_slices(present))
   stats = []
   for p in parts:
     if p is None:

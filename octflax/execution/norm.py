@@ -4,7 +4,8 @@ Differentiated by jax, BatchNorm's training step reduces over the batch several 
 backward pass (the gradients through the mean, through the variance, and of scale and bias),
 and XLA runs each large reduction as two kernels (a partial pass and a finishing pass).
 `normalize` computes what `functional.batch_norm` computes with the batch's statistics, for the
-parts of an OctTensor together, with a custom VJP:
+parts of an OctTensor together (the variables and statistics over all their channels, as
+`octflax.OctBatchNorm` holds them), with a custom VJP:
 
 - forward: ``mean = E[x]``, ``var = E[x^2] - mean^2`` (clipped at 0) from one reduction,
   ``y = (x - mean) * r * scale + bias`` with ``r = rsqrt(var + epsilon)``;
@@ -30,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from octflax.resample import window_sums
@@ -38,32 +40,36 @@ Array = jax.Array
 Stats = tuple[Array, Array]
 
 
-def normalize(parts: Sequence[Array], scales: Sequence[Array | None], biases: Sequence[Array | None],
-              epsilon: float, dtype: Any = None, axis_name: str | None = None,
-              joint: str | None = None) -> list[tuple[Array, Array, Array]]:
-  """``[(y, mean, var), ...]`` per part: each part normalised with its batch statistics (float32).
+def normalize(parts: Sequence[Array], scale: Array | None, bias: Array | None, epsilon: float, dtype: Any = None,
+              axis_name: str | None = None, joint: str | None = None) -> tuple[list[Array], Array, Array]:
+  """``(ys, mean, var)``: each part normalised with its batch statistics, and the statistics (float32).
+
+  The layer's variables and statistics run over all the parts' channels, the first part's first
+  (`octflax.OctBatchNorm`'s layout): each part reads its channels of ``scale`` and ``bias``, and
+  ``mean`` and ``var`` come out whole, so that nothing is split or joined around the reductions.
 
   Args:
-    parts: the present parts, ``[N, *spatial, C]`` (the high part first).
-    scales, biases: per part, or None (no scale / no bias).
+    parts: the present parts, ``[N, *spatial, C_part]`` (the high part first).
+    scale, bias: ``[C]`` over all the parts' channels, or None (no scale / no bias).
     epsilon, dtype: as in `functional.batch_norm` (``dtype`` None: the promoted input dtype).
     axis_name: the pmap axis to average statistics over, or None.
     joint: None (each part its own reduction), or the `window_sums` method with which the
       first part's windows are summed onto the second part's grid for one joint reduction.
 
   Returns:
-    What ``functional.batch_norm(x, mean, var, scale, bias, epsilon, dtype)`` gives with the
-    statistics `octflax.execution.batch_stats` computes, with the hand-written gradient of the
-    module docstring.
+    What ``functional.batch_norm(x, mean, var, scale, bias, epsilon, dtype)`` gives per part
+    with the statistics `octflax.execution.batch_stats` computes, with the hand-written gradient
+    of the module docstring; ``mean`` and ``var`` are ``[C]``.
   """
-  out_dtypes = tuple(jnp.dtype(dtype or jnp.result_type(x, *(v for v in (s, b) if v is not None)))
-                     for x, s, b in zip(parts, scales, biases))
-  scales = tuple(jnp.ones(x.shape[-1:], jnp.float32) if s is None else s for x, s in zip(parts, scales))
-  biases = tuple(jnp.zeros(x.shape[-1:], jnp.float32) if b is None else b for x, b in zip(parts, biases))
+  present = [v for v in (scale, bias) if v is not None]
+  out_dtypes = tuple(jnp.dtype(dtype or jnp.result_type(x, *present)) for x in parts)
+  channels = sum(x.shape[-1] for x in parts)
+  scale = jnp.ones((channels,), jnp.float32) if scale is None else scale
+  bias = jnp.zeros((channels,), jnp.float32) if bias is None else bias
   if joint is not None and not joinable(parts):
     joint = None
-  ys, means, variances = _normalize(tuple(parts), scales, biases, float(epsilon), out_dtypes, axis_name, joint)
-  return list(zip(ys, means, variances))
+  ys, mean, var = _normalize(tuple(parts), scale, bias, float(epsilon), out_dtypes, axis_name, joint)
+  return list(ys), mean, var
 
 
 def joinable(parts: Sequence[Array]) -> bool:
@@ -73,10 +79,22 @@ def joinable(parts: Sequence[Array]) -> bool:
   return all(lo in (hi, -(-hi // 2)) for hi, lo in zip(parts[0].shape[1:-1], parts[1].shape[1:-1]))
 
 
-def batch_means(pairs: Sequence[tuple[Array, Array]], joint: str | None, axis_name: str | None,
-                sums: Callable[[tuple[Array, ...]], tuple[Array, ...]] | None = None) -> list[tuple[Array, Array]]:
-  """Per part, the batch means of its two ``[..., C]`` quantities, averaged over ``axis_name``.
+def channel_slices(parts: Sequence[Array]) -> list[slice]:
+  """Each part's channels among all the parts' (the first part's first)."""
+  ends = np.cumsum([0] + [x.shape[-1] for x in parts])
+  return [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
 
+
+def _counts(parts: Sequence[Array]) -> np.ndarray:
+  """Per channel of all the parts, the number of its part's elements that a batch mean divides by."""
+  return np.concatenate([np.full(x.shape[-1], math.prod(x.shape[:-1]), np.float32) for x in parts])
+
+
+def batch_means(pairs: Sequence[tuple[Array, Array]], joint: str | None, axis_name: str | None,
+                sums: Callable[[tuple[Array, ...]], tuple[Array, ...]] | None = None) -> tuple[Array, Array]:
+  """The batch means of the parts' two ``[..., C_part]`` quantities, over all the parts' channels.
+
+  Returns two ``[C]`` vectors (the first part's channels first), averaged over ``axis_name``.
   With ``joint`` (a `window_sums` method) the first part's sums over its 2^k windows land on
   the second part's grid (zeros pad odd sizes) and one reduction over ``[N, *low, C_h + C_l]``
   sums both parts; otherwise one reduction per part. ``sums`` reduces a tuple of arrays over
@@ -84,20 +102,19 @@ def batch_means(pairs: Sequence[tuple[Array, Array]], joint: str | None, axis_na
   writes its own), ``lambda vs: tuple(v.sum(axes) ...)`` where jax must differentiate it.
   """
   sums = sums or _sums
-  counts = [math.prod(a.shape[:-1]) for a, _ in pairs]
   if joint is not None:
     (h1, h2), (l1, l2) = pairs
     axes = [i for i in range(1, h1.ndim - 1) if l1.shape[i] != h1.shape[i]]
     pads = [(0, 2 * l1.shape[i] - h1.shape[i]) if i in axes else (0, 0) for i in range(h1.ndim)]
     on_low = lambda a: window_sums(jnp.pad(a, pads), axes, joint) if axes else a
     both = sums((jnp.concatenate([on_low(h1), l1], -1), jnp.concatenate([on_low(h2), l2], -1)))
-    c = h1.shape[-1]
-    sums_per_part = [(both[0][:c], both[1][:c]), (both[0][c:], both[1][c:])]
   else:
-    sums_per_part = [sums(pair) for pair in pairs]
-  means = [(s1 / n, s2 / n) for (s1, s2), n in zip(sums_per_part, counts)]
+    per_part = [sums(pair) for pair in pairs]
+    both = tuple(per_part[0][i] if len(per_part) == 1 else jnp.concatenate([p[i] for p in per_part]) for i in (0, 1))
+  counts = _counts([a for a, _ in pairs])
+  means = (both[0] / counts, both[1] / counts)
   if axis_name is not None:
-    means = [tuple(lax.pmean(jnp.stack(m), axis_name)) for m in means]
+    means = tuple(lax.pmean(jnp.stack(means), axis_name))
   return means
 
 
@@ -109,42 +126,40 @@ def _sums(values: tuple[Array, ...]) -> tuple[Array, ...]:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _normalize(parts, scales, biases, epsilon, out_dtypes, axis_name, joint):
-  return _forward(parts, scales, biases, epsilon, out_dtypes, axis_name, joint)[0]
+def _normalize(parts, scale, bias, epsilon, out_dtypes, axis_name, joint):
+  return _forward(parts, scale, bias, epsilon, out_dtypes, axis_name, joint)[0]
 
 
-def _forward(parts, scales, biases, epsilon, out_dtypes, axis_name, joint):
+def _forward(parts, scale, bias, epsilon, out_dtypes, axis_name, joint):
   xs = [x.astype(jnp.float32) for x in parts]
-  stats = batch_means([(x, x * x) for x in xs], joint, axis_name)
-  means = tuple(m for m, _ in stats)
-  variances = tuple(jnp.maximum(0.0, m2 - m * m) for m, m2 in stats)
-  rs = tuple(lax.rsqrt(v + epsilon) for v in variances)
-  ys = tuple(((x - m) * (r * s) + b).astype(d) for x, m, r, s, b, d in zip(xs, means, rs, scales, biases, out_dtypes))
-  return (ys, means, variances), (parts, scales, means, rs)
+  mean, mean2 = batch_means([(x, x * x) for x in xs], joint, axis_name)
+  var = jnp.maximum(0.0, mean2 - mean * mean)
+  r = lax.rsqrt(var + epsilon)
+  ys = tuple(((x - mean[s]) * (r[s] * scale[s]) + bias[s]).astype(d)
+             for x, s, d in zip(xs, channel_slices(parts), out_dtypes))
+  return (ys, mean, var), (parts, scale, mean, r)
 
 
 def _backward(epsilon, out_dtypes, axis_name, joint, residuals, cotangents):
   del epsilon, out_dtypes
-  parts, scales, means, rs = residuals
-  dys, d_means, d_vars = cotangents
-  xs = [x.astype(jnp.float32) for x in parts]
-  centred = [x - m for x, m in zip(xs, means)]
-  xhats = [c * r for c, r in zip(centred, rs)]
+  parts, scale, mean, r = residuals
+  dys, d_mean, d_var = cotangents
+  slices = channel_slices(parts)
+  centred = [x.astype(jnp.float32) - mean[s] for x, s in zip(parts, slices)]
+  xhats = [c * r[s] for c, s in zip(centred, slices)]
   dys = [dy.astype(jnp.float32) for dy in dys]
-  grads = batch_means([(dy, dy * xh) for dy, xh in zip(dys, xhats)], joint, None)
-  counts = [math.prod(x.shape[:-1]) for x in parts]
-  dxs, dscales, dbiases = [], [], []
-  for x, dy, c, xh, r, s, (mean_dy, mean_dy_xhat), d_mean, d_var, n in zip(
-      parts, dys, centred, xhats, rs, scales, grads, d_means, d_vars, counts):
-    dscales.append((mean_dy_xhat * n).astype(s.dtype))  # this device's sums: the parameters' gradients
-    dbiases.append((mean_dy * n).astype(s.dtype))
-    if axis_name is not None:
-      mean_dy, mean_dy_xhat, d_mean, d_var = lax.pmean(jnp.stack([mean_dy, mean_dy_xhat, d_mean, d_var]), axis_name)
-    dx = s * r * (dy - mean_dy - xh * mean_dy_xhat) + (d_mean + 2.0 * c * d_var) / n
-    dxs.append(dx.astype(x.dtype))
-  return tuple(dxs), tuple(dscales), tuple(dbiases)
+  mean_dy, mean_dy_xhat = batch_means([(dy, dy * xh) for dy, xh in zip(dys, xhats)], joint, None)
+  counts = _counts(parts)
+  dscale = (mean_dy_xhat * counts).astype(scale.dtype)  # this device's sums: the parameters' gradients
+  dbias = (mean_dy * counts).astype(scale.dtype)
+  if axis_name is not None:
+    mean_dy, mean_dy_xhat, d_mean, d_var = lax.pmean(jnp.stack([mean_dy, mean_dy_xhat, d_mean, d_var]), axis_name)
+  dxs = tuple((scale[s] * r[s] * (dy - mean_dy[s] - xh * mean_dy_xhat[s])
+               + (d_mean[s] + 2.0 * c * d_var[s]) / counts[s]).astype(x.dtype)
+              for x, dy, c, xh, s in zip(parts, dys, centred, xhats, slices))
+  return dxs, dscale, dbias
 
 
 _normalize.defvjp(_forward, _backward)
 
-__all__ = ["batch_means", "joinable", "normalize"]
+__all__ = ["batch_means", "channel_slices", "joinable", "normalize"]
