@@ -13,8 +13,9 @@ form of the same model in the same run. Each row is appended as a JSON line to `
 (default benchmarks/results/aot/census.jsonl); ``--hlo DIR`` writes each optimized program.
 
 Models: zoo names (`octflax.models`, with `benchmarks.networks` variants) and
-``flax_resnet50`` (ResNet-50 written with `flax.linen.Conv`). Forms: ``default`` (what the
-library picks for the target's platform) or any `octflax.execution.Form` name.
+``flax_resnet50`` (ResNet-50 written with `flax.linen.Conv`). Forms: ``default`` (the target
+platform's form, `octflax.execution.form_for`, in which the trainer traces its step) or any
+`octflax.execution.Form` name.
 
 Needs the target's plugin: ``pip install -e '.[aot]'`` (README).
 ``--fit 0:24.83,0.5:36.26`` solves the GPU model's two constants from two measured step times
@@ -64,7 +65,8 @@ def compile_case(target: aot.Target, mesh: Mesh, model: str, alpha: float, form:
   net = networks.build_model(model, alpha, num_classes, DTYPES[dtype])
   replicated, sharded = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
   one = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  with execution.use_form(None if form == "default" else form):
+  # "default": the form the trainer traces its step in on the target's platform (`execution.form_for`).
+  with execution.use_form(execution.form_for(target.platform) if form == "default" else form):
     shapes = jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), one)
     state = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {}),
              "opt": jax.eval_shape(TX.init, shapes["params"])}

@@ -14,8 +14,9 @@ default OUT/jax_cache) with XLA's per-fusion autotune cache inside it.
 
 Every case is a full train step (forward, backward, SGD with Nesterov momentum, BatchNorm
 statistics; bfloat16 compute, float32 parameters; batch 128, 224 x 224, 1000 classes; the state
-donated and kept in the layouts XLA chooses, as `octflax.training.DataParallel` keeps it). In order: Oct-ResNet-50 at alpha 0 and .5 as shipped (form "default": no
-`octflax.execution.use_form`); the PyTorch peers when torch has CUDA (`torch_reference.OctResNet`
+donated and kept in the layouts XLA chooses, as `octflax.training.DataParallel` keeps it). In
+order: Oct-ResNet-50 at alpha 0 and .5 as shipped (form "default": the device's own,
+`octflax.execution.form_for`, as the trainer traces its step); the PyTorch peers when torch has CUDA (`torch_reference.OctResNet`
 at alpha 0 and .5 and torchvision's ResNet-50, bf16 autocast, channels_last); alpha .5 in each of
 `octflax.execution.PROBE_FORMS`; ResNet-50 written with `flax.linen.Conv`; then, while the budget
 lasts, the fastest alpha .5 form and alpha 0 with command buffers that capture convolutions
@@ -40,7 +41,6 @@ convolutions and of StableHLO ops; it writes nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import gzip
@@ -119,7 +119,8 @@ class Case:
 
 
 def form_context(name: str | None):
-  return execution.use_form(name) if name else contextlib.nullcontext()
+  """``name``'s form, or (None) the device's own, as the trainer traces its step (`execution.form_for`)."""
+  return execution.use_form(name or execution.form_for(jax.default_backend()))
 
 
 def make_step(net: Any) -> Callable:

@@ -42,7 +42,7 @@ The measurements behind each default are in docs/benchmarks.md.
 
 from octflax.execution.choice import (CONVS, CPU_FORM, GPU_FORM, PLATFORM_FORMS, PROBE_FORMS, REFERENCE, TPU_FORM, Form,
                                       by_platform,
-                                      chosen_conv, chosen_form, current_conv, default_conv, platform_conv, use_conv,
+                                      chosen_conv, form_for, chosen_form, current_conv, default_conv, platform_conv, use_conv,
                                       use_form)
 from octflax.execution.compiler import (inference_compiler_options, init_compiler_options, train_compiler_options,
                                         xla_accepts)
@@ -53,7 +53,7 @@ from octflax.execution.forms import (batch_norm, batch_norm_in_form, batch_stats
 __all__ = [
     "CONVS", "CPU_FORM", "Form", "GPU_FORM", "PLATFORM_FORMS", "PROBE_FORMS", "REFERENCE", "TPU_FORM", "batch_norm",
     "batch_norm_in_form", "batch_stats", "batch_stats_in_form",
-    "by_platform", "chosen_conv", "chosen_form", "current_conv", "default_conv", "inference_compiler_options",
+    "by_platform", "chosen_conv", "chosen_form", "form_for", "current_conv", "default_conv", "inference_compiler_options",
     "init_compiler_options", "oct_conv", "oct_conv_in_form", "platform_conv",
     "train_compiler_options",
     "use_conv", "use_form", "xla_accepts", "xla_cpu_conv", "xla_cpu_conv_unpadded",

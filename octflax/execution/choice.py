@@ -84,9 +84,10 @@ REFERENCE = Form()
 CPU_FORM = Form(conv="xla_cpu")
 #: The default when lowering for an NVIDIA GPU: the form whose Oct-ResNet-50 train step has the
 #: lowest estimated time in the census for an H100 (docs/benchmarks.md, "Accelerators without
-#: one"): two convolutions per OctConv, both parts' BatchNorm in one reduction forward and one
+#: one"): two convolutions per OctConv, pooling as strided slices (fused into the join of the
+#: parts and the BatchNorm reductions), both parts' BatchNorm in one reduction forward and one
 #: backward. No GPU has timed it yet.
-GPU_FORM = Form(paths="two_convs", norm="joint", norm_grad="one_pass")
+GPU_FORM = Form(paths="two_convs", pool="slices", norm="joint", norm_grad="one_pass")
 #: The default when lowering for a TPU: the lowest sum of the compiler's estimated cycles for a
 #: TPU v5e (same section): pooling as strided slices, which the TPU compiler fuses. BatchNorm
 #: stays jax's: the TPU compiler fuses it into the convolutions around it, which the hand-written
@@ -101,6 +102,16 @@ PROBE_FORMS = ("reference", "shared_output", "shared_input", "two_convs", "slice
                "shared_input+slices+joint")
 
 _FORM: contextvars.ContextVar[Form | None] = contextvars.ContextVar("octflax_form", default=None)
+
+
+def form_for(platform: str) -> Form:
+  """The default form of a jax platform (``'cpu'``, ``'cuda'`` or ``'gpu'``, ``'tpu'``; others: `GPU_FORM`).
+
+  For code that knows where it runs (`octflax.training.DataParallel` from its devices), to trace
+  in that form (`use_form`) rather than in one branch per platform: the same numbers, without
+  the branches' leftovers in the compiled step (docs/benchmarks.md).
+  """
+  return PLATFORM_FORMS.get("cuda" if platform == "gpu" else platform, _OTHER_PLATFORMS_FORM)
 
 
 def platform_conv(x: jax.Array, kernel: jax.Array, feature_group_count: int = 1, precision: Any = None,
@@ -214,8 +225,7 @@ def _per_platform(fn: Callable[..., Any], args: Sequence[Any], fields: Sequence[
   arrays = [a for a in jax.tree.leaves(args) if isinstance(a, jax.Array)]
   if arrays and not any(isinstance(a, jax.core.Tracer) for a in arrays):
     # Run eagerly, not traced: nothing is lowered for another platform, the arrays' device runs it.
-    platform = next(iter(arrays[0].devices())).platform
-    return fn(PLATFORM_FORMS.get(platform, _OTHER_PLATFORMS_FORM), *args)
+    return fn(form_for(next(iter(arrays[0].devices())).platform), *args)
   default_key = key(_OTHER_PLATFORMS_FORM)
   branches: dict[tuple[str, ...], Callable[..., Any]] = {}
   per_platform = {}
@@ -229,5 +239,6 @@ def _per_platform(fn: Callable[..., Any], args: Sequence[Any], fields: Sequence[
 
 __all__ = [
     "CONVS", "CPU_FORM", "Form", "GPU_FORM", "PLATFORM_FORMS", "PROBE_FORMS", "REFERENCE", "TPU_FORM", "by_platform",
+    "form_for",
     "chosen_conv", "chosen_form", "current_conv", "default_conv", "platform_conv", "use_conv", "use_form",
 ]

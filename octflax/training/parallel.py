@@ -35,17 +35,28 @@ from jax.experimental.layout import Format, Layout
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from octflax import data as data_lib
+from octflax import execution
 from octflax.execution import train_compiler_options
 from octflax.errors import ConfigError
 from octflax.training.devices import check_batch_size, devices_per_process
 from octflax.training.state import TrainState
-from octflax.training.steps import eval_step, train_step
+from octflax.training.steps import eval_step as _eval_step
+from octflax.training.steps import train_step as _train_step
 
 PyTree = Any
 Batch = dict[str, Any]
 
 DATA_AXIS = "data"
 PARALLEL_MODES = ("jit", "pmap")
+
+
+def _in_form(form: execution.Form, step: Any) -> Any:
+  """``step`` traced in ``form``, unless a `execution.use_form` block around the call chose another."""
+  @functools.wraps(step)
+  def run(*args, **kwargs):
+    with execution.use_form(execution.chosen_form() or form):
+      return step(*args, **kwargs)
+  return run
 
 
 class DataParallel:
@@ -98,6 +109,9 @@ class DataParallel:
     self._replicated = NamedSharding(self.mesh, PartitionSpec())
     self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
     step_kwargs = dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha)
+    # The devices' platform is known: the steps trace in its execution form, not in a branch per platform.
+    form = execution.form_for(self.devices[0].platform)
+    train_step, eval_step = _in_form(form, _train_step), _in_form(form, _eval_step)
     if mode == "jit":
       # The train step compiles with octflax's train options (on CPU, 0.79-1.00x the time of
       # XLA's defaults; `octflax.execution.compiler`), the eval step with XLA's defaults. jax.pmap takes
