@@ -33,6 +33,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+@pytest.mark.slow  # four train steps and an evaluation of oct_resnet8 (15 s on 2 cores)
 def test_a_format2_run_resumes_where_it_stopped(tmp_path):
   """The run saved at format 2 resumes at step 4 and ends with the variables it had at step 8, joined.
 

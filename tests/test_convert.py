@@ -575,6 +575,7 @@ def test_fine_tune_an_imported_oct_resnet_on_an_image_folder_with_other_classes(
   assert 0 < max(jax.tree.leaves(difference)) < 0.1
 
 
+@pytest.mark.slow  # initialises and runs a ResNet-18 (7 s on 2 cores)
 def test_a_vanilla_resnet_starts_an_oct_resnet_at_any_alpha(tmp_path):
   """torchvision's ResNet-18 (alpha 0, strided convs) initialises Oct-ResNet-18 at alpha .5 as it is:
   the same variables, each OctConv's paths being blocks of the vanilla kernel."""

@@ -50,13 +50,12 @@ DATA_AXIS = "data"
 PARALLEL_MODES = ("jit", "pmap")
 
 
-def _in_form(form: execution.Form, step: Any) -> Any:
-  """``step`` traced in ``form``, unless a `execution.use_form` block around the call chose another."""
-  @functools.wraps(step)
+def _in_form(form: execution.Form | None, step: Any) -> Any:
+  """``step`` traced in ``form`` (None: ``step``), unless a `execution.use_form` block around the call chose one."""
   def run(*args, **kwargs):
     with execution.use_form(execution.chosen_form() or form):
       return step(*args, **kwargs)
-  return run
+  return step if form is None else functools.wraps(step)(run)
 
 
 class DataParallel:
@@ -109,8 +108,9 @@ class DataParallel:
     self._replicated = NamedSharding(self.mesh, PartitionSpec())
     self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
     step_kwargs = dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha)
-    # The devices' platform is known: the steps trace in its execution form, not in a branch per platform.
-    form = execution.form_for(self.devices[0].platform)
+    # On an accelerator the steps trace in its form, not in a branch per platform (docs/design.md).
+    platform = self.devices[0].platform
+    form = None if platform == "cpu" else execution.form_for(platform)
     train_step, eval_step = _in_form(form, _train_step), _in_form(form, _eval_step)
     if mode == "jit":
       # The train step compiles with octflax's train options (on CPU, 0.79-1.00x the time of
@@ -279,7 +279,7 @@ class DataParallel:
     return state, metrics
 
   def state_formats(self, state: TrainState, batch: Batch) -> PyTree:
-    """The formats (layout and sharding) the jit train step keeps ``state`` in, for batches like ``batch``."""
+    """The formats (layouts, shardings) the jit train step keeps ``state`` in, for batches like ``batch``."""
     return self._compiled_step(state, batch)[1]
 
   def _compiled_step(self, state: TrainState, batch: Batch) -> tuple[Any, PyTree, bool]:
