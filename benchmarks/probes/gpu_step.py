@@ -118,9 +118,9 @@ class Case:
     return statistics.median(self.times) * 1e3 if self.times else None
 
 
-def form_context(name: str | None):
-  """``name``'s form, or (None) the device's own, as the trainer traces its step (`execution.form_for`)."""
-  return execution.use_form(name or execution.form_for(jax.default_backend()))
+def form_context(name: str | None, platform: str):
+  """``name``'s form, or (None) ``platform``'s own, as the trainer traces its step (`execution.form_for`)."""
+  return execution.use_form(name or execution.form_for(platform))
 
 
 def make_step(net: Any) -> Callable:
@@ -180,14 +180,15 @@ class Builder:
     images, labels = self.batch(case.batch)
     one = jax.ShapeDtypeStruct((1, args.image_size, args.image_size, 3), jnp.float32)
     init = lambda x: net.init(jax.random.key(0), x, train=False)
-    with form_context(case.use):
+    platform = "cuda" if args.dry and args.dry_platform == "cuda" else jax.default_backend()
+    with form_context(case.use, platform):
       shapes = jax.eval_shape(init, one)
       spec = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {}),
               "opt": jax.eval_shape(TX.init, shapes["params"])}
       auto = Format(Layout.AUTO)  # the state's layouts chosen by XLA, as the trainer's step
       traced = jax.jit(make_step(net), donate_argnums=0, in_shardings=(auto, None, None),
                        out_shardings=(auto, None)).trace(spec, images, labels)
-      platforms = ("cuda",) if args.dry and args.dry_platform == "cuda" else None
+      platforms = (platform,) if platform == "cuda" and args.dry else None
       lowered = traced.lower(lowering_platforms=platforms) if platforms else traced.lower()
       case.convolutions, ops = count_ops(lowered.as_text())
       if args.dry:
