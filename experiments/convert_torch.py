@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from octflax import convert
+from octflax.errors import EXIT_FAILED, EXIT_USAGE, OctflaxError, exit_status
 from octflax.files import resolve_path
 
 
@@ -50,33 +51,37 @@ def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   try:
     state_dict = convert.load_torch_checkpoint(resolve_path(args.checkpoint))
-  except ImportError as e:
+  except ImportError as e:  # No torch: nothing ran.
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return EXIT_USAGE
   except (OSError, ValueError) as e:
     print(f"error: cannot read {args.checkpoint}: {e}", file=sys.stderr)
-    return 1
+    return EXIT_FAILED
   try:
     source = args.source or convert.detect_source(state_dict)
     variables = convert.from_torch_state_dict(
         state_dict, arch=args.arch, alpha=args.alpha, source=source, num_classes=args.num_classes)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return EXIT_FAILED
   out = resolve_path(args.out)
   if os.path.exists(out) and os.listdir(out):
     if not os.path.isdir(os.path.join(out, "meta")):
       print(f"error: --out {args.out!r} ({out}) exists and is not an octflax checkpoint; give a new "
             "directory.", file=sys.stderr)
-      return 1
+      return EXIT_FAILED
     if not args.force:
       print(f"error: {out} holds a checkpoint; pass --force to replace it.", file=sys.stderr)
-      return 1
+      return EXIT_FAILED
     shutil.rmtree(out)
   elif os.path.exists(out):
     os.rmdir(out)
-  out = convert.save_checkpoint(out, variables, arch=args.arch, alpha=args.alpha, source=source,
-                                converted_from=resolve_path(args.checkpoint))
+  try:
+    out = convert.save_checkpoint(out, variables, arch=args.arch, alpha=args.alpha, source=source,
+                                  converted_from=resolve_path(args.checkpoint))
+  except OctflaxError as e:  # A write that failed (74), or a checkpoint error (1).
+    print(f"error: {e}", file=sys.stderr)
+    return exit_status(e)
   count = sum(int(np.size(v)) for v in jax.tree.leaves(variables["params"]))
   print(f"wrote {out}: {args.arch} alpha={args.alpha} source={source} "
         f"({count:,} parameters, {len(state_dict)} PyTorch entries)")

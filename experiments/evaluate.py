@@ -21,6 +21,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -28,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-EXIT_FAILED = 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,61 +50,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def _merge(config, stored: dict[str, Any]) -> None:
-  """Sets the fields of ``config`` that ``stored`` (a saved config) has; free sub-trees whole."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
+def _settings(meta: dict[str, Any], args: argparse.Namespace):
+  """The data settings and the global batch to evaluate the checkpoint of ``meta`` with.
 
-  for key, value in stored.items():
-    if key not in config:
-      continue
-    if isinstance(config[key], ml_collections.ConfigDict) and key != "overrides" and isinstance(value, dict):
-      _merge(config[key], value)
-    else:
-      config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+  A trainer's checkpoint stores its run's config, which the run plan's own readers
+  (`octflax.training.plan.data_settings`, `eval_batch_size`) read; an imported one is an
+  ImageNet-style model, evaluated on an image folder.
+  """
+  from octflax.files import resolve_path  # pylint: disable=g-import-not-at-top
+  from octflax.training import plan  # pylint: disable=g-import-not-at-top
 
-
-def _config_for(meta: dict[str, Any], args: argparse.Namespace):
-  """The training config that describes the checkpoint's data and how to evaluate on it."""
-  from octflax.training import default_config  # pylint: disable=g-import-not-at-top
-
-  config = default_config()
-  if meta.get("config"):  # Written by the trainer: its config, over the defaults (for fields added since).
-    _merge(config, meta["config"])
-  else:  # Imported: an ImageNet-style model, evaluated on an image folder.
-    config.data.name = "image_folder"
-    config.data.augment = "imagenet"
-    config.data.image_size = int(meta["identity"]["image_shape"][0])
-    config.data.dir = ""
-    config.eval_batch_size = 64
-  if args.image_size:
-    config.data.image_size = args.image_size
-  if args.data:
-    config.data.dir = args.data
-  if args.batch_size:
-    config.eval_batch_size = args.batch_size
-  config.data.num_threads = max(int(config.data.get("num_threads", 0)), 4)
-  return config
+  stored = meta.get("config")
+  if stored:
+    settings, batch = plan.data_settings(stored), plan.eval_batch_size(stored)
+  else:
+    settings = plan.DataSettings(
+        name="image_folder", dir="", train_split="train", test_split="", max_train_examples=0, max_test_examples=0,
+        validation_examples=0, augment="imagenet", image_size=int(meta["identity"]["image_shape"][0]),
+        num_classes=0, num_threads=0, seed=0)
+    batch = 64
+  settings = dataclasses.replace(
+      settings, dir=resolve_path(args.data) if args.data else settings.dir,
+      image_size=args.image_size or settings.image_size, num_threads=max(settings.num_threads, 4))
+  return settings, args.batch_size or batch
 
 
 def evaluate_checkpoint(path: str, args: argparse.Namespace) -> dict[str, Any]:
   """Reads the checkpoint at ``path``, builds its model and data and returns the accuracies."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from octflax import checkpoint, data  # pylint: disable=g-import-not-at-top
   from octflax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from octflax.training import DataParallel, TrainState  # pylint: disable=g-import-not-at-top
-  from octflax.training.inputs import evaluate  # pylint: disable=g-import-not-at-top
-  from octflax.training.plan import data_settings  # pylint: disable=g-import-not-at-top
+  from octflax.training.steps import evaluate  # pylint: disable=g-import-not-at-top
 
   directory = checkpoint.find_checkpoint(path)
   meta = checkpoint.read_meta(directory)
   imported = not meta.get("config")
-  config = _config_for(meta, args)
-  model, variables = checkpoint.load_model(
-      directory, dtype=jnp.bfloat16 if config.half_precision else jnp.float32, api=config.model.api)
+  settings, global_batch = _settings(meta, args)
+  model, variables = checkpoint.load_model(directory)  # In the run's dtype and API.
   num_classes = int(meta["identity"]["num_classes"])
-  settings = data_settings(config)
   if settings.name == "image_folder" and not settings.dir:
     raise data.DataError("an imported checkpoint needs --data: a folder with one sub-folder of images per class.")
   # An imported checkpoint's --data folder is itself the class folders (no split sub-folder).
@@ -115,7 +100,7 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace) -> dict[str, Any]:
   if source.num_classes > num_classes:
     raise ConfigError(f"the data has {source.num_classes} classes but the model has {num_classes} outputs.")
   parallel = DataParallel("jit")
-  batch = parallel.batch_plan(config.eval_batch_size or config.batch_size, len(source), name="batch-size")
+  batch = data.batch_plan(parallel.devices, global_batch, len(source), name="batch-size")
   state = TrainState(step=np.zeros((), np.int32), params=variables["params"], batch_stats=variables["batch_stats"],
                      opt_state={}, rng=np.zeros(2, np.uint32), apply_fn=model.apply, tx=None)
   start = time.perf_counter()
@@ -132,14 +117,13 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
-  from octflax.data import DataError  # pylint: disable=g-import-not-at-top
-  from octflax.errors import TrainingError  # pylint: disable=g-import-not-at-top
+  from octflax.errors import OctflaxError, exit_status  # pylint: disable=g-import-not-at-top
 
   try:
     result = evaluate_checkpoint(args.workdir or args.checkpoint, args)
-  except (DataError, TrainingError, ValueError) as e:
+  except (OctflaxError, ValueError) as e:  # A checkpoint, data or option that does not fit: one line.
     print(f"error: {e}", file=sys.stderr, flush=True)
-    return EXIT_FAILED
+    return exit_status(e)
   top5 = f" top-5 {result['top5']:.2f}%" if result["top5"] is not None else ""
   at = f" (step {result['step']})" if result["step"] is not None else ""
   print(f"{result['model']} a={result['alpha']:g}{at}: top-1 {result['top1']:.2f}%{top5} on "

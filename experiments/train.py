@@ -19,6 +19,11 @@ Ahead of time: --aot=TARGET compiles this run's train step for an accelerator on
 memory per chip against the chip's, the kernels, the collectives and an estimated step time,
 and exits without training (no --workdir needed).
 
+Exit status: 0 when done; 2 for a bad command line or config value (nothing ran), 1 when the run
+failed, 73 when another run holds DIR, 74 when a file cannot be written, 75 when stopped by SIGTERM
+or Ctrl-C after a checkpoint (the same command resumes), 130 after a second Ctrl-C (octflax.errors).
+Every error is one line on stderr.
+
 Examples:
   python -m experiments.train --workdir runs/fashion_mnist
   python -m experiments.train --aot=tpu:v5e:2x2 --config experiments/configs/imagenet.py
@@ -34,15 +39,10 @@ from typing import Sequence
 
 from absl import app, flags, logging
 
+from octflax.errors import EXIT_USAGE, OctflaxError, RunStopped, exit_status
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "fashion_mnist.py")
-EXIT_USAGE = 2  # A bad command line or config value: nothing ran.
-EXIT_FAILED = 1  # Missing data, an unusable working directory or checkpoints, or a diverged run.
-# Also: 73 (octflax.training.EXIT_WORKDIR_LOCKED) when another run holds the working directory
-# (nothing written); 74 (EXIT_WRITE_FAILED) when a file cannot be written (no space left, a quota or
-# file-size limit, a read-only folder; what was saved before is intact and the same command resumes);
-# 75 (EXIT_STOPPED) after a SIGTERM or the first Ctrl-C: the step in flight was checkpointed and the
-# same command resumes; 130 after a second Ctrl-C (stopped at once).
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Working directory: checkpoints, metrics.jsonl, summary.json, curves.png.")
@@ -57,9 +57,22 @@ flags.DEFINE_string("aot", None,
                     "print its memory, kernels and estimated time, and exit without training.")
 
 
-def _fail(message: str, code: int) -> None:
+def report(error: BaseException) -> int:
+  """Prints the one line of ``error`` on stderr; its exit status (`octflax.errors.exit_status`)."""
+  if isinstance(error, KeyboardInterrupt):
+    line = "interrupted: stopped at once; the next run resumes from the last checkpoint."
+  elif isinstance(error, RunStopped):
+    line = str(error)  # Not a failure: it says how to resume.
+  else:
+    line = f"error: {error}"
+  print(line, file=sys.stderr, flush=True)
+  return exit_status(error)
+
+
+def usage_error(message: str) -> None:
+  """Exits with `EXIT_USAGE` and one line: a bad command line."""
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(code)
+  sys.exit(EXIT_USAGE)
 
 
 def split_command_line(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
@@ -67,12 +80,17 @@ def split_command_line(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
 
   ``--config F`` and ``--config.FIELD VALUE`` (space-separated) are read as
   ``--config=F`` and ``--config.FIELD=VALUE``.
+
+  >>> split_command_line(["train", "--config", "c.py", "--config.seed", "3", "--noconfig.nesterov", "--workdir=w"])
+  ('c.py', ['--config.seed=3', '--noconfig.nesterov'], ['train', '--workdir=w'])
   """
   source, overrides, rest = DEFAULT_CONFIG, [], [argv[0]]
   args = list(argv[1:])
   while args:
     arg = args.pop(0)
-    if arg == "--config" and args:
+    if arg == "--config":
+      if not args:
+        usage_error("--config needs a config file: --config FILE.")
       source = args.pop(0)
     elif arg.startswith("--config="):
       source = arg.split("=", 1)[1]
@@ -85,29 +103,21 @@ def split_command_line(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
   return source, overrides, rest
 
 
-def load_command_line_config(source: str, overrides: list[str]):
-  """The checked config of the command line (`octflax.training.config.load_config`); exits 2 on an error."""
-  path = source if os.path.isfile(source) or ":" not in source else source.split(":", 1)[0]
-  if not os.path.isfile(path):
-    _fail(f"config file {path!r} does not exist. Configs are in {CONFIG_DIR}: "
-          f"{', '.join(sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith('.py') and f[0] != '_'))}.",
-          EXIT_USAGE)
-  from octflax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  from octflax.training.config import load_config  # pylint: disable=g-import-not-at-top
-
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing, a bad flag reported in one line (`EXIT_USAGE`)."""
   try:
-    return load_config(source, overrides)
-  except ConfigError as e:
-    _fail(str(e), EXIT_USAGE)
+    return FLAGS(argv)
+  except flags.Error as e:
+    usage_error(f"{e} (--help lists the flags).")
 
 
 def main(argv: Sequence[str], config) -> int:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    usage_error(f"unexpected arguments: {' '.join(argv[1:])} (flags are --NAME=VALUE; --help lists them).")
   if FLAGS.aot:
     return compile_ahead_of_time(config, FLAGS.aot)
   if FLAGS.workdir is None:
-    raise app.UsageError("--workdir is required.")
+    usage_error("--workdir is required: the directory of the run's checkpoints and reports (or --aot=TARGET).")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it.
   if FLAGS.distributed or FLAGS.coordinator_address:
@@ -115,34 +125,12 @@ def main(argv: Sequence[str], config) -> int:
 
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
-  from octflax.data import DataError  # pylint: disable=g-import-not-at-top
-  from octflax.errors import (  # pylint: disable=g-import-not-at-top
-      EXIT_WORKDIR_LOCKED, EXIT_WRITE_FAILED, ConfigError, RunStopped, TrainingError, WorkdirLockedError,
-      WriteFailedError)
   from octflax.training import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  from octflax.training.preemption import EXIT_INTERRUPTED, EXIT_STOPPED  # pylint: disable=g-import-not-at-top
 
   try:
     summary = train_and_evaluate(config, FLAGS.workdir)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return EXIT_USAGE
-  except RunStopped as e:
-    print(str(e), file=sys.stderr, flush=True)
-    return EXIT_STOPPED
-  except WorkdirLockedError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return EXIT_WORKDIR_LOCKED
-  except WriteFailedError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return EXIT_WRITE_FAILED
-  except (DataError, TrainingError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return EXIT_FAILED
-  except KeyboardInterrupt:
-    print("interrupted: stopped at once; the next run resumes from the last checkpoint.", file=sys.stderr,
-          flush=True)
-    return EXIT_INTERRUPTED
+  except (OctflaxError, KeyboardInterrupt) as e:
+    return report(e)
   import jax  # pylint: disable=g-import-not-at-top
 
   if jax.process_index() == 0:
@@ -153,32 +141,31 @@ def main(argv: Sequence[str], config) -> int:
 
 
 def compile_ahead_of_time(config, target: str) -> int:
-  """``--aot``: the run's train step compiled for ``target`` (`octflax.training.aot`); 0, or 1 with one line."""
+  """``--aot``: the run's train step compiled for ``target`` (`experiments.aot_step`); 0, or an error's status."""
   from octflax.aot import TargetUnavailable  # pylint: disable=g-import-not-at-top
-  from octflax.data import DataError  # pylint: disable=g-import-not-at-top
-  from octflax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  from octflax.training.aot import compile_run_step  # pylint: disable=g-import-not-at-top
+  from experiments.aot_step import compile_run_step  # pylint: disable=g-import-not-at-top
 
   try:
     compile_run_step(config, target)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return EXIT_USAGE
-  except (TargetUnavailable, DataError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return EXIT_FAILED
+  except (OctflaxError, TargetUnavailable) as e:
+    return report(e)
   return 0
 
 
 def run() -> None:
-  """Reads the config (once, checked) and the other flags, and runs `main`."""
+  """Reads the config (once; `plan_run` checks it) and the other flags, and runs `main`."""
   source, overrides, rest = split_command_line(sys.argv)
   if any(arg == "--aot" or arg.startswith("--aot=") for arg in rest):
     from octflax.aot import prepare_environment  # pylint: disable=g-import-not-at-top
 
     prepare_environment()  # Before jax starts: it runs on the CPU and compiles for the target.
-  config = load_command_line_config(source, overrides)
-  app.run(lambda argv: main(argv, config), argv=rest)
+  from octflax.training.config import load_config  # pylint: disable=g-import-not-at-top
+
+  try:
+    config = load_config(source, overrides, config_dir=CONFIG_DIR)
+  except OctflaxError as e:
+    sys.exit(report(e))
+  app.run(lambda argv: main(argv, config), argv=rest, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

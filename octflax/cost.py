@@ -193,6 +193,16 @@ def analyze(model: nn.Module, input_shape: Sequence[int], *, dtype: Any = jnp.fl
       batch=int(input_shape[0]))
 
 
+def model_cost(model: nn.Module, image_shape: Sequence[int]) -> dict[str, Any]:
+  """``params``, ``macs_per_image`` and ``gmacs_per_image`` of ``model`` on one image (traced at float32,
+  nothing computed): what a training run's summary and TensorBoard report."""
+  shape = (1, *image_shape)
+  report = analyze(model.clone(dtype=jnp.float32) if hasattr(model, "dtype") else model, shape)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))["params"]
+  return {"params": sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
+          "macs_per_image": report.macs // report.batch, "gmacs_per_image": report.gmacs}
+
+
 def xla_flops(model: nn.Module, input_shape: Sequence[int], *, dtype: Any = jnp.float32,
               **call_kwargs: Any) -> float:
   """FLOPs of the compiled forward pass as XLA's ``cost_analysis()`` reports them.
@@ -221,4 +231,4 @@ def _accepts_train(model: nn.Module) -> bool:
     return False
 
 
-__all__ = ["CostReport", "LayerCost", "analyze", "count_macs", "xla_flops"]
+__all__ = ["CostReport", "LayerCost", "analyze", "count_macs", "model_cost", "xla_flops"]

@@ -585,7 +585,7 @@ def test_a_vanilla_resnet_starts_an_oct_resnet_at_any_alpha(tmp_path):
                                  source="torchvision")
   model = models.get_model("oct_resnet18", alpha=0.5, num_classes=10)
   fresh = training.create_train_state(model, training.make_optimizer(0.1), seed=0, input_shape=(1, 32, 32, 3))
-  loaded = training.start.init_from_checkpoint(fresh, path)
+  loaded = training.state.init_from_checkpoint(fresh, path)
   for name, values in (("params", variables["params"]), ("batch_stats", variables["batch_stats"])):
     flat = jax.tree_util.tree_leaves_with_path(values)
     assert len(flat) == len(jax.tree.leaves(getattr(loaded, name)))

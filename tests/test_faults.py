@@ -34,7 +34,8 @@ import octflax.checkpoint
 from octflax import training
 from octflax import files as writes
 from octflax.checkpoint import quiet
-from octflax.training import reporting
+from octflax.training import progress as progress_lib
+from octflax.training import reports
 from octflax.checkpoint import CheckpointStore
 from test_training import tiny_config, write_fashion_mnist
 
@@ -120,13 +121,13 @@ def test_workdir_probe_refuses_a_read_only_directory(tmp_path, monkeypatch):
   real_open = open
 
   def refusing_open(path, *args, **kwargs):
-    if training.paths.PROBE_FILE in os.fspath(path):
+    if training.rundir.PROBE_FILE in os.fspath(path):
       raise PermissionError(13, "Permission denied")
     return real_open(path, *args, **kwargs)
 
   monkeypatch.setattr("builtins.open", refusing_open)
   with pytest.raises(octflax.errors.WorkdirError, match=r"cannot write in .*: Permission denied"):
-    training.paths.prepare_workdir(str(tmp_path / "run"))
+    training.rundir.prepare_workdir(str(tmp_path / "run"))
 
 
 def _damage(step_dir: Path, how: str) -> None:
@@ -200,15 +201,15 @@ def test_no_checkpoint_restores_stops_and_changes_nothing(tmp_path, data_dir, re
 
 def test_progress_counts_finished_steps_and_prints_plain_lines_off_a_terminal(tmp_path):
   stream = io.StringIO()
-  progress = reporting.Progress(label="oct_resnet8 a=0.25", total=6, initial=0, enabled=True, stream=stream)
-  writer = reporting.MetricsWriter(str(tmp_path), resume_step=None)
+  progress = progress_lib.Progress(label="oct_resnet8 a=0.25", total=6, initial=0, enabled=True, stream=stream)
+  writer = reports.MetricsWriter(str(tmp_path), resume_step=None)
   fetched = []
 
   def fetch(items):
     fetched.append(len(items))
     return items
 
-  reporter = reporting.StepReporter(
+  reporter = progress_lib.StepReporter(
       writer=writer, progress=progress, fetch=fetch, global_batch=8, steps_per_epoch=3, log_every=2,
       learning_rate=lambda s: 0.1, start_step=0,
       max_in_flight=2)
@@ -241,9 +242,9 @@ def test_progress_waits_for_steps_beyond_the_in_flight_limit(tmp_path):
     reads.append(len(items))
     return [{"loss": 1.0, "accuracy": 0.0, "grad_norm": 1.0} for _ in items]
 
-  progress = reporting.Progress(label="x", total=10, initial=0, enabled=False)
-  writer = reporting.MetricsWriter(str(tmp_path), resume_step=None, enabled=False)
-  reporter = reporting.StepReporter(
+  progress = progress_lib.Progress(label="x", total=10, initial=0, enabled=False)
+  writer = reports.MetricsWriter(str(tmp_path), resume_step=None, enabled=False)
+  reporter = progress_lib.StepReporter(
       writer=writer, progress=progress, fetch=fetch, global_batch=8, steps_per_epoch=10, log_every=5,
       learning_rate=lambda s: 0.1, start_step=0,
       max_in_flight=3)
@@ -258,13 +259,13 @@ def test_progress_waits_for_steps_beyond_the_in_flight_limit(tmp_path):
 def test_first_signal_asks_to_stop_and_a_second_ctrl_c_stops_at_once():
   # What was installed before (a job started in the background inherits SIGINT ignored).
   before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-  with training.StopSignals() as stop:
+  with training.rundir.StopSignals() as stop:
     assert not stop.requested(1)
     os.kill(os.getpid(), signal.SIGINT)
     assert stop.requested(2) and stop.signal_name == "SIGINT"
     # The next Ctrl-C takes the default action: the process ends at once.
     assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
-  with training.StopSignals() as stop:
+  with training.rundir.StopSignals() as stop:
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop.requested(1) and stop.signal_name == "SIGTERM"
   assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
@@ -274,14 +275,14 @@ def test_sigterm_checkpoints_the_step_in_flight_and_the_resumed_run_matches(tmp_
                                                                             monkeypatch):
   config = small_config(data_dir, num_epochs=2)
 
-  dispatched = reporting.StepReporter.dispatched
+  dispatched = progress_lib.StepReporter.dispatched
 
   def dispatched_then_terminated(self, step, metrics):
     dispatched(self, step, metrics)
     if step == 3:  # Mid-epoch, between two periodic checkpoints.
       os.kill(os.getpid(), signal.SIGTERM)
 
-  monkeypatch.setattr(reporting.StepReporter, "dispatched", dispatched_then_terminated)
+  monkeypatch.setattr(progress_lib.StepReporter, "dispatched", dispatched_then_terminated)
   workdir = tmp_path / "run"
   with pytest.raises(octflax.errors.RunStopped, match=r"stopped by SIGTERM at step 3 of 8; checkpoint saved") as error:
     training.train_and_evaluate(config, str(workdir))

@@ -1,4 +1,5 @@
-"""Watching a run: TensorBoard event files, the profile window, device memory in the summary.
+"""Watching a run (a theme over `reports` and `progress`): TensorBoard event files, the profile window,
+device memory in the summary.
 
 The event files are read back with TensorBoard's own readers (the `tensorboard`
 package of the test extra): the accumulator of ``EventAccumulator`` and the one
@@ -23,8 +24,8 @@ import pytest
 
 import octflax.errors
 from octflax import cost, models, training
-from octflax.training import monitoring, reporting
-from octflax.training import summary as summary_lib
+from octflax.training import progress as progress_lib
+from octflax.training import reports
 from test_training import TINY, tiny_config, write_fashion_mnist
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -55,14 +56,14 @@ def profiled(tmp_path_factory, data_dir):
 
 
 def metrics_records(workdir: Path) -> list[dict]:
-  return [json.loads(line) for line in (workdir / reporting.METRICS_FILE).read_text().splitlines()]
+  return [json.loads(line) for line in (workdir / reports.METRICS_FILE).read_text().splitlines()]
 
 
 def expected_scalars(workdir: Path) -> dict[str, list[tuple[int, float]]]:
   """metrics.jsonl's records as (step, value) per TensorBoard tag, at float32 as event files store them."""
   out: dict[str, list[tuple[int, float]]] = {}
   for record in metrics_records(workdir):
-    for tag, value in monitoring.tensorboard_scalars(record).items():
+    for tag, value in reports.tensorboard_scalars(record).items():
       out.setdefault(tag, []).append((record["step"], float(np.float32(value))))
   return out
 
@@ -140,7 +141,7 @@ def test_summary_has_the_models_cost_and_the_devices_peak_memory(profiled):
   else:
     assert set(summary["peak_bytes_per_device"]) == set(reported)
     assert all(v > 0 for v in summary["peak_bytes_per_device"].values())
-  assert json.loads((workdir / summary_lib.SUMMARY_FILE).read_text())["macs_per_image"] == 28_264
+  assert json.loads((workdir / reports.SUMMARY_FILE).read_text())["macs_per_image"] == 28_264
 
 
 def test_peak_memory_is_read_per_device_where_the_backend_reports_it():
@@ -157,15 +158,15 @@ def test_peak_memory_is_read_per_device_where_the_backend_reports_it():
   gpus = [Device("cuda:0", {"bytes_in_use": 10, "peak_bytes_in_use": 3_000_000}),
           Device("cuda:1", {"bytes_in_use": 10, "peak_bytes_in_use": 5_000_000}),
           Device("cuda:2", {"peak_bytes_in_use": 7}, process_index=1)]  # Another process's: not readable here.
-  assert monitoring.peak_memory_bytes(gpus) == {"cuda:0": 3_000_000, "cuda:1": 5_000_000}
-  assert monitoring.peak_memory_bytes([Device("cpu:0", None), Device("cpu:1", {})]) is None
+  assert reports.peak_memory_bytes(gpus) == {"cuda:0": 3_000_000, "cuda:1": 5_000_000}
+  assert reports.peak_memory_bytes([Device("cpu:0", None), Device("cpu:1", {})]) is None
 
 
 def test_profile_window_traces_its_steps_and_says_where(profiled):
   workdir, _, printed = profiled
-  traces = list((workdir / monitoring.PROFILE_DIR / "plugins" / "profile").glob("*/*.xplane.pb"))
+  traces = list((workdir / progress_lib.PROFILE_DIR / "plugins" / "profile").glob("*/*.xplane.pb"))
   assert len(traces) == 1 and b"train_step" in traces[0].read_bytes()
-  directory = workdir / monitoring.PROFILE_DIR
+  directory = workdir / progress_lib.PROFILE_DIR
   assert f"profile of steps 3 to 4 written to {directory}; open it with: pip install xprof && " \
          f"xprof --logdir {directory}" in printed.splitlines()
   for trace in traces[0].parent.glob("*.trace.json.gz"):  # The same trace as JSON, where the profiler writes it.
@@ -188,21 +189,13 @@ def test_bad_profile_steps_stop_the_run_before_anything_is_written(tmp_path, dat
   assert not (tmp_path / "run").exists()
 
 
-def test_profile_window_values():
-  assert monitoring.profile_window((0, 0)) is None
-  assert monitoring.profile_window((0,)) is None
-  assert monitoring.profile_window([5, 3], total_steps=7) == (5, 7)
-  with pytest.raises(octflax.errors.ConfigError, match="got 'a'"):
-    monitoring.profile_window("a")
-
-
 class Crash(Exception):
   pass
 
 
 def test_a_resumed_run_shows_every_step_once_with_the_resumed_values(tmp_path, data_dir, monkeypatch):
   config = run_config(data_dir)  # profile_steps off.
-  dispatched = reporting.StepReporter.dispatched
+  dispatched = progress_lib.StepReporter.dispatched
 
   def dispatched_then_crash(self, step, metrics):
     dispatched(self, step, metrics)
@@ -210,7 +203,7 @@ def test_a_resumed_run_shows_every_step_once_with_the_resumed_values(tmp_path, d
       self.finish()
       raise Crash
 
-  monkeypatch.setattr(reporting.StepReporter, "dispatched", dispatched_then_crash)
+  monkeypatch.setattr(progress_lib.StepReporter, "dispatched", dispatched_then_crash)
   workdir = tmp_path / "run"
   with pytest.raises(Crash):
     training.train_and_evaluate(config, str(workdir))
@@ -228,7 +221,7 @@ def test_a_resumed_run_shows_every_step_once_with_the_resumed_values(tmp_path, d
   # Step 6 shows the resumed run's images/s (equal to metrics.jsonl, above), not the crashed run's.
   shown = [(6, dict(got["train/images_per_second"])[6])]
   assert not same({"rate": shown}, {"rate": [(6, float(np.float32(crashed[6]["images_per_second"])))]})
-  assert not (workdir / monitoring.PROFILE_DIR).exists()
+  assert not (workdir / progress_lib.PROFILE_DIR).exists()
 
 
 def test_bad_profile_steps_on_the_command_line_exit_2_with_one_line(tmp_path):

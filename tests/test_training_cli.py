@@ -188,6 +188,78 @@ def test_unknown_config_field_on_the_command_line(setup):
   assert not (root / "unknown").exists()
 
 
+# A bad command line: its arguments after --workdir, then the one line it prints (the start of it) and
+# whether jax was imported by then (a command line that cannot be read fails before jax starts; a value
+# out of range is found by the run's plan, which checks the config once).
+BAD_COMMAND_LINES = {
+    "misspelt field": (["--config.batchsize=3"], False,
+                       "error: unknown config field 'batchsize' (from --config.batchsize, config fashion_mnist.py). "
+                       "Did you mean 'batch_size' or 'eval_batch_size'? The fields are: batch_size, "),
+    "value of another type": (["--config.batch_size", "abc"], False,
+                              "error: --config.batch_size=abc: cannot set config.batch_size (int): invalid literal for "
+                              "int() with base 10: 'abc'."),
+    "not a boolean": (["--config.progress_bar=maybe"], False,
+                      "error: --config.progress_bar=maybe: cannot set config.progress_bar (bool): expected true or "
+                      "false."),
+    "no such config file": (["--config", "experiments/configs/nope.py"], False,
+                            "error: config file 'experiments/configs/nope.py' does not exist. Configs are in "
+                            f"{ROOT / 'experiments' / 'configs'}: cifar10.py, fashion_mnist.py, imagenet.py, "),
+    "attribute the file does not set": (["--config.model.overrides.depth=3"], False,
+                                        "error: --config.model.overrides.depth: fashion_mnist.py sets no model "
+                                        "attribute 'depth' in config.model.overrides (it sets: none). "),
+    "value out of range": (["--config.profile_steps", "1,3"], True,
+                           "error: config.profile_steps must be START,COUNT (e.g. --config.profile_steps=5,3: a trace "
+                           "of steps 5 to 7) with START >= 2 (step 1 compiles the train step) and COUNT >= 1, or 0 "
+                           "(off); got (1, 3)."),
+    "misspelt flag": (["--workdri=x"], False,
+                      "error: Unknown command line flag 'workdri'. Did you mean: workdir ? (--help lists the flags)."),
+    "stray argument": (["extra"], False, "error: unexpected arguments: extra (flags are --NAME=VALUE; "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COMMAND_LINES))
+def test_a_bad_command_line_is_one_line_and_exit_status_2(setup, case):
+  root, env = setup
+  flags, imports_jax, line = BAD_COMMAND_LINES[case]
+  workdir = root / f"bad_{case.replace(' ', '_')}"
+  # The command's own run(), and a note on stdout of whether it imported jax before it stopped.
+  code = ("import sys\nfrom experiments import train\ntry:\n  train.run()\nfinally:\n"
+          "  print('jax imported' if 'jax' in sys.modules else 'no jax')\n")
+  result = run([sys.executable, "-c", code, "--workdir", str(workdir), *flags], env, timeout=120)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.count("\n") == 1 and result.stderr.startswith(line), result.stderr
+  assert result.stdout.strip() == ("jax imported" if imports_jax else "no jax")
+  assert not workdir.exists()
+
+
+def test_no_workdir_is_one_line_and_exit_status_2(setup):
+  _, env = setup
+  result = run([sys.executable, "-m", "experiments.train", "--config.batch_size=64"], env, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr == ("error: --workdir is required: the directory of the run's checkpoints and reports "
+                           "(or --aot=TARGET).\n")
+
+
+def test_every_error_has_its_exit_status():
+  from octflax import errors  # pylint: disable=g-import-not-at-top
+  from octflax.data import DataError, MissingDataError  # pylint: disable=g-import-not-at-top
+
+  statuses = {
+      errors.ConfigError("x"): 2, errors.RunStopped("x", step=5, signal_name="SIGTERM"): 75,
+      errors.WorkdirLockedError("x"): 73, errors.WriteFailedError("x", errno=28, intact_step=None): 74,
+      KeyboardInterrupt(): 130, DataError("x"): 1, MissingDataError("x"): 1, errors.CheckpointError("x"): 1,
+      errors.CheckpointMismatchError("x"): 1, errors.DivergenceError("x", step=3, last_good_step=2): 1,
+      errors.WorkdirError("x"): 1, ValueError("x"): 1,
+  }
+  assert {type(e).__name__: errors.exit_status(e) for e in statuses} == {
+      type(e).__name__: status for e, status in statuses.items()}
+  # Every octflax error is an OctflaxError; a checkpoint or data error is not a training error.
+  assert all(isinstance(e, errors.OctflaxError) for e in statuses if type(e) not in (KeyboardInterrupt, ValueError))
+  for kind in (errors.CheckpointError, errors.CheckpointMismatchError, DataError):
+    assert not issubclass(kind, errors.TrainingError)
+  assert issubclass(errors.CheckpointMismatchError, ValueError) and issubclass(DataError, ValueError)
+
+
 def test_missing_data_says_how_to_fix_it(setup):
   root, env = setup
   # Nowhere to find or fetch the data: Debian's folder hidden (in the child), an empty cache, no server.

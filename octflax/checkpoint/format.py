@@ -248,7 +248,7 @@ def read_checkpoint(path: str) -> tuple[dict[str, PyTree], dict[str, Any]]:
   return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}, meta
 
 
-def load_model(path: str, *, dtype: Any = jnp.float32, api: str = "linen") -> tuple[Any, dict[str, PyTree]]:
+def load_model(path: str, *, dtype: Any = None, api: str | None = None) -> tuple[Any, dict[str, PyTree]]:
   """The model of the checkpoint at ``path`` and its variables: ``(model, {'params', 'batch_stats'})``.
 
   ``model.apply(variables, x, train=False)`` runs it. ``path`` is anything
@@ -256,14 +256,20 @@ def load_model(path: str, *, dtype: Any = jnp.float32, api: str = "linen") -> tu
 
   Args:
     path: where the checkpoint is.
-    dtype: the model's compute dtype.
-    api: ``'linen'`` or ``'nnx'`` (see `ModelIdentity.build`).
+    dtype: the model's compute dtype (default: the training run's, bfloat16 for a run with
+      ``half_precision``; float32 for an imported checkpoint).
+    api: ``'linen'`` or ``'nnx'`` (see `ModelIdentity.build`; default: the run's ``model.api``, else Linen).
 
   Raises:
     CheckpointError: no checkpoint, one that cannot be read, or one whose
       identity names no model of this octflax.
   """
   variables, meta = read_checkpoint(path)
+  config = meta.get("config") or {}
+  if dtype is None:
+    dtype = jnp.bfloat16 if config.get("half_precision") else jnp.float32
+  if api is None:
+    api = (config.get("model") or {}).get("api", "linen")
   try:
     model = ModelIdentity.from_json(meta.get("identity", {})).build(dtype=dtype, api=api)
   except ValueError as e:

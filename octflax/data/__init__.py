@@ -14,13 +14,14 @@ them by name (`register_source` adds one)::
 
 `split_validation` holds out the last examples of a source as a `Subset`,
 `input_shape` is the shape of the images a loader gives (the model's input), and a
-`BatchPlan` holds a data-parallel run's batch arithmetic (``make_loader(plan=...)``).
+`BatchPlan` holds a data-parallel run's batch arithmetic (``make_loader(plan=...)``; `batch_plan`
+builds one for a list of devices).
 """
 
 from octflax.data.augment import AUGMENTATIONS
 from octflax.data.download import FASHION_MNIST_DIR, download_fashion_mnist, find_fashion_mnist
 from octflax.data.errors import DataError, MissingDataError
-from octflax.data.batching import BatchPlan, steps_per_epoch
+from octflax.data.batching import BatchPlan, batch_plan, steps_per_epoch
 from octflax.data.pipeline import EpochLoader, input_shape, make_loader
 from octflax.data.arrays import ArraySource
 from octflax.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, cifar
@@ -35,6 +36,7 @@ __all__ = [
     "AUGMENTATIONS",
     "ArraySource",
     "BatchPlan",
+    "batch_plan",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "CIFAR10_MEAN",

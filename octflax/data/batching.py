@@ -1,13 +1,16 @@
-"""Batch arithmetic: a global batch over processes and devices (`BatchPlan`), and steps per epoch."""
+"""Batch arithmetic: a global batch over processes and devices (`BatchPlan`, `batch_plan`), and steps per epoch."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import collections
+from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from octflax.data.errors import DataError
+from octflax.errors import ConfigError
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int, *, drop_remainder: bool = True) -> int:
@@ -50,7 +53,7 @@ class BatchPlan:
   A global batch of ``global_batch`` examples splits evenly over ``num_processes``
   processes with ``devices_per_process`` devices each; `make_loader` yields this
   process's share, `per_process` examples, and each device gets `per_device`.
-  ``octflax.training.parallel.DataParallel.batch_plan`` builds one for its devices.
+  `batch_plan` builds one for a list of devices.
 
   >>> plan = BatchPlan(global_batch=256, num_processes=2, process_index=1,
   ...                  devices_per_process=4, steps_per_epoch=steps_per_epoch(60000, 256))
@@ -117,4 +120,71 @@ class BatchPlan:
     return self.global_batch // self.num_devices
 
 
-__all__ = ["BatchPlan", "check_int", "steps_per_epoch"]
+def batch_plan(devices: Sequence[Any], global_batch: int, num_examples: int, *,
+               name: str = "batch_size") -> BatchPlan:
+  """The batch arithmetic of a global batch over ``devices`` (`BatchPlan`), all processes'.
+
+  What `octflax.data.make_loader` takes as ``plan``: this process's share of
+  each global batch (``per_process``), its index (``jax.process_index()``)
+  and the number of processes.
+
+  Args:
+    global_batch: examples per step over all devices.
+    num_examples: examples of the data set the plan counts steps over
+      (`octflax.data.steps_per_epoch`, the partial last batch dropped). For
+      training, the training set (``len(source)``); for evaluation any
+      number, where ``steps_per_epoch`` 0 is fine (its loader pads the last
+      batch and counts its own batches).
+    name: the config field of ``global_batch``, named in the error.
+
+  Returns:
+    The plan.
+
+  Raises:
+    ConfigError: processes with different numbers of devices, this process
+      not among processes ``0 .. N - 1`` of the devices, or a global batch
+      that does not split evenly over the devices (the message names ``name``
+      and suggests a value).
+    DataError: a negative ``num_examples``.
+  """
+  per_process = devices_per_process(devices)
+  processes = sorted({d.process_index for d in devices})
+  if processes != list(range(len(processes))) or jax.process_index() not in processes:
+    raise ConfigError(
+        f"the devices belong to processes {processes} and this is process {jax.process_index()}: "
+        "octflax's data-parallel runs need the devices of processes 0..N-1, this one among them "
+        "(pass devices=None for all devices).")
+  check_batch_size(global_batch, len(devices), name)
+  return BatchPlan(global_batch=global_batch, num_processes=len(processes),
+                            process_index=jax.process_index(), devices_per_process=per_process,
+                            steps_per_epoch=steps_per_epoch(num_examples, global_batch))
+
+
+def check_batch_size(global_batch_size: int, num_devices: int, name: str = "batch_size") -> None:
+  """Raises `ConfigError` unless the global batch splits evenly over the devices."""
+  if global_batch_size < 1 or global_batch_size % num_devices:
+    raise ConfigError(
+        f"{name} {global_batch_size} is not divisible by the number of devices {num_devices}: "
+        f"each device must get the same number of images. Use a multiple of {num_devices} "
+        f"(e.g. --config.{name}={max(num_devices, global_batch_size // num_devices * num_devices)}).")
+
+
+def devices_per_process(devices: Sequence[Any]) -> int:
+  """The number of devices of each process among ``devices`` (objects with a ``process_index``).
+
+  Raises:
+    ConfigError: no devices, or processes with different numbers of devices.
+  """
+  counts = collections.Counter(d.process_index for d in devices)
+  if not counts:
+    raise ConfigError("no devices: octflax's data-parallel runs need at least one device.")
+  first = min(counts)
+  for process in sorted(counts):
+    if counts[process] != counts[first]:
+      raise ConfigError(
+          f"process {process} has {counts[process]} device{'s' if counts[process] != 1 else ''}, "
+          f"process {first} has {counts[first]}: octflax's data-parallel runs need the same number "
+          "of devices on every process.")
+  return counts[first]
+
+

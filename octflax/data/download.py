@@ -26,10 +26,9 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from octflax._data_dirs import FASHION_MNIST_DIR  # Debian's `dataset-fashion-mnist` package.
 from octflax.data.errors import DataError, MissingDataError
 
-# Default location of Debian's `dataset-fashion-mnist` package.
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # Zalando's download location, the one the data set's README links to (the same
 # files are in github.com/zalandoresearch/fashion-mnist under data/fashion/).
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

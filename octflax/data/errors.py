@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from octflax.errors import OctflaxError
 
-class DataError(ValueError):
+
+class DataError(OctflaxError, ValueError):
   """Bad input data or a bad argument to a data reader or loader.
 
   The message names the file or argument, says what was wrong and what is

@@ -313,7 +313,7 @@ def make_loader(
       cost nothing.
     num_threads: grain threads that build batches ahead; 0 builds each batch
       in the calling thread when it is asked for.
-    plan: the batch arithmetic (e.g. ``DataParallel.batch_plan``): per-process
+    plan: the batch arithmetic (e.g. `octflax.data.batch_plan`): per-process
       batch, process index and count. For training, its ``steps_per_epoch``
       must be that of ``len(source)`` examples.
 

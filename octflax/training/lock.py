@@ -101,7 +101,7 @@ class WorkdirLock:
       return os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as e:
       if e.errno in (errno_lib.ENOSPC, errno_lib.EDQUOT):
-        raise  # A full disk: the caller says so (see octflax.training.guard).
+        raise  # A full disk: the caller says so (see octflax.training.rundir).
       raise WorkdirError(f"--workdir {self.workdir}: cannot create its lock file {LOCK_FILE}: "
                          f"{e.strerror or e}.") from None
 

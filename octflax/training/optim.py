@@ -119,4 +119,12 @@ def make_optimizer(
   return optax.chain(*parts)
 
 
-__all__ = ["learning_rate_schedule", "make_optimizer", "scaled_learning_rate", "weight_decay_mask"]
+def optimizer(optimization: Any) -> tuple[optax.Schedule, optax.GradientTransformation]:
+  """``(schedule, tx)`` of a run plan's `octflax.training.plan.Optimization`."""
+  o = optimization
+  schedule = learning_rate_schedule(o.learning_rate, o.total_steps, o.warmup_steps)
+  return schedule, make_optimizer(schedule, momentum=o.momentum, nesterov=o.nesterov,
+                                  weight_decay=o.weight_decay, grad_clip_norm=o.grad_clip_norm)
+
+
+__all__ = ["learning_rate_schedule", "make_optimizer", "optimizer", "scaled_learning_rate", "weight_decay_mask"]

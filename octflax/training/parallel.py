@@ -34,11 +34,10 @@ import numpy as np
 from jax.experimental.layout import Format, Layout
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from octflax import data as data_lib
 from octflax import execution
 from octflax.execution import train_compiler_options
 from octflax.errors import ConfigError
-from octflax.training.devices import check_batch_size, devices_per_process
+from octflax.training.config import PARALLEL_MODES
 from octflax.training.state import TrainState
 from octflax.training.steps import eval_step as _eval_step
 from octflax.training.steps import train_step as _train_step
@@ -47,7 +46,30 @@ PyTree = Any
 Batch = dict[str, Any]
 
 DATA_AXIS = "data"
-PARALLEL_MODES = ("jit", "pmap")
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+  """Connects the processes of a multi-host run (`jax.distributed.initialize`).
+
+  Call once per process before any other JAX call. On Cloud TPU pods, SLURM and
+  other detected clusters the arguments may be left out; elsewhere give all
+  three. CPU processes exchange data through gloo.
+
+  Args:
+    coordinator_address: ``host:port`` of process 0.
+    num_processes: number of processes.
+    process_id: this process's index, ``0 .. num_processes - 1``.
+  """
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, KeyError, ValueError):  # A jax without the option: gloo is built in.
+    pass
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
 
 
 def _in_form(form: execution.Form | None, step: Any) -> Any:
@@ -151,45 +173,6 @@ class DataParallel:
       return model.clone(axis_name=DATA_AXIS)
     return model
 
-  def batch_plan(self, global_batch: int, num_examples: int, *,
-                 name: str = "batch_size") -> data_lib.BatchPlan:
-    """The batch arithmetic of a global batch over these devices (`octflax.data.BatchPlan`).
-
-    What `octflax.data.make_loader` takes as ``plan``: this process's share of
-    each global batch (``per_process``), its index (``jax.process_index()``)
-    and the number of processes.
-
-    Args:
-      global_batch: examples per step over all devices.
-      num_examples: examples of the data set the plan counts steps over
-        (`octflax.data.steps_per_epoch`, the partial last batch dropped). For
-        training, the training set (``len(source)``); for evaluation any
-        number, where ``steps_per_epoch`` 0 is fine (its loader pads the last
-        batch and counts its own batches).
-      name: the config field of ``global_batch``, named in the error.
-
-    Returns:
-      The plan.
-
-    Raises:
-      ConfigError: processes with different numbers of devices, this process
-        not among processes ``0 .. N - 1`` of the devices, or a global batch
-        that does not split evenly over the devices (the message names ``name``
-        and suggests a value).
-      DataError: a negative ``num_examples``.
-    """
-    per_process = devices_per_process(self.devices)
-    processes = sorted({d.process_index for d in self.devices})
-    if processes != list(range(len(processes))) or jax.process_index() not in processes:
-      raise ConfigError(
-          f"the devices belong to processes {processes} and this is process {jax.process_index()}: "
-          "octflax's data-parallel runs need the devices of processes 0..N-1, this one among them "
-          "(pass devices=None for all devices).")
-    check_batch_size(global_batch, self.num_devices, name)
-    return data_lib.BatchPlan(global_batch=global_batch, num_processes=len(processes),
-                              process_index=jax.process_index(), devices_per_process=per_process,
-                              steps_per_epoch=data_lib.steps_per_epoch(num_examples, global_batch))
-
   # Placement -------------------------------------------------------------------
 
   def put_state(self, state: TrainState) -> TrainState:
@@ -278,10 +261,6 @@ class DataParallel:
     self._laid_out = state if stable else None
     return state, metrics
 
-  def state_formats(self, state: TrainState, batch: Batch) -> PyTree:
-    """The formats (layouts, shardings) the jit train step keeps ``state`` in, for batches like ``batch``."""
-    return self._compiled_step(state, batch)[1]
-
   def _compiled_step(self, state: TrainState, batch: Batch) -> tuple[Any, PyTree, bool]:
     """The compiled jit step for these shapes, its state formats, and whether its output state keeps them."""
     abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
@@ -297,4 +276,4 @@ class DataParallel:
     return self._eval(state, batch)
 
 
-__all__ = ["DATA_AXIS", "DataParallel", "PARALLEL_MODES"]
+__all__ = ["DATA_AXIS", "DataParallel", "initialize_distributed"]

@@ -1,10 +1,11 @@
-"""The run plan: everything a training run needs, built once from its config, as plain typed values.
+"""The run plan and its data: everything a training run needs, built once from its config, as plain values.
 
 `plan_run` is the one reader of a training config (besides the entry points
-that load it): it checks it, resolves its paths, opens the data and returns a
-frozen `RunPlan` (the model's identity, the data settings, the batch plans of
-the data-parallel layer, the schedule's lengths, when to log, save and
-evaluate) with the opened `Splits`. Everything after it takes plain values::
+that load it): it checks it, resolves its paths, opens the data (`open_splits`)
+and returns a frozen `RunPlan` (the model's identity, the data settings, the
+batch plans over the devices (`octflax.data.batch_plan`), the schedule's
+lengths, when to log, save and evaluate) with the opened `Splits`. Everything
+after it takes plain values; `loader` gives an epoch's batches of a split::
 
   plan, splits = plan_run(config)
   plan.batch.per_device, plan.steps_per_epoch, plan.model.name
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -24,11 +26,74 @@ from octflax.checkpoint import ModelIdentity
 from octflax.checkpoint.identity import as_json
 from octflax.errors import ConfigError
 from octflax.files import resolve_path
-from octflax.training.config import check_config
-from octflax.training.inputs import DataSettings, Splits, open_splits
-from octflax.training.monitoring import profile_window
+from octflax.training.config import check_config, default_config, profile_window
 from octflax.training.optim import scaled_learning_rate
-from octflax.training.parallel import DataParallel
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """Where a run's examples come from and how they are transformed (plain values of ``config.data``).
+
+  Attributes:
+    name: the registry name (`octflax.data.list_sources`).
+    dir: the data set's directory, absolute ('' = the reader's default).
+    train_split, test_split: split names.
+    max_train_examples, max_test_examples: use the first this many (0 = all).
+    validation_examples: the last this many training examples form the validation split.
+    augment: the pipeline's augmentation (see `octflax.data.make_loader`).
+    image_size: side of the model's input (0 = as stored).
+    num_classes: classes of synthetic data (0 = the reader's).
+    num_threads: grain threads building batches ahead.
+    seed: data order and augmentation.
+  """
+
+  name: str
+  dir: str
+  train_split: str
+  test_split: str
+  max_train_examples: int
+  max_test_examples: int
+  validation_examples: int
+  augment: str
+  image_size: int
+  num_classes: int
+  num_threads: int
+  seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """The random-access sources of a run (``validation`` may be None)."""
+
+  train: Any
+  validation: Any | None
+  test: Any
+
+
+def open_splits(settings: DataSettings) -> Splits:
+  """The training (less the validation examples), validation and test splits.
+
+  Raises:
+    octflax.data.DataError: missing or malformed data, or splits with different classes.
+  """
+  s = settings
+  common = dict(data_dir=s.dir, image_size=s.image_size, num_classes=s.num_classes, seed=s.seed)
+  train = data_lib.get_source(s.name, s.train_split, max_examples=s.max_train_examples, **common)
+  test = data_lib.get_source(s.name, s.test_split, max_examples=s.max_test_examples, **common)
+  if train.num_classes != test.num_classes:
+    raise data_lib.DataError(
+        f"{s.dir or s.name}: split {s.train_split!r} has {train.num_classes} classes but "
+        f"{s.test_split!r} has {test.num_classes}; both splits need the same classes.")
+  train, validation = data_lib.split_validation(train, s.validation_examples)
+  return Splits(train=train, validation=validation, test=test)
+
+
+def loader(source: Any, settings: DataSettings, plan: data_lib.BatchPlan, *, train: bool, epoch: int = 0,
+           start_batch: int = 0) -> data_lib.EpochLoader:
+  """This process's batches of one epoch of ``source`` from batch ``start_batch`` on (a context manager)."""
+  return data_lib.make_loader(source, plan=plan, train=train, seed=settings.seed, epoch=epoch,
+                              augment=settings.augment, image_size=settings.image_size or None,
+                              start_batch=start_batch, num_threads=settings.num_threads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,14 +191,17 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return as_json(config.to_dict())
 
 
-def data_settings(config: ml_collections.ConfigDict) -> DataSettings:
-  """The data settings of ``config`` (``data.dir`` made absolute)."""
-  d = config.data
-  return DataSettings(
-      name=d.name, dir=resolve_path(d.dir) if d.dir else "", train_split=d.train_split, test_split=d.test_split,
-      max_train_examples=d.max_train_examples, max_test_examples=d.max_test_examples,
-      validation_examples=d.validation_examples, augment=d.augment, image_size=d.image_size,
-      num_classes=d.num_classes, num_threads=d.num_threads, seed=config.seed)
+def data_settings(config: Mapping[str, Any]) -> DataSettings:
+  """The data settings of a config, or of the config a run's checkpoints store (JSON values, where a
+  field added since takes its default); ``data.dir`` made absolute."""
+  d, default = config["data"], default_config().data
+  fields = {f.name: d.get(f.name, default.get(f.name)) for f in dataclasses.fields(DataSettings) if f.name != "seed"}
+  return DataSettings(**{**fields, "dir": resolve_path(fields["dir"]) if fields["dir"] else ""}, seed=config["seed"])
+
+
+def eval_batch_size(config: Mapping[str, Any]) -> int:
+  """The global batch of evaluation of a config or a stored one (``eval_batch_size``, else ``batch_size``)."""
+  return config.get("eval_batch_size") or config["batch_size"]
 
 
 def plan_run(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> tuple[RunPlan, Splits]:
@@ -157,14 +225,13 @@ def plan_run(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = 
   d = config.data
   settings = data_settings(config)
   splits = open_splits(settings)
-  devices = DataParallel(config.parallel, devices)
-  batch = devices.batch_plan(config.batch_size, len(splits.train))
+  devices = list(jax.devices() if devices is None else devices)
+  batch = data_lib.batch_plan(devices, config.batch_size, len(splits.train))
   if batch.steps_per_epoch == 0:
     raise ConfigError(
         f"batch_size {config.batch_size} is larger than the {len(splits.train)} training examples; an epoch "
         "would have no step. Use a smaller --config.batch_size.")
-  eval_batch = devices.batch_plan(config.eval_batch_size or config.batch_size, len(splits.test),
-                                  name="eval_batch_size")
+  eval_batch = data_lib.batch_plan(devices, eval_batch_size(config), len(splits.test), name="eval_batch_size")
   total_steps = config.num_epochs * batch.steps_per_epoch
   identity = ModelIdentity(
       name=config.model.name, alpha=config.model.alpha, num_classes=splits.train.num_classes,
@@ -187,4 +254,5 @@ def plan_run(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = 
   return plan, splits
 
 
-__all__ = ["Optimization", "RunPlan", "data_settings", "plan_run", "to_json_dict"]
+__all__ = ["DataSettings", "Optimization", "RunPlan", "Splits", "data_settings", "eval_batch_size", "loader", "open_splits",
+           "plan_run", "to_json_dict"]

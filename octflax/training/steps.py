@@ -1,11 +1,14 @@
-"""The one train step and the one eval step; parallel execution wraps these (see `parallel`)."""
+"""The one train step, the one eval step and the evaluation of a split; parallel execution wraps the steps (`parallel`)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from octflax.training.plan import loader
 from octflax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -143,4 +146,33 @@ def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = None) 
   return metrics
 
 
-__all__ = ["cross_entropy_loss", "eval_step", "mixup_weight", "train_step"]
+def evaluate(parallel: Any, state: Any, source: Any, settings: Any, plan: Any, prefix: str = "test") -> dict[str, float]:
+  """Loss and accuracy on a whole split with the pipeline's evaluation transform.
+
+  The padded last batch is masked out: ``accuracy = sum(correct * mask) / sum(mask)``.
+
+  Args:
+    parallel: a `DataParallel`; runs `eval_step`.
+    state: the placed state.
+    source: the split.
+    settings: the `inputs.DataSettings` (transform, image size, the loader's threads).
+    plan: the evaluation batches (an `octflax.data.BatchPlan`).
+    prefix: names the results.
+
+  Returns:
+    ``{prefix + '_loss', prefix + '_accuracy'}`` (and ``_top5_accuracy`` with >= 5 classes).
+  """
+  sums = None
+  with loader(source, settings, plan, train=False) as batches:
+    for batch in batches:
+      metrics = parallel.eval_step(state, parallel.put_batch(batch))
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+  sums = parallel.get_metrics(sums)
+  count = float(sums["count"])
+  result = {f"{prefix}_loss": float(sums["loss_sum"]) / count, f"{prefix}_accuracy": float(sums["correct"]) / count}
+  if "correct_top5" in sums:
+    result[f"{prefix}_top5_accuracy"] = float(sums["correct_top5"]) / count
+  return result
+
+
+__all__ = ["cross_entropy_loss", "eval_step", "evaluate", "mixup_weight", "train_step"]

@@ -1,10 +1,11 @@
 """The training loop: a config becomes a `RunPlan`, the plan a trained model, its checkpoints and reports.
 
 `train_and_evaluate` builds the plan (`plan_run`, the one reader of the config)
-and runs it (`run`): a loop over steps that logs, saves and evaluates when due
-and stops on a signal. It resumes from the newest good checkpoint in the
-working directory: the data order is a function of ``(seed, epoch)`` and the
-loader starts mid-epoch, so an interrupted and resumed run ends with the same
+and runs it (`run`). `run` opens the working directory (`RunDirectory`: its
+lock, the stop signals, the writers) and loops over steps, logging, saving and
+evaluating when due. It resumes from the newest good checkpoint in the working
+directory: the data order is a function of ``(seed, epoch)`` and the loader
+starts mid-epoch, so an interrupted and resumed run ends with the same
 parameters as an uninterrupted one.
 """
 
@@ -15,24 +16,19 @@ from typing import Any
 
 import jax
 import ml_collections
-from etils import epath
 
-from octflax.checkpoint import CHECKPOINT_DIR, CheckpointStore
+from octflax.cost import model_cost
 from octflax.errors import DivergenceError, RunStopped
-from octflax.training import inputs, monitoring, reporting
-from octflax.training import summary as summary_lib
-from octflax.training.guard import hold_workdir, run_guard
-from octflax.training.inputs import Splits
-from octflax.training.optim import learning_rate_schedule, make_optimizer
+from octflax.training import progress as progress_lib
+from octflax.training import reports
+from octflax.training.optim import optimizer
 from octflax.training.parallel import DataParallel
-from octflax.training.paths import prepare_workdir
-from octflax.training.plan import Optimization, RunPlan, plan_run
-from octflax.training.preemption import StopSignals
-from octflax.training.start import initial_state
-from octflax.training.state import all_finite
+from octflax.training.plan import RunPlan, Splits, loader, plan_run
+from octflax.training.rundir import RunDirectory
+from octflax.training.state import all_finite, initial_state
+from octflax.training.steps import evaluate
 
 
-@run_guard  # The working directory's lock; a write that cannot succeed stops the run in one line.
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates the model of ``config``, resuming from ``workdir`` if it holds a checkpoint.
 
@@ -67,133 +63,135 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return run(plan, splits, workdir)
 
 
-def optimizer(o: Optimization) -> tuple[Any, Any]:
-  """``(schedule, tx)`` of the plan's optimization."""
-  schedule = learning_rate_schedule(o.learning_rate, o.total_steps, o.warmup_steps)
-  return schedule, make_optimizer(schedule, momentum=o.momentum, nesterov=o.nesterov,
-                                  weight_decay=o.weight_decay, grad_clip_norm=o.grad_clip_norm)
-
-
 def run(plan: RunPlan, splits: Splits, workdir: str) -> dict[str, Any]:
-  """Runs ``plan`` on ``splits`` in ``workdir`` (see `train_and_evaluate`, which calls it under its guard)."""
-  is_chief = jax.process_index() == 0
-  say = lambda line: is_chief and print(line, flush=True)
-  o, spe = plan.optimization, plan.steps_per_epoch
+  """Runs ``plan`` on ``splits`` in ``workdir``; what `train_and_evaluate` does after planning (same
+  returns and errors but ConfigError and DataError, which planning raises)."""
+  o = plan.optimization
   parallel = DataParallel(plan.parallel, label_smoothing=o.label_smoothing, mixup_alpha=o.mixup_alpha)
   model = plan.build_model()
-  workdir = prepare_workdir(workdir)  # Before anything compiles; after the config's checks, which write nothing.
-  hold_workdir(workdir, is_chief=is_chief)  # One run per working directory, from here until the run ends.
-  store = CheckpointStore(f"{workdir}/{CHECKPOINT_DIR}", identity=plan.model, keep=plan.keep_checkpoints,
-                          is_chief=is_chief)
-  store.check_identity()  # Before anything in the working directory is written.
-  schedule, tx = optimizer(o)
-  cost = summary_lib.model_cost(model, plan.model.image_shape)  # Traced; before the clock starts.
-  state, step, meta = initial_state(parallel, model, tx, store, seed=plan.seed, image_shape=plan.model.image_shape,
-                                    init_from=plan.init_from, say=say)
-  writer, progress, profile, reporter = open_reports(plan, workdir, step, cost, parallel.get_metrics, schedule,
-                                                    is_chief)
-  reporter.resume_epoch(meta.get("epoch_totals"))  # A run resumed mid-epoch reports the whole epoch's means.
-  evaluated, start_step, last_good = writer.evaluated_steps(), step, step or None
-  seconds = {"before": float(meta.get("train_seconds", 0.0)), "start": time.time(), "evaluating": 0.0}
-  train_seconds = lambda: seconds["before"] + time.time() - seconds["start"] - seconds["evaluating"]
+  with RunDirectory(workdir) as rd:
+    say = lambda line: rd.chief and print(line, flush=True)
+    store = rd.checkpoints(plan.model, keep=plan.keep_checkpoints)
+    schedule, tx = optimizer(o)
+    cost = model_cost(model, plan.model.image_shape)  # Traced; before the clock starts.
+    state, step, meta = initial_state(parallel, model, tx, store, seed=plan.seed, image_shape=plan.model.image_shape,
+                                      init_from=plan.init_from, say=say)
+    loop = _Loop(plan, splits, parallel, rd, store, schedule, cost, state, step, meta)
+    evaluation = loop.train()
+    rd.close_writers()  # The checkpoints' writes finish (a failed one raises) before the summary is written.
+    result = summary(plan, splits, loop.records.records, evaluation, cost, parallel.devices, counts={
+        "train_seconds": loop.train_seconds(), "images_per_second": loop.reporter.images_per_second(),
+        "steps": loop.step, "resumed_from_step": loop.start_step or None})
+    rd.write_summary(result, loop.records.records,
+                     title=f"{plan.model.name} (alpha {plan.model.alpha:g}) on {plan.data.name}")
+  return result
 
-  def evaluate(epoch: int, final: bool) -> dict[str, float]:
+
+class _Loop:
+  """The steps of one run from where it starts: train, log, save and evaluate when due, stop when asked."""
+
+  def __init__(self, plan: RunPlan, splits: Splits, parallel: DataParallel, rd: RunDirectory, store: Any,
+               schedule: Any, cost: dict[str, Any], state: Any, step: int, meta: dict[str, Any]):
+    self.plan, self.splits, self.parallel, self.rd, self.store = plan, splits, parallel, rd, store
+    self.schedule, self.state, self.step, self.start_step = schedule, state, step, step
+    self.last_good = step or None  # The newest checkpoint written or restored.
+    self.records = rd.records(start_step=step, config=plan.config, run_info={
+        "model": plan.model.name, "alpha": plan.model.alpha, "input_shape": list(plan.model.image_shape), **cost})
+    self.progress = rd.opened(progress_lib.Progress(
+        label=f"{plan.model.name} a={plan.model.alpha:g}", total=plan.total_steps, initial=step,
+        enabled=rd.chief and plan.progress_bar))
+    say = self.progress.write if self.progress.enabled else lambda line: rd.chief and print(line, flush=True)
+    self.profile = rd.opened(progress_lib.ProfileWindow(plan.profile, f"{rd.path}/{progress_lib.PROFILE_DIR}",
+                                                        say=say))
+    self.reporter = progress_lib.StepReporter(
+        writer=self.records, progress=self.progress, fetch=parallel.get_metrics, global_batch=plan.batch.global_batch,
+        steps_per_epoch=plan.steps_per_epoch, log_every=plan.log_every_steps,
+        learning_rate=lambda s: float(schedule(s)), start_step=step)
+    self.reporter.resume_epoch(meta.get("epoch_totals"))  # A run resumed mid-epoch reports the whole epoch's means.
+    self.evaluated = self.records.evaluated_steps()
+    self.seconds = {"before": float(meta.get("train_seconds", 0.0)), "start": time.time(), "evaluating": 0.0}
+
+  def train_seconds(self) -> float:
+    """Training time of the whole run (resumed runs included), evaluations left out."""
+    s = self.seconds
+    return s["before"] + time.time() - s["start"] - s["evaluating"]
+
+  def train(self) -> dict[str, float]:
+    """Runs the steps left; the last evaluation (with the test split's metrics)."""
+    plan, spe, last = self.plan, self.plan.steps_per_epoch, {}
+    try:
+      with self.rd.stop:  # From here a SIGTERM or a first Ctrl-C stops the run after its step, checkpointed.
+        if self.step and self.step % spe == 0:  # The interrupted run may have stopped before this evaluation.
+          last = self.evaluate(self.step // spe, final=self.step == plan.total_steps)
+        for epoch in range(self.step // spe, plan.num_epochs):
+          self.train_epoch(epoch)
+          last = self.evaluate(epoch + 1, final=epoch + 1 == plan.num_epochs) or last
+        if "test_accuracy" not in last:
+          last = self.evaluate_splits(final=True)
+    except progress_lib.NonFiniteMetrics as e:
+      message = divergence_message(e.step, e.what, plan, float(self.schedule(e.step - 1)), self.last_good,
+                                   self.store.directory)
+      self.records.write({"kind": "diverged", "step": e.step, "message": message})
+      raise DivergenceError(message, e.step, self.last_good) from None
+    return last
+
+  def train_epoch(self, epoch: int) -> None:
+    """The steps of ``epoch`` from ``self.step`` on; saves when due, and stops (`RunStopped`) when asked."""
+    plan, stop = self.plan, self.rd.stop
+    with loader(self.splits.train, plan.data, plan.batch, train=True, epoch=epoch,
+                start_batch=self.step - epoch * plan.steps_per_epoch) as batches:
+      for batch in batches:
+        self.profile.before_step(self.step + 1, self.state)
+        self.state, metrics = self.parallel.train_step(self.state, self.parallel.put_batch(batch))
+        self.step += 1
+        self.reporter.dispatched(self.step, metrics)  # Reads finished steps back: logs, progress, NaN check.
+        self.profile.after_step(self.step, (self.state, metrics))
+        stopping = stop.requested(self.step)
+        if stopping or self.step % plan.checkpoint_every_steps == 0 or self.step == plan.total_steps:
+          self.save()
+        if stopping:
+          raise RunStopped(f"stopped by {stop.signal_name} at step {self.step} of {plan.total_steps}; checkpoint "
+                           f"saved in {self.store.directory}. Run the same command to resume.", self.step,
+                           stop.signal_name)
+    self.reporter.finish()
+
+  def save(self) -> None:
+    """Checkpoints the step after checking the parameters are finite."""
+    self.reporter.finish()
+    host_state = self.parallel.get_state(self.state)
+    if not all_finite(host_state.params):
+      raise progress_lib.NonFiniteMetrics(self.step, "the parameters became NaN or infinite")
+    extra = {"train_seconds": self.train_seconds(), "epoch_totals": self.reporter.epoch_totals()}
+    if self.store.save(self.step, host_state, self.plan.config, extra=extra):
+      self.last_good = self.step
+
+  def evaluate(self, epoch: int, final: bool) -> dict[str, float]:
     """Evaluates when ``epoch`` is due (validation, else test; test at the end) and records it."""
-    train = reporter.take_epoch_means()
-    if epoch % plan.eval_every_epochs and not final:
+    train = self.reporter.take_epoch_means()
+    if epoch % self.plan.eval_every_epochs and not final:
       return {}
     t = time.time()
-    result = evaluate_splits(parallel, state, splits, plan, final)
-    reporter.pause(time.time() - t)  # Evaluations count in neither images/s nor the training time.
-    seconds["evaluating"] += time.time() - t
-    if step not in evaluated:  # A resumed run may repeat the evaluation of its first step.
-      evaluated.add(step)
-      writer.write({"kind": "eval", "step": step, "epoch": epoch, **train, **result})
-    progress.write(f"epoch {epoch}: " + ", ".join(
+    result = self.evaluate_splits(final)
+    self.reporter.pause(time.time() - t)  # Evaluations count in neither images/s nor the training time.
+    self.seconds["evaluating"] += time.time() - t
+    if self.step not in self.evaluated:  # A resumed run may repeat the evaluation of its first step.
+      self.evaluated.add(self.step)
+      self.records.write({"kind": "eval", "step": self.step, "epoch": epoch, **train, **result})
+    self.progress.write(f"epoch {epoch}: " + ", ".join(
         f"{split} accuracy {100 * result[split + '_accuracy']:.2f}%, {split} loss {result[split + '_loss']:.4f}"
         for split in ("validation", "test") if split + "_accuracy" in result))
     return result
 
-  last: dict[str, float] = {}
-  try:
-    with StopSignals() as stop:
-      if step and step % spe == 0:  # The interrupted run may have stopped before this evaluation.
-        last = evaluate(step // spe, final=step == plan.total_steps)
-      for epoch in range(step // spe, plan.num_epochs):
-        with inputs.loader(splits.train, plan.data, plan.batch, train=True, epoch=epoch,
-                           start_batch=step - epoch * spe) as batches:
-          for batch in batches:
-            profile.before_step(step + 1, state)
-            state, metrics = parallel.train_step(state, parallel.put_batch(batch))
-            step += 1
-            reporter.dispatched(step, metrics)  # Reads finished steps back: logs, progress, NaN check.
-            profile.after_step(step, (state, metrics))
-            stopping = stop.requested(step)
-            if stopping or step % plan.checkpoint_every_steps == 0 or step == plan.total_steps:
-              reporter.finish()
-              last_good = save(store, parallel.get_state(state), step, plan.config, last_good,
-                               {"train_seconds": train_seconds(), "epoch_totals": reporter.epoch_totals()})
-            if stopping:
-              raise RunStopped(f"stopped by {stop.signal_name} at step {step} of {plan.total_steps}; checkpoint "
-                               f"saved in {store.directory}. Run the same command to resume.", step,
-                               stop.signal_name)
-        reporter.finish()
-        last = evaluate(epoch + 1, final=epoch + 1 == plan.num_epochs) or last
-      if "test_accuracy" not in last:
-        last = evaluate_splits(parallel, state, splits, plan, final=True)
-  except reporting.NonFiniteMetrics as e:
-    message = divergence_message(e.step, e.what, plan, float(schedule(e.step - 1)), last_good, store.directory)
-    writer.write({"kind": "diverged", "step": e.step, "message": message})
-    raise DivergenceError(message, e.step, last_good) from None
-  finally:
-    profile.close()
-    progress.close()
-    store.close()
-    writer.close()
-  return finish(plan, splits, workdir, writer.records, last, cost, parallel.devices, counts={
-      "train_seconds": train_seconds(), "images_per_second": reporter.images_per_second(), "steps": step,
-      "resumed_from_step": start_step or None})
-
-
-def open_reports(plan: RunPlan, workdir: str, step: int, cost: dict[str, Any], fetch: Any, schedule: Any,
-                 is_chief: bool) -> tuple[reporting.MetricsWriter, reporting.Progress, monitoring.ProfileWindow,
-                                          reporting.StepReporter]:
-  """What a run starting at ``step`` reports to: metrics.jsonl (mirrored to TensorBoard), the progress
-  line, the profile window, and the reader of the steps' metrics (process 0 writes)."""
-  say = lambda line: is_chief and print(line, flush=True)
-  board = monitoring.EventWriter(workdir, start_step=step, enabled=is_chief, say=say)
-  board.write_run_info(plan.config, {"model": plan.model.name, "alpha": plan.model.alpha,
-                                     "input_shape": list(plan.model.image_shape), **cost})
-  writer = reporting.MetricsWriter(workdir, resume_step=step or None, enabled=is_chief, mirror=board)
-  progress = reporting.Progress(label=f"{plan.model.name} a={plan.model.alpha:g}", total=plan.total_steps,
-                                initial=step, enabled=is_chief and plan.progress_bar)
-  profile = monitoring.ProfileWindow(plan.profile, f"{workdir}/{monitoring.PROFILE_DIR}",
-                                     say=progress.write if progress.enabled else say)
-  reporter = reporting.StepReporter(
-      writer=writer, progress=progress, fetch=fetch, global_batch=plan.batch.global_batch,
-      steps_per_epoch=plan.steps_per_epoch, log_every=plan.log_every_steps,
-      learning_rate=lambda s: float(schedule(s)), start_step=step)
-  return writer, progress, profile, reporter
-
-
-def save(store: CheckpointStore, host_state: Any, step: int, config: dict[str, Any], last_good: int | None,
-         extra: dict[str, Any]) -> int | None:
-  """Saves ``host_state`` as checkpoint ``step`` after checking it is finite; the newest good step."""
-  if not all_finite(host_state.params):
-    raise reporting.NonFiniteMetrics(step, "the parameters became NaN or infinite")
-  return step if store.save(step, host_state, config, extra=extra) else last_good
-
-
-def evaluate_splits(parallel: DataParallel, state: Any, splits: Splits, plan: RunPlan,
-                    final: bool) -> dict[str, float]:
-  """The validation split's metrics (else the test split's), and the test split's when ``final``."""
-  chosen = [("validation", splits.validation)] if splits.validation is not None else []
-  if not chosen or final:
-    chosen.append(("test", splits.test))
-  result: dict[str, float] = {}
-  for prefix, source in chosen:
-    result.update(inputs.evaluate(parallel, state, source, plan.data, plan.eval_batch, prefix=prefix))
-  return result
+  def evaluate_splits(self, final: bool) -> dict[str, float]:
+    """The validation split's metrics (else the test split's), and the test split's when ``final``."""
+    splits = self.splits
+    chosen = [("validation", splits.validation)] if splits.validation is not None else []
+    if not chosen or final:
+      chosen.append(("test", splits.test))
+    result: dict[str, float] = {}
+    for prefix, source in chosen:
+      result.update(evaluate(self.parallel, self.state, source, self.plan.data, self.plan.eval_batch, prefix=prefix))
+    return result
 
 
 def divergence_message(step: int, what: str, plan: RunPlan, learning_rate: float, last_good: int | None,
@@ -211,21 +209,24 @@ def divergence_message(step: int, what: str, plan: RunPlan, learning_rate: float
       "(--config.grad_clip_norm=1.0)" + (", or --config.half_precision=False" if plan.half_precision else "") + ".")
 
 
-def finish(plan: RunPlan, splits: Splits, workdir: str, records: list[dict[str, Any]], evaluation: dict[str, float],
-           cost: dict[str, Any], devices: list[Any], counts: dict[str, Any]) -> dict[str, Any]:
-  """The summary; process 0 writes it and the curves to ``workdir``."""
-  result = summary_lib.summary(evaluation=evaluation, records=records, cost=cost, devices=devices, config=plan.config,
-                               counts={
-                                   "train_examples": len(splits.train),
-                                   "validation_examples": 0 if splits.validation is None else len(splits.validation),
-                                   **counts, "parallel": plan.parallel, "epochs": plan.num_epochs,
-                                   "global_batch_size": plan.batch.global_batch, "model": plan.model.name,
-                                   "alpha": plan.model.alpha})
-  if jax.process_index() == 0:
-    summary_lib.write_json(epath.Path(workdir) / summary_lib.SUMMARY_FILE, result)
-    summary_lib.plot_curves(records, epath.Path(workdir) / summary_lib.CURVES_FILE,
-                            title=f"{plan.model.name} (alpha {plan.model.alpha:g}) on {plan.data.name}")
-  return result
+def summary(plan: RunPlan, splits: Splits, records: list[dict[str, Any]], evaluation: dict[str, float],
+            cost: dict[str, Any], devices: list[Any], counts: dict[str, Any]) -> dict[str, Any]:
+  """The run's summary: the last evaluation, ``counts`` (steps, seconds, images/s), the model's cost,
+  the devices, the last training loss of ``records`` and the config."""
+  train_records = [r for r in records if r.get("kind") in ("train", "eval") and r.get("train_loss")]
+  return {
+      **evaluation, "train_examples": len(splits.train),
+      "validation_examples": 0 if splits.validation is None else len(splits.validation),
+      **counts, "parallel": plan.parallel, "epochs": plan.num_epochs, "global_batch_size": plan.batch.global_batch,
+      "model": plan.model.name, "alpha": plan.model.alpha, **cost,
+      "device": reports.describe_devices(devices),
+      "peak_bytes_per_device": reports.peak_memory_bytes(devices),
+      "num_devices": len(devices),
+      "num_processes": jax.process_count(),
+      "final_train_loss": train_records[-1]["train_loss"] if train_records else None,
+      "jax_version": jax.__version__,
+      "config": plan.config,
+  }
 
 
-__all__ = ["evaluate_splits", "optimizer", "run", "train_and_evaluate"]
+__all__ = ["run", "summary", "train_and_evaluate"]

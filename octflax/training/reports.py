@@ -1,27 +1,87 @@
-"""Watching a run: TensorBoard event files, a profile window of chosen steps, device memory.
+"""What a run writes as it goes and at its end: ``metrics.jsonl``, TensorBoard event files, ``summary.json``, ``curves.png``.
 
-`EventWriter` writes every record of ``metrics.jsonl`` as TensorBoard scalars
-(``events.out.tfevents.*`` in the working directory, with tensorboardX), and the
-run's config and model cost as text and hparams. `ProfileWindow` captures a
-`jax.profiler` trace of the steps named by ``config.profile_steps`` into
-``workdir/profile/``, readable by XProf or TensorBoard's profile tab.
-`peak_memory_bytes` reads the devices' peak memory for the summary.
+`MetricsWriter` appends a record per logged step and per evaluation to
+``metrics.jsonl`` and mirrors it to an `EventWriter`, which writes it as
+TensorBoard scalars (``events.out.tfevents.*``, with tensorboardX) after the
+run's config and model cost (text and hparams). At the end the run writes
+its summary (`write_json`) and its learning curves (`plot_curves`).
+`octflax.training.rundir.RunDirectory` opens and closes them.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 from typing import Any, Callable, Sequence
 
 import jax
+from etils import epath
 
-from octflax.errors import ConfigError
+from octflax.files import overwrite_file, replace_file
 
-PROFILE_DIR = "profile"
+METRICS_FILE = "metrics.jsonl"
 EVENTS_PREFIX = "events"  # Files are named events.out.tfevents.TIME.HOST.START_STEP.PID.
+SUMMARY_FILE = "summary.json"
+CURVES_FILE = "curves.png"
 
+
+class MetricsWriter:
+  """Appends one JSON record per line to ``workdir/metrics.jsonl``.
+
+  Records carry ``kind`` ('train' for a logged step, 'eval' for an epoch's
+  evaluation) and ``step``. When a run resumes from the checkpoint of step s,
+  records after s (written by the interrupted run) are dropped, so the file
+  reads as one uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int | None, enabled: bool = True, mirror: Any = None):
+    """Opens the file: empty for a fresh run (``resume_step`` None), else with the records up to
+    ``resume_step``. ``enabled`` False (processes but the first): nothing is written. ``mirror`` (e.g.
+    an `EventWriter`) also receives every record written and is closed with this writer."""
+    self.path = epath.Path(workdir) / METRICS_FILE
+    self.enabled = enabled
+    self._mirror = mirror if enabled else None
+    self.records: list[dict[str, Any]] = []
+    if not enabled:
+      return
+    if resume_step is not None and self.path.exists():
+      for line in self.path.read_text().splitlines():
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:  # A line cut by a kill.
+          continue
+        if record.get("step", 0) <= resume_step:
+          self.records.append(record)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    # Replaced whole: a failed or killed rewrite leaves the records of the earlier run in place.
+    replace_file(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+    self._file = self.path.open("a")
+
+  def write(self, record: dict[str, Any]) -> None:
+    """Appends ``record`` (flushed at once, so a killed run keeps what it logged)."""
+    if not self.enabled:
+      return
+    record = json.loads(json.dumps(record, default=float))
+    self.records.append(record)
+    try:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    except OSError as e:  # Named, so that the run's one-line error says which file (see `rundir`).
+      raise OSError(e.errno, e.strerror, str(self.path)) from None
+    if self._mirror is not None:
+      self._mirror.write(record)
+
+  def evaluated_steps(self) -> set[int]:
+    """Steps that have an 'eval' record."""
+    return {r["step"] for r in self.records if r.get("kind") == "eval"}
+
+  def close(self) -> None:
+    if self.enabled and not self._file.closed:
+      self._file.close()
+    if self._mirror is not None:
+      self._mirror.close()
 
 def tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
   """The scalars, by TensorBoard tag, of one ``metrics.jsonl`` record (at the record's step).
@@ -164,82 +224,57 @@ class EventWriter:
       self._events = None
 
 
-# ----------------------------------------------------------------------------- the profile window
+def write_json(path: epath.PathLike, value: Any) -> None:
+  """Writes ``value`` as indented JSON (replacing the file whole: a failed write keeps the old one)."""
+  replace_file(path, json.dumps(value, indent=1, default=str) + "\n")
 
 
-def profile_window(profile_steps: Any, total_steps: int | None = None) -> tuple[int, int] | None:
-  """``(first, last)`` step of ``config.profile_steps`` (``START,COUNT``), or None when it is off (0).
+def plot_curves(records: list[dict[str, Any]], path: epath.PathLike, title: str = "") -> bool:
+  """Train, validation and test loss and accuracy per epoch (from the 'eval' records) as a PNG.
 
-  Raises:
-    ConfigError: anything but ``0`` or two integers ``START >= 2`` (step 1 compiles
-      the train step) and ``COUNT >= 1``; or a window that ends after ``total_steps``.
+  Returns:
+    False when there is no epoch to plot (nothing is written).
   """
-  value = tuple(profile_steps) if isinstance(profile_steps, (tuple, list)) else (profile_steps,)
-  if value in ((), (0,), (0, 0)):
-    return None
-  if (len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-      or value[0] < 2 or value[1] < 1):
-    raise ConfigError(
-        "config.profile_steps must be START,COUNT (e.g. --config.profile_steps=5,3: a trace of steps 5 to 7) "
-        f"with START >= 2 (step 1 compiles the train step) and COUNT >= 1, or 0 (off); got {profile_steps!r}.")
-  first, last = value[0], value[0] + value[1] - 1
-  if total_steps is not None and last > total_steps:
-    raise ConfigError(
-        f"config.profile_steps {first},{value[1]} asks for steps {first} to {last}, but the run has "
-        f"{total_steps} steps.")
-  return first, last
+  epochs = [r for r in records if r.get("kind") == "eval"]
+  if not epochs:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  x = [r["epoch"] for r in epochs]
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy (%)")):
+    scale = 100.0 if key == "accuracy" else 1.0
+    train = [(e, scale * r[f"train_{key}"]) for e, r in zip(x, epochs) if r.get(f"train_{key}") is not None]
+    if train:
+      ax.plot(*zip(*train), "o-", label="train")
+    for split, marker in (("validation", "^-"), ("test", "s-")):
+      points = [(e, scale * r[f"{split}_{key}"]) for e, r in zip(x, epochs) if r.get(f"{split}_{key}") is not None]
+      if points:
+        ax.plot(*zip(*points), marker, label=split)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
+  plt.close(fig)
+  overwrite_file(path, buffer.getvalue())  # In place: no room is needed for a second copy.
+  return True
 
 
-class ProfileWindow:
-  """A `jax.profiler` trace of the steps ``first`` to ``last`` (from `profile_window`).
-
-  The trainer calls `before_step` before it dispatches a step and `after_step`
-  after; the trace starts once the steps before the window have finished and
-  stops once its last step has. A window that begins at or before this
-  process's first step (which compiles; e.g. a run resumed past it) is skipped,
-  with a line saying so.
-  """
-
-  def __init__(self, window: tuple[int, int] | None, directory: str, *, say: Callable[[str], Any] = print):
-    self.window, self.directory, self._say = window, directory, say
-    self._first_step: int | None = None
-    self.active = False
-    self.written = False
-
-  def before_step(self, step: int, state: Any) -> None:
-    """Step ``step`` is about to be dispatched; ``state`` is the previous step's output."""
-    if self.window is None:
-      return
-    if self._first_step is None:
-      self._first_step = step
-      if self.window[0] <= step:
-        self._say(f"profile_steps: steps {self.window[0]} to {self.window[1]} are not traced: this run starts "
-                  f"at step {step}, which compiles the train step.")
-        self.window = None
-        return
-    if step == self.window[0]:
-      jax.block_until_ready(state)
-      jax.profiler.start_trace(self.directory)
-      self.active = True
-
-  def after_step(self, step: int, outputs: Any) -> None:
-    """Step ``step`` was dispatched with ``outputs``; the trace stops when it is the window's last."""
-    if self.active and step == self.window[1]:
-      jax.block_until_ready(outputs)
-      self.close()
-
-  def close(self) -> None:
-    """Stops a running trace (also when the run stops inside the window) and says where it is."""
-    if not self.active:
-      return
-    self.active = False
-    jax.profiler.stop_trace()
-    self.written = True
-    self._say(f"profile of steps {self.window[0]} to {self.window[1]} written to {self.directory}; "
-              f"open it with: pip install xprof && xprof --logdir {self.directory}")
-
-
-# ----------------------------------------------------------------------------- memory
+def describe_devices(devices: Sequence[jax.Device] | None = None) -> str:
+  """A short description such as ``'8 x TPU v4 (tpu), 2 processes'``."""
+  devices = list(jax.devices() if devices is None else devices)
+  kinds = sorted({f"{d.device_kind} ({d.platform})" for d in devices})
+  processes = len({d.process_index for d in devices})
+  text = f"{len(devices)} x {', '.join(kinds)}"
+  return text + (f", {processes} processes" if processes > 1 else "")
 
 
 def peak_memory_bytes(devices: Sequence[Any]) -> dict[str, int] | None:
@@ -258,5 +293,5 @@ def peak_memory_bytes(devices: Sequence[Any]) -> dict[str, int] | None:
   return peaks or None
 
 
-__all__ = ["EVENTS_PREFIX", "EventWriter", "PROFILE_DIR", "ProfileWindow", "peak_memory_bytes", "profile_window",
-           "tensorboard_scalars"]
+__all__ = ["CURVES_FILE", "EVENTS_PREFIX", "EventWriter", "METRICS_FILE", "MetricsWriter", "SUMMARY_FILE",
+           "describe_devices", "peak_memory_bytes", "plot_curves", "tensorboard_scalars", "write_json"]

@@ -1,88 +1,24 @@
-"""What a run reports as it goes: the progress line and metrics.jsonl (the end's files: `summary`).
+"""Watching the steps of a run: their metrics read back as they finish, the progress line, the profile window.
 
 `StepReporter` receives each step's metrics as the step is dispatched and reads
 them back once the step has finished, so that the progress it shows (steps,
-loss, images/s, ETA) is that of finished steps only.
+loss, images/s, ETA) is that of finished steps only; a loss or gradient norm
+that is not finite stops the run (`NonFiniteMetrics`). `ProfileWindow` captures
+a `jax.profiler` trace of the steps named by ``config.profile_steps`` into
+``workdir/profile/``, readable by XProf or TensorBoard's profile tab.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import math
 import sys
 import time
 from typing import Any, Callable, TextIO
 
-from etils import epath
+import jax
 
-from octflax.files import replace_file
-
-METRICS_FILE = "metrics.jsonl"
-
-
-class MetricsWriter:
-  """Appends one JSON record per line to ``workdir/metrics.jsonl``.
-
-  Records carry ``kind`` ('train' for a logged step, 'eval' for an epoch's
-  evaluation) and ``step``. When a run resumes from the checkpoint of step s,
-  records after s (written by the interrupted run) are dropped, so the file
-  reads as one uninterrupted run.
-  """
-
-  def __init__(self, workdir: str, *, resume_step: int | None, enabled: bool = True, mirror: Any = None):
-    """Opens the file.
-
-    Args:
-      workdir: the run's working directory.
-      resume_step: the step the run resumes from (None: a fresh run, the file
-        starts empty).
-      enabled: False on all processes but the first (nothing is written).
-      mirror: also receives every record written (``write(record)``) and is
-        closed with this writer, e.g. a `monitoring.EventWriter`.
-    """
-    self.path = epath.Path(workdir) / METRICS_FILE
-    self.enabled = enabled
-    self._mirror = mirror if enabled else None
-    self.records: list[dict[str, Any]] = []
-    if not enabled:
-      return
-    if resume_step is not None and self.path.exists():
-      for line in self.path.read_text().splitlines():
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:  # A line cut by a kill.
-          continue
-        if record.get("step", 0) <= resume_step:
-          self.records.append(record)
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    # Replaced whole: a failed or killed rewrite leaves the records of the earlier run in place.
-    replace_file(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-    self._file = self.path.open("a")
-
-  def write(self, record: dict[str, Any]) -> None:
-    """Appends ``record`` (flushed at once, so a killed run keeps what it logged)."""
-    if not self.enabled:
-      return
-    record = json.loads(json.dumps(record, default=float))
-    self.records.append(record)
-    try:
-      self._file.write(json.dumps(record) + "\n")
-      self._file.flush()
-    except OSError as e:  # Named, so that the run's one-line error says which file (see octflax.training.guard).
-      raise OSError(e.errno, e.strerror, str(self.path)) from None
-    if self._mirror is not None:
-      self._mirror.write(record)
-
-  def evaluated_steps(self) -> set[int]:
-    """Steps that have an 'eval' record."""
-    return {r["step"] for r in self.records if r.get("kind") == "eval"}
-
-  def close(self) -> None:
-    if self.enabled and not self._file.closed:
-      self._file.close()
-    if self._mirror is not None:
-      self._mirror.close()
+PROFILE_DIR = "profile"
 
 
 def format_duration(seconds: float) -> str:
@@ -292,5 +228,53 @@ def _is_ready(metrics: Any) -> bool:
 
   return all(x.is_ready() for x in jax.tree.leaves(metrics) if hasattr(x, "is_ready"))
 
+class ProfileWindow:
+  """A `jax.profiler` trace of the steps ``first`` to ``last`` (from `profile_window`).
 
-__all__ = ["METRICS_FILE", "MetricsWriter", "NonFiniteMetrics", "Progress", "StepReporter", "format_duration"]
+  The trainer calls `before_step` before it dispatches a step and `after_step`
+  after; the trace starts once the steps before the window have finished and
+  stops once its last step has. A window that begins at or before this
+  process's first step (which compiles; e.g. a run resumed past it) is skipped,
+  with a line saying so.
+  """
+
+  def __init__(self, window: tuple[int, int] | None, directory: str, *, say: Callable[[str], Any] = print):
+    self.window, self.directory, self._say = window, directory, say
+    self._first_step: int | None = None
+    self.active = False
+    self.written = False
+
+  def before_step(self, step: int, state: Any) -> None:
+    """Step ``step`` is about to be dispatched; ``state`` is the previous step's output."""
+    if self.window is None:
+      return
+    if self._first_step is None:
+      self._first_step = step
+      if self.window[0] <= step:
+        self._say(f"profile_steps: steps {self.window[0]} to {self.window[1]} are not traced: this run starts "
+                  f"at step {step}, which compiles the train step.")
+        self.window = None
+        return
+    if step == self.window[0]:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after_step(self, step: int, outputs: Any) -> None:
+    """Step ``step`` was dispatched with ``outputs``; the trace stops when it is the window's last."""
+    if self.active and step == self.window[1]:
+      jax.block_until_ready(outputs)
+      self.close()
+
+  def close(self) -> None:
+    """Stops a running trace (also when the run stops inside the window) and says where it is."""
+    if not self.active:
+      return
+    self.active = False
+    jax.profiler.stop_trace()
+    self.written = True
+    self._say(f"profile of steps {self.window[0]} to {self.window[1]} written to {self.directory}; "
+              f"open it with: pip install xprof && xprof --logdir {self.directory}")
+
+
+__all__ = ["NonFiniteMetrics", "PROFILE_DIR", "ProfileWindow", "Progress", "StepReporter", "format_duration"]

@@ -1,4 +1,4 @@
-"""A training run's own train step compiled for an accelerator it does not have (``--aot=TARGET``).
+"""``experiments.train --aot=TARGET``: a training run's own train step compiled for an accelerator it does not have.
 
 `compile_run_step` builds the run of a config as `train_and_evaluate` would (its model,
 optimizer, global batch and the jit step over a mesh of all the target's chips, the state
@@ -20,7 +20,7 @@ from octflax import data as data_lib
 from octflax.training.parallel import DataParallel
 from octflax.training.plan import plan_run
 from octflax.training.state import abstract_train_state
-from octflax.training.trainer import optimizer
+from octflax.training.optim import optimizer
 
 # Collectives a data-parallel step is expected to have: the gradient and BatchNorm all-reduces.
 EXPECTED_COLLECTIVES = ("all-reduce",)
