@@ -22,7 +22,7 @@ import pytest
 
 import octflax.checkpoint
 import octflax.errors
-from octflax import convert, models, training
+from octflax import convert, execution, models, training
 from octflax.checkpoint import format2
 from octflax.layers import octave_layers
 
@@ -36,6 +36,18 @@ if torch is not None:
   from torch import nn as tnn
 
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+
+@pytest.fixture(autouse=True)
+def reference_form(request):
+  """The conversions trace a model only for its variables, which every execution form shares: in the
+  reference form that trace holds one branch per layer, in the default form one per platform. The slow
+  tests, which run the networks, keep the default form."""
+  if request.node.get_closest_marker("slow"):
+    yield
+    return
+  with execution.use_form(execution.REFERENCE):
+    yield
 
 # ----------------------------------------------------------------------------- key listings
 # Written from the networks' structure, independently of octflax.convert.
@@ -109,7 +121,7 @@ def random_state_dict(shapes: dict, seed: int = 0) -> dict:
     elif key.endswith("running_var"):
       state[key] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
     else:
-      state[key] = rng.standard_normal(shape).astype(np.float32)
+      state[key] = rng.standard_normal(shape, dtype=np.float32)
   return state
 
 

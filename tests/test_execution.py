@@ -1,4 +1,5 @@
-"""octflax.execution: every execution form against the float64 NumPy reference, and how forms are chosen.
+"""octflax.execution: every execution form against the float64 NumPy reference, how forms are chosen,
+and XLA:CPU's convolution (channels padded to a multiple of 8, 1x1 as a dot).
 
 Each form of `execution.Form` (how the paths are grouped into convolutions, how the 2x pool is
 computed, how OctBatchNorm gathers its statistics, which convolution runs) must compute
@@ -9,6 +10,7 @@ combination, stride 1 and 2, odd sizes, 1-D/2-D/3-D with and without non-octave 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import chex
@@ -19,17 +21,14 @@ import pytest
 from flax import nnx
 
 import numpy_reference as ref
-from octflax import OctBatchNorm, OctTensor, cost, execution, models
+from octflax import OctBatchNorm, OctConv, OctTensor, cost, execution, models
 from octflax import nnx as octnnx
+from octflax.functional import conv
 from octflax.resample import avg_pool2
+from test_layers import fast_jit
 
 PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs")
 FORMS = PATH_FORMS + ("two_convs+slices", "two_convs+xla_cpu")
-
-
-def fast_jit(fn):
-  """`jax.jit` without LLVM's expensive passes: compiling, not running, is the cost here."""
-  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _low_size(spatial, octave):
@@ -147,10 +146,11 @@ def test_the_forms_run_fewer_convolutions():
 
 
 def test_slices_pool_equals_reshape_pool():
-  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 6, 5, 3)), jnp.float32)
+  x = jax.device_put(np.random.default_rng(0).standard_normal((2, 7, 6, 5, 3)).astype(np.float32))
+  pool = fast_jit(avg_pool2, static_argnums=1, static_argnames=("spatial_dims", "method"))
   for axes in (None, (0,), (1, 2), (0, 2)):
-    slices = avg_pool2(x, axes, spatial_dims=3, method="slices")
-    chex.assert_trees_all_close(slices, avg_pool2(x, axes, spatial_dims=3), rtol=1e-6)
+    slices = pool(x, axes, spatial_dims=3, method="slices")
+    chex.assert_trees_all_close(slices, pool(x, axes, spatial_dims=3), rtol=1e-6)
   with pytest.raises(ValueError, match="method must be one of"):
     avg_pool2(x, method="window")
 
@@ -160,38 +160,54 @@ def test_slices_pool_equals_reshape_pool():
 
 def _bn_input(hw, alpha_in=0.5, dtype=jnp.float32):
   rng = np.random.default_rng(1)
-  low = tuple(math.ceil(n / 2) for n in hw)
-  high = jnp.asarray(rng.standard_normal((3, *hw, 6)) * 2 + 1, dtype)
-  return OctTensor(high, None if alpha_in == 0 else jnp.asarray(rng.standard_normal((3, *low, 5)) - 1, dtype))
+  low_size = tuple(math.ceil(n / 2) for n in hw)
+  high = jax.device_put((rng.standard_normal((3, *hw, 6)) * 2 + 1).astype(dtype))
+  low = None if alpha_in == 0 else jax.device_put((rng.standard_normal((3, *low_size, 5)) - 1).astype(dtype))
+  return OctTensor(high, low)
+
+
+def _bn_train(form, bn, variables, x):
+  """(output, updated statistics) of a training-mode OctBatchNorm in ``form``, under jit."""
+  with execution.use_form(form):
+    return fast_jit(lambda v, x: bn.apply(v, x, use_running_average=False, mutable=["batch_stats"]))(variables, x)
+
+
+@functools.cache
+def _bn_train_case(hw):
+  """(bn, variables, x, the per-part form's output and statistics): the reference of every form, computed once."""
+  x = _bn_input(hw)
+  bn = OctBatchNorm(momentum=0.9)
+  variables = bn.init(jax.random.key(0), x, use_running_average=False)
+  variables = jax.tree.map(lambda v: v + 0.3, variables)  # not the initial values, so every term counts
+  return bn, variables, x, _bn_train("per_part", bn, variables, x)
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
 @pytest.mark.parametrize("form", ["joint", "joint+slices", "one_pass", "joint+one_pass", "joint+slices+one_pass"])
 def test_joint_batchnorm_keeps_the_variables_and_values_of_per_part(hw, form):
-  x = _bn_input(hw)
-  bn = OctBatchNorm(momentum=0.9)
-  variables = bn.init(jax.random.key(0), x, use_running_average=False)
-  variables = jax.tree.map(lambda v: v + 0.3, variables)  # not the initial values, so every term counts
-  outputs = {}
-  for f in ("per_part", form):
-    with execution.use_form(f):
-      outputs[f] = jax.jit(lambda v, x: bn.apply(v, x, use_running_average=False, mutable=["batch_stats"]))(
-          variables, x)
-  (y_ref, stats_ref), (y, stats) = outputs["per_part"], outputs[form]
+  bn, variables, x, (y_ref, stats_ref) = _bn_train_case(hw)
+  y, stats = _bn_train(form, bn, variables, x)
   chex.assert_trees_all_equal_structs(stats, stats_ref)
   chex.assert_trees_all_close(stats, stats_ref, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(y, y_ref, rtol=1e-5, atol=1e-5)
   assert float(jnp.abs(stats["batch_stats"]["mean"] - variables["batch_stats"]["mean"]).max()) > 0.01
 
 
+@functools.cache
+def _bn_default_case(dtype, alpha_in):
+  """(bn, variables, x, the default form's output and statistics) on a 9 x 6 map: the reference of every
+  form, computed once."""
+  x = _bn_input((9, 6), alpha_in=alpha_in, dtype=dtype)
+  bn = OctBatchNorm(momentum=0.9)
+  variables = bn.init(jax.random.key(0), x, use_running_average=False)
+  return bn, variables, x, _bn_train(None, bn, variables, x)
+
+
 @pytest.mark.parametrize("form", ["joint", "one_pass", "joint+one_pass"])
 def test_joint_batchnorm_in_bfloat16_and_with_one_part(form):
-  for x in (_bn_input((9, 6), dtype=jnp.bfloat16), _bn_input((9, 6), alpha_in=0)):
-    bn = OctBatchNorm(momentum=0.9)
-    variables = bn.init(jax.random.key(0), x, use_running_average=False)
-    with execution.use_form(form):
-      y, stats = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
-    y_ref, stats_ref = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+  for dtype, alpha_in in ((jnp.bfloat16, 0.5), (jnp.float32, 0)):
+    bn, variables, x, (y_ref, stats_ref) = _bn_default_case(dtype, alpha_in)
+    y, stats = _bn_train(form, bn, variables, x)
     chex.assert_trees_all_equal_dtypes(y, y_ref)
     chex.assert_trees_all_close(stats, stats_ref, rtol=1e-4, atol=1e-5)
     tol = 3e-2 if x.high.dtype == jnp.bfloat16 else 1e-5
@@ -242,7 +258,19 @@ def _bn_gradients(form, x, variables, bn, weights):
     return out + sum(jnp.sum(jnp.sin(v)) for v in jax.tree.leaves(stats))  # the statistics' cotangents count
 
   with execution.use_form(form):
-    return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+    return fast_jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+
+
+@functools.cache
+def _bn_gradient_case(hw, dtype):
+  """(x, variables, bn, weights, autodiff's per-part gradients): the reference of every form, computed once."""
+  x = _bn_input(hw, dtype=dtype)
+  bn = OctBatchNorm(momentum=0.9)
+  variables = bn.init(jax.random.key(0), x, use_running_average=False)
+  variables = jax.tree.map(lambda v: v + 0.3, variables)
+  rng = np.random.default_rng(2)
+  weights = [jax.device_put(rng.standard_normal(p.shape).astype(np.float32)) for p in (x.high, x.low)]
+  return x, variables, bn, weights, _bn_gradients("per_part", x, variables, bn, weights)
 
 
 @pytest.mark.parametrize("form", ["one_pass", "joint+one_pass", "joint+slices+one_pass"])
@@ -250,13 +278,7 @@ def _bn_gradients(form, x, variables, bn, weights):
 @pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
 def test_one_pass_batchnorm_gradient_equals_autodiff(hw, dtype, tol, form):
   """The hand-written VJP against jax's differentiation of the per-part BatchNorm, under jit."""
-  x = _bn_input(hw, dtype=dtype)
-  bn = OctBatchNorm(momentum=0.9)
-  variables = bn.init(jax.random.key(0), x, use_running_average=False)
-  variables = jax.tree.map(lambda v: v + 0.3, variables)
-  rng = np.random.default_rng(2)
-  weights = [jnp.asarray(rng.standard_normal(p.shape), jnp.float32) for p in (x.high, x.low)]
-  reference = _bn_gradients("per_part", x, variables, bn, weights)
+  x, variables, bn, weights, reference = _bn_gradient_case(hw, dtype)
   one_pass = _bn_gradients(form, x, variables, bn, weights)
   chex.assert_trees_all_equal_dtypes(one_pass, reference)
   chex.assert_trees_all_close(jax.tree.map(lambda a: a.astype(jnp.float32), one_pass),
@@ -272,7 +294,7 @@ def test_one_pass_batchnorm_gradient_across_devices(form):
   bn = OctBatchNorm(momentum=0.5, axis_name="batch")
   variables = bn.init(jax.random.key(0), x, use_running_average=False)
   rng = np.random.default_rng(3)
-  weights = [jnp.asarray(rng.standard_normal(p.shape), jnp.float32) for p in (x.high, x.low)]
+  weights = [jax.device_put(rng.standard_normal(p.shape).astype(np.float32)) for p in (x.high, x.low)]
 
   def grads(form):
     def loss(params, x):
@@ -344,3 +366,79 @@ def test_cost_counts_the_equations_whatever_form_is_chosen():
   with execution.use_form("two_convs+xla_cpu"):
     chosen = cost.analyze(model, (1, 28, 28, 1))
   assert chosen.macs == plain.macs and chosen.params == plain.params
+
+
+# ----------------------------------------------------------------------------- XLA:CPU's convolution
+
+
+def rand(seed, shape, dtype=np.float32):
+  return jax.device_put(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+
+
+def _conv_channel_shapes(fn, *args):
+  """(input channels, output channels) of every conv_general_dilated in fn's jaxpr."""
+  jaxpr = jax.make_jaxpr(lambda *a: fn(*a))(*args)  # A new function: traced now, not from a cache.
+  return [(e.invars[0].aval.shape[-1], e.outvars[0].aval.shape[-1])
+          for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+
+
+@pytest.mark.parametrize("c_in,c_out,expected", [(14, 14, (16, 16)), (28, 12, (32, 16)), (2, 14, (2, 16)),
+                                                 (16, 24, (16, 24)), (6, 4, (6, 4))])
+def test_xla_cpu_conv_pads_channels_to_8_and_gives_the_same_numbers(c_in, c_out, expected):
+  rng = np.random.default_rng(0)
+  x = jax.device_put(rng.standard_normal((2, 5, 6, c_in), dtype=np.float32))
+  kernel = jax.device_put(rng.standard_normal((3, 3, c_in, c_out), dtype=np.float32))
+  assert _conv_channel_shapes(execution.xla_cpu_conv, x, kernel) == [expected]
+  assert _conv_channel_shapes(execution.xla_cpu_conv_unpadded, x, kernel) == [(c_in, c_out)]
+  assert _conv_channel_shapes(conv, x, kernel) == [(c_in, c_out)]
+  plain = fast_jit(conv)(x, kernel)
+  plain_grads = fast_jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), (0, 1)))(x, kernel)
+  padded = fast_jit(execution.xla_cpu_conv)(x, kernel)
+  chex.assert_shape(padded, (2, 5, 6, c_out))
+  np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(padded, ref.conv2d(np.asarray(x, np.float64), np.asarray(kernel, np.float64)),
+                             rtol=1e-4, atol=1e-4)
+  grads = fast_jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(execution.xla_cpu_conv(x, k))), (0, 1)))(x, kernel)
+  chex.assert_trees_all_equal_shapes(grads, (x, kernel))
+  chex.assert_trees_all_close(grads, plain_grads, rtol=1e-4, atol=1e-4)
+
+
+def test_xla_cpu_conv_runs_1x1_as_a_dot_and_use_conv_switches_the_layers():
+  x, kernel = rand(1, (2, 4, 5, 6)), rand(2, (1, 1, 6, 3))
+  eqns = [e.primitive.name for e in jax.make_jaxpr(execution.xla_cpu_conv)(x, kernel).jaxpr.eqns]
+  assert "dot_general" in eqns and "conv_general_dilated" not in eqns
+  np.testing.assert_allclose(execution.xla_cpu_conv(x, kernel), conv(x, kernel), rtol=1e-6, atol=1e-6)
+  layer = OctConv(3, 1, 0.0, 0.0)
+  variables = layer.init(jax.random.key(0), x)
+  # What the layer lowers to for this backend (the default form is chosen per platform at lowering).
+  kinds = lambda: {op for op in ("dot_general", "convolution")
+                   if f"stablehlo.{op}" in jax.jit(layer.apply).lower(variables, x).as_text()}
+  expected_default = "dot_general" if jax.default_backend() == "cpu" else "convolution"
+  assert kinds() == {expected_default}
+  with execution.use_conv(conv):
+    assert execution.current_conv() is conv
+    assert kinds() == {"convolution"}
+  assert execution.current_conv() is execution.default_conv()
+
+
+def test_cost_counts_the_layers_own_macs_not_the_padding():
+  model = models.get_model("oct_resnet20", alpha=0.125, num_classes=10)  # 14/2, 28/4, 56/8 channels
+  report = cost.analyze(model, (1, 32, 32, 3))
+  with execution.use_conv(conv):
+    assert cost.analyze(model, (1, 32, 32, 3)).macs == report.macs
+  # Stage 1 (32 x 32, 16 channels at alpha .125: 14 high, 2 low) holds its unpadded MACs.
+  layer = next(l for l in report.layers if l.name == "stage1_block1/conv1/conv")
+  hh, hl, lh, ll = 14 * 14, 14 * 2, 2 * 14, 2 * 2
+  assert layer.macs == 9 * (32 * 32 * hh + 16 * 16 * (hl + lh + ll))
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, "8"])
+def test_xla_cpu_conv_refuses_a_channel_multiple_that_is_not_a_positive_integer(bad):
+  with pytest.raises(ValueError, match="channel_multiple must be a positive integer"):
+    execution.xla_cpu_conv(rand(0, (1, 3, 3, 2)), rand(1, (3, 3, 2, 2)), channel_multiple=bad)
+
+
+def test_use_conv_refuses_what_is_not_a_function():
+  with pytest.raises(ValueError, match="conv_fn"):
+    with execution.use_conv("fast"):
+      pass

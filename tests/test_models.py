@@ -1,10 +1,11 @@
-"""The model zoo: registry, parameter counts, alpha placement, shapes, BatchNorm statistics.
+"""The model zoo: registry, parameter counts, alpha placement, shapes, BatchNorm statistics, the layout
+both front ends build from (octflax.models.structure).
 
 Everything that only needs shapes is traced abstractly (`jax.eval_shape`), so no FLOPs are
-spent and no parameters are drawn. Real forward passes use small nets or small inputs, with
+spent and no parameters are drawn, and in the reference execution form (`reference_form`). Real forward passes use small nets or small inputs, with
 parameters filled from the abstract tree by `_filled` (drawing every initialiser of a large
 net would dominate the run time), under `jax.jit` (one compilation beats hundreds of eager
-per-op compilations).
+per-op compilations) with test_layers' `fast_jit` options (compiling, not running, is the cost).
 """
 
 from __future__ import annotations
@@ -21,12 +22,20 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from octflax import OctConv, OctTensor, models
+from octflax import OctConv, OctTensor, execution, models
 from octflax.checkpoint import format2
 from octflax.layers import octave_layers
+from octflax.models import structure
+from test_layers import fast_jit
 
 PATHS = {"h2h", "h2l", "l2h", "l2l"}
 R50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (base width, blocks)
+
+# Abstract traces run in the reference execution form, one convolution per path: the default form holds a
+# branch per platform until it is lowered, so tracing it traces every platform's form of every layer. The
+# shapes and variables are those of every form (test_execution pins that the forms compute the same);
+# test_registry_builds_every_model traces each model in the default form.
+reference_form = functools.partial(execution.use_form, execution.REFERENCE)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -41,18 +50,30 @@ def _n_low(channels: int, alpha: float) -> int:
   return math.floor(alpha * channels)
 
 
+def _abstract(name: str, alpha: float, shape=(2, 32, 32, 3), form=execution.REFERENCE, **kwargs):
+  """(logits ShapeDtypeStruct, abstract variables) of a registry model, traced once in ``form``.
+
+  A ``num_classes`` equal to the model's default is dropped, so that the calls with and without
+  it share one trace.
+  """
+  if kwargs.get("num_classes") == models.get_model(name).num_classes:
+    del kwargs["num_classes"]
+  return _abstract_traced(name, alpha, tuple(shape), form, **kwargs)
+
+
 @functools.lru_cache(maxsize=None)
-def _abstract(name: str, alpha: float, shape=(2, 32, 32, 3), **kwargs):
-  """(logits ShapeDtypeStruct, abstract variables) of a registry model, traced once."""
+def _abstract_traced(name: str, alpha: float, shape: tuple[int, ...], form, **kwargs):
   model = models.get_model(name, alpha=alpha, **kwargs)
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  return jax.eval_shape(lambda inp: model.init_with_output(jax.random.key(0), inp, train=False), x)
+  with execution.use_form(form):
+    return jax.eval_shape(lambda inp: model.init_with_output(jax.random.key(0), inp, train=False), x)
 
 
 def _per_path_and_part(model, variables, shape):
   """``variables`` read as each OctConv's path kernels and each OctBatchNorm's parts (`format2.split`):
   where alpha places low parts shows there."""
-  layers = octave_layers(model, jnp.zeros(shape, jnp.float32), train=False)
+  with reference_form():
+    layers = octave_layers(model, np.zeros(shape, np.float32), train=False)
   return jax.eval_shape(lambda v: {c: format2.split(t, layers) for c, t in v.items()}, dict(variables))
 
 
@@ -74,10 +95,11 @@ def _filled(abstract, seed: int = 0):
     name = path[-1].key
     if name == "kernel":
       fan_in = math.prod(spec.shape[:-1])
-      return jnp.asarray(rng.standard_normal(spec.shape, dtype=np.float32) * np.sqrt(2.0 / fan_in))
+      kernel = rng.standard_normal(spec.shape, dtype=np.float32) * np.sqrt(2.0 / fan_in)
+      return jax.device_put(kernel.astype(spec.dtype))
     if name in ("scale", "var"):
-      return jnp.ones(spec.shape, spec.dtype)
-    return jnp.zeros(spec.shape, spec.dtype)
+      return jax.device_put(np.ones(spec.shape, spec.dtype))
+    return jax.device_put(np.zeros(spec.shape, spec.dtype))
 
   return jax.tree_util.tree_map_with_path(leaf, abstract)
 
@@ -118,7 +140,8 @@ def _trace_octconvs(model, variables, shape):
     with nn.intercept_methods(record):
       return model.apply(v, inp, train=False)
 
-  out = jax.eval_shape(forward, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+  with reference_form():
+    out = jax.eval_shape(forward, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
   calls["head"] = OctTensor(_spec(calls["head"].high), _spec(calls["head"].low)) \
       if isinstance(calls["head"], OctTensor) else OctTensor(_spec(calls["head"]), None)
   return out, calls
@@ -188,7 +211,7 @@ _SAME_DEFINITION = _DEEP + ("oct_resnet26", "oct_resnet34", "oct_resnet32", "oct
 def test_registry_builds_every_model(name):
   video = isinstance(models.get_model(name), models.VideoResNet)
   logits, variables = _abstract(name, 0.5, shape=(2, 4, 32, 32, 3) if video else (2, 32, 32, 3),
-                                num_classes=10)
+                                form=None, num_classes=10)  # the default form: every platform's
   chex.assert_shape(logits, (2, 10))
   assert logits.dtype == jnp.float32
   assert _num_params(variables) > 0
@@ -458,28 +481,32 @@ def test_resnet50_octave_shapes(height, width):
     assert (size[1], size[2], size[3], size[4]) == ((57, 50), (29, 25), (15, 13), (8, 7))
 
 
-@pytest.mark.parametrize("name", ["oct_mobilenet_v1", "oct_mobilenet_v2", "oct_resnext50_32x4d"])
+@pytest.mark.parametrize("name", [
+    "oct_mobilenet_v1", "oct_mobilenet_v2",
+    # The grouped ResNet-50 runs oct_resnet50's block code, whose odd-size shapes test_resnet50_octave_shapes pins.
+    pytest.param("oct_resnext50_32x4d", marks=pytest.mark.slow)])
 def test_odd_imagenet_size_forward_shape(name):
   model = models.get_model(name, alpha=0.5)
   variables = _abstract(name, 0.5)[1]
-  logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
-                          jax.ShapeDtypeStruct((1, 225, 199, 3), jnp.float32))
+  with reference_form():
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
+                            jax.ShapeDtypeStruct((1, 225, 199, 3), jnp.float32))
   chex.assert_shape(logits, (1, 1000))
 
 
 @pytest.mark.parametrize("name", ["oct_resnet20", "oct_wrn_16_4", "oct_resnet50"])
 @pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5])
 def test_forward_shape_32x32(name, alpha):
-  logits, _ = _abstract(name, alpha, num_classes=10)
-  chex.assert_shape(logits, (2, 10))
+  logits, _ = _abstract(name, alpha)  # the model's own classes: the traces of the tests above
+  chex.assert_shape(logits, (2, models.get_model(name).num_classes))
 
 
 def test_real_forward_small_net_odd_size():
   shape = (2, 27, 31, 3)
   model = models.oct_resnet20(alpha=0.5, num_classes=10)
-  variables = _filled(_abstract("oct_resnet20", 0.5, shape=shape, num_classes=10)[1])
-  x = jnp.asarray(np.random.default_rng(1).standard_normal(shape, dtype=np.float32))
-  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  variables = _filled(_abstract("oct_resnet20", 0.5, num_classes=10)[1])  # the same variables at any size
+  x = jax.device_put(np.random.default_rng(1).standard_normal(shape, dtype=np.float32))
+  logits = fast_jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   chex.assert_shape(logits, (2, 10))
   chex.assert_tree_all_finite(logits)
   assert float(jnp.std(logits)) > 0
@@ -490,8 +517,8 @@ def test_real_forward_resnet50_odd_size():
   shape = (1, 65, 57, 3)
   model = models.oct_resnet50(alpha=0.5)
   variables = _filled(_abstract("oct_resnet50", 0.5)[1])
-  x = jnp.asarray(np.random.default_rng(2).standard_normal(shape, dtype=np.float32))
-  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  x = jax.device_put(np.random.default_rng(2).standard_normal(shape, dtype=np.float32))
+  logits = fast_jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   chex.assert_shape(logits, (1, 1000))
   chex.assert_tree_all_finite(logits)
   assert float(jnp.std(logits)) > 0
@@ -503,8 +530,8 @@ def test_real_forward_resnet50_odd_size():
 def test_batch_stats_update_per_part():
   shape, momentum = (4, 28, 28, 3), 0.9
   model = models.oct_resnet20(alpha=0.5, num_classes=10)
-  variables = _filled(_abstract("oct_resnet20", 0.5, shape=shape, num_classes=10)[1])
-  x = jnp.asarray(np.random.default_rng(3).standard_normal(shape, dtype=np.float32))
+  variables = _filled(_abstract("oct_resnet20", 0.5, num_classes=10)[1])
+  x = jax.device_put(np.random.default_rng(3).standard_normal(shape, dtype=np.float32))
   block = "stage2_block1"
 
   def forward(v, x):
@@ -513,7 +540,7 @@ def test_batch_stats_update_per_part():
                            method == "__call__" and isinstance(mdl, OctConv)
                            and mdl.path[:1] == (block,)))
 
-  logits, updates = jax.jit(forward)(variables, x)
+  logits, updates = fast_jit(forward)(variables, x)
   chex.assert_shape(logits, (4, 10))
   chex.assert_tree_all_finite(logits)
   chex.assert_trees_all_equal_shapes(updates["batch_stats"], variables["batch_stats"])
@@ -544,8 +571,8 @@ def test_zero_init_residual_zeroes_the_last_bn_scale(block_cls, last, zero):
   x = jnp.zeros((1, 8, 8, 3))
   # An 'rbg' key: the same initialisers, far less to compile than threefry for a one-off init.
   key = jax.random.key(0, impl="rbg")
-  params = jax.jit(lambda x: model.init(key, x, train=False))(x)["params"]
-  params = jax.tree.map(np.asarray, format2.split(params, octave_layers(model, x, train=False)))
+  params = fast_jit(lambda x: model.init(key, x, train=False))(x)["params"]
+  params = format2.split(jax.tree.map(np.asarray, params), octave_layers(model, x, train=False))
   for block in ("stage1_block0", "stage2_block0"):
     units = params[block]
     assert last in units
@@ -568,8 +595,9 @@ def test_block_partial_keeps_groups_and_squeeze_excite():
   block = functools.partial(models.Bottleneck, groups=4, base_width=16, squeeze_excite=True)
   model = models.ResNet(stage_sizes=(1, 1), block_cls=block, widths=(8, 16), stem="cifar",
                         stem_features=8, alpha=0.5, num_classes=3)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
-                             jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
+  with reference_form():
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                               jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
   params = _per_path_and_part(model, variables, (1, 8, 8, 3))["params"]["stage1_block0"]
   width = int(8 * 16 / 64) * 4  # 8 channels, 4 groups of 2
   c_l = _n_low(width, 0.5)
@@ -596,6 +624,24 @@ def test_zoo_variants_are_partials_of_one_network():
   assert (model.alpha, model.num_classes, tuple(model.stage_sizes)) == (0.25, 7, (1, 1, 1))
 
 
+def test_structure_names_the_variables_of_both_zoos():
+  layout = structure.resnet((1, 2), (4, 8), 0.5, stem="imagenet", stem_features=8, in_features=3, expansion=4,
+                            num_classes=10, dtype=jnp.float32)
+  names = [layer.name for layer in layout.layers()]
+  assert names == ["stem_conv", "stem_bn", "stage1_block0", "stage2_block0", "stage2_block1", "head"]
+  assert [b.alpha_out for stage in layout.stages for b in stage] == [0.5, 0.0, 0.0]
+  assert [b.strides for stage in layout.stages for b in stage] == [1, 2, 1]
+  block = structure.bottleneck(16, 8, 0.5, 0.0, strides=2, squeeze_excite=True)
+  assert [layer.name for layer in block.layers()] == ["conv1", "conv2", "conv3", "se", "shortcut"]
+  linen = models.get_model("oct_se_resnet50", alpha=0.5, num_classes=10).clone(stage_sizes=(1, 2), widths=(4, 8),
+                                                                              stem_features=8)
+  with reference_form():
+    variables = jax.eval_shape(lambda: linen.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32),
+                                                  train=False))
+  assert set(variables["params"]) == set(names)
+  assert set(variables["params"]["stage2_block0"]) == {"conv1", "conv2", "conv3", "se", "shortcut"}
+
+
 # ----------------------------------------------------------------------------- backbone features
 
 
@@ -617,8 +663,9 @@ def test_features_have_their_strides_and_octave_layout(name):
   shape = (2, 32, 32, 3)
   model = models.get_model(name, alpha=0.5, num_classes=10)
   variables = _abstract(name, 0.5, num_classes=10)[1]
-  features = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, return_features=True),
-                            variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+  with reference_form():
+    features = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, return_features=True),
+                              variables, jax.ShapeDtypeStruct(shape, jnp.float32))
   strides = features.pop("strides")
   assert strides == {key: (s, s) for key, s in _FEATURE_STRIDES[name].items()}
   assert set(features) == set(strides)
@@ -639,8 +686,8 @@ def test_features_have_their_strides_and_octave_layout(name):
 def test_features_are_the_blocks_outputs_and_feed_the_classifier():
   shape = (2, 15, 17, 3)  # odd sizes: the low parts are ceil(n / 2)
   model = models.oct_resnet8(alpha=0.5)
-  variables = _filled(_abstract("oct_resnet8", 0.5, shape=shape, num_classes=10)[1])
-  x = jnp.asarray(np.random.default_rng(4).standard_normal(shape, dtype=np.float32))
+  variables = _filled(_abstract("oct_resnet8", 0.5, num_classes=10)[1])
+  x = jax.device_put(np.random.default_rng(4).standard_normal(shape, dtype=np.float32))
 
   def forward(v, x):
     logits, state = model.apply(v, x, train=False, mutable=["intermediates"],
@@ -648,7 +695,7 @@ def test_features_are_the_blocks_outputs_and_feed_the_classifier():
     return logits, state["intermediates"]["stage2_block0"]["__call__"][0], model.apply(
         v, x, train=False, return_features=True)
 
-  logits, block_out, features = jax.jit(forward)(variables, x)
+  logits, block_out, features = fast_jit(forward)(variables, x)
   chex.assert_trees_all_equal(features["stage2"], block_out)
   chex.assert_shape([features["stage2"].high, features["stage2"].low], [(2, 8, 9, 16), (2, 4, 5, 16)])
   head = models.resnet.Classifier(10, name="head")
@@ -660,19 +707,26 @@ def test_features_are_the_blocks_outputs_and_feed_the_classifier():
   np.testing.assert_array_equal(merged[:, ::2, ::2, 8:], features["stage1"].low)
 
 
+@functools.lru_cache(maxsize=None)
+def _abstract_vanilla_resnet50():
+  """The abstract variables of the nn.Conv ResNet-50 of benchmarks/networks.py, traced once."""
+  from benchmarks.networks import vanilla_resnet50  # pylint: disable=g-import-not-at-top
+
+  return jax.eval_shape(lambda x: vanilla_resnet50(1000, jnp.float32).init(jax.random.key(0), x, train=False),
+                        jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 def test_oct_resnet50_variables_are_the_vanilla_resnet50s(alpha):
   """One kernel per OctConv and one BatchNorm per OctBatchNorm: the tree of the nn.Conv ResNet-50, name for name."""
-  from benchmarks.networks import vanilla_resnet50
-
-  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  init = lambda model: jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  ours = init(models.get_model("oct_resnet50", alpha=alpha, num_classes=1000))
-  vanilla = init(vanilla_resnet50(1000, jnp.float32))
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)  # `_abstract`'s input: its trace of oct_resnet50 is reused
+  ours = _abstract("oct_resnet50", alpha)[1]
+  vanilla = _abstract_vanilla_resnet50()
   chex.assert_trees_all_equal_shapes_and_dtypes(ours, vanilla)
   assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(vanilla)
-  # ... so the vanilla network's variables run the Oct-ResNet at this alpha as they are.
-  filled = _filled(vanilla)
-  logits = jax.eval_shape(lambda v: models.get_model("oct_resnet50", alpha=alpha, num_classes=1000).apply(
-      v, jnp.zeros(x.shape), train=False), filled)
-  assert logits.shape == (1, 1000)
+  # ... so the vanilla network's variables run the Oct-ResNet at this alpha as they are (shapes are all
+  # that running them abstractly reads).
+  with reference_form():
+    logits = jax.eval_shape(lambda v, x: models.get_model("oct_resnet50", alpha=alpha, num_classes=1000).apply(
+        v, x, train=False), vanilla, x)
+  assert logits.shape == (2, 1000)

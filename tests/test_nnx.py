@@ -17,6 +17,7 @@ import octflax
 import octflax.nnx as onnx
 from octflax import models as linen_models
 from octflax.tensor import OctTensor
+from test_layers import fast_jit
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-6, atol=1e-6)
@@ -37,14 +38,41 @@ def _perturbed(variables, seed=0):
   return jax.tree_util.tree_map_with_path(lambda path, _: flat[path], variables)
 
 
+def _linen_variables(module, *args, seed=0, **kwargs):
+  """The variables ``module.init(key, *args, **kwargs)`` lays out (traced, not run: no compile per
+  shape), filled from NumPy: kernels N(0, 1/fan-in), variances in [0.5, 1.5], scales near 1, the rest
+  small, so that no leaf is at an initial value."""
+  shapes = jax.eval_shape(functools.partial(module.init, **kwargs), jax.random.key(0), *args)
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, spec):
+    name = path[-1].key
+    if name == "var":
+      value = rng.uniform(0.5, 1.5, spec.shape)
+    elif name == "kernel":
+      value = rng.standard_normal(spec.shape) / np.sqrt(np.prod(spec.shape[:-1]))
+    else:
+      value = (name == "scale") + 0.1 * rng.standard_normal(spec.shape)
+    return jax.device_put(value.astype(spec.dtype))
+
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
 def _assert_trees_close(got, want, **tol):
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path), **(tol or TOL))
 
 
-def _oct_input(shape, alpha, seed=1):
-  return OctTensor.from_array(jax.random.normal(jax.random.key(seed), shape), alpha)
+def _oct_input(shape, alpha, seed=1, octave_axes=None, loc=0.0, scale=1.0):
+  """A random OctTensor with ``shape[-1]`` channels split at ``alpha``, its low part halved on the
+  octave axes (NumPy's generator: no compile per shape, as jax.random and a pooling would have)."""
+  rng = np.random.default_rng(seed)
+  high, low = octflax.split_channels(shape[-1], alpha)
+  low_size = octflax.low_spatial_size(*shape[1:-1], octave_axes=octave_axes)
+  part = lambda size, channels: jax.device_put(
+      (loc + scale * rng.standard_normal((shape[0], *size, channels))).astype(np.float32)) if channels else None
+  return OctTensor(part(shape[1:-1], high), part(low_size, low))
 
 
 # ----------------------------------------------------------------------------- layers
@@ -63,11 +91,11 @@ def _oct_input(shape, alpha, seed=1):
 def test_octconv_state_and_output_match_linen(alpha_in, alpha_out, strides, groups, size):
   x = _oct_input((2, size, size, 16), alpha_in)
   linen = octflax.OctConv(24, 3, alpha_in, alpha_out, strides=strides, feature_group_count=groups)
-  variables = _perturbed(linen.init(jax.random.key(0), x))
+  variables = _linen_variables(linen, x)
   conv = onnx.OctConv(16, 24, 3, alpha_in, alpha_out, strides, feature_group_count=groups, rngs=nnx.Rngs(3))
   assert _shapes(onnx.to_linen(conv)) == _shapes(variables)
   onnx.from_linen(variables, conv)
-  _assert_trees_close(conv(x), linen.apply(variables, x))
+  _assert_trees_close(fast_jit(lambda x: conv(x))(x), fast_jit(linen.apply)(variables, x))
 
 
 @pytest.mark.parametrize("kernel_size,shape,octave_axes,strides,dilation", [
@@ -76,10 +104,10 @@ def test_octconv_state_and_output_match_linen(alpha_in, alpha_out, strides, grou
     pytest.param((3, 3), (2, 9, 9, 8), None, 1, 2, marks=pytest.mark.slow),
 ])
 def test_nd_octconv_and_octconvbn_match_linen(kernel_size, shape, octave_axes, strides, dilation):
-  x = OctTensor.from_array(jax.random.normal(jax.random.key(1), shape), 0.5, octave_axes=octave_axes)
+  x = _oct_input(shape, 0.5, octave_axes=octave_axes)
   kwargs = dict(octave_axes=octave_axes, kernel_dilation=dilation)
   linen = octflax.OctConvBN(8, kernel_size, 0.5, 0.25, strides=strides, activation=jax.nn.relu, **kwargs)
-  variables = _perturbed(linen.init(jax.random.key(0), x, train=False))
+  variables = _linen_variables(linen, x, train=False)
   unit = onnx.OctConvBN(8, 8, kernel_size, 0.5, 0.25, strides, activation=jax.nn.relu, rngs=nnx.Rngs(0), **kwargs)
   assert _shapes(onnx.to_linen(unit)) == _shapes(variables)
   onnx.from_linen(variables, unit)
@@ -96,22 +124,23 @@ def test_nd_octconv_and_octconvbn_match_linen(kernel_size, shape, octave_axes, s
 def test_octconv_transpose_matches_linen(alpha_in, alpha_out, strides, size, output_size):
   x = _oct_input((2, size, size, 8), alpha_in)
   linen = octflax.OctConvTranspose(12, 3, alpha_in, alpha_out, strides=strides)
-  variables = _perturbed(linen.init(jax.random.key(0), x, output_size=output_size))
+  variables = _linen_variables(linen, x, output_size=output_size)
   up = onnx.OctConvTranspose(8, 12, 3, alpha_in, alpha_out, strides, rngs=nnx.Rngs(0))
   assert _shapes(onnx.to_linen(up)) == _shapes(variables)
   onnx.from_linen(variables, up)
-  _assert_trees_close(up(x, output_size=output_size), linen.apply(variables, x, output_size=output_size))
+  _assert_trees_close(fast_jit(lambda x: up(x, output_size=output_size))(x),
+                      fast_jit(lambda v, x: linen.apply(v, x, output_size=output_size))(variables, x))
 
 
 def test_depthwise_octconv_has_only_intra_paths_as_in_linen():
   x = _oct_input((2, 8, 8, 16), 0.5)
   linen = octflax.OctConv(16, 3, 0.5, 0.5, feature_group_count=16)
-  variables = _perturbed(linen.init(jax.random.key(0), x))
+  variables = _linen_variables(linen, x)
   conv = onnx.OctConv(16, 16, 3, 0.5, 0.5, feature_group_count=16, rngs=nnx.Rngs(0))
   assert _shapes(onnx.to_linen(conv)) == _shapes(variables) == {"params": {"bias": (16,), "kernel": (3, 3, 1, 16)}}
   assert sorted(conv.spec.paths(16)) == ["h2h", "l2l"]
   onnx.from_linen(variables, conv)
-  _assert_trees_close(conv(x), linen.apply(variables, x))
+  _assert_trees_close(fast_jit(lambda x: conv(x))(x), fast_jit(linen.apply)(variables, x))
 
 
 def test_octconv_kernels_have_the_vanilla_conv_fan_in():
@@ -141,9 +170,9 @@ def test_octconv_rejects_bad_arguments_and_inputs():
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 def test_octbatchnorm_train_and_eval_match_linen(alpha):
-  x = OctTensor.from_array(3.0 + 2.0 * jax.random.normal(jax.random.key(1), (4, 6, 6, 8)), alpha)
+  x = _oct_input((4, 6, 6, 8), alpha, loc=3.0, scale=2.0)
   linen = octflax.OctBatchNorm(momentum=0.9)
-  variables = _perturbed(linen.init(jax.random.key(0), x, use_running_average=False))
+  variables = _linen_variables(linen, x, use_running_average=False)
   norm = onnx.OctBatchNorm(8, alpha, momentum=0.9, rngs=nnx.Rngs(0))
   assert _shapes(onnx.to_linen(norm)) == _shapes(variables)
   onnx.from_linen(variables, norm)
@@ -157,7 +186,7 @@ def test_octbatchnorm_train_and_eval_match_linen(alpha):
 def test_octconvbn_train_and_eval_match_linen():
   x = _oct_input((4, 9, 9, 12), 0.25)
   linen = octflax.OctConvBN(16, 3, 0.25, 0.5, strides=2, activation=jax.nn.relu)
-  variables = _perturbed(linen.init(jax.random.key(0), x, train=False))
+  variables = _linen_variables(linen, x, train=False)
   unit = onnx.OctConvBN(12, 16, 3, 0.25, 0.5, 2, activation=jax.nn.relu, rngs=nnx.Rngs(0))
   assert _shapes(onnx.to_linen(unit)) == _shapes(variables)
   onnx.from_linen(variables, unit)
@@ -174,7 +203,7 @@ def test_octconvbn_train_and_eval_match_linen():
 def test_linen_round_trip_is_lossless():
   x = _oct_input((2, 8, 8, 12), 0.25)
   linen = octflax.OctConvBN(16, 3, 0.25, 0.5)
-  variables = _perturbed(linen.init(jax.random.key(0), x, train=False))
+  variables = _linen_variables(linen, x, train=False)
   unit = onnx.from_linen(variables, onnx.OctConvBN(12, 16, 3, 0.25, 0.5, rngs=nnx.Rngs(0)))
   _assert_trees_close(onnx.to_linen(unit), variables, rtol=0, atol=0)
   # And NNX -> Linen -> NNX keeps the state.
@@ -206,7 +235,7 @@ def test_from_linen_lists_every_mismatch():
 def test_nnx_jit_and_grad_through_octtensor_inputs_match_linen():
   x = _oct_input((2, 8, 8, 16), 0.5)
   linen = octflax.OctConv(8, 3, 0.5, 0.25, strides=2)
-  variables = _perturbed(linen.init(jax.random.key(0), x))
+  variables = _linen_variables(linen, x)
   conv = onnx.from_linen(variables, onnx.OctConv(16, 8, 3, 0.5, 0.25, 2, rngs=nnx.Rngs(0)))
 
   def energy(y):
@@ -218,7 +247,7 @@ def test_nnx_jit_and_grad_through_octtensor_inputs_match_linen():
 
   conv_grads, x_grads = nnx_grads(conv, x)
   chex.assert_trees_all_equal_shapes(x_grads, x)
-  want_params, want_x = jax.jit(jax.grad(lambda v, x: energy(linen.apply(v, x)), argnums=(0, 1)))(variables, x)
+  want_params, want_x = fast_jit(jax.grad(lambda v, x: energy(linen.apply(v, x)), argnums=(0, 1)))(variables, x)
   _assert_trees_close(nnx.to_pure_dict(conv_grads), want_params["params"], rtol=1e-5, atol=1e-6)
   _assert_trees_close(x_grads, want_x, rtol=1e-5, atol=1e-6)
 
@@ -322,19 +351,27 @@ def test_trainer_model_has_linens_calling_convention():
   model = onnx.trainer_model("oct_resnet8", alpha=0.25, num_classes=10)
   linen = linen_models.get_model("oct_resnet8", alpha=0.25, num_classes=10)
   x = jax.random.normal(jax.random.key(1), (4, 12, 12, 1))
-  variables = model.init(jax.random.key(0), x, train=False)
+  # Both front ends under one jit each (as the trainer runs them): one compile, not one per operation.
+  variables, linen_variables = fast_jit(lambda key, x: (model.init(key, x, train=False),
+                                                         linen.init(key, x, train=False)))(jax.random.key(0), x)
   assert set(variables) == {"params", "batch_stats"}
   assert _shapes(variables) == _shapes(jax.eval_shape(functools.partial(linen.init, train=False),
                                                       jax.random.key(0), x))
   # The same seed, the same starting weights: model.api changes the front end, not the run.
-  _assert_trees_close(variables, linen.init(jax.random.key(0), x, train=False), rtol=0, atol=0)
+  _assert_trees_close(variables, linen_variables, rtol=0, atol=0)
   variables = _perturbed(variables)
-  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
-  want_logits, want_updates = linen.apply(variables, x, train=True, mutable=["batch_stats"])
+
+  def both(v, x, key):
+    return {"train": model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}),
+            "want_train": linen.apply(v, x, train=True, mutable=["batch_stats"]),
+            "eval": model.apply(v, x, train=False), "want_eval": linen.apply(v, x, train=False)}
+
+  out = fast_jit(both)(variables, x, jax.random.key(2))
+  (logits, updates), (want_logits, want_updates) = out["train"], out["want_train"]
   _assert_trees_close(logits, want_logits, rtol=1e-6, atol=1e-6 * float(jnp.abs(want_logits).max()))
   _assert_trees_close(updates, want_updates)
-  want = linen.apply(variables, x, train=False)
-  _assert_trees_close(model.apply(variables, x, train=False), want, rtol=1e-6, atol=1e-6 * float(jnp.abs(want).max()))
+  want = out["want_eval"]
+  _assert_trees_close(out["eval"], want, rtol=1e-6, atol=1e-6 * float(jnp.abs(want).max()))
   # What octflax.training and octflax.cost ask of a model.
   assert model.axis_name is None and model.clone(axis_name="data").axis_name == "data"
   assert model.clone(dtype=jnp.bfloat16).dtype == jnp.bfloat16

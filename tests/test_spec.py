@@ -1,4 +1,8 @@
-"""One description under both front ends: the layer specs (octflax.spec) and the zoo's structure."""
+"""One description under both front ends: the layer specs (octflax.spec), and no code of the Linen side
+repeated in the NNX one.
+
+The zoo's structure (octflax.models.structure): test_models.py.
+"""
 
 import ast
 import dataclasses
@@ -14,8 +18,7 @@ from flax import nnx
 
 import octflax
 import octflax.nnx as onnx
-from octflax import models, spec
-from octflax.models import structure
+from octflax import spec
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [(octflax.OctConv, spec.OctConvSpec), (octflax.OctConvTranspose, spec.OctConvTransposeSpec),
@@ -59,22 +62,6 @@ def test_settings_are_checked_in_both_front_ends():
     onnx.OctConv(8, 8, 3, 0.5, 0.5, rngs=nnx.Rngs(0), paddng="SAME")
   with pytest.raises(TypeError, match="feature_group_count"):
     onnx.OctConvTranspose(8, 8, 3, 0.5, 0.5, rngs=nnx.Rngs(0), feature_group_count=2)
-
-
-def test_structure_names_the_variables_of_both_zoos():
-  layout = structure.resnet((1, 2), (4, 8), 0.5, stem="imagenet", stem_features=8, in_features=3, expansion=4,
-                            num_classes=10, dtype=jnp.float32)
-  names = [layer.name for layer in layout.layers()]
-  assert names == ["stem_conv", "stem_bn", "stage1_block0", "stage2_block0", "stage2_block1", "head"]
-  assert [b.alpha_out for stage in layout.stages for b in stage] == [0.5, 0.0, 0.0]
-  assert [b.strides for stage in layout.stages for b in stage] == [1, 2, 1]
-  block = structure.bottleneck(16, 8, 0.5, 0.0, strides=2, squeeze_excite=True)
-  assert [layer.name for layer in block.layers()] == ["conv1", "conv2", "conv3", "se", "shortcut"]
-  linen = models.get_model("oct_se_resnet50", alpha=0.5, num_classes=10).clone(stage_sizes=(1, 2), widths=(4, 8),
-                                                                              stem_features=8)
-  variables = jax.eval_shape(lambda: linen.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))
-  assert set(variables["params"]) == set(names)
-  assert set(variables["params"]["stage2_block0"]) == {"conv1", "conv2", "conv3", "se", "shortcut"}
 
 
 def _code_lines(path):

@@ -1,4 +1,7 @@
-"""OctTensor, the channel-split rule and OctTensor under jit / grad / vmap / tree_map."""
+"""octflax.tensor: OctTensor, the channel-split rule, from_array / merge and OctTensor as a pytree (tree_map, jit).
+
+OctConv under jit, grad and vmap: test_layers.py; the pool and upsample it uses: test_resample.py.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +16,14 @@ import pytest
 
 import numpy_reference as ref
 import octflax
-from octflax import OctConv, OctTensor, as_oct, low_spatial_size, split_channels
+from octflax import OctTensor, as_oct, low_spatial_size, split_channels
+from test_layers import fast_jit
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def fast_jit(fn, **kwargs):
-  """`jax.jit` without LLVM's expensive optimisations: on these tiny maps compiling, not
-  running, is the cost, and the optimisation level does not change what is computed."""
-  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
-
-
 def rand(seed, shape, dtype=np.float32):
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+  return jax.device_put(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
 
 
 def oct_rand(seed, n, hw, channels, alpha):
@@ -33,22 +31,6 @@ def oct_rand(seed, n, hw, channels, alpha):
   lh, lw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
   return OctTensor(rand(seed, (n, *hw, ch)) if ch else None,
                    rand(seed + 1, (n, lh, lw, cl)) if cl else None)
-
-
-def fill_variables(module, x, seed=0):
-  """The variables `module.init` lays out, with NumPy random values (no JAX RNG compiles)."""
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(module.init, jax.random.key(0), x)
-  return jax.tree.map(
-      lambda s: jnp.asarray((rng.standard_normal(s.shape) / math.sqrt(math.prod(s.shape[:-1]) or 1)).astype(s.dtype)),
-      shapes)
-
-
-def np_kernels(params, c_in, alpha_in, alpha_out):
-  """The paths' kernels and biases of an OctConv's parameters, by the reference's block rule."""
-  kernels, biases, _ = ref.blocks(np.asarray(params["kernel"]),
-                                  np.asarray(params["bias"]) if "bias" in params else None, c_in, alpha_in, alpha_out)
-  return kernels, biases
 
 
 # -------------------------------------------------------------------- channel split
@@ -82,12 +64,6 @@ def test_split_channels_rejects_alpha_outside_unit_interval(alpha):
 def test_split_channels_rejects_bad_channel_count(channels):
   with pytest.raises(ValueError, match="channels"):
     split_channels(channels, 0.5)
-
-
-@pytest.mark.parametrize("hw,expected", [((8, 8), (4, 4)), ((7, 6), (4, 3)), ((1, 1), (1, 1)),
-                                         ((5, 9), (3, 5))])
-def test_low_spatial_size_is_ceil_half(hw, expected):
-  assert low_spatial_size(*hw) == expected
 
 
 # ---------------------------------------------------------------------- construction
@@ -173,7 +149,7 @@ def test_from_array_rejects_bad_input():
 def test_merge_upsamples_low_crops_and_concatenates(hw):
   lh, lw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
   t = OctTensor(rand(3, (2, *hw, 3)), rand(4, (2, lh, lw, 2)))
-  m = t.merge()
+  m = fast_jit(OctTensor.merge)(t)
   chex.assert_shape(m, (2, *hw, 5))
   expected = np.concatenate([np.asarray(t.high), ref.upsample2(np.asarray(t.low), hw)], axis=-1)
   np.testing.assert_array_equal(np.asarray(m), expected)
@@ -193,7 +169,7 @@ def test_from_array_inverts_merge(hw):
   """Average-pooling a nearest-upsampled map gives it back, also when the upsample was cropped."""
   lh, lw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
   t = OctTensor(rand(7, (2, *hw, 6)), rand(8, (2, lh, lw, 2)))
-  back = OctTensor.from_array(t.merge(), 0.25)
+  back = fast_jit(lambda t: OctTensor.from_array(t.merge(), 0.25))(t)
   chex.assert_trees_all_close(back, t, **TOL)
 
 
@@ -232,7 +208,7 @@ def test_map_method_applies_to_present_parts():
   np.testing.assert_array_equal(np.asarray(r.low), 0.0)
 
 
-# --------------------------------------------------------------- jit / grad / vmap
+# --------------------------------------------------------------------------- jit
 
 
 def test_jit_passes_octtensor_through():
@@ -243,86 +219,6 @@ def test_jit_passes_octtensor_through():
   chex.assert_trees_all_close(r, OctTensor(t.high * 2, t.low + 1))
 
 
-@pytest.mark.parametrize("alpha_in,alpha_out", [(0.5, 0.5), (0.75, 0.25)])
-def test_jit_octconv_equals_eager(alpha_in, alpha_out):
-  conv = OctConv(6, 3, alpha_in, alpha_out)
-  x = oct_rand(1, 2, (5, 7), 8, alpha_in)
-  variables = fill_variables(conv, x)
-  chex.assert_trees_all_close(jax.jit(conv.apply)(variables, x), conv.apply(variables, x), **TOL)
-
-
-@pytest.mark.parametrize("alpha_in,alpha_out,stride", [
-    (0.5, 0.5, 1), (0.5, 0.25, 2), (0.0, 0.5, 1), (1.0, 0.5, 2)])
-def test_grad_wrt_octtensor_input_is_the_reference_adjoint(alpha_in, alpha_out, stride):
-  """loss(x) = sum(R * OctConv(x)) is affine in x, so <grad, v> = sum(R * conv_nobias(v))."""
-  conv = OctConv(6, 3, alpha_in, alpha_out, strides=stride)
-  x = oct_rand(2, 2, (5, 7), 8, alpha_in)
-  variables = fill_variables(conv, x, seed=1)
-  y = conv.apply(variables, x)
-  r = jax.tree.map(lambda p: rand(p.size, p.shape), y)
-
-  def loss(inp):
-    out = conv.apply(variables, inp)
-    return sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(r)))
-
-  g = fast_jit(jax.grad(loss))(x)
-  assert isinstance(g, OctTensor)
-  chex.assert_trees_all_equal_shapes_and_dtypes(g, x)
-  chex.assert_tree_all_finite(g)
-  kernels, _ = np_kernels(variables["params"], 8, alpha_in, alpha_out)
-  for seed in (10, 20):
-    v = oct_rand(seed, 2, (5, 7), 8, alpha_in)
-    lhs = sum(float(np.vdot(np.asarray(a, np.float64), np.asarray(b, np.float64)))
-              for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
-    vh, vl = ref.oct_conv(None if v.high is None else np.asarray(v.high),
-                          None if v.low is None else np.asarray(v.low), kernels, None, stride)
-    rhs = sum(float(np.vdot(np.asarray(a, np.float64), b))
-              for a, b in zip(jax.tree.leaves(r), [p for p in (vh, vl) if p is not None]))
-    assert lhs == pytest.approx(rhs, rel=1e-5, abs=1e-4)
-
-
-def test_grad_wrt_params_matches_finite_differences():
-  conv = OctConv(4, 3, 0.5, 0.5)
-  x = oct_rand(3, 1, (5, 6), 4, 0.5)
-  variables = fill_variables(conv, x, seed=2)
-
-  def loss(params):
-    y = conv.apply({"params": params}, x)
-    return jnp.sum(y.high ** 2) + jnp.sum(jnp.sin(y.low))
-
-  g = fast_jit(jax.grad(loss))(variables["params"])
-  chex.assert_trees_all_equal_shapes(g, variables["params"])
-  # Central difference along one random direction, in float64 through the reference.
-  direction = jax.tree.map(lambda p: rand(p.size + 7, p.shape), variables["params"])
-  dot = sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(direction)))
-
-  def ref_loss(t):
-    params = jax.tree.map(lambda p, d: np.asarray(p, np.float64) + t * np.asarray(d, np.float64),
-                          variables["params"], direction)
-    yh, yl = ref.oct_conv(np.asarray(x.high), np.asarray(x.low), *np_kernels(params, 4, 0.5, 0.5))
-    return np.sum(yh ** 2) + np.sum(np.sin(yl))
-
-  eps = 1e-4
-  fd = (ref_loss(eps) - ref_loss(-eps)) / (2 * eps)
-  assert dot == pytest.approx(fd, rel=1e-4)
-
-
-@pytest.mark.parametrize("alpha_in", [0.5, 0.0])
-def test_vmap_over_leading_axis_equals_loop(alpha_in):
-  conv = OctConv(4, 3, alpha_in, 0.5, strides=2)
-  xs = [oct_rand(10 * i, 2, (5, 6), 4, alpha_in) for i in range(3)]
-  stacked = jax.tree.map(lambda *a: jnp.stack(a), *xs)
-  chex.assert_shape(stacked.high, (3, 2, 5, 6, ref.split(4, alpha_in)[0]))
-  variables = fill_variables(conv, xs[0])
-  batched = fast_jit(jax.vmap(conv.apply, in_axes=(None, 0)))(variables, stacked)
-  assert isinstance(batched, OctTensor)
-  chex.assert_shape(batched.high, (3, 2, 3, 3, 2))
-  chex.assert_shape(batched.low, (3, 2, 2, 2, 2))
-  apply = fast_jit(conv.apply)
-  looped = jax.tree.map(lambda *a: jnp.stack(a), *[apply(variables, x) for x in xs])
-  chex.assert_trees_all_close(batched, looped, **TOL)
-
-
 # ----------------------------------------------------------------------------- 1-D and 3-D, octave_axes
 
 
@@ -330,19 +226,19 @@ def test_vmap_over_leading_axis_equals_loop(alpha_in):
                                                  ((5, 4, 3), (0,)), ((4, 5), (1,)), ((3, 4), ())])
 def test_nd_from_array_pools_the_octave_axes_and_merge_restores_the_size(spatial, octave_axes):
   x = rand(len(spatial), (2, *spatial, 4))
-  t = OctTensor.from_array(x, 0.5, octave_axes=octave_axes)
+  t = fast_jit(OctTensor.from_array, static_argnums=(1, 2))(x, 0.5, octave_axes)
   axes = tuple(range(len(spatial))) if octave_axes is None else octave_axes
   low_size = tuple(math.ceil(n / 2) if i in axes else n for i, n in enumerate(spatial))
   assert low_spatial_size(*spatial, octave_axes=octave_axes) == low_size
   chex.assert_shape(t.high, (2, *spatial, 2))
   chex.assert_shape(t.low, (2, *low_size, 2))
   np.testing.assert_allclose(np.asarray(t.low), ref.pool_axes(np.asarray(x)[..., 2:], axes), **TOL)
-  merged = t.merge(octave_axes=octave_axes)
+  merged = np.asarray(fast_jit(lambda t: t.merge(octave_axes=octave_axes))(t))
   chex.assert_shape(merged, (2, *spatial, 4))
-  np.testing.assert_array_equal(np.asarray(merged[..., :2]), np.asarray(x[..., :2]))
-  np.testing.assert_allclose(np.asarray(merged[..., 2:]), ref.upsample_axes(np.asarray(t.low), axes, spatial), **TOL)
+  np.testing.assert_array_equal(merged[..., :2], np.asarray(x)[..., :2])
+  np.testing.assert_allclose(merged[..., 2:], ref.upsample_axes(np.asarray(t.low), axes, spatial), **TOL)
   # Without a high part the low part is doubled on the octave axes.
-  alone = OctTensor(None, t.low).merge(octave_axes=octave_axes)
+  alone = jax.eval_shape(lambda low: OctTensor(None, low).merge(octave_axes=octave_axes), t.low)
   chex.assert_shape(alone, (2, *(2 * n if i in axes else n for i, n in enumerate(low_size)), 2))
 
 
@@ -378,11 +274,12 @@ def test_the_code_blocks_of_docs_nd_octconv_run():
 
 
 def test_top_level_merge_upsamples_low_and_passes_arrays_through():
-  high = jnp.arange(2 * 5 * 3 * 2, dtype=jnp.float32).reshape(2, 5, 3, 2)
-  low = jnp.arange(2 * 3 * 2 * 1, dtype=jnp.float32).reshape(2, 3, 2, 1)
-  merged = octflax.merge(octflax.OctTensor(high, low))
+  high = np.arange(2 * 5 * 3 * 2, dtype=np.float32).reshape(2, 5, 3, 2)
+  low = np.arange(2 * 3 * 2 * 1, dtype=np.float32).reshape(2, 3, 2, 1)
+  parts = octflax.OctTensor(jax.device_put(high), jax.device_put(low))
+  merged = np.asarray(fast_jit(octflax.merge)(parts))
   chex.assert_shape(merged, (2, 5, 3, 3))
   np.testing.assert_array_equal(merged[..., :2], high)
   np.testing.assert_array_equal(merged[:, 4, 2, 2], low[:, 2, 1, 0])  # (4 // 2, 2 // 2)
   np.testing.assert_array_equal(merged[:, 1, 0, 2], low[:, 0, 0, 0])
-  assert octflax.merge(high) is high
+  assert octflax.merge(parts.high) is parts.high

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from octflax import convert, cost, data, models
+from octflax import convert, cost, data, execution, models
 from octflax.data import clips
+from test_layers import fast_jit
 
 
 def _garments(n: int = 12, seed: int = 0) -> data.ArraySource:
@@ -133,17 +134,21 @@ def _random_variables(abstract, seed: int):
     name = path[-1].key
     if name == "kernel":
       fan_in = int(np.prod(spec.shape[:-1]))
-      return jnp.asarray(rng.standard_normal(spec.shape, dtype=np.float32) * np.sqrt(2.0 / fan_in))
+      kernel = rng.standard_normal(spec.shape, dtype=np.float32) * np.sqrt(2.0 / fan_in)
+      return jax.device_put(kernel.astype(np.float32))
     if name in ("scale", "var"):
-      return jnp.asarray(rng.uniform(0.5, 1.5, spec.shape).astype(np.float32))
-    return jnp.asarray(0.1 * rng.standard_normal(spec.shape).astype(np.float32))
+      return jax.device_put(rng.uniform(0.5, 1.5, spec.shape).astype(np.float32))
+    return jax.device_put(0.1 * rng.standard_normal(spec.shape).astype(np.float32))
 
   return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
 def _abstract_init(model, shape):
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
-                        jax.ShapeDtypeStruct(shape, jnp.float32))
+  """The abstract variables of ``model``, traced in the reference execution form (the variables of every
+  form; the default form would trace each platform's)."""
+  with execution.use_form(execution.REFERENCE):
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                          jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
 def _inflation_gap(model_2d, model_3d, image_shape, frames, seed=0) -> float:
@@ -151,10 +156,10 @@ def _inflation_gap(model_2d, model_3d, image_shape, frames, seed=0) -> float:
   variables_2d = _random_variables(_abstract_init(model_2d, image_shape), seed)
   clip_shape = (image_shape[0], frames, *image_shape[1:])
   variables_3d = convert.inflate(variables_2d, _abstract_init(model_3d, clip_shape))
-  image = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(image_shape, dtype=np.float32))
+  image = jax.device_put(np.random.default_rng(seed + 1).standard_normal(image_shape, dtype=np.float32))
   clip = jnp.repeat(image[:, None], frames, axis=1)
-  logits_2d = jax.jit(lambda v, x: model_2d.apply(v, x, train=False))(variables_2d, image)
-  logits_3d = jax.jit(lambda v, x: model_3d.apply(v, x, train=False))(variables_3d, clip)
+  logits_2d = fast_jit(lambda v, x: model_2d.apply(v, x, train=False))(variables_2d, image)
+  logits_3d = fast_jit(lambda v, x: model_3d.apply(v, x, train=False))(variables_3d, clip)
   chex.assert_equal_shape([logits_2d, logits_3d])
   return float(jnp.max(jnp.abs(logits_3d - logits_2d)) / jnp.max(jnp.abs(logits_2d)))
 
@@ -238,7 +243,8 @@ def test_video_macs_are_the_2d_layers_times_frames_and_time_taps():
 
 def test_video_macs_with_time_an_octave_axis():
   # Time halved too: the low part's cost falls by another 2 (paper's alpha .2 row: 22.1).
-  report = cost.analyze(models.oct_i3d_resnet50(alpha=0.2, octave_axes=(0, 1, 2)), (1, 8, 224, 224, 3))
+  with execution.use_form(execution.REFERENCE):  # analyze counts the equations as written in any form
+    report = cost.analyze(models.oct_i3d_resnet50(alpha=0.2, octave_axes=(0, 1, 2)), (1, 8, 224, 224, 3))
   assert round(report.gmacs, 4) == 22.3075
 
 
