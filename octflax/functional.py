@@ -437,6 +437,7 @@ class PathPlan(NamedTuple):
     upsample_axes: the axes on which the ``l2h`` output is upsampled (`upsample_l2h`).
     high_size: the spatial size of the high output (None without a high input).
     spatial_dims, dilation: of the convolutions.
+    upsample_method: `upsample2`'s ``method`` for `upsample_l2h`.
   """
 
   inputs: dict[str, Array]
@@ -445,21 +446,25 @@ class PathPlan(NamedTuple):
   high_size: tuple[int, ...] | None
   spatial_dims: int
   dilation: tuple[int, ...]
+  upsample_method: str = "broadcast"
 
   def upsample_l2h(self, y: Array) -> Array:
     """U: the ``l2h`` convolution's output brought to the high output's size."""
     if not self.upsample_axes:
       return y
-    return upsample2(y, self.high_size, self.upsample_axes, spatial_dims=self.spatial_dims)
+    return upsample2(y, self.high_size, self.upsample_axes, spatial_dims=self.spatial_dims,
+                     method=self.upsample_method)
 
 
 def plan_paths(x: OctTensor, kernels: Mapping[str, Array], *, strides: Any = 1, octave_axes: Any = None,
-               kernel_dilation: Any = 1, pool_method: str = "reshape", fn: str = "oct_conv") -> PathPlan:
+               kernel_dilation: Any = 1, pool_method: str = "reshape", upsample_method: str = "broadcast",
+               fn: str = "oct_conv") -> PathPlan:
   """Checks one `oct_conv` call and pools each path's input to its output resolution (stride 1 or 2).
 
   The pooling of `oct_conv`'s equations lives here, once, for every way of executing them
   (`oct_conv` runs each path as its own convolution; `octflax.execution` has forms that run
-  several paths as one). ``pool_method`` is `avg_pool2`'s ``method``.
+  several paths as one). ``pool_method`` is `avg_pool2`'s ``method``, ``upsample_method``
+  `upsample2`'s.
   """
   spatial_dims, axes, stride, dilation = _check_call(fn, x, kernels, strides, octave_axes, kernel_dilation)
   stride2 = tuple(i for i, s in enumerate(stride) if s == 2)
@@ -475,7 +480,7 @@ def plan_paths(x: OctTensor, kernels: Mapping[str, Array], *, strides: Any = 1, 
     if a in outs and b in outs and outs[a] != outs[b]:
       raise ValueError(f"paths {a} and {b} write the same output part but have {outs[a]} and {outs[b]} output channels.")
   return PathPlan(inputs, groups, tuple(i for i in axes if i not in stride2),
-                  None if high is None else tuple(high.shape[1:-1]), spatial_dims, dilation)
+                  None if high is None else tuple(high.shape[1:-1]), spatial_dims, dilation, upsample_method)
 
 
 def with_biases(y: Array | None, paths: Sequence[str], biases: Mapping[str, Array]) -> Array | None:

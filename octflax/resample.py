@@ -19,6 +19,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 Array = jax.Array
 
@@ -85,6 +86,7 @@ def _spatial_axes(x: Array, spatial_dims: int, fn: str) -> list[int]:
 
 
 POOL_METHODS = ("reshape", "slices")
+UPSAMPLE_METHODS = ("broadcast", "pads", "ones_conv")
 
 
 def window_sums(x: Array, axes: Sequence[int], method: str = "reshape") -> Array:
@@ -176,7 +178,7 @@ def avg_pool2(x: Array, octave_axes: Sequence[int] | None = None, *, spatial_dim
 
 @jax.named_scope("upsample2")
 def upsample2(x: Array, size: Sequence[int] | None = None, octave_axes: Sequence[int] | None = None, *,
-              spatial_dims: int | None = None) -> Array:
+              spatial_dims: int | None = None, method: str = "broadcast") -> Array:
   """Nearest-neighbour upsampling by 2 on the octave axes, cropped to ``size`` when given.
 
   In 2-D ``y[i, j] = x[i // 2, j // 2]``. Cropping makes odd high-part sizes work: a
@@ -188,6 +190,15 @@ def upsample2(x: Array, size: Sequence[int] | None = None, octave_axes: Sequence
       octave axis of size n and ``target == n`` on the others; default ``2n`` on octave axes.
     octave_axes: which spatial axes are upsampled (0-based among them; None = all).
     spatial_dims: number of spatial axes; default ``len(size)``, or 2 without ``size``.
+    method: how the copies are made, the same numbers either way: ``'broadcast'`` (a
+      broadcast over a new axis of 2 after each octave axis and a reshape; its gradient sums
+      over those axes) or ``'pads'`` (the sum of the 2^k copies of ``x`` spread out by interior
+      padding, each starting at offset 0 or 1 on each octave axis: the transpose of
+      `window_sums`'s ``'slices'``, so its gradient is a sum of strided slices; no array of
+      higher rank, which the TPU's tiled layouts pad) or ``'ones_conv'`` (a depthwise transposed
+      convolution, stride 2, with a window of ones: 2 on each octave axis; its gradient is the
+      strided convolution summing each window, and the TPU compiler fuses the add of the other
+      path and BatchNorm's sums into it). `octflax.execution` chooses it per backend.
 
   Returns:
     ``[..., *size, C]``.
@@ -209,8 +220,14 @@ def upsample2(x: Array, size: Sequence[int] | None = None, octave_axes: Sequence
     raise ValueError(
         f"upsample2: cannot upsample a {'x'.join(map(str, current))} map (octave axes {axes}) to size "
         f"{tuple(size)}; allowed sizes are {ranges}.")
+  if method not in UPSAMPLE_METHODS:
+    raise ValueError(f"upsample2: method must be one of {UPSAMPLE_METHODS}, got {method!r}.")
   if not axes:
     return x
+  if method == "pads":
+    return _upsample_pads(x, [spatial[a] for a in axes], [target[a] for a in axes])
+  if method == "ones_conv":
+    return _upsample_conv(x, spatial, axes, target)
   # Broadcast + reshape: no gather, no resize kernel; XLA fuses it into the consumer.
   expanded, broadcast = [], []
   for axis, n in enumerate(x.shape):
@@ -226,4 +243,41 @@ def upsample2(x: Array, size: Sequence[int] | None = None, octave_axes: Sequence
   return y
 
 
-__all__ = ["POOL_METHODS", "avg_pool2", "low_spatial_size", "resolve_octave_axes", "upsample2", "window_sums"]
+def _upsample_pads(x: Array, axes: Sequence[int], sizes: Sequence[int]) -> Array:
+  """``y[..., i, ...] = x[..., i // 2, ...]`` on the array axes ``axes``, of sizes ``sizes`` (2n - 1 or 2n).
+
+  Interior padding by 1 puts ``x[j]`` at ``2j``; a low pad of ``o`` moves it to ``2j + o``, and
+  the high pad (-1 when cropping an odd size) makes the length ``size``. Summing over the 2^k
+  offsets fills every position exactly once (the padding adds zeros), elementwise.
+  """
+  zero = jnp.zeros((), x.dtype)
+  total = None
+  for offsets in np.ndindex(*(2,) * len(axes)):
+    config = [(0, 0, 0)] * x.ndim
+    for axis, size, offset in zip(axes, sizes, offsets):
+      config[axis] = (offset, size - (2 * x.shape[axis] - 1) - offset, 1)
+    term = lax.pad(x, zero, config)
+    total = term if total is None else total + term
+  return total
+
+
+def _upsample_conv(x: Array, spatial: Sequence[int], axes: Sequence[int], target: Sequence[int]) -> Array:
+  """Nearest upsampling as a depthwise transposed convolution with a kernel of ones (2 per octave axis).
+
+  With the input dilated by 2 (``x[j]`` at ``2j``) and padded by 1 in front, output ``i`` sums
+  positions ``i - 1`` and ``i``, of which exactly one holds ``x[i // 2]``.
+  """
+  lead, channels = x.shape[:spatial[0]], x.shape[-1]
+  flat = x.reshape((-1,) + x.shape[spatial[0]:])
+  nd = len(spatial)
+  kernel = jnp.ones(tuple(2 if a in axes else 1 for a in range(nd)) + (1, channels), x.dtype)
+  pads = [(1, t - 2 * flat.shape[1 + a] + 1) if a in axes else (0, 0) for a, t in enumerate(target)]
+  lhs = (0, nd + 1) + tuple(range(1, nd + 1))
+  rhs = (nd + 1, nd) + tuple(range(nd))
+  y = lax.conv_general_dilated(flat, kernel, (1,) * nd, pads, lhs_dilation=tuple(2 if a in axes else 1 for a in range(nd)),
+                               dimension_numbers=lax.ConvDimensionNumbers(lhs, rhs, lhs), feature_group_count=channels,
+                               precision=lax.Precision.HIGHEST)
+  return y.reshape(lead + y.shape[1:])
+
+
+__all__ = ["POOL_METHODS", "UPSAMPLE_METHODS", "avg_pool2", "low_spatial_size", "resolve_octave_axes", "upsample2", "window_sums"]

@@ -24,11 +24,14 @@ import numpy_reference as ref
 from octflax import OctBatchNorm, OctConv, OctTensor, cost, execution, models
 from octflax import nnx as octnnx
 from octflax.functional import conv
-from octflax.resample import avg_pool2
+from octflax.resample import avg_pool2, upsample2
 from test_layers import fast_jit
 
 PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs")
-FORMS = PATH_FORMS + ("two_convs+slices", "two_convs+xla_cpu")
+#: The ways of upsampling the L->H term (`Form.upsample`), each with a path form that groups paths.
+UPSAMPLE_FORMS = ("pads", "ones_conv", "transposed", "shared_output+transposed", "two_convs+transposed",
+                  "shared_input+ones_conv")
+FORMS = PATH_FORMS + ("two_convs+slices", "two_convs+xla_cpu") + UPSAMPLE_FORMS
 
 
 def _low_size(spatial, octave):
@@ -117,7 +120,7 @@ def test_every_form_equals_the_float64_reference_in_2d(form):
       raise AssertionError(f"{form}: {spec}: {e}") from None
 
 
-@pytest.mark.parametrize("form", ("shared_output", "shared_input", "two_convs+slices"))
+@pytest.mark.parametrize("form", ("shared_output", "shared_input", "two_convs+slices") + UPSAMPLE_FORMS)
 def test_forms_in_1d_and_3d_with_non_octave_axes(form):
   outputs, cases = run_cases(form, CASES_ND)
   for spec, y, case in zip(CASES_ND, outputs, cases):
@@ -127,7 +130,7 @@ def test_forms_in_1d_and_3d_with_non_octave_axes(form):
       raise AssertionError(f"{form}: {spec}: {e}") from None
 
 
-@pytest.mark.parametrize("form", ("two_convs+slices", "shared_input"))
+@pytest.mark.parametrize("form", ("two_convs+slices", "shared_input", "slices+ones_conv", "slices+pads", "transposed"))
 def test_forms_in_bfloat16(form):
   specs = [dict(spatial=(9, 7), c_in=16, c_out=16, alpha_in=0.5, alpha_out=0.5, k=3, strides=s) for s in (1, 2)]
   outputs, cases = run_cases(form, specs, dtype=jnp.bfloat16)
@@ -153,6 +156,41 @@ def test_slices_pool_equals_reshape_pool():
     chex.assert_trees_all_close(slices, pool(x, axes, spatial_dims=3), rtol=1e-6)
   with pytest.raises(ValueError, match="method must be one of"):
     avg_pool2(x, method="window")
+
+
+@pytest.mark.parametrize("method", ("pads", "ones_conv"))
+def test_upsample_methods_equal_the_reference_and_their_gradients_the_window_sums(method):
+  """Every upsample method: nearest by 2, cropped at odd sizes; its gradient sums each 2^k window."""
+  rng = np.random.default_rng(0)
+  cases = [((2, 3, 4, 3), (5, 8), None), ((2, 3, 4, 3), (6, 7), None), ((2, 4, 3), (7,), None),
+           ((2, 3, 4, 3, 2), (3, 8, 5), (1, 2)), ((2, 3, 4, 3, 2), (6, 4, 3), (0,))]
+  for shape, size, axes in cases:
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((shape[0], *size, shape[-1])), jnp.float32)
+    up = lambda x: upsample2(x, size, axes, method=method)
+    y, vjp = jax.vjp(up, x)
+    expected = np.asarray(x, np.float64)
+    for a in (range(len(size)) if axes is None else axes):
+      expected = np.repeat(expected, 2, axis=1 + a)[(slice(None),) * (1 + a) + (slice(0, size[a]),)]
+    np.testing.assert_array_equal(np.asarray(y), expected.astype(np.float32))
+    # The transpose of upsampling: each low position gets the sum of the high positions it fills.
+    grad = np.zeros(shape, np.float64)
+    for index in np.ndindex(*g.shape):
+      low = list(index)
+      for a in (range(len(size)) if axes is None else axes):
+        low[1 + a] //= 2
+      grad[tuple(low)] += float(g[index])
+    np.testing.assert_allclose(np.asarray(vjp(g)[0]), grad, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="method must be one of"):
+    upsample2(x, method="gather")
+
+
+def test_transposed_l2h_runs_one_convolution_per_part_and_no_upsample():
+  x, kernels, biases, settings, _ = make_case(0, (7, 8), 8, 8, 0.5, 0.5, 3)
+  lowered = jax.jit(lambda x, k, b: execution.oct_conv_in_form(execution.Form.parse("transposed"), x, k, b,
+                                                               **settings)).lower(x, kernels, biases).as_text()
+  assert lowered.count("stablehlo.convolution") == 4 and "lhs_dilate = [2, 2]" in lowered
+  assert "upsample2" not in lowered
 
 
 # ----------------------------------------------------------------------------- OctBatchNorm
@@ -316,6 +354,8 @@ def test_form_names_parse_and_print_back():
   for name in execution.PROBE_FORMS:
     assert str(execution.Form.parse(name)) == name
   assert execution.Form.parse("slices+two_convs") == execution.Form(paths="two_convs", pool="slices")
+  for name in UPSAMPLE_FORMS + ("slices+ones_conv",):
+    assert str(execution.Form.parse(name)) == name
   assert str(execution.REFERENCE) == "reference" and execution.Form.parse("reference") == execution.REFERENCE
   with pytest.raises(ValueError, match="unknown choice 'three'.*known: separate"):
     execution.Form.parse("two_convs+three")
@@ -350,13 +390,16 @@ def test_the_default_form_is_chosen_for_the_platform_lowered_for():
   assert execution.CPU_FORM.conv == "xla_cpu" and execution.GPU_FORM.conv == execution.TPU_FORM.conv == "plain"
   # XLA:CPU's form runs the 1x1 convolutions as dots; the accelerators' as convolutions.
   assert on_cpu.count("stablehlo.dot_general") > on_gpu.count("stablehlo.dot_general") + 10
-  assert on_tpu.count("stablehlo.convolution") == reference.count("stablehlo.convolution") > on_cpu.count(
+  # The TPU's form upsamples L->H with a depthwise transposed convolution: one more per L->H path.
+  assert on_tpu.count("stablehlo.convolution") > reference.count("stablehlo.convolution") > on_cpu.count(
       "stablehlo.convolution")
+  assert on_tpu.count("lhs_dilate = [2, 2]") > reference.count("lhs_dilate = [2, 2]")
   # The GPU's form (two_convs): fewer, larger convolutions than the reference form.
   assert execution.GPU_FORM.paths == "two_convs"
   assert on_gpu.count("stablehlo.convolution") < reference.count("stablehlo.convolution")
-  # The TPU's form (slices) pools with strided slices, not a reshape and a sum.
-  assert execution.TPU_FORM.pool == "slices" and on_tpu != reference
+  # The TPU's form (slices+ones_conv) pools with strided slices, not a reshape and a sum.
+  assert execution.TPU_FORM.pool == "slices" and execution.TPU_FORM.upsample == "ones_conv"
+  assert execution.GPU_FORM.upsample == execution.CPU_FORM.upsample == "broadcast"
   assert execution.GPU_FORM.norm_grad == "one_pass" and execution.TPU_FORM.norm_grad == "autodiff"
 
 

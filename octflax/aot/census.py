@@ -326,13 +326,15 @@ def part_of(kernel: Kernel) -> str:
   copies and dtype conversions: weights cast to the compute dtype and put in the layout the
   convolution library wants, buffers copied around donated state), ``BatchNorm`` (kernels of a module named ``bn...``, ``..._bn`` or ``BatchNorm...``:
   statistics, normalisation and their gradients), ``pooling`` and ``upsampling`` (kernels of
-  `octflax.resample.avg_pool2` / `upsample2`, forward or backward), ``optimizer`` (kernels outside
+  `octflax.resample.avg_pool2` / `upsample2`, forward or backward; an upsample computed as a
+  convolution counts as upsampling), ``optimizer`` (kernels outside
   the differentiated function: the update of every parameter and optimizer state), ``other``
   (activations, residual adds, joins and splits of the parts, the loss).
   """
-  if kernel.cls in CONV_CLASSES or kernel.cls == "gemm":
-    return "convolutions"
   origin = kernel.source
+  if kernel.cls in CONV_CLASSES or kernel.cls == "gemm":
+    # An upsample run as a convolution (`upsample2`'s 'ones_conv') is the upsample's cost.
+    return "upsampling" if "/upsample2/" in origin else "convolutions"
   if kernel.cls in ("transpose", "copy") or origin.endswith("/convert_element_type"):
     return "casts and layout"
   if "/avg_pool2/" in origin:

@@ -2,7 +2,7 @@
 
 `octflax.functional` holds the math (`functional.oct_conv`: each path its own convolution,
 exactly what `flax.linen.Conv` computes per path). This module owns every choice of how that
-math runs, so that models and checkpoints never carry one. A `Form` names five choices, each
+math runs, so that models and checkpoints never carry one. A `Form` names six choices, each
 computing the same numbers to float rounding with the same parameters:
 
 - ``paths``: ``'separate'`` (four convolutions, as written), ``'shared_output'`` (the paths
@@ -21,6 +21,12 @@ computing the same numbers to float rounding with the same parameters:
   ``'xla_cpu'`` (`xla_cpu_conv`: 1x1 as a dot, channel counts padded to a multiple of 8).
 - ``norm_grad``: BatchNorm's gradient, ``'autodiff'`` (jax's) or ``'one_pass'`` (hand-written:
   one reduction forward and one backward, per part or joint; `octflax.execution.norm`).
+- ``upsample``: how the L->H term is upsampled: `upsample2`'s method, ``'broadcast'`` (a
+  broadcast and a reshape), ``'pads'`` (a sum of interior-padded copies, whose gradient is a sum
+  of strided slices) or ``'ones_conv'`` (a depthwise transposed convolution with a window of
+  ones), or ``'transposed'`` (no upsample: the L->H convolution and its upsample as one
+  transposed convolution, stride 2, of X^L with each tap of W^lh repeated on each octave axis;
+  `forms.l2h_transposed`).
 
 The default is the form of the platform a step is lowered for (`PLATFORM_FORMS`: `CPU_FORM`,
 `GPU_FORM`, `TPU_FORM`; `REFERENCE` elsewhere), chosen when the function is lowered

@@ -16,7 +16,7 @@ from jax import lax
 
 from octflax import functional
 from octflax.execution.cpu import xla_cpu_conv
-from octflax.resample import POOL_METHODS
+from octflax.resample import POOL_METHODS, UPSAMPLE_METHODS
 
 ConvFn = functional.ConvFn
 
@@ -28,7 +28,8 @@ CONVS: dict[str, ConvFn] = {"plain": functional.conv, "xla_cpu": xla_cpu_conv}
 PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs")
 NORM_FORMS = ("per_part", "joint")
 NORM_GRADS = ("autodiff", "one_pass")
-_FIELDS = {"paths": PATH_FORMS, "pool": POOL_METHODS, "norm": NORM_FORMS, "conv": tuple(CONVS), "norm_grad": NORM_GRADS}
+_FIELDS = {"paths": PATH_FORMS, "pool": POOL_METHODS, "norm": NORM_FORMS, "conv": tuple(CONVS), "norm_grad": NORM_GRADS,
+           "upsample": UPSAMPLE_METHODS + ("transposed",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Form:
   norm: str = "per_part"
   conv: str = "plain"
   norm_grad: str = "autodiff"
+  upsample: str = "broadcast"
 
   def __post_init__(self):
     for field, allowed in _FIELDS.items():
@@ -89,10 +91,13 @@ CPU_FORM = Form(conv="xla_cpu")
 #: backward. No GPU has timed it yet.
 GPU_FORM = Form(paths="two_convs", pool="slices", norm="joint", norm_grad="one_pass")
 #: The default when lowering for a TPU: the lowest sum of the compiler's estimated cycles for a
-#: TPU v5e (same section): pooling as strided slices, which the TPU compiler fuses. BatchNorm
-#: stays jax's: the TPU compiler fuses it into the convolutions around it, which the hand-written
-#: gradient and the joint reduction prevent (Oct-ResNet-50 at alpha 0: 100.0 ms against 75.2).
-TPU_FORM = Form(pool="slices")
+#: TPU v5e (same section): pooling as strided slices, which the TPU compiler fuses, and the L->H
+#: term upsampled by a depthwise transposed convolution with a window of ones (``ones_conv``),
+#: into which it fuses the add of the H->H term and BatchNorm's sums, where a broadcast and a
+#: reshape left 6-D kernels and their reductions (Oct-ResNet-50 at alpha .5: 72.7 ms against
+#: 85.6). BatchNorm stays jax's: the TPU compiler fuses it into the convolutions around it, which
+#: the hand-written gradient and the joint reduction prevent (alpha 0: 100.0 ms against 75.2).
+TPU_FORM = Form(pool="slices", upsample="ones_conv")
 #: The default form of each platform; any other platform (e.g. ``rocm``) runs `GPU_FORM`.
 PLATFORM_FORMS = {"cpu": CPU_FORM, "cuda": GPU_FORM, "tpu": TPU_FORM}
 _OTHER_PLATFORMS_FORM = GPU_FORM

@@ -15,6 +15,7 @@ from jax import lax
 from octflax import functional
 from octflax.execution.choice import CONVS, Form, by_platform, chosen_conv
 from octflax.execution.norm import batch_means, channel_slices, joinable, normalize
+from octflax.resample import UPSAMPLE_METHODS
 from octflax.tensor import OctTensor, as_oct
 
 Array = jax.Array
@@ -34,7 +35,7 @@ def oct_conv(x: Any, kernels: Mapping[str, Array], biases: Mapping[str, Array] |
   if not pool_stride and functional.is_strided(x, kernels, strides, octave_axes, kernel_dilation):
     return functional.strided_vanilla_conv(x, kernels, biases, **settings)
   return by_platform(lambda form, x, kernels, biases: oct_conv_in_form(form, x, kernels, biases, **settings),
-                     x, dict(kernels), biases, relevant=("paths", "pool", "conv"))
+                     x, dict(kernels), biases, relevant=("paths", "pool", "conv", "upsample"))
 
 
 def oct_conv_in_form(form: Form, x: OctTensor, kernels: Mapping[str, Array], biases: Mapping[str, Array], *,
@@ -42,7 +43,8 @@ def oct_conv_in_form(form: Form, x: OctTensor, kernels: Mapping[str, Array], bia
                      precision: Any = None) -> OctTensor:
   """`functional.oct_conv` (with ``pool_stride=True``) executed in ``form``."""
   plan = functional.plan_paths(as_oct(x), kernels, strides=strides, octave_axes=octave_axes,
-                               kernel_dilation=kernel_dilation, pool_method=form.pool)
+                               kernel_dilation=kernel_dilation, pool_method=form.pool,
+                               upsample_method=form.upsample if form.upsample in UPSAMPLE_METHODS else "broadcast")
   conv = chosen_conv() or CONVS[form.conv]
 
   def run(inputs: Sequence[Array], path_kernels: Sequence[Array], groups: int) -> Array:
@@ -50,7 +52,10 @@ def oct_conv_in_form(form: Form, x: OctTensor, kernels: Mapping[str, Array], bia
     kernel = path_kernels[0] if len(path_kernels) == 1 else jnp.concatenate(path_kernels, axis=-2)
     return conv(inp, kernel, groups, precision, plan.dilation)
 
-  low_paths = all(p in kernels and plan.groups[p] == 1 for p in ("l2l", "l2h"))
+  # L->H and its upsample as one transposed convolution (upsample="transposed", where it applies).
+  transposed = form.upsample == "transposed" and "l2h" in kernels and plan.groups["l2h"] == 1 \
+      and bool(plan.upsample_axes)
+  low_paths = all(p in kernels and plan.groups[p] == 1 for p in ("l2l", "l2h")) and not transposed
   low_paths = low_paths and plan.inputs["l2l"].shape == plan.inputs["l2h"].shape
   if form.paths == "two_convs" and low_paths and "h2l" in kernels and plan.groups["h2l"] == 1 \
       and plan.inputs["h2l"].shape[1:-1] == plan.inputs["l2l"].shape[1:-1]:
@@ -84,17 +89,58 @@ def oct_conv_in_form(form: Form, x: OctTensor, kernels: Mapping[str, Array], bia
       return None
     inputs = [plan.inputs[p] for p in present]
     if fuse and len(present) == 2 and inputs[0].shape[1:-1] == inputs[1].shape[1:-1] \
-        and plan.groups[direct] == plan.groups[cross] == 1:
+        and plan.groups[direct] == plan.groups[cross] == 1 and not (transposed and cross == "l2h"):
       # Y = [X_a | X_b] * [W_a ; W_b]: the two paths as one convolution over concatenated inputs.
       y = run(inputs, [kernels[p] for p in present], 1)
       y = plan.upsample_l2h(y) if present[-1] == "l2h" else y
     else:
-      terms = [run([plan.inputs[p]], [kernels[p]], plan.groups[p]) for p in present]
-      terms = [plan.upsample_l2h(t) if p == "l2h" else t for p, t in zip(present, terms)]
+      terms = [l2h_transposed(plan, plan.inputs[p], kernels[p], precision) if p == "l2h" and transposed else
+               plan.upsample_l2h(run([plan.inputs[p]], [kernels[p]], plan.groups[p])) if p == "l2h" else
+               run([plan.inputs[p]], [kernels[p]], plan.groups[p]) for p in present]
       y = terms[0] if len(terms) == 1 else terms[0] + terms[1]
     return functional.with_biases(y, present, biases)
 
   return OctTensor(high=part("h2h", "l2h"), low=part("l2l", "h2l"))
+
+
+def l2h_transposed(plan: functional.PathPlan, x: Array, kernel: Array, precision: Any = None) -> Array:
+  """``U(conv(x, kernel))`` (the L->H term, upsampled and cropped) as one transposed convolution.
+
+  On an upsampled axis, with kernel size k, dilation d and SAME padding p = d (k - 1) / 2:
+  ``U(Z)[i] = Z[i // 2] = sum_t W[t] x[i // 2 + d t - p]``. Dilating ``x`` by 2 (``x[j]`` at
+  ``2j``) and padding it by ``2p + 1`` in front, output ``i`` reads position ``i + s - 2p - 1``,
+  which holds ``x[i // 2 + d t - p]`` for ``s = 2 d t + 1 - (i mod 2)``. So the kernel K has
+  ``2 d (k - 1) + 2`` taps, ``K[2 d t] = K[2 d t + 1] = W[t]`` (each tap repeated once, for
+  d = 1), and the padding behind makes the output the high size (2n - 1 or 2n). Other axes
+  are as in `functional.conv`.
+  """
+  nd = plan.spatial_dims
+  axes = set(plan.upsample_axes)
+  dtype = jnp.result_type(x, kernel)
+  k = kernel.astype(dtype)
+  zero = jnp.zeros((), dtype)
+  pads, lhs_dilation = [], []
+  for a in range(nd):
+    size, d = kernel.shape[a], plan.dilation[a]
+    p = d * (size - 1) // 2
+    if a not in axes:
+      pads.append((p, p))
+      lhs_dilation.append(1)
+      continue
+    config = [(0, 0, 0)] * kernel.ndim
+    config[a] = (0, 1, 2 * d - 1)
+    spread = lax.pad(k, zero, config)
+    config[a] = (1, 0, 2 * d - 1)
+    k = spread + lax.pad(k, zero, config)
+    taps = 2 * d * (size - 1) + 2
+    size_out = 2 * x.shape[1 + a] if plan.high_size is None else plan.high_size[a]  # no high input: 2n
+    pads.append((2 * p + 1, size_out + taps - 1 - (2 * p + 1) - (2 * x.shape[1 + a] - 1)))
+    lhs_dilation.append(2)
+  dilation = tuple(1 if a in axes else plan.dilation[a] for a in range(nd))
+  with jax.named_scope("l2h_transposed"):
+    return lax.conv_general_dilated(x.astype(dtype), k, (1,) * nd, pads, lhs_dilation=tuple(lhs_dilation),
+                                    rhs_dilation=dilation, dimension_numbers=functional.dimension_numbers(nd),
+                                    precision=precision)
 
 
 # ----------------------------------------------------------------------------- OctBatchNorm forms
