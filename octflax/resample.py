@@ -265,7 +265,8 @@ def _upsample_conv(x: Array, spatial: Sequence[int], axes: Sequence[int], target
   """Nearest upsampling as a depthwise transposed convolution with a kernel of ones (2 per octave axis).
 
   With the input dilated by 2 (``x[j]`` at ``2j``) and padded by 1 in front, output ``i`` sums
-  positions ``i - 1`` and ``i``, of which exactly one holds ``x[i // 2]``.
+  positions ``i - 1`` and ``i``, of which exactly one holds ``x[i // 2]``. Float32 asks for the
+  highest precision, so that no accelerator rounds the copies to bfloat16.
   """
   lead, channels = x.shape[:spatial[0]], x.shape[-1]
   flat = x.reshape((-1,) + x.shape[spatial[0]:])
@@ -276,7 +277,7 @@ def _upsample_conv(x: Array, spatial: Sequence[int], axes: Sequence[int], target
   rhs = (nd + 1, nd) + tuple(range(nd))
   y = lax.conv_general_dilated(flat, kernel, (1,) * nd, pads, lhs_dilation=tuple(2 if a in axes else 1 for a in range(nd)),
                                dimension_numbers=lax.ConvDimensionNumbers(lhs, rhs, lhs), feature_group_count=channels,
-                               precision=lax.Precision.HIGHEST)
+                               precision=lax.Precision.HIGHEST if x.dtype == jnp.float32 else None)
   return y.reshape(lead + y.shape[1:])
 
 

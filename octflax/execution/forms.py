@@ -112,7 +112,8 @@ def l2h_transposed(plan: functional.PathPlan, x: Array, kernel: Array, precision
   which holds ``x[i // 2 + d t - p]`` for ``s = 2 d t + 1 - (i mod 2)``. So the kernel K has
   ``2 d (k - 1) + 2`` taps, ``K[2 d t] = K[2 d t + 1] = W[t]`` (each tap repeated once, for
   d = 1), and the padding behind makes the output the high size (2n - 1 or 2n). Other axes
-  are as in `functional.conv`.
+  are as in `functional.conv`. It runs `lax.conv_general_dilated` itself: the form's ``conv``
+  and `use_conv` do not apply to this path.
   """
   nd = plan.spatial_dims
   axes = set(plan.upsample_axes)
