@@ -272,6 +272,7 @@ def _small_step_report(target_name, alpha=0.5, form=None):
     return aot.compile_for(target, jax.jit(step, donate_argnums=0), state, x, y)
 
 
+@pytest.mark.slow  # two train steps compiled for an H100 (about 20 s)
 @needs_cuda
 def test_h100_census_of_a_train_step():
   report = _small_step_report("h100")
@@ -289,6 +290,7 @@ def test_h100_census_of_a_train_step():
   assert execution.GPU_FORM.paths == "two_convs" and conv_kernels(report) < conv_kernels(reference)
 
 
+@pytest.mark.slow  # a train step compiled for a TPU slice (about 8 s)
 @needs_libtpu
 def test_tpu_census_of_a_data_parallel_train_step():
   report = _small_step_report("tpu:v5e:2x2")
@@ -303,6 +305,7 @@ def _train_cli(*args, env=None):
                         text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow  # the trainer compiling for a TPU slice (about 8 s)
 @needs_libtpu
 def test_trainer_aot_on_a_four_chip_tpu_slice(tmp_path):
   result = _train_cli("--aot=tpu:v5e:2x2", "--config.model.name=oct_resnet8", "--config.batch_size=32",
@@ -317,6 +320,7 @@ def test_trainer_aot_on_a_four_chip_tpu_slice(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # the trainer compiling for an H100 (about 12 s)
 @needs_cuda
 def test_trainer_aot_without_the_data_compiles_for_the_runs_shapes(tmp_path):
   """The ImageNet config on a host without ImageNet: synthetic images of the run's size, its classes."""

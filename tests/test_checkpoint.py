@@ -106,7 +106,11 @@ def test_kernel_blocks_name_the_expected_shape():
 def test_split_inverts_join_for_a_model():
   model = models.get_model("oct_resnet8", alpha=0.5, num_classes=10)
   x = jnp.zeros((1, 28, 28, 1))
-  variables = model.init(jax.random.key(0), x, train=False)
+  # Distinct values in every array (so a block put back in the wrong place shows), from the
+  # variables' shapes: no compiled init.
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype),
+                           jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)))
   layers = octave_layers(model, x, train=False)
   split = {c: format2.split(v, layers) for c, v in variables.items()}
   assert format2.holds(split) and not format2.holds(variables)
