@@ -30,7 +30,7 @@ from test_layers import fast_jit
 PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs")
 #: The ways of upsampling the L->H term (`Form.upsample`), each with a path form that groups paths.
 UPSAMPLE_FORMS = ("pads", "ones_conv", "transposed", "shared_output+transposed", "two_convs+transposed",
-                  "shared_input+ones_conv")
+                  "shared_input+ones_conv", "shared_widening+slices+ones_conv")
 FORMS = PATH_FORMS + ("two_convs+slices", "two_convs+xla_cpu") + UPSAMPLE_FORMS
 
 
@@ -130,7 +130,8 @@ def test_forms_in_1d_and_3d_with_non_octave_axes(form):
       raise AssertionError(f"{form}: {spec}: {e}") from None
 
 
-@pytest.mark.parametrize("form", ("two_convs+slices", "shared_input", "slices+ones_conv", "slices+pads", "transposed"))
+@pytest.mark.parametrize("form", ("two_convs+slices", "shared_input", "slices+ones_conv", "slices+pads", "transposed",
+                                  "shared_widening+slices+ones_conv"))
 def test_forms_in_bfloat16(form):
   specs = [dict(spatial=(9, 7), c_in=16, c_out=16, alpha_in=0.5, alpha_out=0.5, k=3, strides=s) for s in (1, 2)]
   outputs, cases = run_cases(form, specs, dtype=jnp.bfloat16)
@@ -146,6 +147,16 @@ def test_the_forms_run_fewer_convolutions():
     lowered = jax.jit(lambda x, k, b: execution.oct_conv_in_form(execution.Form.parse(form), x, k, b, **settings))
     counts[form] = lowered.lower(x, kernels, biases).as_text().count("stablehlo.convolution")
   assert counts == {"separate": 4, "shared_output": 3, "shared_input": 3, "two_convs": 2}
+
+
+def test_shared_widening_joins_the_paths_of_a_part_only_where_it_has_its_inputs_channels():
+  counts = {}
+  for c_out in (8, 16):  # the low part: 4 or 8 channels, from 4 + 4
+    x, kernels, biases, settings, _ = make_case(0, (8, 8), 8, c_out, 0.5, 0.5, 1)
+    lowered = jax.jit(lambda x, k, b: execution.oct_conv_in_form(execution.Form.parse("shared_widening"), x, k, b,
+                                                                 **settings))
+    counts[c_out] = lowered.lower(x, kernels, biases).as_text().count("stablehlo.convolution")
+  assert counts == {8: 4, 16: 3}
 
 
 def test_slices_pool_equals_reshape_pool():
@@ -390,15 +401,16 @@ def test_the_default_form_is_chosen_for_the_platform_lowered_for():
   assert execution.CPU_FORM.conv == "xla_cpu" and execution.GPU_FORM.conv == execution.TPU_FORM.conv == "plain"
   # XLA:CPU's form runs the 1x1 convolutions as dots; the accelerators' as convolutions.
   assert on_cpu.count("stablehlo.dot_general") > on_gpu.count("stablehlo.dot_general") + 10
-  # The TPU's form upsamples L->H with a depthwise transposed convolution: one more per L->H path.
-  assert on_tpu.count("stablehlo.convolution") > reference.count("stablehlo.convolution") > on_cpu.count(
-      "stablehlo.convolution")
+  # The TPU's form upsamples L->H with a depthwise transposed convolution (one more per L->H path)
+  # and runs the two paths of a widening part as one (one fewer per such part).
+  assert reference.count("stablehlo.convolution") > on_cpu.count("stablehlo.convolution")
   assert on_tpu.count("lhs_dilate = [2, 2]") > reference.count("lhs_dilate = [2, 2]")
   # The GPU's form (two_convs): fewer, larger convolutions than the reference form.
   assert execution.GPU_FORM.paths == "two_convs"
   assert on_gpu.count("stablehlo.convolution") < reference.count("stablehlo.convolution")
-  # The TPU's form (slices+ones_conv) pools with strided slices, not a reshape and a sum.
+  # The TPU's form (shared_widening+slices+ones_conv) pools with strided slices, not a reshape and a sum.
   assert execution.TPU_FORM.pool == "slices" and execution.TPU_FORM.upsample == "ones_conv"
+  assert execution.TPU_FORM.paths == "shared_widening"
   assert execution.GPU_FORM.upsample == execution.CPU_FORM.upsample == "broadcast"
   assert execution.GPU_FORM.norm_grad == "one_pass" and execution.TPU_FORM.norm_grad == "autodiff"
 

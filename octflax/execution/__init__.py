@@ -11,8 +11,10 @@ computing the same numbers to float rounding with the same parameters:
   side by side: three convolutions at stride 1), or ``'two_convs'`` (at stride 1, H->H at full
   resolution and one low-resolution convolution of ``concat([P(X^H), X^L])`` with the block
   kernel ``[[W^hl, 0], [W^ll, W^lh]]``, whose outputs are Y^L and the L->H term before its
-  upsample). A layer a form does not apply to (stride 2, two paths, groups) runs the closest
-  one: ``'shared_output'``.
+  upsample), or ``'shared_widening'`` (``'shared_output'`` only for a part with at least as
+  many channels as the two inputs together, e.g. a bottleneck's last 1x1 convolution: there the
+  part's gradient is read by two convolutions instead of four; the others path by path). A layer
+  a form does not apply to (stride 2, two paths, groups) runs the closest one: ``'shared_output'``.
 - ``pool``: `avg_pool2`'s method, ``'reshape'`` (a reduction) or ``'slices'`` (a sum of
   strided slices, elementwise, which XLA can fuse into its reader).
 - ``norm``: ``'per_part'`` (each part's BatchNorm statistics as its own reduction) or

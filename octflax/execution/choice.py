@@ -25,7 +25,7 @@ _CONV_FN: contextvars.ContextVar[ConvFn | None] = contextvars.ContextVar("octfla
 
 #: The path convolutions a `Form` can name.
 CONVS: dict[str, ConvFn] = {"plain": functional.conv, "xla_cpu": xla_cpu_conv}
-PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs")
+PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs", "shared_widening")
 NORM_FORMS = ("per_part", "joint")
 NORM_GRADS = ("autodiff", "one_pass")
 _FIELDS = {"paths": PATH_FORMS, "pool": POOL_METHODS, "norm": NORM_FORMS, "conv": tuple(CONVS), "norm_grad": NORM_GRADS,
@@ -95,9 +95,13 @@ GPU_FORM = Form(paths="two_convs", pool="slices", norm="joint", norm_grad="one_p
 #: term upsampled by a depthwise transposed convolution with a window of ones (``ones_conv``),
 #: into which it fuses the add of the H->H term and BatchNorm's sums, where a broadcast and a
 #: reshape left 6-D kernels and their reductions (Oct-ResNet-50 at alpha .5: 72.7 ms against
-#: 85.6). BatchNorm stays jax's: the TPU compiler fuses it into the convolutions around it, which
-#: the hand-written gradient and the joint reduction prevent (alpha 0: 100.0 ms against 75.2).
-TPU_FORM = Form(pool="slices", upsample="ones_conv")
+#: 85.6); and the two paths of a part that has as many channels as their inputs together as one
+#: convolution (``shared_widening``: the 1x1 convolutions that widen, whose part's BatchNorm
+#: input gradient, read by two convolutions instead of four, the compiler then fuses into them:
+#: 71.2 ms against 72.7). BatchNorm stays jax's: the TPU compiler fuses it into the convolutions
+#: around it, which the hand-written gradient and the joint reduction prevent (alpha 0: 100.0 ms
+#: against 75.2).
+TPU_FORM = Form(paths="shared_widening", pool="slices", upsample="ones_conv")
 #: The default form of each platform; any other platform (e.g. ``rocm``) runs `GPU_FORM`.
 PLATFORM_FORMS = {"cpu": CPU_FORM, "cuda": GPU_FORM, "tpu": TPU_FORM}
 _OTHER_PLATFORMS_FORM = GPU_FORM

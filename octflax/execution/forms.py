@@ -88,7 +88,9 @@ def oct_conv_in_form(form: Form, x: OctTensor, kernels: Mapping[str, Array], bia
     if not present:
       return None
     inputs = [plan.inputs[p] for p in present]
-    if fuse and len(present) == 2 and inputs[0].shape[1:-1] == inputs[1].shape[1:-1] \
+    # 'shared_widening': one convolution only where the part has as many channels as both inputs.
+    widens = form.paths != "shared_widening" or kernels[present[0]].shape[-1] >= sum(i.shape[-1] for i in inputs)
+    if fuse and widens and len(present) == 2 and inputs[0].shape[1:-1] == inputs[1].shape[1:-1] \
         and plan.groups[direct] == plan.groups[cross] == 1 and not (transposed and cross == "l2h"):
       # Y = [X_a | X_b] * [W_a ; W_b]: the two paths as one convolution over concatenated inputs.
       y = run(inputs, [kernels[p] for p in present], 1)
