@@ -3,7 +3,8 @@
 The census is pinned on hand-written optimized-HLO excerpts of the shapes XLA:GPU and the TPU
 compiler write (cuDNN custom calls, loops, asynchronous collectives, memory-space transfers),
 which need no plugin. The compiles for an H100 and a TPU slice need the plugins
-(``pip install -e '.[aot]'``) and are skipped without them, saying so.
+(``pip install -e '.[aot]'``) and are skipped without them, saying so; they are slow tests
+(``pytest -m slow tests/test_aot.py``, which CI runs on Python 3.12 with the plugins).
 """
 
 import dataclasses
