@@ -25,7 +25,6 @@ from octflax import OctBatchNorm, OctConv, OctTensor, cost, execution, models
 from octflax import nnx as octnnx
 from octflax.functional import conv
 from octflax.resample import avg_pool2, upsample2
-from test_layers import fast_jit
 
 PATH_FORMS = ("separate", "shared_output", "shared_input", "two_convs")
 #: The ways of upsampling the L->H term (`Form.upsample`), each with a path form that groups paths.
@@ -106,7 +105,7 @@ def run_cases(form, specs, dtype=np.float32):
     return [execution.oct_conv_in_form(execution.Form.parse(form), x, kernels, biases, **case[3])
             for (x, kernels, biases), case in zip(arrays, cases)]
 
-  outputs = fast_jit(apply)([(x, k, b) for x, k, b, _, _ in cases])
+  outputs = jax.jit(apply)([(x, k, b) for x, k, b, _, _ in cases])
   return outputs, cases
 
 
@@ -161,7 +160,7 @@ def test_shared_widening_joins_the_paths_of_a_part_only_where_it_has_its_inputs_
 
 def test_slices_pool_equals_reshape_pool():
   x = jax.device_put(np.random.default_rng(0).standard_normal((2, 7, 6, 5, 3)).astype(np.float32))
-  pool = fast_jit(avg_pool2, static_argnums=1, static_argnames=("spatial_dims", "method"))
+  pool = jax.jit(avg_pool2, static_argnums=1, static_argnames=("spatial_dims", "method"))
   for axes in (None, (0,), (1, 2), (0, 2)):
     slices = pool(x, axes, spatial_dims=3, method="slices")
     chex.assert_trees_all_close(slices, pool(x, axes, spatial_dims=3), rtol=1e-6)
@@ -218,7 +217,7 @@ def _bn_input(hw, alpha_in=0.5, dtype=jnp.float32):
 def _bn_train(form, bn, variables, x):
   """(output, updated statistics) of a training-mode OctBatchNorm in ``form``, under jit."""
   with execution.use_form(form):
-    return fast_jit(lambda v, x: bn.apply(v, x, use_running_average=False, mutable=["batch_stats"]))(variables, x)
+    return jax.jit(lambda v, x: bn.apply(v, x, use_running_average=False, mutable=["batch_stats"]))(variables, x)
 
 
 @functools.cache
@@ -307,7 +306,7 @@ def _bn_gradients(form, x, variables, bn, weights):
     return out + sum(jnp.sum(jnp.sin(v)) for v in jax.tree.leaves(stats))  # the statistics' cotangents count
 
   with execution.use_form(form):
-    return fast_jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
 
 
 @functools.cache
@@ -446,14 +445,14 @@ def test_xla_cpu_conv_pads_channels_to_8_and_gives_the_same_numbers(c_in, c_out,
   assert _conv_channel_shapes(execution.xla_cpu_conv, x, kernel) == [expected]
   assert _conv_channel_shapes(execution.xla_cpu_conv_unpadded, x, kernel) == [(c_in, c_out)]
   assert _conv_channel_shapes(conv, x, kernel) == [(c_in, c_out)]
-  plain = fast_jit(conv)(x, kernel)
-  plain_grads = fast_jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), (0, 1)))(x, kernel)
-  padded = fast_jit(execution.xla_cpu_conv)(x, kernel)
+  plain = jax.jit(conv)(x, kernel)
+  plain_grads = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), (0, 1)))(x, kernel)
+  padded = jax.jit(execution.xla_cpu_conv)(x, kernel)
   chex.assert_shape(padded, (2, 5, 6, c_out))
   np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(padded, ref.conv2d(np.asarray(x, np.float64), np.asarray(kernel, np.float64)),
                              rtol=1e-4, atol=1e-4)
-  grads = fast_jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(execution.xla_cpu_conv(x, k))), (0, 1)))(x, kernel)
+  grads = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(execution.xla_cpu_conv(x, k))), (0, 1)))(x, kernel)
   chex.assert_trees_all_equal_shapes(grads, (x, kernel))
   chex.assert_trees_all_close(grads, plain_grads, rtol=1e-4, atol=1e-4)
 

@@ -14,7 +14,7 @@ import pytest
 import numpy_reference as ref
 from octflax import OctTensor
 from octflax.functional import global_avg_pool, oct_add, oct_conv, oct_map, oct_max_pool, oct_relu
-from test_layers import expected_out_shapes, fast_jit, make_input, np_part
+from test_layers import expected_out_shapes, make_input, np_part
 
 TOL = dict(rtol=1e-6, atol=1e-6)
 CONV_TOL = dict(rtol=1e-5, atol=1e-5)  # float32 convolutions against the float64 reference
@@ -44,7 +44,7 @@ def test_functional_oct_conv_matches_reference(stride, hw, with_bias):
   rng = np.random.default_rng(2)
   biases = ({"h2h": jax.device_put(rng.standard_normal(4).astype(np.float32)),
              "h2l": jax.device_put(rng.standard_normal(2).astype(np.float32))} if with_bias else None)
-  y = fast_jit(oct_conv, static_argnames="strides")(x, kernels, biases, strides=stride)
+  y = jax.jit(oct_conv, static_argnames="strides")(x, kernels, biases, strides=stride)
   yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low), {p: np.asarray(k) for p, k in kernels.items()},
                         None if biases is None else {p: np.asarray(b) for p, b in biases.items()}, stride)
   high_shape, low_shape = expected_out_shapes(2, hw, 7, 6, 0.5, 1 / 3, stride)
@@ -95,7 +95,7 @@ def test_functional_oct_conv_accepts_plain_array():
 def test_oct_max_pool_keeps_low_at_ceil_half_of_high(hw):
   lh, lw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
   x = OctTensor(rand(5, (2, *hw, 3)), rand(6, (2, lh, lw, 2)))
-  y = fast_jit(oct_max_pool, static_argnums=(1, 2))(x, 3, 2)
+  y = jax.jit(oct_max_pool, static_argnums=(1, 2))(x, 3, 2)
   h2, w2 = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
   chex.assert_shape(y.high, (2, h2, w2, 3))
   chex.assert_shape(y.low, (2, math.ceil(h2 / 2), math.ceil(w2 / 2), 2))

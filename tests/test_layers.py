@@ -31,24 +31,6 @@ EPS = 1e-5
 BIAS_INIT = nn.initializers.normal(1.0)  # non-zero biases, so a misplaced bias shows
 
 
-@functools.cache
-def fast_compile_options() -> dict:
-  """XLA options that make compiling cheap: on these tiny maps compiling, not running, is the
-  cost. No LLVM optimisation passes, and (where this XLA has the option) XLA:CPU's older loop
-  emitters instead of its MLIR fusion emitters, which take several times longer to compile the
-  same fusions. Neither changes the program XLA is given, only how it is turned into code."""
-  options = {"xla_backend_optimization_level": 0}
-  if execution.xla_accepts("xla_cpu_use_fusion_emitters", False):
-    options["xla_cpu_use_fusion_emitters"] = False
-  return options
-
-
-def fast_jit(fn, **kwargs):
-  """`jax.jit` with `fast_compile_options` (test_functional, test_resample, test_tensor,
-  test_execution, test_models, test_video and test_nnx import it from here)."""
-  return jax.jit(fn, compiler_options=fast_compile_options(), **kwargs)
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -123,7 +105,7 @@ def run_case(*, c_in, c_out, alpha_in, alpha_out, hw, k=3, stride=1, groups=1, u
   x = make_input(seed, n, hw, c_in, alpha_in)
   variables = init_variables(conv, x, seed)
   with execution.use_form(form):
-    y = fast_jit(conv.apply)(variables, x)
+    y = jax.jit(conv.apply)(variables, x)
   kernels, biases, per_path_groups = path_params(variables["params"], c_in, c_out, alpha_in, alpha_out, k, groups,
                                                  depthwise, use_bias)
   yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low), kernels, biases, stride, per_path_groups)
@@ -216,9 +198,9 @@ def test_params_from_init_match_reference():
   """The real initialiser's parameters (not only the init's layout) drive the same math."""
   conv = OctConv(6, 3, 0.5, 0.25, strides=2, bias_init=BIAS_INIT)
   x = make_input(4, 2, (7, 6), 8, 0.5)
-  variables = fast_jit(conv.init)(jax.random.key(0), x)
+  variables = jax.jit(conv.init)(jax.random.key(0), x)
   kernels, biases, _ = path_params(variables["params"], 8, 6, 0.5, 0.25, 3)
-  y = fast_jit(conv.apply)(variables, x)
+  y = jax.jit(conv.apply)(variables, x)
   yh, yl = ref.oct_conv(np_part(x.high), np_part(x.low), kernels, biases, stride=2)
   chex.assert_shape(y.high, (2, 4, 3, 5))
   chex.assert_shape(y.low, (2, 2, 2, 1))
@@ -230,7 +212,7 @@ def test_strides_given_as_pair_equal_int():
   a = OctConv(4, 3, 0.5, 0.5, strides=2)
   b = OctConv(4, 3, 0.5, 0.5, strides=(2, 2))
   v = init_variables(a, x)
-  chex.assert_trees_all_equal(fast_jit(a.apply)(v, x), fast_jit(b.apply)(v, x))
+  chex.assert_trees_all_equal(jax.jit(a.apply)(v, x), jax.jit(b.apply)(v, x))
 
 
 # ------------------------------------------------------- alpha = 0 is flax.linen.Conv
@@ -282,7 +264,7 @@ def test_pool_stride_false_is_a_strided_conv_with_symmetric_padding(hw):
   x = make_input(0, 1, hw, 3, 0.0).high
   conv = OctConv(4, 3, 0.0, 0.0, strides=2, pool_stride=False)
   variables = init_variables(conv, x)
-  y = fast_jit(conv.apply)(variables, x)
+  y = jax.jit(conv.apply)(variables, x)
   p = variables["params"]
   expected = ref.conv2d(x, p["kernel"], stride=2) + np.asarray(p["bias"])
   chex.assert_shape(y.high, (1, math.ceil(hw[0] / 2), math.ceil(hw[1] / 2), 4))
@@ -431,8 +413,8 @@ def test_bf16_compute_keeps_float32_params(stride):
   for leaf in jax.tree.leaves(jax.eval_shape(conv16.init, jax.random.key(0), x)):
     assert leaf.dtype == jnp.float32
   variables = init_variables(conv16, x)
-  y16 = fast_jit(conv16.apply)(variables, x)
-  y32 = fast_jit(conv32.apply)(variables, x)
+  y16 = jax.jit(conv16.apply)(variables, x)
+  y32 = jax.jit(conv32.apply)(variables, x)
   assert y16.high.dtype == jnp.bfloat16 and y16.low.dtype == jnp.bfloat16
   assert y32.high.dtype == jnp.float32
   chex.assert_trees_all_equal_shapes(y16, y32)
@@ -448,7 +430,7 @@ def test_bf16_input_and_params_infers_bf16():
   variables = init_variables(conv, x)
   for leaf in jax.tree.leaves(variables):
     assert leaf.dtype == jnp.bfloat16
-  y = fast_jit(conv.apply)(variables, x)
+  y = jax.jit(conv.apply)(variables, x)
   assert y.high.dtype == y.low.dtype == jnp.bfloat16
 
 
@@ -540,7 +522,7 @@ def test_grad_wrt_octtensor_input_is_the_reference_adjoint(alpha_in, alpha_out, 
     out = conv.apply(variables, inp)
     return sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(r)))
 
-  g = fast_jit(jax.grad(loss))(x)
+  g = jax.jit(jax.grad(loss))(x)
   assert isinstance(g, OctTensor)
   chex.assert_trees_all_equal_shapes_and_dtypes(g, x)
   chex.assert_tree_all_finite(g)
@@ -564,7 +546,7 @@ def test_grad_wrt_params_matches_finite_differences():
     y = conv.apply({"params": params}, x)
     return jnp.sum(y.high ** 2) + jnp.sum(jnp.sin(y.low))
 
-  g = fast_jit(jax.grad(loss))(variables["params"])
+  g = jax.jit(jax.grad(loss))(variables["params"])
   chex.assert_trees_all_equal_shapes(g, variables["params"])
   # Central difference along one random direction, in float64 through the reference.
   direction = jax.tree.map(lambda p: rand(p.size + 7, p.shape), variables["params"])
@@ -589,11 +571,11 @@ def test_vmap_over_leading_axis_equals_loop(alpha_in):
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *xs)
   chex.assert_shape(stacked.high, (3, 2, 5, 6, ref.split(4, alpha_in)[0]))
   variables = init_variables(conv, xs[0])
-  batched = fast_jit(jax.vmap(conv.apply, in_axes=(None, 0)))(variables, stacked)
+  batched = jax.jit(jax.vmap(conv.apply, in_axes=(None, 0)))(variables, stacked)
   assert isinstance(batched, OctTensor)
   chex.assert_shape(batched.high, (3, 2, 3, 3, 2))
   chex.assert_shape(batched.low, (3, 2, 2, 2, 2))
-  apply = fast_jit(conv.apply)
+  apply = jax.jit(conv.apply)
   looped = jax.tree.map(lambda *a: jnp.stack(a), *[apply(variables, x) for x in xs])
   chex.assert_trees_all_close(batched, looped, **TOL)
 
@@ -641,7 +623,7 @@ def run_nd_case(*, spatial, k, c_in=8, c_out=8, alpha_in=0.5, alpha_out=0.5, str
                  octave_axes=octave_axes, kernel_dilation=dilation, bias_init=BIAS_INIT)
   x = make_input_nd(seed, n, spatial, c_in, alpha_in, octave_axes)
   variables = init_variables(conv, x, seed)
-  y = fast_jit(conv.apply)(variables, x)
+  y = jax.jit(conv.apply)(variables, x)
   kernels, biases, path_groups = path_params(variables["params"], c_in, c_out, alpha_in, alpha_out, k, groups,
                                              depthwise)
   stride_t = (strides,) * rank if isinstance(strides, int) else strides
@@ -788,7 +770,7 @@ def run_transpose_case(*, spatial, k, c_in=8, c_out=8, alpha_in=0.5, alpha_out=0
                            kernel_dilation=dilation, bias_init=BIAS_INIT)
   x = make_input_nd(seed, n, spatial, c_in, alpha_in, octave_axes)
   variables = init_variables(layer, x, seed)
-  y = fast_jit(layer.apply, static_argnums=2)(variables, x, output_size)
+  y = jax.jit(layer.apply, static_argnums=2)(variables, x, output_size)
   kernels, biases, _ = path_params(variables["params"], c_in, c_out, alpha_in, alpha_out, k)
   stride_t = (strides,) * rank if isinstance(strides, int) else strides
   dilation_t = (dilation,) * rank if isinstance(dilation, int) else dilation
@@ -955,7 +937,7 @@ def test_batchnorm_train_uses_each_parts_own_statistics(momentum, hw):
   x = oct_input(1, 4, hw, 3, 3)
   bn = OctBatchNorm(use_running_average=False, momentum=momentum)
   variables = random_variables(bn, x)
-  y, updates = fast_jit(lambda v, x: bn.apply(v, x, mutable=["batch_stats"]))(variables, x)
+  y, updates = jax.jit(lambda v, x: bn.apply(v, x, mutable=["batch_stats"]))(variables, x)
   chex.assert_trees_all_equal_shapes(y, x)
   for part in ("high", "low"):
     xp = getattr(x, part)
@@ -975,7 +957,7 @@ def test_batchnorm_eval_uses_running_averages():
   x = oct_input(2, 2, (5, 7), 2, 4)
   bn = OctBatchNorm(use_running_average=True)
   variables = random_variables(bn, x, seed=3)
-  y = fast_jit(bn.apply)(variables, x)
+  y = jax.jit(bn.apply)(variables, x)
   for part in ("high", "low"):
     stats, params = parts_of(variables["batch_stats"], 2)[part], parts_of(variables["params"], 2)[part]
     np.testing.assert_allclose(np.asarray(getattr(y, part)),
@@ -983,7 +965,7 @@ def test_batchnorm_eval_uses_running_averages():
                                             params["bias"]), **TOL)
   # The call-time flag overrides a module left undecided.
   undecided = OctBatchNorm()
-  y2 = fast_jit(lambda v, x: undecided.apply(v, x, use_running_average=True))(variables, x)
+  y2 = jax.jit(lambda v, x: undecided.apply(v, x, use_running_average=True))(variables, x)
   chex.assert_trees_all_close(y2, y, **TOL)
 
 
@@ -991,7 +973,7 @@ def test_batchnorm_with_one_part():
   x = oct_input(4, 2, (4, 4), 0, 3)
   bn = OctBatchNorm(use_running_average=False)
   variables = random_variables(bn, x)
-  y, updates = fast_jit(lambda v, x: bn.apply(v, x, mutable=["batch_stats"]))(variables, x)
+  y, updates = jax.jit(lambda v, x: bn.apply(v, x, mutable=["batch_stats"]))(variables, x)
   assert y.high is None
   chex.assert_shape(updates["batch_stats"]["mean"], (3,))
   mean, var = batch_moments(x.low)
@@ -1013,7 +995,7 @@ def test_batchnorm_under_pmap_averages_statistics_across_devices(devices):
   sharded = jax.tree.map(lambda a: a.reshape(devices, per_device, *a.shape[1:]), x)
   y_p, upd_p = jax.pmap(lambda v, x: bn.apply(v, x, mutable=["batch_stats"]), axis_name="batch",
                         in_axes=(None, 0), devices=jax.devices()[:devices])(variables, sharded)
-  y_s, upd_s = fast_jit(lambda v, x: single.apply(v, x, mutable=["batch_stats"]))(variables, x)
+  y_s, upd_s = jax.jit(lambda v, x: single.apply(v, x, mutable=["batch_stats"]))(variables, x)
   chex.assert_shape(y_p.high, (devices, per_device, 5, 6, 3))
   chex.assert_shape(y_p.low, (devices, per_device, 3, 3, 2))
   chex.assert_trees_all_close(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), y_p), y_s, **TOL)
@@ -1021,7 +1003,7 @@ def test_batchnorm_under_pmap_averages_statistics_across_devices(devices):
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[d], upd_p), upd_s, **TOL)
   # ... and per-device statistics alone would differ: the test can tell.
   local = jax.tree.map(lambda a: a[0], sharded)
-  _, upd_local = fast_jit(lambda v, x: single.apply(v, x, mutable=["batch_stats"]))(variables, local)
+  _, upd_local = jax.jit(lambda v, x: single.apply(v, x, mutable=["batch_stats"]))(variables, local)
   assert not np.allclose(np.asarray(upd_local["batch_stats"]["mean"][:3]),
                          np.asarray(upd_s["batch_stats"]["mean"][:3]), rtol=1e-3, atol=1e-3)
 
@@ -1067,9 +1049,9 @@ def test_octconvbn_forward(train, stride, alpha_in, alpha_out):
   assert set(variables) == {"params", "batch_stats"}
   assert set(variables["params"]) == {"conv", "bn"}
   if train:
-    y, updates = fast_jit(lambda v, x: unit.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+    y, updates = jax.jit(lambda v, x: unit.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
   else:
-    y = fast_jit(lambda v, x: unit.apply(v, x, train=False))(variables, x)
+    y = jax.jit(lambda v, x: unit.apply(v, x, train=False))(variables, x)
   expected, new_stats = conv_bn_reference(x, variables, stride, train, lambda a: np.maximum(a, 0), alpha_out)
   h_out = 7 if stride == 1 else 4
   w_out = 6 if stride == 1 else 3
@@ -1088,8 +1070,8 @@ def test_octconvbn_forward(train, stride, alpha_in, alpha_out):
 def test_octconvbn_without_activation_is_affine_normalised():
   x = oct_input(9, 4, (6, 6), 4, 4)
   unit = OctConvBN(6, 1, 0.5, 0.5)
-  variables = fast_jit(lambda x: unit.init(jax.random.key(0), x))(x)
-  y, _ = fast_jit(lambda v, x: unit.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+  variables = jax.jit(lambda x: unit.init(jax.random.key(0), x))(x)
+  y, _ = jax.jit(lambda v, x: unit.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
   # Fresh BatchNorm (scale 1, bias 0) in train mode: every channel of each part has mean 0, var 1.
   for part in (y.high, y.low):
     mean, var = batch_moments(part)

@@ -5,7 +5,7 @@ Everything that only needs shapes is traced abstractly (`jax.eval_shape`), so no
 spent and no parameters are drawn, and in the reference execution form (`reference_form`). Real forward passes use small nets or small inputs, with
 parameters filled from the abstract tree by `_filled` (drawing every initialiser of a large
 net would dominate the run time), under `jax.jit` (one compilation beats hundreds of eager
-per-op compilations) with test_layers' `fast_jit` options (compiling, not running, is the cost).
+per-op compilations; conftest.py makes compiling cheap, and compiling, not running, is the cost).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from octflax import OctConv, OctTensor, execution, models
 from octflax.checkpoint import format2
 from octflax.layers import octave_layers
 from octflax.models import structure
-from test_layers import fast_jit
 
 PATHS = {"h2h", "h2l", "l2h", "l2l"}
 R50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (base width, blocks)
@@ -506,7 +505,7 @@ def test_real_forward_small_net_odd_size():
   model = models.oct_resnet20(alpha=0.5, num_classes=10)
   variables = _filled(_abstract("oct_resnet20", 0.5, num_classes=10)[1])  # the same variables at any size
   x = jax.device_put(np.random.default_rng(1).standard_normal(shape, dtype=np.float32))
-  logits = fast_jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   chex.assert_shape(logits, (2, 10))
   chex.assert_tree_all_finite(logits)
   assert float(jnp.std(logits)) > 0
@@ -518,7 +517,7 @@ def test_real_forward_resnet50_odd_size():
   model = models.oct_resnet50(alpha=0.5)
   variables = _filled(_abstract("oct_resnet50", 0.5)[1])
   x = jax.device_put(np.random.default_rng(2).standard_normal(shape, dtype=np.float32))
-  logits = fast_jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   chex.assert_shape(logits, (1, 1000))
   chex.assert_tree_all_finite(logits)
   assert float(jnp.std(logits)) > 0
@@ -540,7 +539,7 @@ def test_batch_stats_update_per_part():
                            method == "__call__" and isinstance(mdl, OctConv)
                            and mdl.path[:1] == (block,)))
 
-  logits, updates = fast_jit(forward)(variables, x)
+  logits, updates = jax.jit(forward)(variables, x)
   chex.assert_shape(logits, (4, 10))
   chex.assert_tree_all_finite(logits)
   chex.assert_trees_all_equal_shapes(updates["batch_stats"], variables["batch_stats"])
@@ -571,7 +570,7 @@ def test_zero_init_residual_zeroes_the_last_bn_scale(block_cls, last, zero):
   x = jnp.zeros((1, 8, 8, 3))
   # An 'rbg' key: the same initialisers, far less to compile than threefry for a one-off init.
   key = jax.random.key(0, impl="rbg")
-  params = fast_jit(lambda x: model.init(key, x, train=False))(x)["params"]
+  params = jax.jit(lambda x: model.init(key, x, train=False))(x)["params"]
   params = format2.split(jax.tree.map(np.asarray, params), octave_layers(model, x, train=False))
   for block in ("stage1_block0", "stage2_block0"):
     units = params[block]
@@ -695,7 +694,7 @@ def test_features_are_the_blocks_outputs_and_feed_the_classifier():
     return logits, state["intermediates"]["stage2_block0"]["__call__"][0], model.apply(
         v, x, train=False, return_features=True)
 
-  logits, block_out, features = fast_jit(forward)(variables, x)
+  logits, block_out, features = jax.jit(forward)(variables, x)
   chex.assert_trees_all_equal(features["stage2"], block_out)
   chex.assert_shape([features["stage2"].high, features["stage2"].low], [(2, 8, 9, 16), (2, 4, 5, 16)])
   head = models.resnet.Classifier(10, name="head")

@@ -17,7 +17,6 @@ import octflax
 import octflax.nnx as onnx
 from octflax import models as linen_models
 from octflax.tensor import OctTensor
-from test_layers import fast_jit
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-6, atol=1e-6)
@@ -95,7 +94,7 @@ def test_octconv_state_and_output_match_linen(alpha_in, alpha_out, strides, grou
   conv = onnx.OctConv(16, 24, 3, alpha_in, alpha_out, strides, feature_group_count=groups, rngs=nnx.Rngs(3))
   assert _shapes(onnx.to_linen(conv)) == _shapes(variables)
   onnx.from_linen(variables, conv)
-  _assert_trees_close(fast_jit(lambda x: conv(x))(x), fast_jit(linen.apply)(variables, x))
+  _assert_trees_close(jax.jit(lambda x: conv(x))(x), jax.jit(linen.apply)(variables, x))
 
 
 @pytest.mark.parametrize("kernel_size,shape,octave_axes,strides,dilation", [
@@ -128,8 +127,8 @@ def test_octconv_transpose_matches_linen(alpha_in, alpha_out, strides, size, out
   up = onnx.OctConvTranspose(8, 12, 3, alpha_in, alpha_out, strides, rngs=nnx.Rngs(0))
   assert _shapes(onnx.to_linen(up)) == _shapes(variables)
   onnx.from_linen(variables, up)
-  _assert_trees_close(fast_jit(lambda x: up(x, output_size=output_size))(x),
-                      fast_jit(lambda v, x: linen.apply(v, x, output_size=output_size))(variables, x))
+  _assert_trees_close(jax.jit(lambda x: up(x, output_size=output_size))(x),
+                      jax.jit(lambda v, x: linen.apply(v, x, output_size=output_size))(variables, x))
 
 
 def test_depthwise_octconv_has_only_intra_paths_as_in_linen():
@@ -140,7 +139,7 @@ def test_depthwise_octconv_has_only_intra_paths_as_in_linen():
   assert _shapes(onnx.to_linen(conv)) == _shapes(variables) == {"params": {"bias": (16,), "kernel": (3, 3, 1, 16)}}
   assert sorted(conv.spec.paths(16)) == ["h2h", "l2l"]
   onnx.from_linen(variables, conv)
-  _assert_trees_close(fast_jit(lambda x: conv(x))(x), fast_jit(linen.apply)(variables, x))
+  _assert_trees_close(jax.jit(lambda x: conv(x))(x), jax.jit(linen.apply)(variables, x))
 
 
 def test_octconv_kernels_have_the_vanilla_conv_fan_in():
@@ -247,7 +246,7 @@ def test_nnx_jit_and_grad_through_octtensor_inputs_match_linen():
 
   conv_grads, x_grads = nnx_grads(conv, x)
   chex.assert_trees_all_equal_shapes(x_grads, x)
-  want_params, want_x = fast_jit(jax.grad(lambda v, x: energy(linen.apply(v, x)), argnums=(0, 1)))(variables, x)
+  want_params, want_x = jax.jit(jax.grad(lambda v, x: energy(linen.apply(v, x)), argnums=(0, 1)))(variables, x)
   _assert_trees_close(nnx.to_pure_dict(conv_grads), want_params["params"], rtol=1e-5, atol=1e-6)
   _assert_trees_close(x_grads, want_x, rtol=1e-5, atol=1e-6)
 
@@ -352,7 +351,7 @@ def test_trainer_model_has_linens_calling_convention():
   linen = linen_models.get_model("oct_resnet8", alpha=0.25, num_classes=10)
   x = jax.random.normal(jax.random.key(1), (4, 12, 12, 1))
   # Both front ends under one jit each (as the trainer runs them): one compile, not one per operation.
-  variables, linen_variables = fast_jit(lambda key, x: (model.init(key, x, train=False),
+  variables, linen_variables = jax.jit(lambda key, x: (model.init(key, x, train=False),
                                                          linen.init(key, x, train=False)))(jax.random.key(0), x)
   assert set(variables) == {"params", "batch_stats"}
   assert _shapes(variables) == _shapes(jax.eval_shape(functools.partial(linen.init, train=False),
@@ -366,7 +365,7 @@ def test_trainer_model_has_linens_calling_convention():
             "want_train": linen.apply(v, x, train=True, mutable=["batch_stats"]),
             "eval": model.apply(v, x, train=False), "want_eval": linen.apply(v, x, train=False)}
 
-  out = fast_jit(both)(variables, x, jax.random.key(2))
+  out = jax.jit(both)(variables, x, jax.random.key(2))
   (logits, updates), (want_logits, want_updates) = out["train"], out["want_train"]
   _assert_trees_close(logits, want_logits, rtol=1e-6, atol=1e-6 * float(jnp.abs(want_logits).max()))
   _assert_trees_close(updates, want_updates)

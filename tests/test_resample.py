@@ -13,14 +13,13 @@ import pytest
 
 import numpy_reference as ref
 from octflax.resample import avg_pool2, low_spatial_size, upsample2
-from test_layers import fast_jit
 
 TOL = dict(rtol=1e-6, atol=1e-6)
 
 
 # Jitted once per shape: one compilation instead of one per eager op keeps the suite fast.
-pool_jit = fast_jit(avg_pool2)
-up_jit = fast_jit(upsample2, static_argnums=1)
+pool_jit = jax.jit(avg_pool2)
+up_jit = jax.jit(upsample2, static_argnums=1)
 
 
 def rand(seed, shape, dtype=np.float32):

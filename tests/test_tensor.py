@@ -17,7 +17,6 @@ import pytest
 import numpy_reference as ref
 import octflax
 from octflax import OctTensor, as_oct, low_spatial_size, split_channels
-from test_layers import fast_jit
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -119,7 +118,7 @@ def test_as_oct_wraps_plain_arrays():
 @pytest.mark.parametrize("channels,alpha", [(8, 0.25), (7, 0.75), (8, 0.5), (3, 0.5)])
 def test_from_array_keeps_first_channels_high_and_pools_last_low(hw, channels, alpha):
   x = rand(1, (2, *hw, channels))
-  t = fast_jit(OctTensor.from_array, static_argnums=1)(x, alpha)
+  t = jax.jit(OctTensor.from_array, static_argnums=1)(x, alpha)
   ch, cl = ref.split(channels, alpha)
   chex.assert_shape(t.high, (2, *hw, ch))
   chex.assert_shape(t.low, (2, math.ceil(hw[0] / 2), math.ceil(hw[1] / 2), cl))
@@ -149,7 +148,7 @@ def test_from_array_rejects_bad_input():
 def test_merge_upsamples_low_crops_and_concatenates(hw):
   lh, lw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
   t = OctTensor(rand(3, (2, *hw, 3)), rand(4, (2, lh, lw, 2)))
-  m = fast_jit(OctTensor.merge)(t)
+  m = jax.jit(OctTensor.merge)(t)
   chex.assert_shape(m, (2, *hw, 5))
   expected = np.concatenate([np.asarray(t.high), ref.upsample2(np.asarray(t.low), hw)], axis=-1)
   np.testing.assert_array_equal(np.asarray(m), expected)
@@ -169,7 +168,7 @@ def test_from_array_inverts_merge(hw):
   """Average-pooling a nearest-upsampled map gives it back, also when the upsample was cropped."""
   lh, lw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
   t = OctTensor(rand(7, (2, *hw, 6)), rand(8, (2, lh, lw, 2)))
-  back = fast_jit(lambda t: OctTensor.from_array(t.merge(), 0.25))(t)
+  back = jax.jit(lambda t: OctTensor.from_array(t.merge(), 0.25))(t)
   chex.assert_trees_all_close(back, t, **TOL)
 
 
@@ -226,14 +225,14 @@ def test_jit_passes_octtensor_through():
                                                  ((5, 4, 3), (0,)), ((4, 5), (1,)), ((3, 4), ())])
 def test_nd_from_array_pools_the_octave_axes_and_merge_restores_the_size(spatial, octave_axes):
   x = rand(len(spatial), (2, *spatial, 4))
-  t = fast_jit(OctTensor.from_array, static_argnums=(1, 2))(x, 0.5, octave_axes)
+  t = jax.jit(OctTensor.from_array, static_argnums=(1, 2))(x, 0.5, octave_axes)
   axes = tuple(range(len(spatial))) if octave_axes is None else octave_axes
   low_size = tuple(math.ceil(n / 2) if i in axes else n for i, n in enumerate(spatial))
   assert low_spatial_size(*spatial, octave_axes=octave_axes) == low_size
   chex.assert_shape(t.high, (2, *spatial, 2))
   chex.assert_shape(t.low, (2, *low_size, 2))
   np.testing.assert_allclose(np.asarray(t.low), ref.pool_axes(np.asarray(x)[..., 2:], axes), **TOL)
-  merged = np.asarray(fast_jit(lambda t: t.merge(octave_axes=octave_axes))(t))
+  merged = np.asarray(jax.jit(lambda t: t.merge(octave_axes=octave_axes))(t))
   chex.assert_shape(merged, (2, *spatial, 4))
   np.testing.assert_array_equal(merged[..., :2], np.asarray(x)[..., :2])
   np.testing.assert_allclose(merged[..., 2:], ref.upsample_axes(np.asarray(t.low), axes, spatial), **TOL)
@@ -277,7 +276,7 @@ def test_top_level_merge_upsamples_low_and_passes_arrays_through():
   high = np.arange(2 * 5 * 3 * 2, dtype=np.float32).reshape(2, 5, 3, 2)
   low = np.arange(2 * 3 * 2 * 1, dtype=np.float32).reshape(2, 3, 2, 1)
   parts = octflax.OctTensor(jax.device_put(high), jax.device_put(low))
-  merged = np.asarray(fast_jit(octflax.merge)(parts))
+  merged = np.asarray(jax.jit(octflax.merge)(parts))
   chex.assert_shape(merged, (2, 5, 3, 3))
   np.testing.assert_array_equal(merged[..., :2], high)
   np.testing.assert_array_equal(merged[:, 4, 2, 2], low[:, 2, 1, 0])  # (4 // 2, 2 // 2)

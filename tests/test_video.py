@@ -10,7 +10,6 @@ import pytest
 
 from octflax import convert, cost, data, execution, models
 from octflax.data import clips
-from test_layers import fast_jit
 
 
 def _garments(n: int = 12, seed: int = 0) -> data.ArraySource:
@@ -158,8 +157,8 @@ def _inflation_gap(model_2d, model_3d, image_shape, frames, seed=0) -> float:
   variables_3d = convert.inflate(variables_2d, _abstract_init(model_3d, clip_shape))
   image = jax.device_put(np.random.default_rng(seed + 1).standard_normal(image_shape, dtype=np.float32))
   clip = jnp.repeat(image[:, None], frames, axis=1)
-  logits_2d = fast_jit(lambda v, x: model_2d.apply(v, x, train=False))(variables_2d, image)
-  logits_3d = fast_jit(lambda v, x: model_3d.apply(v, x, train=False))(variables_3d, clip)
+  logits_2d = jax.jit(lambda v, x: model_2d.apply(v, x, train=False))(variables_2d, image)
+  logits_3d = jax.jit(lambda v, x: model_3d.apply(v, x, train=False))(variables_3d, clip)
   chex.assert_equal_shape([logits_2d, logits_3d])
   return float(jnp.max(jnp.abs(logits_3d - logits_2d)) / jnp.max(jnp.abs(logits_2d)))
 
