@@ -85,8 +85,17 @@ def batch_norm(x: Array, mean: Array, var: Array, scale: Array | None, bias: Arr
   return y.astype(dtype or jnp.result_type(x, *(v for v in (scale, bias) if v is not None)))
 
 
-def running_average(average: Array, value: Array, momentum: float) -> Array:
-  """``momentum * average + (1 - momentum) * value``: BatchNorm's update of its running statistics."""
+def running_average(average: Array, value: Array | Sequence[Array], momentum: float) -> Array:
+  """``momentum * average + (1 - momentum) * value``: BatchNorm's update of its running statistics.
+
+  ``value`` may also be given as its parts along the last axis (a list, joined in order): each
+  part is scaled by ``1 - momentum`` before the join, so that XLA can fold the scaling into the
+  computation of each part's statistic (``(sum / n) * (1 - momentum)`` as one multiply), as it
+  does for a BatchNorm over that part alone, and so rounds each part as that BatchNorm does.
+  """
+  if isinstance(value, (list, tuple)):
+    scaled = [(1 - momentum) * v for v in value]
+    return momentum * average + (scaled[0] if len(scaled) == 1 else jnp.concatenate(scaled, axis=-1))
   return momentum * average + (1 - momentum) * value
 
 

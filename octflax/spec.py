@@ -351,10 +351,8 @@ class OctBatchNormSpec:
     Returns:
       The output and the new running ``(mean, var)`` over all channels.
     """
-    y, (mean, var) = execution.batch_norm(x, variables.scale, variables.bias, self.epsilon, self.dtype,
-                                          self.axis_name)
-    return y, (F.running_average(variables.mean, mean, self.momentum), F.running_average(variables.var, var,
-                                                                                         self.momentum))
+    return execution.batch_norm(x, variables.scale, variables.bias, (variables.mean, variables.var), self.momentum,
+                                self.epsilon, self.dtype, self.axis_name)
 
 
 @dataclasses.dataclass(frozen=True)

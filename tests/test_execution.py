@@ -231,7 +231,8 @@ def _bn_train_case(hw):
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
-@pytest.mark.parametrize("form", ["joint", "joint+slices", "one_pass", "joint+one_pass", "joint+slices+one_pass"])
+@pytest.mark.parametrize("form", ["xla_cpu", "joint", "joint+slices", "one_pass", "joint+one_pass",
+                                  "joint+slices+one_pass"])
 def test_joint_batchnorm_keeps_the_variables_and_values_of_per_part(hw, form):
   bn, variables, x, (y_ref, stats_ref) = _bn_train_case(hw)
   y, stats = _bn_train(form, bn, variables, x)

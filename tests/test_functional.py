@@ -13,6 +13,7 @@ import pytest
 
 import numpy_reference as ref
 from octflax import OctTensor
+from octflax import functional as F
 from octflax.functional import global_avg_pool, oct_add, oct_conv, oct_map, oct_max_pool, oct_relu
 from test_layers import expected_out_shapes, make_input, np_part
 
@@ -172,3 +173,12 @@ def test_functional_errors_name_the_argument():
     oct_conv(x, {"h2h": jnp.ones((3, 3, 2, 2)), "l2h": jnp.ones((3, 3, 2, 3))})
   with pytest.raises(ValueError, match="low part"):
     oct_conv(OctTensor(jnp.ones((1, 6, 6, 2)), jnp.ones((1, 2, 2, 2))), k)
+
+
+def test_running_average_of_a_statistic_given_in_parts():
+  rng = np.random.default_rng(0)
+  average, high, low = (jnp.asarray(rng.standard_normal(n), jnp.float32) for n in (7, 4, 3))
+  whole = F.running_average(average, jnp.concatenate([high, low]), 0.9)
+  np.testing.assert_allclose(whole, 0.9 * np.asarray(average) + 0.1 * np.concatenate([high, low]), rtol=1e-6)
+  np.testing.assert_allclose(F.running_average(average, [high, low], 0.9), whole, rtol=1e-6)
+  np.testing.assert_array_equal(F.running_average(average[:4], [high], 0.9), F.running_average(average[:4], high, 0.9))

@@ -149,37 +149,55 @@ def l2h_transposed(plan: functional.PathPlan, x: Array, kernel: Array, precision
 # ----------------------------------------------------------------------------- OctBatchNorm forms
 
 
-def batch_norm(x: OctTensor, scale: Array | None, bias: Array | None, epsilon: float, dtype: Any = None,
-               axis_name: str | None = None) -> tuple[OctTensor, tuple[Array, Array]]:
-  """BatchNorm's training step on both parts in the platform's form: ``(y, (mean, var))``.
+def batch_norm(x: OctTensor, scale: Array | None, bias: Array | None, averages: tuple[Array, Array], momentum: float,
+               epsilon: float, dtype: Any = None, axis_name: str | None = None
+               ) -> tuple[OctTensor, tuple[Array, Array]]:
+  """BatchNorm's training step on both parts in the platform's form: ``(y, new running (mean, var))``.
 
-  ``scale``, ``bias`` and the returned batch statistics run over all of ``x``'s channels, the
-  high part's first (`octflax.OctBatchNorm`'s variables); each part is `functional.batch_norm`
-  with its channels of them. With ``norm_grad='one_pass'`` the parts go through
+  ``scale``, ``bias`` and the running ``averages`` (``(mean, var)``) run over all of ``x``'s
+  channels, the high part's first (`octflax.OctBatchNorm`'s variables); each part is
+  `functional.batch_norm` with its channels of them, and the averages are updated with the batch
+  statistics by `functional.running_average` (``momentum * average + (1 - momentum) * statistic``;
+  in XLA:CPU's form with each part's statistic scaled before the join, as when each part was a
+  `flax.linen.BatchNorm` of its own). With ``norm_grad='one_pass'`` the parts go through
   `octflax.execution.norm.normalize` (one reduction forward and one backward, for both parts
   together under ``norm='joint'``).
   """
   x = as_oct(x)
-  return by_platform(lambda form, high, low: batch_norm_in_form(form, OctTensor(high, low), scale, bias, epsilon,
-                                                                dtype, axis_name),
-                     x.high, x.low, relevant=("norm", "pool", "norm_grad"))
+  return by_platform(lambda form, high, low: batch_norm_in_form(form, OctTensor(high, low), scale, bias, averages,
+                                                                momentum, epsilon, dtype, axis_name),
+                     x.high, x.low, relevant=("norm", "pool", "norm_grad", "conv"))
 
 
-def batch_norm_in_form(form: Form, x: OctTensor, scale: Array | None, bias: Array | None, epsilon: float,
-                       dtype: Any = None, axis_name: str | None = None) -> tuple[OctTensor, tuple[Array, Array]]:
+def batch_norm_in_form(form: Form, x: OctTensor, scale: Array | None, bias: Array | None,
+                       averages: tuple[Array, Array], momentum: float, epsilon: float, dtype: Any = None,
+                       axis_name: str | None = None) -> tuple[OctTensor, tuple[Array, Array]]:
   """`batch_norm` in ``form``."""
   present = [p for p in (x.high, x.low) if p is not None]
   if form.norm_grad == "one_pass":
     ys, mean, var = normalize(present, scale, bias, epsilon, dtype, axis_name,
                               joint=form.pool if form.norm == "joint" else None)
     ys = iter(ys)
-    return OctTensor(*(None if p is None else next(ys) for p in (x.high, x.low))), (mean, var)
+    new = tuple(functional.running_average(a, st, momentum) for a, st in zip(averages, (mean, var)))
+    return OctTensor(*(None if p is None else next(ys) for p in (x.high, x.low))), new
   stats = [st for st in batch_stats_in_form(form, x, axis_name) if st is not None]
+  slices = channel_slices(present)
   take = lambda v, s: None if v is None else v[s]
   ys = iter([functional.batch_norm(p, m, v, take(scale, s), take(bias, s), epsilon, dtype)
-             for p, (m, v), s in zip(present, stats, channel_slices(present))])
-  whole = tuple(stats[0][i] if len(stats) == 1 else jnp.concatenate([st[i] for st in stats]) for i in (0, 1))
-  return OctTensor(*(None if p is None else next(ys) for p in (x.high, x.low))), whole
+             for p, (m, v), s in zip(present, stats, slices)])
+  # The statistics given per part: each is scaled before they are joined (`functional.running_average`).
+  if form.conv == "xla_cpu":
+    # Each part's statistic scaled before the join (`functional.running_average`): XLA:CPU then
+    # folds ``(sum / n) * (1 - momentum)`` into one multiply, as it did when each part was a
+    # BatchNorm of its own, so a run saved at checkpoint format 2 resumes bit for bit
+    # (tests/test_checkpoint.py). Not in the other forms: for a TPU v5e the change moved the
+    # compiler's choices for the whole Oct-ResNet-50 step (estimate 71.23 -> 72.31 ms).
+    new = tuple(functional.running_average(a, [st[i] for st in stats], momentum) for i, a in enumerate(averages))
+  else:
+    new = tuple(functional.running_average(a, stats[0][i] if len(stats) == 1 else
+                                           jnp.concatenate([st[i] for st in stats]), momentum)
+                for i, a in enumerate(averages))
+  return OctTensor(*(None if p is None else next(ys) for p in (x.high, x.low))), new
 
 
 def batch_stats(x: OctTensor, axis_name: str | None = None) -> tuple[tuple[Array, Array] | None, ...]:
