@@ -70,12 +70,11 @@ def run(plan: RunPlan, splits: Splits, workdir: str) -> dict[str, Any]:
   parallel = DataParallel(plan.parallel, label_smoothing=o.label_smoothing, mixup_alpha=o.mixup_alpha)
   model = plan.build_model()
   with RunDirectory(workdir) as rd:
-    say = lambda line: rd.chief and print(line, flush=True)
     store = rd.checkpoints(plan.model, keep=plan.keep_checkpoints)
     schedule, tx = optimizer(o)
     cost = model_cost(model, plan.model.image_shape)  # Traced; before the clock starts.
     state, step, meta = initial_state(parallel, model, tx, store, seed=plan.seed, image_shape=plan.model.image_shape,
-                                      init_from=plan.init_from, say=say)
+                                      init_from=plan.init_from, say=rd.tell)
     loop = _Loop(plan, splits, parallel, rd, store, schedule, cost, state, step, meta)
     evaluation = loop.train()
     rd.close_writers()  # The checkpoints' writes finish (a failed one raises) before the summary is written.
@@ -100,7 +99,7 @@ class _Loop:
     self.progress = rd.opened(progress_lib.Progress(
         label=f"{plan.model.name} a={plan.model.alpha:g}", total=plan.total_steps, initial=step,
         enabled=rd.chief and plan.progress_bar))
-    say = self.progress.write if self.progress.enabled else lambda line: rd.chief and print(line, flush=True)
+    say = self.progress.write if self.progress.enabled else rd.tell
     self.profile = rd.opened(progress_lib.ProfileWindow(plan.profile, f"{rd.path}/{progress_lib.PROFILE_DIR}",
                                                         say=say))
     self.reporter = progress_lib.StepReporter(
