@@ -61,11 +61,6 @@ class RunDirectory:
     self._open: list[Any] = []  # What `close_writers` closes, newest first.
     self._quiet: Any = None
 
-  def tell(self, line: str) -> None:
-    """Prints ``line`` to standard output on the chief process only."""
-    if self.chief:
-      print(line, flush=True)
-
   def __enter__(self) -> RunDirectory:
     self.path = prepare_workdir(self.given)  # Before anything compiles: an unusable directory costs nothing.
     self._quiet = quiet.session()

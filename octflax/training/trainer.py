@@ -12,7 +12,7 @@ parameters as an uninterrupted one.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -74,7 +74,7 @@ def run(plan: RunPlan, splits: Splits, workdir: str) -> dict[str, Any]:
     schedule, tx = optimizer(o)
     cost = model_cost(model, plan.model.image_shape)  # Traced; before the clock starts.
     state, step, meta = initial_state(parallel, model, tx, store, seed=plan.seed, image_shape=plan.model.image_shape,
-                                      init_from=plan.init_from, say=rd.tell)
+                                      init_from=plan.init_from, say=_chief_prints(rd))
     loop = _Loop(plan, splits, parallel, rd, store, schedule, cost, state, step, meta)
     evaluation = loop.train()
     rd.close_writers()  # The checkpoints' writes finish (a failed one raises) before the summary is written.
@@ -84,6 +84,11 @@ def run(plan: RunPlan, splits: Splits, workdir: str) -> dict[str, Any]:
     rd.write_summary(result, loop.records.records,
                      title=f"{plan.model.name} (alpha {plan.model.alpha:g}) on {plan.data.name}")
   return result
+
+
+def _chief_prints(rd: RunDirectory) -> Callable[[str], Any]:
+  """A ``say`` that prints each line to standard output on the chief process only."""
+  return lambda line: rd.chief and print(line, flush=True)
 
 
 class _Loop:
@@ -99,7 +104,7 @@ class _Loop:
     self.progress = rd.opened(progress_lib.Progress(
         label=f"{plan.model.name} a={plan.model.alpha:g}", total=plan.total_steps, initial=step,
         enabled=rd.chief and plan.progress_bar))
-    say = self.progress.write if self.progress.enabled else rd.tell
+    say = self.progress.write if self.progress.enabled else _chief_prints(rd)
     self.profile = rd.opened(progress_lib.ProfileWindow(plan.profile, f"{rd.path}/{progress_lib.PROFILE_DIR}",
                                                         say=say))
     self.reporter = progress_lib.StepReporter(
