@@ -185,7 +185,6 @@ def batch_norm_in_form(form: Form, x: OctTensor, scale: Array | None, bias: Arra
   take = lambda v, s: None if v is None else v[s]
   ys = iter([functional.batch_norm(p, m, v, take(scale, s), take(bias, s), epsilon, dtype)
              for p, (m, v), s in zip(present, stats, slices)])
-  # The statistics given per part: each is scaled before they are joined (`functional.running_average`).
   if form.conv == "xla_cpu":
     # Each part's statistic scaled before the join (`functional.running_average`): XLA:CPU then
     # folds ``(sum / n) * (1 - momentum)`` into one multiply, as it did when each part was a
